@@ -1,0 +1,205 @@
+"""The in-memory model every analyzer reads: a columnar event table per rank, steps, breakdown.
+
+Contract (shared by the loader, the breakdown and every analyzer; add fields, never rename):
+
+* :class:`EventTable` holds one row per trace event in numpy columns. Times are integer
+  nanoseconds on the trace's own clock (Kineto microseconds x 1000). ``names`` interns strings.
+* :class:`RankData` is one rank: its events, its steps, the per-step breakdown, and the run
+  directory's telemetry when present (per-step table, NVML samples, host samples).
+* :class:`AnalysisContext` is what ``Analyzer.analyze`` receives.
+
+No torch import here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AnalysisContext", "EventTable", "Kind", "RankData", "Step", "StepBreakdown"]
+
+
+class Kind(IntEnum):
+    """Event kinds (the ``kind`` column)."""
+
+    CPU_OP = 0  # cat cpu_op / operator (aten::*, ProfilerStep#N, enumerate(DataLoader)...)
+    RUNTIME = 1  # cat cuda_runtime / cuda_driver (cudaLaunchKernel, cudaStreamSynchronize...)
+    KERNEL = 2  # cat kernel
+    MEMCPY = 3  # cat gpu_memcpy
+    MEMSET = 4  # cat gpu_memset
+    ANNOTATION = 5  # cat user_annotation (record_function, our step / phase ranges)
+    GPU_ANNOTATION = 6  # cat gpu_user_annotation
+    PYTHON = 7  # cat python_function (with_stack=True)
+    OTHER = 8  # everything else kept (e.g. cpu_instant_event, Trace, ac2g flows are dropped)
+
+
+GPU_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET)
+
+
+@dataclass
+class EventTable:
+    """Columnar events of one rank. All arrays have the same length ``n``.
+
+    Columns: ``kind`` int8, ``name`` int32 (index into ``names``), ``ts_ns``/``dur_ns`` int64,
+    ``pid``/``tid`` int64 (for GPU rows pid is the device, tid the stream), ``stream`` int32
+    (-1 on the CPU), ``device`` int32 (-1 on the CPU), ``correlation`` int64 (-1 when absent),
+    ``external_id`` int64 (-1), ``step`` int32 (-1 outside every step), ``flops`` float64 (nan
+    when absent), ``bytes`` int64 (-1 when absent).
+
+    Sparse args live in ``extra``: row index -> dict with any of ``input_dims`` (list),
+    ``input_types`` (list of dtype strings), ``grid`` / ``block`` (3-lists), ``collective``
+    (dict: name, dtype, in_nelems, out_nelems, group_size, pg_name, pg_desc, pg_ranks, seq).
+
+    Derived links (filled by the loader, -1 where none): ``launch_of`` maps a GPU row to the
+    runtime row that launched it (correlation id); ``op_of`` maps a GPU row to the innermost
+    CPU op that enclosed its launch (External id, else time containment on the launching
+    thread).
+    """
+
+    names: list[str]
+    kind: np.ndarray
+    name: np.ndarray
+    ts_ns: np.ndarray
+    dur_ns: np.ndarray
+    pid: np.ndarray
+    tid: np.ndarray
+    stream: np.ndarray
+    device: np.ndarray
+    correlation: np.ndarray
+    external_id: np.ndarray
+    step: np.ndarray
+    flops: np.ndarray
+    bytes: np.ndarray
+    launch_of: np.ndarray
+    op_of: np.ndarray
+    extra: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    def name_of(self, row: int) -> str:
+        return self.names[int(self.name[row])]
+
+    def rows_of_kind(self, *kinds: Kind) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.kind, np.asarray(kinds, dtype=np.int8)))
+
+    def gpu_rows(self) -> np.ndarray:
+        return self.rows_of_kind(*GPU_KINDS)
+
+    def name_ids_matching(self, predicate: Any) -> np.ndarray:
+        """Name ids whose string satisfies ``predicate(str) -> bool``."""
+        return np.asarray([i for i, s in enumerate(self.names) if predicate(s)], dtype=np.int32)
+
+    def rows_named(self, predicate: Any, *kinds: Kind) -> np.ndarray:
+        ids = self.name_ids_matching(predicate)
+        mask = np.isin(self.name, ids)
+        if kinds:
+            mask &= np.isin(self.kind, np.asarray(kinds, dtype=np.int8))
+        return np.flatnonzero(mask)
+
+
+@dataclass
+class Step:
+    """One step: ``[start_ns, end_ns)`` on the trace clock; ``source`` says how it was found
+    (``ProfilerStep``, ``stallscope``, ``whole-trace``)."""
+
+    index: int
+    start_ns: int
+    end_ns: int
+    source: str
+
+    @property
+    def wall_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+@dataclass
+class StepBreakdown:
+    """Where one step's wall time went, in milliseconds; the parts sum to ``wall_ms`` (±1 %).
+
+    ``compute_ms`` GPU busy with compute kernels (not overlapped by anything counted before);
+    ``memory_ms`` memcpy/memset only; ``comm_exposed_ms`` communication kernels with no compute
+    running; ``comm_overlapped_ms`` communication hidden under compute (not part of the sum);
+    idle is split into ``data_wait_ms``, ``sync_wait_ms``, ``launch_overhead_ms`` and
+    ``host_other_ms``. ``docs/breakdown.md`` defines each.
+    """
+
+    step: int
+    rank: int
+    wall_ms: float
+    compute_ms: float = 0.0
+    memory_ms: float = 0.0
+    comm_exposed_ms: float = 0.0
+    comm_overlapped_ms: float = 0.0
+    data_wait_ms: float = 0.0
+    sync_wait_ms: float = 0.0
+    launch_overhead_ms: float = 0.0
+    host_other_ms: float = 0.0
+
+    SUMMED = (
+        "compute_ms",
+        "memory_ms",
+        "comm_exposed_ms",
+        "data_wait_ms",
+        "sync_wait_ms",
+        "launch_overhead_ms",
+        "host_other_ms",
+    )
+
+    def parts(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.SUMMED}
+
+
+@dataclass
+class RankData:
+    """One rank's data. ``telemetry`` / ``nvml`` / ``host`` are column dicts (name -> numpy
+    array) read from our run directory, or None for a plain trace."""
+
+    rank: int
+    events: EventTable
+    steps: list[Step]
+    breakdown: list[StepBreakdown] = field(default_factory=list)
+    telemetry: dict[str, np.ndarray] | None = None
+    nvml: dict[str, np.ndarray] | None = None
+    host: dict[str, np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    trace_path: str | None = None
+
+
+@dataclass
+class AnalysisContext:
+    """Everything an analyzer may read. ``meta`` is ``meta.yaml`` (empty for plain traces);
+    ``device_name`` the GPU's name when known (selects the peak table); ``notices`` collects
+    plain-language notes about what could not be measured (shown once each)."""
+
+    ranks: list[RankData]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    device_name: str | None = None
+    notices: list[str] = field(default_factory=list)
+    trace_meta: dict[str, Any] = field(default_factory=dict)
+
+    def has(self, requirement: str) -> bool:
+        """Whether an input an analyzer may require is present (see ``base.REQUIREMENTS``)."""
+        rs = self.ranks
+        if requirement == "trace":
+            return any(len(r.events) for r in rs)
+        if requirement == "gpu":
+            return any(len(r.events.gpu_rows()) for r in rs)
+        if requirement == "multi-rank":
+            return len(rs) > 1
+        if requirement == "stacks":
+            return any(len(r.events.rows_of_kind(Kind.PYTHON)) for r in rs)
+        if requirement == "shapes":
+            return any(any("input_dims" in e for e in r.events.extra.values()) for r in rs)
+        if requirement == "nvml":
+            return any(r.nvml is not None and len(next(iter(r.nvml.values()), ())) for r in rs)
+        if requirement == "host":
+            return any(r.host is not None for r in rs)
+        if requirement == "telemetry":
+            return any(r.telemetry is not None for r in rs)
+        if requirement == "memory":
+            return any(r.events.rows_named(lambda s: s == "[memory]").size for r in rs)
+        return False

@@ -1,0 +1,136 @@
+"""stallscope command line: parse, call the packages, render, set the exit code. Nothing else.
+
+Every command imports its implementation lazily so ``stallscope --help`` starts without torch.
+User errors are :class:`profiler.common.ToolError`: one line on stderr, its exit code (2 for
+usage), a traceback only with ``--debug``.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from profiler.common import EXIT_USAGE, ToolError, __version__
+
+app = typer.Typer(
+    name="stallscope",
+    help="Profile a PyTorch run on NVIDIA GPUs, name what holds it back, fix it, guard it in CI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+patch_app = typer.Typer(help="Plan patches from a report.", no_args_is_help=True)
+app.add_typer(patch_app, name="patch")
+
+_state = {"debug": False}
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stallscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """stallscope: profile, diagnose, auto-patch, gate."""
+    _state["debug"] = debug
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ToolError (and unexpected errors without --debug) into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ToolError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"stallscope: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("stallscope: interrupted", err=True)
+            raise typer.Exit(130)
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"stallscope: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+
+    return wrapper
+
+
+@app.command(context_settings=PASSTHROUGH)
+@user_errors
+def profile(
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default ./stallscope-runs/<UTC time>-<script>/)."),
+    skip: int = typer.Option(5, "--skip", min=0, help="Steps before the full trace window."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Steps in the full trace window."),
+    sample_hz: float = typer.Option(25.0, "--sample-hz", min=1.0, max=1000.0, help="NVML / host sampling rate."),
+    stack: bool = typer.Option(False, "--stack", help="Record Python stacks in the window."),
+    memory: bool = typer.Option(False, "--memory", help="Record allocator events in the window."),
+    no_diagnose: bool = typer.Option(False, "--no-diagnose", help="Do not diagnose the run at the end."),
+    auto_patch: bool = typer.Option(False, "--auto-patch", help="Apply the fixes the diagnosis calls for; keep what is faster."),
+    patch_steps: int = typer.Option(20, "--patch-steps", min=2, help="Steps measured before and after each patch."),
+    deep: bool = typer.Option(False, "--deep", help="Run Nsight Compute on the top kernels when available."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status."),
+) -> None:
+    """Run CMD (after `--`) under the profiler and write a run directory."""
+    from profiler.command import profile_command
+
+    code = profile_command(
+        list(ctx.args),
+        out=out,
+        skip=skip,
+        steps=steps,
+        sample_hz=sample_hz,
+        stack=stack,
+        memory=memory,
+        diagnose=not no_diagnose,
+        auto_patch=auto_patch,
+        patch_steps=patch_steps,
+        deep=deep,
+        quiet=quiet,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the demo."),
+) -> None:
+    """Profile and diagnose a small bundled workload with a real bottleneck."""
+    from profiler.demo import run_demo
+
+    raise typer.Exit(run_demo(out=out))
+
+
+@app.command()
+@user_errors
+def diagnose(
+    target: Path = typer.Argument(..., help="A run directory, a trace (.json/.json.gz) or a folder of traces."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report here."),
+    fmt: str = typer.Option("console", "--format", "-f", help="console | yaml | json | md"),
+    deep: bool = typer.Option(False, "--deep", help="Run Nsight Compute on the top kernels when available."),
+    annotated_trace: Optional[Path] = typer.Option(None, "--annotated-trace", help="Write the trace with findings on the timeline."),
+) -> None:
+    """Diagnose a run directory or torch.profiler trace(s): findings ranked by impact."""
+    from analyzers.command import diagnose_command
+
+    raise typer.Exit(diagnose_command(target, output=output, fmt=fmt, deep=deep, annotated_trace=annotated_trace))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

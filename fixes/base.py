@@ -1,0 +1,121 @@
+"""The fix contract: find targets in a live program, apply, verify parity, revert. Registry by id.
+
+A fix lives in its own folder ``fixes/<name>/`` with the implementation and a ``fix.py`` that
+defines one :class:`Fix` subclass decorated with :func:`register`. ``fix.py`` must import
+cheaply (torch and triton lazily inside methods) so ``stallscope patch plan`` stays fast.
+
+Rules every fix keeps (checked by the generic contract tests over ``tests/fix_settings.py``):
+
+* ``apply`` and ``revert`` are instance-scoped: they change the target object only, never a
+  class or a module-level function that other instances share.
+* Parameter identity, ``state_dict`` keys, hooks and device stay as they were.
+* ``revert`` restores the target bit-identically (same parameters, same outputs).
+* ``tolerance`` states the parity bounds used to keep or roll back the fix.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+__all__ = ["Fix", "PatchHandle", "Target", "Tolerance", "register", "registered_fixes"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity bounds: ``|patched - original| <= atol + rtol * |original|`` elementwise, for
+    outputs and for input/parameter gradients."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    grad_rtol: float = 1e-5
+    grad_atol: float = 1e-5
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rtol": self.rtol, "atol": self.atol, "grad_rtol": self.grad_rtol, "grad_atol": self.grad_atol, "note": self.note}
+
+
+@dataclass
+class Target:
+    """Something a fix can patch: a module (by qualified name), a DataLoader, a process setting."""
+
+    name: str
+    obj: Any
+    kind: str = "module"  # module | dataloader | process | pipeline | callable
+
+
+@dataclass
+class PatchHandle:
+    """What ``apply`` returns; ``revert`` needs nothing else. ``saved`` holds the originals."""
+
+    fix_id: str
+    target: Target
+    saved: dict[str, Any] = field(default_factory=dict)
+    reverted: bool = False
+
+
+class Fix:
+    """Base class of every fix. Subclasses set ``id``, ``answers``, ``tolerance`` and implement
+    ``find_targets``, ``apply`` and ``revert``; ``why_not`` explains a target it must refuse."""
+
+    id: ClassVar[str] = ""
+    answers: ClassVar[tuple[str, ...]] = ()  # finding ids (or categories) this fix addresses
+    description: ClassVar[str] = ""
+    tolerance: ClassVar[Tolerance] = Tolerance()
+    scope: ClassVar[str] = "module"
+
+    def find_targets(self, root: Any) -> list[Target]:
+        """Targets inside ``root`` (a model, a DataLoader, ``None`` for process-wide fixes),
+        found by duck typing (parameter names and shapes, class names), not a per-model list."""
+        raise NotImplementedError
+
+    def why_not(self, target: Target) -> str | None:
+        """A one-line reason this target must not be patched, or None when it may be."""
+        return None
+
+    def apply(self, target: Target) -> PatchHandle:
+        raise NotImplementedError
+
+    def revert(self, handle: PatchHandle) -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Fix]] = {}
+_DISCOVERED = False
+
+
+def register(cls: type[Fix]) -> type[Fix]:
+    """Class decorator: add a fix to the registry under its ``id``."""
+    if not cls.id:
+        raise ValueError(f"{cls.__name__} has no id")
+    existing = _REGISTRY.get(cls.id)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"two fixes have id {cls.id!r}")
+    _REGISTRY[cls.id] = cls
+    return cls
+
+
+def registered_fixes(ids: Iterable[str] | None = None) -> dict[str, type[Fix]]:
+    """All fixes by id (importing each ``fixes/<name>/fix.py`` once), or only those named."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        import fixes
+
+        for info in pkgutil.iter_modules(fixes.__path__):
+            if info.ispkg and not info.name.startswith("_"):
+                try:
+                    importlib.import_module(f"fixes.{info.name}.fix")
+                except ModuleNotFoundError as exc:
+                    if exc.name != f"fixes.{info.name}.fix":
+                        raise
+        _DISCOVERED = True
+    if ids is None:
+        return dict(sorted(_REGISTRY.items()))
+    missing = [i for i in ids if i not in _REGISTRY]
+    if missing:
+        from profiler.common import ToolError
+
+        raise ToolError(f"unknown fix id(s) {', '.join(missing)}; known: {', '.join(sorted(_REGISTRY))}")
+    return {i: _REGISTRY[i] for i in ids}
