@@ -1,0 +1,233 @@
+"""Where each step's wall time went: a partition of ``[step start, step end)`` (docs/breakdown.md).
+
+Every instant of a step is given to exactly one part, so the parts sum to the wall time by
+construction (up to float rounding). With GPU events the timeline is the GPU's:
+
+1. ``compute_ms``: a compute kernel runs (any stream).
+2. ``memory_ms``: only memcpy / memset run.
+3. ``comm_exposed_ms``: only communication kernels (NCCL) run; ``comm_overlapped_ms`` (not in
+   the sum) is communication under compute.
+4. the GPU is idle, and the host explains why:
+   ``data_wait_ms`` the CPU is inside the DataLoader's ``__next__``;
+   ``sync_wait_ms`` the CPU is blocked in a synchronizing call, or the gap began while it was
+   (the sync drained the GPU's queue);
+   ``launch_overhead_ms`` the CPU is inside runtime calls, a launched op is queued but not yet
+   started, or the gap is shorter than :data:`LAUNCH_GAP_NS` (HTA's "kernel wait");
+   ``host_other_ms`` everything else (Python, CPU ops, the profiler).
+
+Without GPU events (CPU-only traces) the timeline is the CPU's: data wait, then CPU-side
+communication ops, then copy ops (``memory_ms``), then any other CPU op (``compute_ms``); the rest
+is ``host_other_ms``; sync and launch parts are zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown
+
+if TYPE_CHECKING:
+    from analyzers.model import AnalysisContext
+
+__all__ = ["LAUNCH_GAP_NS", "Intervals", "compute_breakdowns", "rank_breakdown", "breakdown_totals", "union"]
+
+# A kernel launch costs the CPU ~3-5 us and the GPU a few us of latency; when the CPU launches
+# back-to-back, the GPU waits at most about one launch cost between kernels. A gap no longer than
+# two launch costs is therefore explained by launch overhead alone (HTA calls it "kernel wait").
+LAUNCH_GAP_NS = 10_000
+
+_CPU_COPY_OPS = frozenset(
+    {"aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::fill_",
+     "aten::zero_", "aten::_local_scalar_dense", "aten::pin_memory", "aten::_pin_memory"}
+)
+
+
+@dataclass
+class Intervals:
+    """Sorted, disjoint half-open intervals ``[starts[i], ends[i])`` in ns."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @property
+    def total_ns(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def window(self, lo: int, hi: int) -> "Intervals":
+        i0 = int(np.searchsorted(self.ends, lo, side="right"))
+        i1 = int(np.searchsorted(self.starts, hi, side="left"))
+        return Intervals(np.clip(self.starts[i0:i1], lo, hi), np.clip(self.ends[i0:i1], lo, hi))
+
+    def covers(self, points: np.ndarray) -> np.ndarray:
+        """Whether each elementary segment starting at ``points[i]`` is inside the set."""
+        if self.starts.size == 0:
+            return np.zeros(points.size, dtype=bool)
+        k = np.searchsorted(self.starts, points, side="right") - 1
+        return (k >= 0) & (self.ends[np.maximum(k, 0)] > points)
+
+
+def union(starts: np.ndarray, ends: np.ndarray) -> Intervals:
+    """The union of possibly overlapping intervals (empty ones dropped)."""
+    keep = ends > starts
+    s, e = starts[keep].astype(np.int64), ends[keep].astype(np.int64)
+    if s.size == 0:
+        return Intervals(s, e)
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    reach = np.maximum.accumulate(e)
+    new = np.empty(s.size, dtype=bool)
+    new[0] = True
+    new[1:] = s[1:] > reach[:-1]
+    idx = np.flatnonzero(new)
+    return Intervals(s[idx], np.maximum.reduceat(e, idx))
+
+
+def _rows(t: EventTable, rows: np.ndarray) -> Intervals:
+    return union(t.ts_ns[rows], t.ts_ns[rows] + t.dur_ns[rows])
+
+
+def _gaps(busy: Intervals, lo: int, hi: int) -> Intervals:
+    s = np.concatenate(([lo], busy.ends))
+    e = np.concatenate((busy.starts, [hi]))
+    keep = e > s
+    return Intervals(s[keep], e[keep])
+
+
+def _name_mask(t: EventTable, predicate) -> np.ndarray:  # type: ignore[no-untyped-def]
+    ids = t.name_ids_matching(predicate)
+    return np.isin(t.name, ids)
+
+
+def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
+    from analyzers.loader import is_comm_kernel, is_data_wait, is_sync_call
+
+    kernel = t.kind == Kind.KERNEL
+    comm = kernel & _name_mask(t, is_comm_kernel)
+    mem = (t.kind == Kind.MEMCPY) | (t.kind == Kind.MEMSET)
+    gpu = kernel | mem
+    runtime = t.kind == Kind.RUNTIME
+    sync = runtime & _name_mask(t, is_sync_call)
+    d2h = np.flatnonzero((t.kind == Kind.MEMCPY) & _name_mask(t, lambda s: "DtoH" in s or "D2H" in s))
+    blocking = t.launch_of[d2h]
+    sync_rows = np.union1d(np.flatnonzero(sync), blocking[blocking >= 0])
+    sets = {
+        "compute": _rows(t, np.flatnonzero(kernel & ~comm)),
+        "memory": _rows(t, np.flatnonzero(mem)),
+        "comm": _rows(t, np.flatnonzero(comm)),
+        "data": _rows(t, np.flatnonzero(((t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)) & _name_mask(t, is_data_wait))),
+        "sync": _rows(t, sync_rows),
+        "runtime": _rows(t, np.flatnonzero(runtime & ~sync)),
+    }
+    launched = np.flatnonzero(gpu & (t.launch_of >= 0))
+    ls = t.ts_ns[t.launch_of[launched]]
+    sets["queued"] = union(ls, t.ts_ns[launched])
+    gpu_rows = np.flatnonzero(gpu)
+    busy = _rows(t, gpu_rows)
+    if len(t):
+        lo, hi = int(t.ts_ns.min()), int((t.ts_ns + t.dur_ns).max())
+    else:
+        lo = hi = 0
+    gaps = _gaps(busy, lo, hi)
+    short = (gaps.ends - gaps.starts) <= LAUNCH_GAP_NS
+    sets["short"] = Intervals(gaps.starts[short], gaps.ends[short])
+    drained = sets["sync"].covers(gaps.starts) if gaps.starts.size else np.zeros(0, dtype=bool)
+    sets["drained"] = Intervals(gaps.starts[drained], gaps.ends[drained])
+    return sets
+
+
+def _cpu_sets(t: EventTable) -> dict[str, Intervals]:
+    from analyzers.loader import is_comm_op, is_data_wait
+
+    ops = (t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)
+    data = ops & _name_mask(t, is_data_wait)
+    steps = _name_mask(t, lambda s: s.startswith(("ProfilerStep#", "stallscope.")))
+    comm = ops & _name_mask(t, is_comm_op)
+    copies = (t.kind == Kind.CPU_OP) & _name_mask(t, lambda s: s in _CPU_COPY_OPS)
+    compute = (t.kind == Kind.CPU_OP) & ~steps & ~data & ~comm & ~copies
+    return {
+        "data": _rows(t, np.flatnonzero(data)),
+        "comm": _rows(t, np.flatnonzero(comm)),
+        "memory": _rows(t, np.flatnonzero(copies)),
+        "compute": _rows(t, np.flatnonzero(compute)),
+    }
+
+
+def _points(sets: dict[str, Intervals], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    windows = {k: v.window(lo, hi) for k, v in sets.items()}
+    pts = np.unique(np.concatenate([[lo, hi]] + [np.concatenate((w.starts, w.ends)) for w in windows.values()]))
+    pts = pts[(pts >= lo) & (pts <= hi)]
+    seg = pts[:-1]
+    length = np.diff(pts).astype(np.float64)
+    return seg, length, {k: w.covers(seg) for k, w in windows.items()}
+
+
+def _step_gpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdown:
+    seg, length, m = _points(sets, step.start_ns, step.end_ns)
+    c = m["compute"]
+    mem = m["memory"] & ~c
+    comm = m["comm"] & ~c & ~m["memory"]
+    idle = ~(c | m["memory"] | m["comm"])
+    data = idle & m["data"]
+    sync = idle & ~data & (m["sync"] | m["drained"])
+    launch = idle & ~data & ~sync & (m["runtime"] | m["queued"] | m["short"])
+    other = idle & ~data & ~sync & ~launch
+    ms = lambda mask: float(length[mask].sum()) / 1e6  # noqa: E731
+    return StepBreakdown(
+        step=step.index, rank=rank, wall_ms=step.wall_ms,
+        compute_ms=ms(c), memory_ms=ms(mem), comm_exposed_ms=ms(comm), comm_overlapped_ms=ms(m["comm"] & c),
+        data_wait_ms=ms(data), sync_wait_ms=ms(sync), launch_overhead_ms=ms(launch), host_other_ms=ms(other),
+    )
+
+
+def _step_cpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdown:
+    seg, length, m = _points(sets, step.start_ns, step.end_ns)
+    data = m["data"]
+    comm = m["comm"] & ~data
+    mem = m["memory"] & ~data & ~comm
+    comp = m["compute"] & ~data & ~comm & ~mem
+    other = ~(data | comm | mem | comp)
+    ms = lambda mask: float(length[mask].sum()) / 1e6  # noqa: E731
+    return StepBreakdown(
+        step=step.index, rank=rank, wall_ms=step.wall_ms,
+        compute_ms=ms(comp), memory_ms=ms(mem), comm_exposed_ms=ms(comm), data_wait_ms=ms(data), host_other_ms=ms(other),
+    )
+
+
+def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
+    """The per-step breakdown of one rank (GPU timeline when it has GPU events, else CPU)."""
+    t = rd.events
+    if not rd.steps or len(t) == 0:
+        return []
+    has_gpu = bool(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)).any())
+    if has_gpu:
+        sets = _gpu_sets(t)
+        return [_step_gpu(sets, s, rd.rank) for s in rd.steps]
+    sets = _cpu_sets(t)
+    return [_step_cpu(sets, s, rd.rank) for s in rd.steps]
+
+
+def compute_breakdowns(ctx: "AnalysisContext") -> None:
+    """Fill ``rank.breakdown`` for every rank of the context."""
+    for rd in ctx.ranks:
+        rd.breakdown = rank_breakdown(rd)
+
+
+def breakdown_totals(items: list[StepBreakdown]) -> dict[str, float]:
+    """Summed milliseconds of every part over steps (and ranks), with ``wall_ms``."""
+    out = {k: 0.0 for k in ("wall_ms",) + StepBreakdown.SUMMED + ("comm_overlapped_ms",)}
+    for b in items:
+        out["wall_ms"] += b.wall_ms
+        for k in StepBreakdown.SUMMED + ("comm_overlapped_ms",):
+            out[k] += float(getattr(b, k))
+    return out
+
+
+def breakdown_pct(items: list[StepBreakdown]) -> dict[str, float]:
+    """Each part as a percentage of summed wall time (keys end in ``_pct``)."""
+    tot = breakdown_totals(items)
+    wall = tot.pop("wall_ms")
+    if wall <= 0:
+        return {k.replace("_ms", "_pct"): 0.0 for k in tot}
+    return {k.replace("_ms", "_pct"): round(100.0 * v / wall, 3) for k, v in tot.items()}

@@ -1,0 +1,687 @@
+"""Load Kineto traces and our run directories into the columnar model (``analyzers.model``).
+
+Entry point: :func:`load_context(target)` accepts
+
+* a run directory written by ``stallscope profile`` (``meta.yaml`` and ``rank<R>/trace.json.gz``
+  with ``steps.csv``, ``nvml.csv``, ``host.csv``, ``rank.yaml``; ``patches.yaml`` when present),
+* a single trace from any torch.profiler user (``*.json``, ``*.json.gz``, including
+  ``tensorboard_trace_handler`` names such as ``host_pid.1712345.pt.trace.json.gz``),
+* a folder of per-rank traces (HTA's layout; the rank comes from ``distributedInfo.rank`` in the
+  trace, else from ``rank<N>`` in the file name).
+
+One pass over the events builds numpy columns; names are interned; times become integer
+nanoseconds exactly (the microsecond decimals Kineto writes have three places). GPU rows are
+linked to the runtime call that launched them (``correlation``) and to the CPU op around that
+launch (``External id``, else time containment on the launching thread). No torch import.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from analyzers.model import AnalysisContext, EventTable, Kind, RankData
+from analyzers.tracefile import iter_trace_batches
+from profiler.common import ToolError, read_yaml
+
+__all__ = [
+    "load_context",
+    "load_trace",
+    "find_traces",
+    "empty_table",
+    "is_sync_call",
+    "is_data_wait",
+    "is_comm_kernel",
+    "SYNC_CALLS",
+]
+
+_KIND_OF_CAT = {
+    "cpu_op": Kind.CPU_OP,
+    "operator": Kind.CPU_OP,
+    "cuda_runtime": Kind.RUNTIME,
+    "cuda_driver": Kind.RUNTIME,
+    "runtime": Kind.RUNTIME,
+    "kernel": Kind.KERNEL,
+    "gpu_memcpy": Kind.MEMCPY,
+    "gpu_memset": Kind.MEMSET,
+    "user_annotation": Kind.ANNOTATION,
+    "gpu_user_annotation": Kind.GPU_ANNOTATION,
+    "python_function": Kind.PYTHON,
+}
+_SKIPPED_CATS = frozenset({"Trace", "ac2g", "fwdbwd", "overhead"})
+_GPU_ARG_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET, Kind.GPU_ANNOTATION)
+
+SYNC_CALLS = frozenset(
+    {
+        "cudaStreamSynchronize",
+        "cudaDeviceSynchronize",
+        "cudaEventSynchronize",
+        "cudaMemcpy",
+        "cudaMemcpy2D",
+        "cudaMemset",
+        "cuStreamSynchronize",
+        "cuCtxSynchronize",
+        "cuEventSynchronize",
+        "cuMemcpyDtoH_v2",
+        "cuMemcpyDtoH",
+        "cuMemcpyHtoD_v2",
+    }
+)
+
+_COLLECTIVE_KEYS = {
+    "Collective name": "name",
+    "dtype": "dtype",
+    "In msg nelems": "in_nelems",
+    "Out msg nelems": "out_nelems",
+    "Group size": "group_size",
+    "Process Group Name": "pg_name",
+    "Process Group Description": "pg_desc",
+    "Process Group Ranks": "pg_ranks",
+    "Seq": "seq",
+    "Rank": "rank",
+    "In split size": "in_split",
+    "Out split size": "out_split",
+}
+
+TRACE_SUFFIXES = (".json", ".json.gz")
+
+
+def is_sync_call(name: str) -> bool:
+    """Runtime calls that block the host until the GPU catches up."""
+    return name in SYNC_CALLS
+
+
+def is_data_wait(name: str) -> bool:
+    """The DataLoader's ``__next__`` range that torch.profiler records."""
+    return name.startswith("enumerate(DataLoader)")
+
+
+def is_comm_kernel(name: str) -> bool:
+    """Communication kernels (NCCL/RCCL/NVSHMEM) by name, as HTA classifies them."""
+    low = name.lower()
+    return "nccl" in low or "rccl" in low or "nvshmem" in low or low.startswith("c10d::") or "gloo" in low
+
+
+def is_comm_op(name: str) -> bool:
+    """CPU-side communication ops (gloo on CPU, c10d wrappers, record_param_comms)."""
+    return name == "record_param_comms" or name.startswith(("c10d::", "gloo:", "nccl:")) or "allreduce" in name.lower()
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _exact_ns(values: list[Any]) -> np.ndarray:
+    """Microsecond numbers (floats or strings) -> integer nanoseconds, exactly.
+
+    Splitting off the integer part keeps the float error of the fraction far below half a
+    nanosecond for any trace timestamp (< 2**43 us), so rounding recovers Kineto's decimals.
+    """
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray([_one_ns(v) for v in values], dtype=np.int64)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    bad = ~np.isfinite(arr) | (np.abs(arr) > 9.0e15)
+    if bad.any():
+        arr = np.where(bad, 0.0, arr)
+    whole = np.floor(arr)
+    return whole.astype(np.int64) * 1000 + np.rint((arr - whole) * 1000.0).astype(np.int64)
+
+
+def _one_ns(value: Any) -> int:
+    try:
+        d = Decimal(str(value))
+        if not d.is_finite():
+            return 0
+        return int((d * 1000).to_integral_value())
+    except (InvalidOperation, ValueError, OverflowError):
+        return 0
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Columns:
+    """Accumulates one pass of events into per-batch numpy blocks (bounded Python objects)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.name_ids: dict[str, int] = {}
+        self.blocks: list[dict[str, np.ndarray]] = []
+        self.extra: dict[int, dict[str, Any]] = {}
+        self.rows = 0
+        self.process_names: dict[Any, str] = {}
+        self.thread_names: dict[tuple[Any, Any], str] = {}
+        self._ids: dict[Any, int] = {}
+
+    def _intern(self, name: str) -> int:
+        i = self.name_ids.get(name)
+        if i is None:
+            i = self.name_ids[name] = len(self.names)
+            self.names.append(name)
+        return i
+
+    def _num(self, value: Any) -> int:
+        """pid / tid as an int; strings get stable negative ids."""
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        i = self._ids.get(value)
+        if i is None:
+            i = self._ids[value] = -2 - len(self._ids)
+        return i
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        kind: list[int] = []
+        name: list[int] = []
+        ts: list[Any] = []
+        dur: list[Any] = []
+        pid: list[int] = []
+        tid: list[int] = []
+        stream: list[int] = []
+        device: list[int] = []
+        corr: list[int] = []
+        ext: list[int] = []
+        flops: list[float] = []
+        nbytes: list[int] = []
+        extra = self.extra
+        intern = self._intern
+        num = self._num
+        kind_of_cat = _KIND_OF_CAT
+        skipped = _SKIPPED_CATS
+        row = self.rows
+        for e in events:
+            ph = e.get("ph")
+            if ph == "X":
+                cat = e.get("cat")
+                if cat in skipped:
+                    continue
+                k = kind_of_cat.get(cat, Kind.OTHER)
+                d = e.get("dur", 0)
+            elif ph == "i" or ph == "I":
+                if e.get("s") == "g" or e.get("cat") is None and e.get("name") != "[memory]":
+                    continue
+                k = Kind.OTHER
+                d = 0
+            elif ph == "M":
+                self._meta(e)
+                continue
+            else:
+                continue
+            t = e.get("ts")
+            if t is None:
+                continue
+            nm = e.get("name")
+            if not isinstance(nm, str):
+                nm = str(nm)
+            args = e.get("args")
+            if not isinstance(args, dict):
+                args = {}
+            kind.append(k)
+            name.append(intern(nm))
+            ts.append(t)
+            dur.append(d)
+            pid.append(num(e.get("pid", -1)))
+            tid.append(num(e.get("tid", -1)))
+            c = args.get("correlation", -1)
+            x = args.get("External id", -1)
+            corr.append(c if isinstance(c, int) else -1)
+            ext.append(x if isinstance(x, int) else -1)
+            fl = args.get("flops")
+            flops.append(float(fl) if isinstance(fl, (int, float)) else math.nan)
+            b = args.get("bytes", args.get("Bytes", -1))
+            nbytes.append(b if isinstance(b, int) else -1)
+            if k in _GPU_ARG_KINDS:
+                s = args.get("stream", e.get("tid", -1))
+                dv = args.get("device", e.get("pid", -1))
+                stream.append(s if isinstance(s, int) else -1)
+                device.append(dv if isinstance(dv, int) else -1)
+            else:
+                stream.append(-1)
+                device.append(-1)
+            if args:
+                sparse = _sparse_args(k, nm, args)
+                if sparse:
+                    extra[row] = sparse
+            row += 1
+        n = row - self.rows
+        if n == 0:
+            return
+        self.rows = row
+        self.blocks.append(
+            {
+                "kind": np.asarray(kind, dtype=np.int8),
+                "name": np.asarray(name, dtype=np.int32),
+                "ts_ns": _exact_ns(ts),
+                "dur_ns": np.maximum(_exact_ns(dur), 0),
+                "pid": np.asarray(pid, dtype=np.int64),
+                "tid": np.asarray(tid, dtype=np.int64),
+                "stream": np.asarray(stream, dtype=np.int32),
+                "device": np.asarray(device, dtype=np.int32),
+                "correlation": np.asarray(corr, dtype=np.int64),
+                "external_id": np.asarray(ext, dtype=np.int64),
+                "flops": np.asarray(flops, dtype=np.float64),
+                "bytes": np.asarray(nbytes, dtype=np.int64),
+            }
+        )
+
+    def _meta(self, e: dict[str, Any]) -> None:
+        args = e.get("args") or {}
+        if not isinstance(args, dict):
+            return
+        if e.get("name") == "process_name" and "name" in args:
+            self.process_names[e.get("pid")] = str(args["name"])
+        elif e.get("name") == "thread_name" and "name" in args:
+            self.thread_names[(e.get("pid"), e.get("tid"))] = str(args["name"])
+
+    def table(self) -> EventTable:
+        if not self.blocks:
+            return empty_table(self.names)
+        cols = {k: np.concatenate([b[k] for b in self.blocks]) for k in self.blocks[0]}
+        self.blocks = []
+        n = cols["kind"].shape[0]
+        return EventTable(
+            names=self.names,
+            step=np.full(n, -1, dtype=np.int32),
+            launch_of=np.full(n, -1, dtype=np.int64),
+            op_of=np.full(n, -1, dtype=np.int64),
+            extra=self.extra,
+            **cols,
+        )
+
+
+def _sparse_args(kind: int, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    out: dict[str, Any] | None = None
+    dims = args.get("Input Dims")
+    if dims is not None:
+        out = {"input_dims": dims}
+        types = args.get("Input type")
+        if types is not None:
+            out["input_types"] = types
+    if kind == Kind.KERNEL:
+        grid = args.get("grid")
+        if grid is not None:
+            out = out or {}
+            out["grid"] = grid
+            out["block"] = args.get("block")
+            for key, short in (("registers per thread", "registers"), ("shared memory", "shared_memory"),
+                               ("est. achieved occupancy %", "occupancy_pct")):
+                if key in args:
+                    out[short] = args[key]
+    if "Collective name" in args or name == "record_param_comms":
+        coll = {short: args[key] for key, short in _COLLECTIVE_KEYS.items() if key in args}
+        if coll:
+            out = out or {}
+            out["collective"] = coll
+    if kind == Kind.OTHER and name == "[memory]":
+        mem = {k: args[k] for k in ("Total Allocated", "Total Reserved", "Device Id", "Device Type", "Addr") if k in args}
+        if mem:
+            out = out or {}
+            out["memory"] = mem
+    return out
+
+
+def empty_table(names: list[str] | None = None) -> EventTable:
+    """An event table with no rows (a trace with no events)."""
+    z64 = np.zeros(0, dtype=np.int64)
+    return EventTable(
+        names=list(names or []),
+        kind=np.zeros(0, dtype=np.int8),
+        name=np.zeros(0, dtype=np.int32),
+        ts_ns=z64.copy(),
+        dur_ns=z64.copy(),
+        pid=z64.copy(),
+        tid=z64.copy(),
+        stream=np.zeros(0, dtype=np.int32),
+        device=np.zeros(0, dtype=np.int32),
+        correlation=z64.copy(),
+        external_id=z64.copy(),
+        step=np.zeros(0, dtype=np.int32),
+        flops=np.zeros(0, dtype=np.float64),
+        bytes=z64.copy(),
+        launch_of=z64.copy(),
+        op_of=z64.copy(),
+    )
+
+
+# --------------------------------------------------------------------------- links
+
+
+def _sorted_events(t: EventTable) -> EventTable:
+    order = np.lexsort((-t.dur_ns, t.ts_ns))
+    if np.all(order[:-1] < order[1:]) if order.size > 1 else True:
+        return t
+    remap = np.empty_like(order)
+    remap[order] = np.arange(order.size)
+    fields = ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation",
+              "external_id", "step", "flops", "bytes", "launch_of", "op_of")
+    for f in fields:
+        setattr(t, f, getattr(t, f)[order])
+    t.extra = {int(remap[k]): v for k, v in t.extra.items()}
+    return t
+
+
+def _lookup(keys: np.ndarray, rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each wanted key, the row whose key matches (first in ``rows`` order), else -1."""
+    if keys.size == 0 or wanted.size == 0:
+        return np.full(wanted.size, -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    pos = np.searchsorted(sk, wanted)
+    pos_c = np.minimum(pos, sk.size - 1)
+    hit = (pos < sk.size) & (sk[pos_c] == wanted) & (wanted >= 0)
+    return np.where(hit, rows[order][pos_c], -1).astype(np.int64)
+
+
+def _link(t: EventTable) -> None:
+    gpu = np.flatnonzero(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)))
+    if gpu.size == 0:
+        return
+    runtime = np.flatnonzero((t.kind == Kind.RUNTIME) & (t.correlation >= 0))
+    launch = _lookup(t.correlation[runtime], runtime, t.correlation[gpu])
+    t.launch_of[gpu] = launch
+    cpu = np.flatnonzero((t.kind == Kind.CPU_OP) & (t.external_id >= 0))
+    ext = np.where(launch >= 0, t.external_id[np.maximum(launch, 0)], t.external_id[gpu])
+    op = _lookup(t.external_id[cpu], cpu, ext)
+    missing = (op < 0) & (launch >= 0)
+    if missing.any():
+        op[missing] = _containing_op(t, launch[missing])
+    t.op_of[gpu] = op
+
+
+def _containing_op(t: EventTable, rows: np.ndarray) -> np.ndarray:
+    """Innermost CPU op on the same thread whose span contains each row's start."""
+    out = np.full(rows.size, -1, dtype=np.int64)
+    cpu = np.flatnonzero(t.kind == Kind.CPU_OP)
+    if cpu.size == 0:
+        return out
+    for tid in np.unique(t.tid[rows]):
+        ops = cpu[t.tid[cpu] == tid]
+        if ops.size == 0:
+            continue
+        starts, ends = t.ts_ns[ops], t.ts_ns[ops] + t.dur_ns[ops]
+        want = np.flatnonzero(t.tid[rows] == tid)
+        for i in want:
+            ts = t.ts_ns[rows[i]]
+            j = int(np.searchsorted(starts, ts, side="right")) - 1
+            walked = 0
+            while j >= 0 and ends[j] < ts and walked < 256:  # back to the innermost enclosing op
+                j -= 1
+                walked += 1
+            if j >= 0 and starts[j] <= ts <= ends[j]:
+                out[i] = ops[j]
+    return out
+
+
+# --------------------------------------------------------------------------- steps
+
+
+_STEP_RE = re.compile(r"^(?:ProfilerStep|stallscope\.step)#(\d+)$")
+
+
+def find_steps(t: EventTable) -> tuple[list[Any], str | None]:
+    """Steps: ``ProfilerStep#N`` ranges, else ``stallscope.step#N`` markers, else the whole trace
+    (with a notice). Returns ``(steps, notice)``."""
+    from analyzers.model import Step
+
+    cpu_like = np.asarray([Kind.CPU_OP, Kind.ANNOTATION], dtype=np.int8)
+    for prefix, source in (("ProfilerStep#", "ProfilerStep"), ("stallscope.step#", "stallscope")):
+        ids = t.name_ids_matching(lambda s, p=prefix: s.startswith(p))
+        if ids.size == 0:
+            continue
+        rows = np.flatnonzero(np.isin(t.name, ids) & np.isin(t.kind, cpu_like))
+        if rows.size == 0:
+            continue
+        steps: list[Step] = []
+        seen: set[int] = set()
+        for r in rows[np.argsort(t.ts_ns[rows], kind="stable")]:
+            m = _STEP_RE.match(t.name_of(int(r)))
+            idx = int(m.group(1)) if m else len(steps)
+            if idx in seen:
+                continue
+            seen.add(idx)
+            start = int(t.ts_ns[r])
+            steps.append(Step(index=idx, start_ns=start, end_ns=start + max(int(t.dur_ns[r]), 1), source=source))
+        return steps, None
+    if len(t) == 0:
+        return [], None
+    start = int(t.ts_ns.min())
+    end = int((t.ts_ns + t.dur_ns).max())
+    notice = "no ProfilerStep#N or stallscope step markers in the trace: the whole trace is treated as one step"
+    return [Step(index=0, start_ns=start, end_ns=max(end, start + 1), source="whole-trace")], notice
+
+
+def assign_steps(t: EventTable, steps: list[Any]) -> None:
+    """Fill ``t.step``: CPU rows by time containment; GPU rows take the step of their launch."""
+    if not steps or len(t) == 0:
+        return
+    order = sorted(range(len(steps)), key=lambda i: steps[i].start_ns)
+    starts = np.asarray([steps[i].start_ns for i in order], dtype=np.int64)
+    ends = np.asarray([steps[i].end_ns for i in order], dtype=np.int64)
+    idx = np.asarray([steps[i].index for i in order], dtype=np.int32)
+    pos = np.searchsorted(starts, t.ts_ns, side="right") - 1
+    posc = np.maximum(pos, 0)
+    inside = (pos >= 0) & (t.ts_ns < ends[posc])
+    t.step[:] = np.where(inside, idx[posc], -1)
+    gpu = np.flatnonzero(t.launch_of >= 0)
+    if gpu.size:
+        t.step[gpu] = t.step[t.launch_of[gpu]]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, dict[str, Any]]:
+    """Parse one trace file into a linked, time-sorted :class:`EventTable` and its metadata."""
+    cols = _Columns()
+    meta: dict[str, Any] = {}
+    for events, m in iter_trace_batches(path):
+        cols.add(events)
+        if m is not None:
+            meta = m
+    table = _sorted_events(cols.table())
+    _link(table)
+    meta = dict(meta)
+    meta["process_names"] = {str(k): v for k, v in cols.process_names.items()}
+    return table, meta
+
+
+def _is_trace_name(p: Path) -> bool:
+    return p.is_file() and p.name.endswith(TRACE_SUFFIXES) and not p.name.startswith(".")
+
+
+def find_traces(folder: Path) -> list[Path]:
+    """Trace files directly in ``folder`` (sorted by name)."""
+    return sorted(p for p in folder.iterdir() if _is_trace_name(p))
+
+
+def _read_csv_columns(path: Path) -> dict[str, np.ndarray] | None:
+    """A CSV as name -> float array (empty cell = nan; non-numeric columns kept as strings)."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open("r", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                return None
+            rows = [r for r in reader if len(r) == len(header)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ToolError(f"{path}: cannot read ({exc.__class__.__name__}); regenerate the run directory") from None
+    out: dict[str, np.ndarray] = {}
+    for j, col in enumerate(header):
+        raw = [r[j] for r in rows]
+        try:
+            out[col] = np.asarray([float(v) if v != "" else math.nan for v in raw], dtype=np.float64)
+        except ValueError:
+            out[col] = np.asarray(raw, dtype=object)
+    return out
+
+
+_RANK_IN_NAME = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
+_TB_NAME = re.compile(r"^(?P<who>.+?)\.(?P<stamp>\d+)\.pt\.trace\.json(?:\.gz)?$")
+
+
+def _rank_of(meta: dict[str, Any], path: Path) -> int | None:
+    info = meta.get("distributedInfo")
+    if isinstance(info, dict) and isinstance(info.get("rank"), int):
+        return int(info["rank"])
+    m = _RANK_IN_NAME.search(path.name)
+    return int(m.group(1)) if m else None
+
+
+def _device_name(meta: dict[str, Any]) -> str | None:
+    props = meta.get("deviceProperties")
+    if isinstance(props, list) and props and isinstance(props[0], dict) and props[0].get("name"):
+        return str(props[0]["name"])
+    return None
+
+
+def _rank_data(path: Path, rank: int | None, notices: list[str]) -> RankData:
+    table, meta = load_trace(path)
+    steps, notice = find_steps(table)
+    if notice and notice not in notices:
+        notices.append(notice)
+    assign_steps(table, steps)
+    r = _rank_of(meta, path) if rank is None else rank
+    return RankData(rank=r if r is not None else -1, events=table, steps=steps, meta={"trace": meta}, trace_path=str(path))
+
+
+def _finish(ctx: AnalysisContext) -> AnalysisContext:
+    from analyzers.breakdown import compute_breakdowns
+
+    ranks = ctx.ranks
+    used = {r.rank for r in ranks if r.rank >= 0}
+    nxt = 0
+    for r in ranks:
+        if r.rank < 0:
+            while nxt in used:
+                nxt += 1
+            r.rank = nxt
+            used.add(nxt)
+    ranks.sort(key=lambda r: r.rank)
+    if ranks and not ctx.trace_meta:
+        ctx.trace_meta = ranks[0].meta.get("trace", {})
+    if ctx.device_name is None:
+        for r in ranks:
+            name = _device_name(r.meta.get("trace", {}))
+            if name:
+                ctx.device_name = name
+                break
+    if ranks and not ctx.has("gpu"):
+        ctx.notices.append("no GPU events in the trace (CPU-only run or CUDA activity not recorded): "
+                           "GPU figures are absent; the CPU side is analysed")
+    compute_breakdowns(ctx)
+    return ctx
+
+
+def _load_run_dir(root: Path) -> AnalysisContext:
+    meta = read_yaml(root / "meta.yaml") if (root / "meta.yaml").is_file() else {}
+    if not isinstance(meta, dict):
+        raise ToolError(f"{root / 'meta.yaml'}: not a mapping; regenerate the run directory")
+    version = meta.get("schema_version", 1)
+    if version != 1:
+        raise ToolError(f"{root / 'meta.yaml'}: unknown run format schema_version {version!r}; "
+                        "this stallscope reads version 1, upgrade stallscope")
+    notices: list[str] = [str(n) for n in meta.get("notices", []) or []]
+    ranks: list[RankData] = []
+    rank_dirs = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"rank\d+", p.name)),
+                       key=lambda p: int(p.name[4:]))
+    for d in rank_dirs:
+        r = int(d.name[4:])
+        traces = [p for p in (d / "trace.json.gz", d / "trace.json") if p.is_file()] or find_traces(d)
+        if traces:
+            rd = _rank_data(traces[0], r, notices)
+        else:
+            rd = RankData(rank=r, events=empty_table(), steps=[], trace_path=None)
+            notices.append(f"rank {r}: no trace in {d} (the window may not have been reached); telemetry only")
+        rd.telemetry = _read_csv_columns(d / "steps.csv")
+        rd.nvml = _read_csv_columns(d / "nvml.csv")
+        rd.host = _read_csv_columns(d / "host.csv")
+        if (d / "rank.yaml").is_file():
+            rank_meta = read_yaml(d / "rank.yaml")
+            if isinstance(rank_meta, dict):
+                rd.meta["rank"] = rank_meta
+        ranks.append(rd)
+    if not ranks:
+        raise ToolError(f"{root}: a run directory without rank folders; pass a trace file or re-run stallscope profile")
+    device = None
+    per_rank = meta.get("per_rank") or {}
+    if isinstance(per_rank, dict):
+        for info in per_rank.values():
+            gpu = (info or {}).get("gpu") if isinstance(info, dict) else None
+            if isinstance(gpu, dict) and gpu.get("name"):
+                device = str(gpu["name"])
+                break
+    ctx = AnalysisContext(ranks=ranks, source=str(root), meta=meta, device_name=device, notices=notices)
+    patches = root / "patches.yaml"
+    if patches.is_file():
+        ctx.meta = dict(meta)
+        ctx.meta["patches"] = read_yaml(patches)
+    return _finish(ctx)
+
+
+def _pick_traces(paths: list[Path], notices: list[str]) -> list[Path]:
+    """tensorboard_trace_handler writes one file per profiling cycle: keep the newest per process
+    when files carry no rank (they are cycles of one process, not ranks)."""
+    if len(paths) < 2 or any(_RANK_IN_NAME.search(p.name) for p in paths):
+        return paths
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for p in paths:
+        m = _TB_NAME.match(p.name)
+        if not m:
+            return paths
+        groups.setdefault(m.group("who"), []).append((int(m.group("stamp")), p))
+    picked = []
+    for who, items in sorted(groups.items()):
+        items.sort()
+        picked.append(items[-1][1])
+        if len(items) > 1:
+            notices.append(f"{len(items)} traces of {who} (one per profiling cycle): the newest, "
+                           f"{items[-1][1].name}, is analysed")
+    return picked
+
+
+def load_context(target: str | Path) -> AnalysisContext:
+    """Load a run directory, a trace file or a folder of per-rank traces (see module doc)."""
+    root = Path(target)
+    if not root.exists():
+        raise ToolError(f"{root}: no such file or directory; pass a run directory, a trace file or a folder of traces")
+    if root.is_file():
+        notices: list[str] = []
+        rd = _rank_data(root, None, notices)
+        return _finish(AnalysisContext(ranks=[rd], source=str(root), notices=notices))
+    if (root / "meta.yaml").is_file() or any(root.glob("rank[0-9]*/trace.json*")):
+        return _load_run_dir(root)
+    traces = find_traces(root)
+    if not traces:
+        raise ToolError(f"{root}: no trace files (*.json, *.json.gz) in this folder; "
+                        "pass a run directory, a trace file or a folder of per-rank traces")
+    notices = []
+    traces = _pick_traces(traces, notices)
+    ranks = [_rank_data(p, None, notices) for p in traces]
+    seen: dict[int, Path] = {}
+    for rd in ranks:
+        if rd.rank >= 0 and rd.rank in seen:
+            raise ToolError(f"{root}: two traces claim rank {rd.rank} ({Path(seen[rd.rank]).name}, "
+                            f"{Path(rd.trace_path or '').name}); keep one trace per rank in the folder")
+        if rd.rank >= 0:
+            seen[rd.rank] = Path(rd.trace_path or "")
+    if len(ranks) > 1 and any(rd.rank < 0 for rd in ranks):
+        notices.append("some traces carry no rank (distributedInfo.rank or rank<N> in the name): "
+                       "ranks were numbered by file name")
+    return _finish(AnalysisContext(ranks=ranks, source=str(root), notices=notices))
+
+
+def iter_rows(t: EventTable, rows: Iterable[int]) -> Iterable[tuple[int, str, int, int]]:
+    """(row, name, ts_ns, dur_ns) for the given rows: a convenience for analyzers and tests."""
+    for r in rows:
+        r = int(r)
+        yield r, t.names[int(t.name[r])], int(t.ts_ns[r]), int(t.dur_ns[r])
