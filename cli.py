@@ -132,5 +132,61 @@ def diagnose(
     raise typer.Exit(diagnose_command(target, output=output, fmt=fmt, deep=deep, annotated_trace=annotated_trace))
 
 
+class _GateGroup(typer.core.TyperGroup):
+    """`stallscope gate --baseline B CURRENT` runs the default subcommand `check`; `gate ab` is paired mode."""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["check", *args]
+        return super().parse_args(ctx, args)
+
+
+gate_app = typer.Typer(
+    cls=_GateGroup,
+    no_args_is_help=True,
+    help="CI performance gate. `stallscope gate --baseline BASE CURRENT` (the default `check`) or `stallscope gate ab ...`. "
+    "Exit 0 pass, 1 regression, 3 inconclusive, 2 usage or tool error.",
+)
+app.add_typer(gate_app, name="gate")
+
+
+@gate_app.command("check")
+@user_errors
+def gate_check(
+    current: Path = typer.Argument(..., help="The current report (.yaml/.json) or run directory."),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="The baseline report or run directory."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gate.yaml with the rules (default: step time median 3 %, p90 10 %, no new high finding)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the verdict as YAML here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per rule)."),
+    allow_env_change: bool = typer.Option(False, "--allow-env-change", help="Judge even if GPU, driver, torch, CUDA or clocks differ."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Accept CURRENT as the new baseline (atomic copy to --baseline) and exit 0."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No console table."),
+) -> None:
+    """Compare CURRENT with the baseline: exit 1 on a real regression, not on noise (the default subcommand)."""
+    from analyzers.gate.command import gate_command
+
+    raise typer.Exit(gate_command(current, baseline, config=config, output=output, junit=junit, allow_env_change=allow_env_change, update=update_baseline, quiet=quiet))
+
+
+@gate_app.command("ab")
+@user_errors
+def gate_ab(
+    base_cmd: str = typer.Option(..., "--base-cmd", help="The base command, quoted (e.g. 'python train.py')."),
+    head_cmd: str = typer.Option(..., "--head-cmd", help="The head command, quoted."),
+    rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="A B rounds, interleaved."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Steps dropped at the start of every run."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gate.yaml with the rules."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the verdict as YAML here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per rule)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the runs go (default ./stallscope-runs/gate-ab-<UTC time>/)."),
+    profile_args: str = typer.Option("", "--profile-args", help="Extra options for stallscope profile, quoted (e.g. '--skip 5 --steps 2')."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines or console table."),
+) -> None:
+    """Paired mode: run base and head interleaved (A B A B ...) in this job, then gate head against base."""
+    from analyzers.gate.paired import ab_command
+
+    raise typer.Exit(ab_command(base_cmd, head_cmd, rounds=rounds, warmup=warmup, config=config, output=output, junit=junit, workdir=workdir, profile_args=profile_args, quiet=quiet))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
