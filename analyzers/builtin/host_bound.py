@@ -1,0 +1,99 @@
+"""host-bound: the GPU waits for the CPU to issue work (launch overhead, Python between ops).
+
+Measure, from the GPU-timeline breakdown: ``launch_overhead_ms`` (GPU idle while the CPU is in
+launch calls, a launched op is still queued, or gaps no longer than two launch costs: HTA's
+"kernel wait") plus ``host_other_ms`` (GPU idle while the CPU runs Python and CPU ops, not
+counting data loading or synchronization, which other analyzers own). Evidence adds the kernel
+side: the median kernel is compared with the median CPU cost of one launch
+(``cudaLaunchKernel`` and friends); when kernels are shorter than their launches (typically
+~5-10 us on current GPUs), the CPU cannot keep the GPU fed however fast the rest of the loop is,
+and the fix is fewer launches (CUDA graphs, torch.compile, fused ops, larger batches).
+
+Grading: share of step time, 5 % medium / 20 % high / 1 % low: the same reasoning as the input
+pipeline (below ~5 % is step-time noise; at a fifth of every step the GPU is idle more often
+than a single kernel optimisation could ever recover).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
+from analyzers.model import AnalysisContext, Kind
+
+MEDIUM_PCT = 5.0
+HIGH_PCT = 20.0
+LOW_PCT = 1.0
+_LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
+                 "cudaLaunchCooperativeKernel", "cudaMemcpyAsync", "cudaMemsetAsync")
+
+
+@register
+class HostBound(Analyzer):
+    """Launch gaps and tiny kernels."""
+
+    name = "host-bound"
+    requires = frozenset({"trace", "gpu"})
+    description = "GPU idle while the CPU issues kernels; kernels shorter than their launch"
+
+    def analyze(self, ctx: AnalysisContext) -> list[Finding]:
+        wall = launch = other = 0.0
+        steps = 0
+        kernel_us: list[np.ndarray] = []
+        launch_us: list[np.ndarray] = []
+        worst_rank, worst = None, -1.0
+        for rd in ctx.ranks:
+            if not rd.breakdown:
+                continue
+            r_wall = sum(b.wall_ms for b in rd.breakdown)
+            r_idle = sum(b.launch_overhead_ms + b.host_other_ms for b in rd.breakdown)
+            wall += r_wall
+            launch += sum(b.launch_overhead_ms for b in rd.breakdown)
+            other += sum(b.host_other_ms for b in rd.breakdown)
+            steps += len(rd.breakdown)
+            if r_wall > 0 and r_idle / r_wall > worst:
+                worst_rank, worst = rd.rank, r_idle / r_wall
+            ev = rd.events
+            k = np.flatnonzero((ev.kind == Kind.KERNEL) & (ev.step >= 0))
+            kernel_us.append(ev.dur_ns[k] / 1e3)
+            lr = ev.rows_named(lambda s: s in _LAUNCH_CALLS, Kind.RUNTIME)
+            lr = lr[ev.step[lr] >= 0] if lr.size else lr
+            launch_us.append(ev.dur_ns[lr] / 1e3)
+        if wall <= 0 or steps == 0:
+            return []
+        share = 100.0 * (launch + other) / wall
+        if share <= LOW_PCT:
+            return []
+        ks = np.concatenate(kernel_us) if kernel_us else np.zeros(0)
+        ls = np.concatenate(launch_us) if launch_us else np.zeros(0)
+        evidence: dict[str, object] = {
+            "gpu_idle_host_pct": share,
+            "launch_overhead_ms_per_step": launch / steps,
+            "host_other_ms_per_step": other / steps,
+            "kernels_per_step": float(ks.size) / steps,
+        }
+        tiny = False
+        if ks.size:
+            evidence["median_kernel_us"] = float(np.median(ks))
+        if ls.size:
+            evidence["median_launch_us"] = float(np.median(ls))
+        if ks.size and ls.size:
+            med_launch = float(np.median(ls))
+            evidence["kernels_shorter_than_launch_pct"] = 100.0 * float((ks < med_launch).mean())
+            tiny = float(np.median(ks)) < med_launch
+        title = ("GPU idle while the CPU launches kernels shorter than their launch cost" if tiny
+                 else "GPU idle while the CPU prepares and launches work")
+        return [
+            Finding(
+                id="host-bound-launch-gaps",
+                category="host-bound",
+                title=f"{title} ({share:.1f}% of step time)",
+                severity=severity_from_share(share, MEDIUM_PCT, HIGH_PCT, LOW_PCT),
+                impact=Impact(step_time_pct=share, est_saving_ms_per_step=(launch + other) / steps),
+                evidence=evidence,
+                where={"ranks": [worst_rank] if worst_rank is not None else []},
+                confidence=0.85 if tiny else 0.7,
+                fixes=[],
+                advice="fewer, larger launches: CUDA graphs (torch.compile mode='reduce-overhead'), fused ops, "
+                       "larger batches; move Python work out of the step",
+            )
+        ]

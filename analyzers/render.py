@@ -1,0 +1,216 @@
+"""Render a report dict: rich console views (``__rich__`` objects) and markdown.
+
+The console shows the environment, the steps and step-time statistics, a breakdown bar and the
+findings ranked by impact with their evidence. Markdown carries the same content for PR
+comments and GitHub step summaries. No torch import.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ReportView", "BreakdownBar", "FindingView", "to_markdown", "BREAKDOWN_PARTS"]
+
+BREAKDOWN_PARTS = (
+    ("compute_pct", "compute", "green"),
+    ("memory_pct", "memcpy/set", "blue"),
+    ("comm_exposed_pct", "comm exposed", "magenta"),
+    ("data_wait_pct", "data wait", "red"),
+    ("sync_wait_pct", "sync wait", "yellow"),
+    ("launch_overhead_pct", "launch overhead", "cyan"),
+    ("host_other_pct", "other host", "white"),
+)
+
+
+def _num(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3g}{unit}" if abs(v) < 1e4 else f"{v:,.0f}{unit}"
+    return f"{v}{unit}"
+
+
+class BreakdownBar:
+    """A one-line stacked bar of the step-time breakdown, with a legend."""
+
+    def __init__(self, pct: dict[str, float], width: int = 60, gpu: bool = True) -> None:
+        self.pct, self.width, self.gpu = pct, width, gpu
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        bar = Text()
+        legend = Text()
+        used = 0
+        parts = [(k, label, colour, float(self.pct.get(k) or 0.0)) for k, label, colour in BREAKDOWN_PARTS]
+        for i, (_, label, colour, v) in enumerate(parts):
+            cells = round(self.width * v / 100.0) if i < len(parts) - 1 else max(self.width - used, 0)
+            cells = min(cells, self.width - used)
+            used += cells
+            bar.append("█" * cells, style=colour)
+            if v >= 0.05:
+                legend.append("■ ", style=colour)
+                legend.append(f"{label} {v:.1f}%  ")
+        title = Text("step time breakdown" + ("" if self.gpu else " (CPU timeline: no GPU events)"), style="bold")
+        return Group(title, bar, legend)
+
+
+class FindingView:
+    """One finding of a report dict, with its evidence."""
+
+    def __init__(self, finding: dict[str, Any], rank: int) -> None:
+        self.f, self.rank = finding, rank
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        f = self.f
+        sev = f.get("severity", "info")
+        colour = {"high": "bold red", "medium": "yellow", "low": "cyan"}.get(sev, "dim")
+        imp = f.get("impact", {})
+        head = Text.assemble(
+            (f"{self.rank}. ", "bold"), (f"[{sev}] ", colour), (f.get("title", ""), "bold"),
+            (f"  {_num(imp.get('step_time_pct'))}% of step, ~{_num(imp.get('est_saving_ms_per_step'))} ms/step", "dim"),
+        )
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim")
+        grid.add_column()
+        grid.add_row("id", f"{f.get('id')} ({f.get('category')}, confidence {_num(f.get('confidence'))})")
+        for k, v in (f.get("evidence") or {}).items():
+            grid.add_row(str(k), _num(v) if not isinstance(v, list) else ", ".join(_num(x) for x in v[:6]))
+        for k, v in (f.get("where") or {}).items():
+            if v:
+                grid.add_row(f"where.{k}", ", ".join(str(x) for x in v[:5]))
+        if f.get("fixes"):
+            grid.add_row("fixes", ", ".join(f["fixes"]))
+        if f.get("advice"):
+            grid.add_row("advice", f["advice"])
+        return Group(head, grid, Text(""))
+
+
+class ReportView:
+    """The whole report for the console."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.r = report
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        r = self.r
+        env = r.get("environment", {}) or {}
+        src = r.get("source", {}) or {}
+        summ = r.get("summary", {}) or {}
+        st = summ.get("step_time_ms", {}) or {}
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="dim")
+        head.add_column()
+        head.add_row("source", f"{src.get('path')} ({src.get('kind')}, {len(src.get('ranks') or [])} rank(s), "
+                               f"{_num(src.get('events'))} events)")
+        gpu = env.get("gpu") or {}
+        head.add_row("gpu", str(gpu.get("name") or env.get("device_name") or "none in the trace"))
+        versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "cuda", "driver", "python") if env.get(k))
+        if versions:
+            head.add_row("versions", versions)
+        head.add_row("steps", f"{summ.get('steps')} (from {src.get('steps_from')})")
+        head.add_row("step time", f"median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, "
+                                  f"p90 {_num(st.get('p90'))} ms over {len(st.get('samples') or [])} samples "
+                                  f"({st.get('source', '')})")
+        parts: list[Any] = [Panel(head, title="stallscope diagnose", expand=False),
+                            BreakdownBar(summ.get("breakdown_pct") or {}, gpu=bool(summ.get("gpu_events", True))),
+                            Text("")]
+        if r.get("per_rank"):
+            t = Table(title="per rank", title_justify="left")
+            for col in ("rank", "steps", "median ms", "compute %", "comm exposed %", "data wait %", "idle host %"):
+                t.add_column(col, justify="right")
+            for pr in r["per_rank"]:
+                b = pr.get("breakdown_pct") or {}
+                idle = sum(float(b.get(k) or 0) for k in ("sync_wait_pct", "launch_overhead_pct", "host_other_pct"))
+                t.add_row(str(pr["rank"]), str(pr["steps"]), _num(pr["step_time_ms"].get("median")),
+                          _num(b.get("compute_pct")), _num(b.get("comm_exposed_pct")), _num(b.get("data_wait_pct")), _num(idle))
+            parts.append(t)
+        if r.get("top_kernels"):
+            t = Table(title="top kernels", title_justify="left")
+            for col, just in (("kernel", "left"), ("count", "right"), ("total ms", "right"), ("%", "right"), ("class", "left")):
+                t.add_column(col, justify=just, overflow="ellipsis", no_wrap=col == "kernel", max_width=70 if col == "kernel" else None)
+            for k in r["top_kernels"][:8]:
+                t.add_row(k["name"], str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"])
+            parts.append(t)
+        findings = r.get("findings") or []
+        parts.append(Text(f"findings ({len(findings)}), ranked by impact", style="bold underline"))
+        if not findings:
+            parts.append(Text("no bottleneck above the noise threshold was found", style="green"))
+        for i, f in enumerate(findings, 1):
+            parts.append(FindingView(f, i))
+        for n in r.get("notices") or []:
+            parts.append(Text(f"note: {n}", style="dim"))
+        return Group(*parts)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as GitHub-flavoured markdown."""
+    r = report
+    env = r.get("environment", {}) or {}
+    src = r.get("source", {}) or {}
+    summ = r.get("summary", {}) or {}
+    st = summ.get("step_time_ms", {}) or {}
+    gpu = (env.get("gpu") or {}).get("name") or env.get("device_name") or "none in the trace"
+    out = [
+        "# stallscope diagnosis",
+        "",
+        f"- **source**: `{src.get('path')}` ({src.get('kind')}, {len(src.get('ranks') or [])} rank(s))",
+        f"- **GPU**: {gpu}",
+        f"- **steps**: {summ.get('steps')} (from {src.get('steps_from')})",
+        f"- **step time**: median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, p90 {_num(st.get('p90'))} ms "
+        f"({len(st.get('samples') or [])} samples, {st.get('source', '')})",
+        "",
+        "## Step-time breakdown" + ("" if summ.get("gpu_events", True) else " (CPU timeline: no GPU events)"),
+        "",
+        "| part | % of step |",
+        "|---|---:|",
+    ]
+    bd = summ.get("breakdown_pct") or {}
+    for key, label, _ in BREAKDOWN_PARTS:
+        out.append(f"| {label} | {_num(bd.get(key))} |")
+    out.append(f"| (comm overlapped, not summed) | {_num(bd.get('comm_overlapped_pct'))} |")
+    if r.get("per_rank"):
+        out += ["", "## Per rank", "", "| rank | steps | median ms | compute % | comm exposed % | data wait % |", "|---:|---:|---:|---:|---:|---:|"]
+        for pr in r["per_rank"]:
+            b = pr.get("breakdown_pct") or {}
+            out.append(f"| {pr['rank']} | {pr['steps']} | {_num(pr['step_time_ms'].get('median'))} | {_num(b.get('compute_pct'))} "
+                       f"| {_num(b.get('comm_exposed_pct'))} | {_num(b.get('data_wait_pct'))} |")
+    if r.get("top_kernels"):
+        out += ["", "## Top kernels", "", "| kernel | count | total ms | % | class |", "|---|---:|---:|---:|---|"]
+        for k in r["top_kernels"][:10]:
+            name = k["name"].replace("|", "\\|")
+            name = name if len(name) <= 80 else name[:77] + "..."
+            out.append(f"| `{name}` | {k['count']} | {_num(k['total_ms'])} | {_num(k['pct'])} | {k['class']} |")
+    findings = r.get("findings") or []
+    out += ["", f"## Findings ({len(findings)}, ranked by impact)", ""]
+    if not findings:
+        out.append("No bottleneck above the noise threshold was found.")
+    for i, f in enumerate(findings, 1):
+        imp = f.get("impact", {})
+        out.append(f"### {i}. [{f.get('severity')}] {f.get('title')}")
+        out.append("")
+        out.append(f"`{f.get('id')}` ({f.get('category')}): {_num(imp.get('step_time_pct'))} % of step time, "
+                   f"~{_num(imp.get('est_saving_ms_per_step'))} ms/step to gain, confidence {_num(f.get('confidence'))}")
+        out.append("")
+        for k, v in (f.get("evidence") or {}).items():
+            out.append(f"- {k}: {_num(v) if not isinstance(v, list) else ', '.join(_num(x) for x in v[:6])}")
+        for k, v in (f.get("where") or {}).items():
+            if v:
+                out.append(f"- where.{k}: " + ", ".join(f"`{x}`" for x in v[:5]))
+        if f.get("fixes"):
+            out.append("- fixes: " + ", ".join(f"`{x}`" for x in f["fixes"]))
+        if f.get("advice"):
+            out.append(f"- advice: {f['advice']}")
+        out.append("")
+    if r.get("notices"):
+        out += ["## Notices", ""] + [f"- {n}" for n in r["notices"]]
+    return "\n".join(out).rstrip() + "\n"

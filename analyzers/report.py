@@ -1,0 +1,265 @@
+"""The diagnosis report (``schema_version: 1``): build it from a target, validate, read it back.
+
+:func:`build_report` loads a run directory / trace / folder of traces, computes the breakdown,
+runs the analyzers and returns a plain dict (YAML/JSON-ready). The schema lives next to this
+module (``report.schema.json``) and is documented in ``docs/report.md``. Numbers carry their
+unit in the key. No torch import.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyzers.breakdown import breakdown_pct, breakdown_totals
+from analyzers.model import AnalysisContext, Kind, StepBreakdown
+from profiler.common import ToolError, __version__
+
+__all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "build_report", "report_from_context", "load_report", "validate_report", "schema"]
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+TOP_KERNELS = 15
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    arr = np.asarray([s for s in samples if s is not None and math.isfinite(s)], dtype=np.float64)
+    if arr.size == 0:
+        return {"median": None, "p10": None, "p90": None, "mean": None, "samples": []}
+    return {
+        "median": round(float(np.median(arr)), 4),
+        "p10": round(float(np.percentile(arr, 10)), 4),
+        "p90": round(float(np.percentile(arr, 90)), 4),
+        "mean": round(float(arr.mean()), 4),
+        "samples": [round(float(x), 4) for x in arr],
+    }
+
+
+def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
+    """Whole-run per-step wall times from rank 0's steps.csv (steps outside the trace window
+    when there are at least 3 of them, since the window runs under the profiler's overhead)."""
+    for rd in ctx.ranks:
+        tel = rd.telemetry
+        if not tel or "wall_ms" not in tel:
+            continue
+        try:
+            wall = np.asarray(tel["wall_ms"], dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+        ok = np.isfinite(wall)
+        if "in_window" in tel:
+            try:
+                inw = np.asarray(tel["in_window"], dtype=np.float64)
+                outside = ok & (inw == 0)
+                if outside.sum() >= 3:
+                    return [float(x) for x in wall[outside]], f"telemetry (rank {rd.rank} steps.csv, steps outside the trace window)"
+            except (TypeError, ValueError):
+                pass
+        if ok.any():
+            return [float(x) for x in wall[ok]], f"telemetry (rank {rd.rank} steps.csv, all steps)"
+    return None
+
+
+def _trace_samples(ctx: AnalysisContext) -> list[float]:
+    """Per trace step, the slowest rank's wall time (a synchronous step ends with its slowest rank)."""
+    by_step: dict[int, float] = {}
+    for rd in ctx.ranks:
+        for s in rd.steps:
+            by_step[s.index] = max(by_step.get(s.index, 0.0), s.wall_ms)
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def _environment(ctx: AnalysisContext) -> dict[str, Any]:
+    meta = ctx.meta or {}
+    env: dict[str, Any] = {}
+    per_rank = meta.get("per_rank") if isinstance(meta.get("per_rank"), dict) else {}
+    first = next(iter(per_rank.values()), {}) if per_rank else {}
+    first = first if isinstance(first, dict) else {}
+    tm = ctx.trace_meta or {}
+    gpu = first.get("gpu") if isinstance(first.get("gpu"), dict) else None
+    props = tm.get("deviceProperties") if isinstance(tm.get("deviceProperties"), list) else []
+    if gpu is None and props and isinstance(props[0], dict):
+        p = props[0]
+        gpu = {"index": p.get("id"), "name": p.get("name"), "memory_gb": round(p["totalGlobalMem"] / 2**30, 1)
+               if isinstance(p.get("totalGlobalMem"), (int, float)) else None,
+               "compute_capability": f"{p.get('computeMajor')}.{p.get('computeMinor')}" if "computeMajor" in p else None}
+    env["gpu"] = gpu
+    env["gpu_count"] = len(props) if props else (1 if gpu else 0)
+    for key in ("driver", "cuda", "torch", "python"):
+        env[key] = first.get(key)
+    if env.get("cuda") is None and tm.get("cuda_runtime_version"):
+        env["cuda"] = str(tm.get("cuda_runtime_version"))
+    if env.get("driver") is None and tm.get("cuda_driver_version"):
+        env["driver"] = str(tm.get("cuda_driver_version"))
+    env["host"] = meta.get("host") or tm.get("host_name")
+    dist = tm.get("distributedInfo") if isinstance(tm.get("distributedInfo"), dict) else {}
+    env["world_size"] = meta.get("world_size") or dist.get("world_size") or len(ctx.ranks)
+    env["backend"] = dist.get("backend")
+    env["command"] = meta.get("command")
+    env["git"] = meta.get("git")
+    env["device_name"] = ctx.device_name
+    return env
+
+
+def _top_kernels(ctx: AnalysisContext) -> list[dict[str, Any]]:
+    totals: dict[str, list[float]] = {}
+    grand = 0.0
+    for rd in ctx.ranks:
+        ev = rd.events
+        rows = np.flatnonzero(ev.kind == Kind.KERNEL)
+        if rows.size == 0:
+            continue
+        if (ev.step[rows] >= 0).any():
+            rows = rows[ev.step[rows] >= 0]
+        ids, inv = np.unique(ev.name[rows], return_inverse=True)
+        dur = np.bincount(inv, weights=ev.dur_ns[rows].astype(np.float64))
+        cnt = np.bincount(inv)
+        for i, nid in enumerate(ids):
+            t = totals.setdefault(ev.names[int(nid)], [0, 0.0])
+            t[0] += int(cnt[i])
+            t[1] += float(dur[i]) / 1e6
+        grand += float(ev.dur_ns[rows].sum()) / 1e6
+    classes: dict[str, str] = {}
+    if totals:
+        try:
+            from analyzers import peaks  # the analyzers agent's roofline classes
+
+            classes = dict(peaks.classify_kernels(ctx))
+        except ImportError:
+            classes = {}
+        except Exception as exc:  # a classification bug must not cost the report
+            ctx.notices.append(f"kernel classification failed ({exc.__class__.__name__}); classes are unknown")
+    out = []
+    for name, (count, total) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:TOP_KERNELS]:
+        out.append({
+            "name": name,
+            "count": int(count),
+            "total_ms": round(total, 4),
+            "pct": round(100.0 * total / grand, 3) if grand > 0 else 0.0,
+            "class": classes.get(name, "unknown"),
+        })
+    return out
+
+
+def _step_source(ctx: AnalysisContext) -> str:
+    for rd in ctx.ranks:
+        if rd.steps:
+            return rd.steps[0].source
+    return "none"
+
+
+def _per_rank(ctx: AnalysisContext) -> list[dict[str, Any]]:
+    out = []
+    for rd in ctx.ranks:
+        walls = [s.wall_ms for s in rd.steps]
+        out.append({
+            "rank": rd.rank,
+            "steps": len(rd.steps),
+            "step_time_ms": {k: v for k, v in _stats(walls).items()},
+            "breakdown_pct": breakdown_pct(rd.breakdown),
+            "trace": rd.trace_path,
+        })
+    return out
+
+
+def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, Any]:
+    """Run the analyzers on a loaded context and assemble the report dict."""
+    from analyzers.run import run_analyzers
+
+    result = run_analyzers(ctx, debug=debug)
+    all_bd: list[StepBreakdown] = [b for rd in ctx.ranks for b in rd.breakdown]
+    tel = _telemetry_samples(ctx)
+    if tel is not None:
+        samples, samples_source = tel
+    else:
+        samples, samples_source = _trace_samples(ctx), "trace steps (slowest rank per step)"
+    steps_stats = _stats(samples)
+    steps_stats["source"] = samples_source
+    totals = breakdown_totals(all_bd)
+    n_steps = max((len(rd.steps) for rd in ctx.ranks), default=0)
+    per_step = {k: round(v / max(len(all_bd), 1), 4) for k, v in totals.items()}
+    has_gpu = ctx.has("gpu")
+    kind = "run-dir" if ctx.meta.get("kind") == "stallscope-run" or any(rd.telemetry is not None for rd in ctx.ranks) else (
+        "trace" if len(ctx.ranks) == 1 and Path(ctx.source).is_file() else "trace-folder")
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "stallscope-report",
+        "tool": {"name": "stallscope", "version": __version__},
+        "source": {
+            "path": ctx.source,
+            "kind": kind,
+            "traces": [rd.trace_path for rd in ctx.ranks if rd.trace_path],
+            "ranks": [rd.rank for rd in ctx.ranks],
+            "steps_from": _step_source(ctx),
+            "events": int(sum(len(rd.events) for rd in ctx.ranks)),
+        },
+        "environment": _environment(ctx),
+        "summary": {
+            "steps": n_steps,
+            "gpu_events": has_gpu,
+            "timeline": "gpu" if has_gpu else "cpu",
+            "step_time_ms": steps_stats,
+            "breakdown_pct": breakdown_pct(all_bd),
+            "breakdown_ms_per_step": per_step,
+        },
+        "top_kernels": _top_kernels(ctx),
+        "findings": [f.to_dict() for f in result.findings],
+        "analyzers": {"ran": result.ran, "skipped": result.skipped, "failed": result.failed},
+        "notices": list(dict.fromkeys(ctx.notices)),
+    }
+    if len(ctx.ranks) > 1:
+        report["per_rank"] = _per_rank(ctx)
+    patches = (ctx.meta or {}).get("patches")
+    if patches is not None:
+        report["patches"] = patches
+    return _plain(report)
+
+
+def build_report(target: str | Path, debug: bool = False) -> dict[str, Any]:
+    """Load ``target`` (run directory, trace file, folder of traces) and return the report dict."""
+    from analyzers.loader import load_context
+
+    return report_from_context(load_context(target), debug=debug)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def schema() -> dict[str, Any]:
+    """The report's JSON Schema."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when the report does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(report, schema())
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report (YAML or JSON); unknown ``schema_version`` is a :class:`ToolError` (exit 2)."""
+    from profiler.common import read_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ToolError(f"{p}: no such report; check the path")
+    doc = read_yaml(p)  # YAML is a superset of JSON
+    if not isinstance(doc, dict) or doc.get("kind", "stallscope-report") != "stallscope-report" or "schema_version" not in doc:
+        raise ToolError(f"{p}: not a stallscope report (no schema_version); pass a report written by stallscope diagnose")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ToolError(f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
+                        f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report")
+    return doc
