@@ -1,0 +1,368 @@
+"""Fast GR-KAN kernels (FlashKAT-style), written from shared/research/flashkat.md sections 3 and 5d.
+
+Both passes use a 2-D grid: axis 0 walks tiles of token rows (``BLOCK_M`` rows, ``ROW_ITERS``
+times), axis 1 walks (group, column chunk) pairs, so every program holds its group's 10
+coefficients as scalars in registers. The backward computes one reciprocal per element,
+accumulates the 10 coefficient contributions in registers over all its rows, reduces them on
+chip once, and then either
+
+* writes them to a ``[programs, 10]`` partial buffer that a fixed-shape sum reduces (the default:
+  deterministic, bitwise reproducible), or
+* issues one relaxed atomic per coefficient per program (``reduction="atomic"``).
+
+Tiles are tuned per shape on first use (a handful of candidates timed with
+``triton.testing.do_bench``); any D with D % G == 0 works (masks when the group width is not a
+multiple of the column tile), and B*L need not be a multiple of the row tile.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import check_shapes, sign_of
+
+__all__ = [
+    "INTERPRET",
+    "TileConfig",
+    "FlashKATRational",
+    "flashkat_forward",
+    "flashkat_backward",
+    "tuned_configs",
+    "set_default_reduction",
+]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_REDUCTIONS = ("two_stage", "atomic")
+_default_reduction = os.environ.get("STALLSCOPE_FLASHKAT_REDUCTION", "two_stage")
+
+
+@triton.jit
+def flashkat_fwd_kernel(
+    x_ptr, y_ptr, a_ptr, b_ptr, M, a_stride,
+    WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    group = pid_c // CHUNKS
+    cols_in = (pid_c % CHUNKS) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = group * GROUP_WIDTH + cols_in
+    a0 = tl.load(a_ptr + group * a_stride + 0)
+    a1 = tl.load(a_ptr + group * a_stride + 1)
+    a2 = tl.load(a_ptr + group * a_stride + 2)
+    a3 = tl.load(a_ptr + group * a_stride + 3)
+    a4 = tl.load(a_ptr + group * a_stride + 4)
+    a5 = tl.load(a_ptr + group * a_stride + 5)
+    b1 = tl.abs(tl.load(b_ptr + group * 4 + 0))
+    b2 = tl.abs(tl.load(b_ptr + group * 4 + 1))
+    b3 = tl.abs(tl.load(b_ptr + group * 4 + 2))
+    b4 = tl.abs(tl.load(b_ptr + group * 4 + 3))
+    rows0 = pid_m * (BLOCK_M * ROW_ITERS) + tl.arange(0, BLOCK_M)
+    for it in range(ROW_ITERS):
+        rows = rows0 + it * BLOCK_M
+        if EVEN_C:
+            mask = (rows < M)[:, None]
+        else:
+            mask = (rows < M)[:, None] & (cols_in < GROUP_WIDTH)[None, :]
+        offs = rows.to(tl.int64)[:, None] * WIDTH + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        ax = tl.abs(x)
+        p = a0 + x * (a1 + x * (a2 + x * (a3 + x * (a4 + x * a5))))
+        q = 1.0 + ax * (b1 + ax * (b2 + ax * (b3 + ax * b4)))
+        tl.store(y_ptr + offs, tl.fdiv(p, q), mask=mask)
+
+
+@triton.jit
+def flashkat_bwd_kernel(
+    g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_ptr, M, a_stride,
+    WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, ATOMIC: tl.constexpr,
+):
+    CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    group = pid_c // CHUNKS
+    cols_in = (pid_c % CHUNKS) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = group * GROUP_WIDTH + cols_in
+    a0 = tl.load(a_ptr + group * a_stride + 0)
+    a1 = tl.load(a_ptr + group * a_stride + 1)
+    a2 = tl.load(a_ptr + group * a_stride + 2)
+    a3 = tl.load(a_ptr + group * a_stride + 3)
+    a4 = tl.load(a_ptr + group * a_stride + 4)
+    a5 = tl.load(a_ptr + group * a_stride + 5)
+    b1 = tl.abs(tl.load(b_ptr + group * 4 + 0))
+    b2 = tl.abs(tl.load(b_ptr + group * 4 + 1))
+    b3 = tl.abs(tl.load(b_ptr + group * 4 + 2))
+    b4 = tl.abs(tl.load(b_ptr + group * 4 + 3))
+    da1 = a1
+    da2 = 2.0 * a2
+    da3 = 3.0 * a3
+    da4 = 4.0 * a4
+    da5 = 5.0 * a5
+    db2 = 2.0 * b2
+    db3 = 3.0 * b3
+    db4 = 4.0 * b4
+    acc0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    bcc1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    bcc2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    bcc3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    bcc4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    rows0 = pid_m * (BLOCK_M * ROW_ITERS) + tl.arange(0, BLOCK_M)
+    for it in range(ROW_ITERS):
+        rows = rows0 + it * BLOCK_M
+        if EVEN_C:
+            mask = (rows < M)[:, None]
+        else:
+            mask = (rows < M)[:, None] & (cols_in < GROUP_WIDTH)[None, :]
+        offs = rows.to(tl.int64)[:, None] * WIDTH + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        go = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        ax = tl.abs(x)
+        x2 = x * x
+        x3 = x2 * x
+        x4 = x2 * x2
+        x5 = x4 * x
+        ax3 = tl.abs(x3)
+        p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x5
+        q = 1.0 + b1 * ax + b2 * x2 + b3 * ax3 + b4 * x4
+        dp = da1 + da2 * x + da3 * x2 + da4 * x3 + da5 * x4
+        dq = b1 + db2 * ax + db3 * x2 + db4 * ax3
+        dq = tl.where(x < 0, -dq, dq)
+        r = tl.fdiv(1.0, q)
+        t = go * r
+        u = -(t * p) * r
+        tl.store(dx_ptr + offs, t * dp + u * dq, mask=mask)
+        acc0 += t
+        acc1 += t * x
+        acc2 += t * x2
+        acc3 += t * x3
+        acc4 += t * x4
+        acc5 += t * x5
+        bcc1 += u * ax
+        bcc2 += u * x2
+        bcc3 += u * ax3
+        bcc4 += u * x4
+    if ATOMIC:
+        out = part_ptr + group * 10
+        tl.atomic_add(out + 0, tl.sum(tl.sum(acc0, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 1, tl.sum(tl.sum(acc1, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 2, tl.sum(tl.sum(acc2, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 3, tl.sum(tl.sum(acc3, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 4, tl.sum(tl.sum(acc4, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 5, tl.sum(tl.sum(acc5, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 6, tl.sum(tl.sum(bcc1, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 7, tl.sum(tl.sum(bcc2, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 8, tl.sum(tl.sum(bcc3, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 9, tl.sum(tl.sum(bcc4, axis=1), axis=0), sem="relaxed")
+    else:
+        out = part_ptr + (pid_m * tl.num_programs(1) + pid_c) * 10
+        tl.store(out + 0, tl.sum(tl.sum(acc0, axis=1), axis=0))
+        tl.store(out + 1, tl.sum(tl.sum(acc1, axis=1), axis=0))
+        tl.store(out + 2, tl.sum(tl.sum(acc2, axis=1), axis=0))
+        tl.store(out + 3, tl.sum(tl.sum(acc3, axis=1), axis=0))
+        tl.store(out + 4, tl.sum(tl.sum(acc4, axis=1), axis=0))
+        tl.store(out + 5, tl.sum(tl.sum(acc5, axis=1), axis=0))
+        tl.store(out + 6, tl.sum(tl.sum(bcc1, axis=1), axis=0))
+        tl.store(out + 7, tl.sum(tl.sum(bcc2, axis=1), axis=0))
+        tl.store(out + 8, tl.sum(tl.sum(bcc3, axis=1), axis=0))
+        tl.store(out + 9, tl.sum(tl.sum(bcc4, axis=1), axis=0))
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration: rows per tile, warps, row tiles per program."""
+
+    block_m: int
+    num_warps: int
+    row_iters: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"block_m": self.block_m, "num_warps": self.num_warps, "row_iters": self.row_iters}
+
+
+_FWD_TILES = ((2048, 4), (4096, 4), (4096, 8), (8192, 8))
+_BWD_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))
+_TUNED: dict[tuple, TileConfig] = {}
+
+
+def tuned_configs() -> dict[str, dict[str, int]]:
+    """The tile configurations chosen so far, by shape key (for benchmark records)."""
+    return {"/".join(map(str, key)): cfg.as_dict() for key, cfg in _TUNED.items()}
+
+
+def set_default_reduction(reduction: str) -> None:
+    """Default coefficient-gradient reduction: ``two_stage`` (deterministic) or ``atomic``."""
+    global _default_reduction
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _default_reduction = reduction
+
+
+def _column_tile(group_width: int) -> int:
+    for tile in (128, 64, 32, 16, 8):
+        if group_width % tile == 0:
+            return tile
+    return min(triton.next_power_of_2(group_width), 128)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _row_iters(rows: int, block_m: int, column_programs: int, device: torch.device) -> int:
+    # Aim at ~32 programs per SM over the grid: enough waves for a small tail, long enough
+    # programs that coefficient loads and the final reduction are amortised.
+    target_programs = 32 * _sm_count(device)
+    want_rows = max(1, rows * column_programs // target_programs)
+    iters = max(1, want_rows // block_m)
+    return min(1 << (iters.bit_length() - 1), 64)
+
+
+def _candidates(tiles, block_c: int, rows: int, column_programs: int, device) -> list[TileConfig]:
+    out = []
+    for elems, warps in tiles:
+        block_m = max(1, elems // block_c)
+        per_thread = block_m * block_c // (32 * warps)
+        if per_thread < 1:
+            continue
+        out.append(TileConfig(block_m, warps, _row_iters(rows, block_m, column_programs, device)))
+    return out or [TileConfig(16, 4, 1)]
+
+
+def _pick(kind: str, launch, key: tuple, candidates: list[TileConfig]) -> TileConfig:
+    if INTERPRET:
+        return TileConfig(16, 1, 4)
+    forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
+    if forced:
+        block_m, warps, iters = (int(v) for v in forced.split(","))
+        return TileConfig(block_m, warps, iters)
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    if len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
+        cfg = candidates[0]
+    else:
+        timings = []
+        for cand in candidates:
+            launch(cand)  # compile outside the timing
+            timings.append(triton.testing.do_bench(lambda c=cand: launch(c), warmup=5, rep=25, return_mode="median"))
+        cfg = candidates[min(range(len(candidates)), key=timings.__getitem__)]
+    _TUNED[key] = cfg
+    return cfg
+
+
+def _rows_key(rows: int) -> int:
+    return triton.next_power_of_2(max(rows, 1))
+
+
+def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """y = F(x) for a contiguous float32 ``x`` (..., D); coefficients float32 contiguous."""
+    groups = check_shapes(x, numerator, denominator)
+    y = torch.empty_like(x, dtype=torch.float32)
+    if x.numel() == 0:
+        return y
+    width = x.shape[-1]
+    group_width = width // groups
+    rows = x.numel() // width
+    block_c = _column_tile(group_width)
+    column_programs = groups * triton.cdiv(group_width, block_c)
+    a_stride = 0 if numerator.shape[0] == 1 else 6
+
+    def launch(cfg: TileConfig) -> None:
+        grid = (triton.cdiv(rows, cfg.block_m * cfg.row_iters), column_programs)
+        flashkat_fwd_kernel[grid](
+            x, y, numerator, denominator, rows, a_stride,
+            WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
+            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, num_warps=cfg.num_warps,
+        )
+
+    key = ("fwd", width, group_width, _rows_key(rows), x.device.type)
+    cfg = _pick("fwd", launch, key, _candidates(_FWD_TILES, block_c, rows, column_programs, x.device))
+    launch(cfg)
+    return y
+
+
+def flashkat_backward(
+    x: torch.Tensor,
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    grad_out: torch.Tensor,
+    reduction: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, d numerator, d denominator) for contiguous float32 ``x`` and ``grad_out``.
+
+    ``reduction``: ``two_stage`` (default, deterministic) or ``atomic``."""
+    reduction = reduction or _default_reduction
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    groups = check_shapes(x, numerator, denominator)
+    dx = torch.empty_like(x, dtype=torch.float32)
+    width = x.shape[-1]
+    group_width = width // groups
+    rows = x.numel() // width if width else 0
+    if x.numel() == 0:
+        sums = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
+    else:
+        block_c = _column_tile(group_width)
+        column_programs = groups * triton.cdiv(group_width, block_c)
+        a_stride = 0 if numerator.shape[0] == 1 else 6
+        atomic = reduction == "atomic"
+        buffers: dict[TileConfig, torch.Tensor] = {}
+
+        def launch(cfg: TileConfig) -> torch.Tensor:
+            row_programs = triton.cdiv(rows, cfg.block_m * cfg.row_iters)
+            if atomic:
+                part = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
+            else:
+                part = buffers.get(cfg)
+                if part is None:
+                    part = buffers[cfg] = torch.empty(row_programs, column_programs, 10, dtype=torch.float32, device=x.device)
+            flashkat_bwd_kernel[(row_programs, column_programs)](
+                grad_out, x, numerator, denominator, dx, part, rows, a_stride,
+                WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
+                ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, ATOMIC=atomic,
+                num_warps=cfg.num_warps,
+            )
+            return part
+
+        key = ("bwd", width, group_width, _rows_key(rows), x.device.type, reduction)
+        cfg = _pick("bwd", launch, key, _candidates(_BWD_TILES, block_c, rows, column_programs, x.device))
+        part = launch(cfg)
+        if atomic:
+            sums = part
+        else:
+            # Fixed-shape reduction over row programs and column chunks: deterministic.
+            sums = part.view(part.shape[0], groups, column_programs // groups, 10).sum(dim=(0, 2))
+    d_num = sums[:, :6]
+    d_den = sums[:, 6:] * sign_of(denominator.float())
+    if numerator.shape[0] == 1:
+        d_num = d_num.sum(dim=0, keepdim=True)
+    return dx, d_num.contiguous(), d_den.contiguous()
+
+
+class FlashKATRational(torch.autograd.Function):
+    """Autograd Function of the fast kernels: float32 contiguous ``x`` (..., D), numerator
+    (1|G, 6), denominator (G, 4)."""
+
+    @staticmethod
+    def forward(ctx, x, numerator, denominator):
+        ctx.save_for_backward(x, numerator, denominator)
+        return flashkat_forward(x, numerator, denominator)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, numerator, denominator = ctx.saved_tensors
+        dx, d_num, d_den = flashkat_backward(x, numerator, denominator, grad_out.contiguous().float())
+        return dx, d_num.to(numerator.dtype), d_den.to(denominator.dtype)
