@@ -14,12 +14,13 @@ Rules every fix keeps (checked by the generic contract tests over ``tests/fix_se
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["Fix", "PatchHandle", "Target", "Tolerance", "register", "registered_fixes"]
+__all__ = ["Diagnosis", "Fix", "PatchHandle", "Target", "Tolerance", "register", "registered_fixes"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,24 @@ class Tolerance:
     grad_rtol: float = 1e-5
     grad_atol: float = 1e-5
     note: str = ""
+    # "element": the bound holds for every element. "tensor": |original| is the largest magnitude
+    # of that tensor, so reordered sums (TF32, cuDNN algorithms, atomics) are judged against the
+    # tensor's scale and not against outputs that happen to cancel to nearly zero.
+    scale: str = "element"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rtol": self.rtol, "atol": self.atol, "grad_rtol": self.grad_rtol, "grad_atol": self.grad_atol, "note": self.note}
+        return {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "grad_rtol": self.grad_rtol,
+            "grad_atol": self.grad_atol,
+            "scale": self.scale,
+            "note": self.note,
+        }
+
+    def bound(self, kind: str) -> tuple[float, float]:
+        """(rtol, atol) for ``kind`` "output" or "grad"."""
+        return (self.grad_rtol, self.grad_atol) if kind == "grad" else (self.rtol, self.atol)
 
 
 @dataclass
@@ -56,6 +72,14 @@ class PatchHandle:
     reverted: bool = False
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """Whether a fix is called for on a target, and the one-line reason either way."""
+
+    called_for: bool
+    why: str
+
+
 class Fix:
     """Base class of every fix. Subclasses set ``id``, ``answers``, ``tolerance`` and implement
     ``find_targets``, ``apply`` and ``revert``; ``why_not`` explains a target it must refuse."""
@@ -64,7 +88,9 @@ class Fix:
     answers: ClassVar[tuple[str, ...]] = ()  # finding ids (or categories) this fix addresses
     description: ClassVar[str] = ""
     tolerance: ClassVar[Tolerance] = Tolerance()
-    scope: ClassVar[str] = "module"
+    scope: ClassVar[str] = "module"  # module | process | dataloader
+    requires_cuda: ClassVar[bool] = False  # no effect unless the program runs on a CUDA device
+    advisory: ClassVar[str] = ""  # non-empty: cannot be patched into a live program; the reason
 
     def find_targets(self, root: Any) -> list[Target]:
         """Targets inside ``root`` (a model, a DataLoader, ``None`` for process-wide fixes),
@@ -80,6 +106,50 @@ class Fix:
 
     def revert(self, handle: PatchHandle) -> None:
         raise NotImplementedError
+
+    # Optional parts of the contract, with defaults that suit most fixes.
+
+    def diagnose(self, target: Target, context: Mapping[str, Any] | None = None) -> Diagnosis:
+        """Is the fix called for on ``target``? ``context`` may carry ``findings`` (report
+        findings as dicts), ``cuda`` (the program runs on a CUDA device) and measured figures
+        such as ``data_wait_pct``. Default: called for when a finding names this fix, or, with
+        no findings at hand, whenever the target exists."""
+        context = context or {}
+        findings: Sequence[Mapping[str, Any]] = context.get("findings") or ()
+        for finding in findings:
+            if self.id in {str(f).replace("_", "-") for f in (finding.get("fixes") or ())}:
+                return Diagnosis(True, f"finding {finding.get('id', '?')} names {self.id}")
+        if findings and context.get("findings_complete"):
+            return Diagnosis(False, "no finding of the diagnosis names this fix")
+        return Diagnosis(True, f"{target.kind} {target.name} matches")
+
+    def tolerance_for(self, target: Target) -> Tolerance:
+        """The parity bounds for this target (default: the class-wide ``tolerance``)."""
+        return self.tolerance
+
+    def parity_module(self, handle: PatchHandle) -> Any:
+        """The module whose inputs parity is checked on: the target's module (for a process-wide
+        fix, the model it was found in); ``None`` means the fix verifies itself (:meth:`verify`)."""
+        if handle.target.kind in ("module", "process") and hasattr(handle.target.obj, "named_parameters"):
+            return handle.target.obj
+        return None
+
+    def verify(self, handle: PatchHandle) -> dict[str, Any] | None:
+        """Self-check for fixes without a module to compare on (DataLoader settings): a parity
+        record ``{"passed": bool, ...figures}``, or None when module parity applies."""
+        return None
+
+    @contextlib.contextmanager
+    def suspended(self, handle: PatchHandle) -> Iterator[None]:
+        """Run the original behaviour for a moment (parity's reference run), then re-apply.
+        The handle stays valid: its ``saved`` is refreshed from the re-application."""
+        self.revert(handle)
+        try:
+            yield
+        finally:
+            again = self.apply(handle.target)
+            handle.saved = again.saved
+            handle.reverted = False
 
 
 _REGISTRY: dict[str, type[Fix]] = {}

@@ -1,0 +1,1 @@
+"""cuDNN autotuning of convolution algorithms (process-wide); the patch is in ``fix.py``."""

@@ -1,0 +1,1 @@
+"""Page-locked host buffers for DataLoader batches; the patch is in ``fix.py``."""
