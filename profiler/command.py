@@ -1,0 +1,277 @@
+"""``stallscope profile -- CMD``: run the target under the injected bootstrap and finish the run directory.
+
+Stages: validate (nothing is created on bad use) -> prepare the run directory -> spawn the
+target in its own session with the bootstrap on PYTHONPATH -> live status and signal
+forwarding -> finalize ``meta.yaml`` -> summary -> diagnosis. No torch in this process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+from profiler.common import ToolError
+from profiler.live import LiveStatus
+from profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created
+
+__all__ = ["profile_command", "resolve_command", "child_environment", "RunSummary", "print_summary", "diagnose_or_summarize"]
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BOOT_DIR = Path(__file__).resolve().parent / "boot"
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def resolve_command(argv: List[str]) -> List[str]:
+    """The argv to execute: bare ``x.py`` runs with this Python; missing or non-executable commands are errors."""
+    if not argv:
+        raise ToolError("no command given; put it after `--`, e.g. stallscope profile -- python train.py")
+    first = argv[0]
+    looks_like_path = os.sep in first or first.endswith((".py", ".sh")) or os.path.exists(first)
+    if looks_like_path:
+        p = Path(first)
+        if not p.exists():
+            raise ToolError(f"{first}: no such file; check the path of the command after `--`")
+        if p.is_dir():
+            raise ToolError(f"{first}: is a folder, not a command; give the script or program to run")
+        if first.endswith(".py"):
+            return [sys.executable, *argv]
+        if os.access(p, os.X_OK):
+            return [str(p) if os.sep in first else f".{os.sep}{first}", *argv[1:]]
+        if first.endswith(".sh"):
+            return [shutil.which("bash") or "/bin/sh", *argv]
+        raise ToolError(f"{first}: not executable; run `chmod +x {first}` or put its interpreter first")
+    found = shutil.which(first)
+    if found is None:
+        raise ToolError(f"{first}: command not found; check the spelling or your PATH")
+    return [first, *argv[1:]]
+
+
+def child_environment(run_dir: Path, *, skip: int, steps: int, sample_hz: float, stack: bool, memory: bool,
+                      auto_patch: bool, patch_steps: int, base: Optional[dict] = None) -> dict:
+    """The target's environment: the bootstrap first on PYTHONPATH plus the STALLSCOPE_* config."""
+    env = dict(os.environ if base is None else base)
+    for key in [k for k in env if k.startswith("STALLSCOPE_")]:
+        if key not in ("STALLSCOPE_NVML",):
+            del env[key]
+    old = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + old if old else "")
+    env.update({
+        "STALLSCOPE_RUN_DIR": str(run_dir.absolute()),
+        "STALLSCOPE_SKIP": str(skip),
+        "STALLSCOPE_STEPS": str(steps),
+        "STALLSCOPE_SAMPLE_HZ": repr(float(sample_hz)),
+        "STALLSCOPE_STACK": "1" if stack else "0",
+        "STALLSCOPE_MEMORY": "1" if memory else "0",
+        "STALLSCOPE_AUTOPATCH": "1" if auto_patch else "0",
+        "STALLSCOPE_PATCH_STEPS": str(patch_steps),
+        "STALLSCOPE_HOME": str(PACKAGE_ROOT),
+    })
+    return env
+
+
+def _check_options(skip: int, steps: int, sample_hz: float, patch_steps: int) -> None:
+    if skip < 0:
+        raise ToolError(f"--skip {skip}: must be 0 or more")
+    if steps < 1:
+        raise ToolError(f"--steps {steps}: must be 1 or more")
+    if not (0.1 <= sample_hz <= 1000):
+        raise ToolError(f"--sample-hz {sample_hz}: must be between 0.1 and 1000")
+    if patch_steps < 2:
+        raise ToolError(f"--patch-steps {patch_steps}: must be 2 or more")
+
+
+class _Forwarder:
+    """Forwards SIGINT/SIGTERM/SIGHUP to the target's process group; repeated Ctrl-C escalates."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.previous: dict = {}
+        self.interrupts = 0
+
+    def __enter__(self) -> "_Forwarder":
+        for sig in FORWARDED:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        sig = signum
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            sig = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(self.interrupts, 3) - 1]
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+
+
+def profile_command(
+    cmd_argv: List[str],
+    *,
+    out: Optional[Path] = None,
+    skip: int = 5,
+    steps: int = 5,
+    sample_hz: float = 25.0,
+    stack: bool = False,
+    memory: bool = False,
+    diagnose: bool = True,
+    auto_patch: bool = False,
+    patch_steps: int = 20,
+    deep: bool = False,
+    quiet: bool = False,
+) -> int:
+    """Run ``cmd_argv`` under the profiler, write the run directory, return the target's exit code."""
+    argv = list(cmd_argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    _check_options(skip, steps, sample_hz, patch_steps)
+    exec_argv = resolve_command(argv)
+    run_dir = Path(out) if out is not None else default_run_dir(argv)
+    created = prepare_run_dir(run_dir)
+    options = {"sample_hz": sample_hz, "stack": stack, "memory": memory, "auto_patch": auto_patch,
+               "patch_steps": patch_steps, "deep": deep}
+    meta = MetaWriter(run_dir, argv, skip, steps, options)
+    if exec_argv != argv:
+        meta.meta["resolved_command"] = exec_argv
+    env = child_environment(run_dir, skip=skip, steps=steps, sample_hz=sample_hz, stack=stack, memory=memory,
+                            auto_patch=auto_patch, patch_steps=patch_steps)
+    try:
+        meta.write()
+        proc = subprocess.Popen(exec_argv, env=env, start_new_session=True)
+    except OSError as exc:
+        remove_created(created) if created else _clear(run_dir)
+        raise ToolError(f"{argv[0]}: cannot start it ({exc.strerror or exc}); check the command after `--`") from None
+
+    live = LiveStatus(run_dir, quiet=quiet)
+    if not live.enabled and not quiet:
+        sys.stderr.write(f"stallscope: profiling {' '.join(argv)} -> {run_dir}\n")
+        sys.stderr.flush()
+    live.start()
+    with _Forwarder(proc.pid):
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    live.update()
+        finally:
+            live.stop()
+    code, sig_name = _exit_code(rc)
+    final = meta.finalize(code, sig_name, [])
+    if not quiet:
+        print_summary(run_dir, final)
+    if diagnose and final["ranks"]:
+        diagnose_or_summarize(run_dir, deep=deep)
+    return code
+
+
+def _clear(run_dir: Path) -> None:
+    for p in run_dir.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _exit_code(rc: int) -> tuple:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return 128 - rc, name
+    return rc, None
+
+
+def diagnose_or_summarize(run_dir: Path, deep: bool = False) -> None:
+    """Print the diagnosis when the analyzers are installed (the summary is already printed)."""
+    try:
+        from analyzers.command import diagnose_command
+    except ImportError:
+        return
+    try:
+        try:
+            diagnose_command(run_dir, output=None, fmt="console", deep=deep)
+        except TypeError:
+            diagnose_command(run_dir, output=None, fmt="console")
+    except ToolError as exc:
+        sys.stderr.write(f"stallscope: diagnosis skipped: {exc}\n")
+    except Exception as exc:  # the profile itself succeeded; say why the diagnosis did not
+        sys.stderr.write(f"stallscope: diagnosis failed: {exc.__class__.__name__}: {exc}\n")
+
+
+def _read_steps(path: Path) -> List[dict]:
+    import csv
+
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError:
+        return []
+
+
+class RunSummary:
+    """End-of-run summary: exit, steps per rank, step time, data wait share, window, notices."""
+
+    def __init__(self, run_dir: Path, meta: dict) -> None:
+        self.run_dir = run_dir
+        self.meta = meta
+
+    def __rich__(self) -> object:
+        from rich.table import Table
+        from rich.text import Text
+        from rich.console import Group
+
+        m = self.meta
+        ex = m.get("exit") or {}
+        style = {"ok": "green", "signal": "yellow"}.get(ex.get("status"), "red")
+        head = Text.assemble(("stallscope ", "bold"), ("run ", ""), (str(ex.get("status")), f"bold {style}"),
+                             (f"  exit {ex.get('code')}", ""), (f"  {ex.get('error')}" if ex.get("error") else "", "red"))
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("rank", "steps", "source", "median step ms", "GPU ms", "data wait %", "window"):
+            table.add_column(col, justify="right" if col not in ("source", "window") else "left")
+        for r in m.get("ranks") or []:
+            rows = _read_steps(self.run_dir / f"rank{r}" / "steps.csv")
+            walls = [float(x["wall_ms"]) for x in rows if x.get("wall_ms")]
+            gpus = [float(x["gpu_ms"]) for x in rows if x.get("gpu_ms")]
+            waits = [float(x["data_wait_ms"]) for x in rows if x.get("data_wait_ms")]
+            info = (m.get("per_rank") or {}).get(r) or {}
+            win = info.get("window") or {}
+            win_txt = (f"steps {win.get('first_step')}–{win.get('last_step')}" if win.get("first_step") is not None
+                       else str(win.get("state") or "-"))
+            share = 100 * sum(waits) / sum(walls) if walls and sum(walls) > 0 else None
+            table.add_row(
+                str(r), str(len(rows)), str(info.get("step_source") or "-"),
+                f"{statistics.median(walls):.2f}" if walls else "-",
+                f"{statistics.median(gpus):.2f}" if gpus else "-",
+                f"{share:.1f}" if share is not None else "-", win_txt,
+            )
+        parts: list = [head, table]
+        slow = (m.get("overhead") or {}).get("window_slowdown_pct")
+        if slow is not None:
+            parts.append(Text(f"window trace slowed steps by {slow:+.1f} % (median, vs light telemetry)", style="dim"))
+        for n in m.get("notices") or []:
+            parts.append(Text(f"note: {n}", style="yellow"))
+        parts.append(Text.assemble(("run directory: ", "bold"), (str(self.run_dir), "cyan")))
+        return Group(*parts)
+
+
+def print_summary(run_dir: Path, meta: dict) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(RunSummary(run_dir, meta))

@@ -1,0 +1,281 @@
+"""Where the profiler touches the target: step detection, phase ranges, DataLoader waits.
+
+Public seams (used by other parts of stallscope inside the target process):
+
+* :func:`add_step_listener` — call ``fn(StepEvent)`` at the end of every step.
+* :func:`root_modules` — the outermost ``nn.Module`` objects seen called.
+* :func:`dataloaders` — the ``DataLoader`` objects seen iterated.
+
+Everything here is installed once per process by :func:`install` and calls into the active
+recorder (``profiler.runtime.Recorder``). No hook may raise into the target: each one swallows
+its own errors and reports them once as a notice.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+__all__ = ["StepEvent", "add_step_listener", "remove_step_listener", "root_modules", "dataloaders", "install"]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One finished step, as the target process saw it."""
+
+    index: int
+    wall_ms: float
+    data_wait_ms: float
+    in_window: bool
+
+
+_listeners: List[Callable[[StepEvent], None]] = []
+_roots: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_root_order: List[int] = []
+_loaders: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_loader_order: List[int] = []
+_installed = False
+_recorder: Any = None
+_depth = threading.local()
+
+# Outermost calls seen through the global module hooks before they are swapped for hooks on
+# the root instances only (global hooks push every submodule call down torch's slow path).
+GLOBAL_HOOK_CALLS = 8
+# Training-mode forwards without any optimizer step before module calls count as steps.
+TRAIN_FORWARDS_BEFORE_MODULE_STEPS = 16
+
+
+def add_step_listener(fn: Callable[[StepEvent], None]) -> None:
+    """Call ``fn(event)`` at the end of every step in this process (errors in ``fn`` are reported once)."""
+    _listeners.append(fn)
+
+
+def remove_step_listener(fn: Callable[[StepEvent], None]) -> None:
+    """Stop calling ``fn``; unknown functions are ignored."""
+    try:
+        _listeners.remove(fn)
+    except ValueError:
+        pass
+
+
+def root_modules() -> list:
+    """The outermost ``nn.Module`` objects seen called in this process, oldest first (still alive)."""
+    return [m for m in (_roots.get(i) for i in _root_order) if m is not None]
+
+
+def dataloaders() -> list:
+    """The ``DataLoader`` objects seen iterated in this process, oldest first (still alive)."""
+    return [d for d in (_loaders.get(i) for i in _loader_order) if d is not None]
+
+
+def notify_step(event: StepEvent) -> None:
+    for fn in list(_listeners):
+        try:
+            fn(event)
+        except Exception as exc:  # a listener must never break the target
+            if _recorder is not None:
+                _recorder.notice_once(f"step listener {getattr(fn, '__qualname__', fn)!s} failed: {exc.__class__.__name__}: {exc}")
+
+
+def _remember_root(module: Any) -> None:
+    key = id(module)
+    if key not in _roots:
+        try:
+            _roots[key] = module
+            _root_order.append(key)
+        except TypeError:
+            pass
+
+
+def _remember_loader(loader: Any) -> None:
+    key = id(loader)
+    if key not in _loaders:
+        try:
+            _loaders[key] = loader
+            _loader_order.append(key)
+        except TypeError:
+            pass
+
+
+def _guard(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        rec = _recorder
+        if rec is None or not rec.live():
+            return None
+        try:
+            return fn(rec, *args, **kwargs)
+        except Exception as exc:
+            rec.notice_once(f"hook {name} failed and was skipped: {exc.__class__.__name__}: {exc}")
+            return None
+
+    return guarded
+
+
+class _ModuleHooks:
+    """Outermost-module detection: global hooks first, then hooks on the root instances only."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.global_handles: list = []
+        self.instance_handles: dict = {}
+        self.outermost_calls = 0
+
+    def start(self) -> None:
+        mod = self.torch.nn.modules.module
+        self.global_handles.append(mod.register_module_forward_pre_hook(_guard("forward_pre", self._pre)))
+        try:
+            h = mod.register_module_forward_hook(_guard("forward_post", self._post), always_call=True)
+        except TypeError:
+            h = mod.register_module_forward_hook(_guard("forward_post", self._post))
+        self.global_handles.append(h)
+
+    def _pre(self, rec: Any, module: Any, args: Any) -> None:
+        depth = getattr(_depth, "n", 0)
+        _depth.n = depth + 1
+        if depth == 0:
+            _remember_root(module)
+            self.outermost_calls += 1
+            inference = not (module.training and self.torch.is_grad_enabled())
+            rec.on_forward_begin(inference)
+            if self.global_handles and self.outermost_calls >= GLOBAL_HOOK_CALLS:
+                self._switch_to_instances()
+
+    def _post(self, rec: Any, module: Any, args: Any, output: Any) -> None:
+        depth = getattr(_depth, "n", 1) - 1
+        _depth.n = max(depth, 0)
+        if depth == 0:
+            rec.on_forward_end()
+
+    def _switch_to_instances(self) -> None:
+        for h in self.global_handles:
+            h.remove()
+        self.global_handles = []
+        for module in root_modules():
+            self.hook_instance(module)
+
+    def hook_instance(self, module: Any) -> None:
+        if id(module) in self.instance_handles:
+            return
+        pre = module.register_forward_pre_hook(_guard("forward_pre", self._pre))
+        try:
+            post = module.register_forward_hook(_guard("forward_post", self._post), always_call=True)
+        except TypeError:
+            post = module.register_forward_hook(_guard("forward_post", self._post))
+        self.instance_handles[id(module)] = (pre, post)
+
+
+def _wrap(owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = getattr(owner, attr)
+    if getattr(original, "__stallscope__", False):
+        return
+    wrapped = make(original)
+    wrapped.__stallscope__ = True  # type: ignore[attr-defined]
+    wrapped.__wrapped__ = original  # type: ignore[attr-defined]
+    wrapped.__name__ = getattr(original, "__name__", attr)
+    wrapped.__doc__ = getattr(original, "__doc__", None)
+    setattr(owner, attr, wrapped)
+
+
+def install(recorder: Any) -> None:
+    """Attach ``recorder`` and install the torch hooks (once per process; later calls just re-point)."""
+    global _recorder, _installed
+    _recorder = recorder
+    if _installed:
+        return
+    _installed = True
+    import torch
+    import torch.utils.data.dataloader as dl
+
+    # Optimizer steps: the training step boundary.
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    register_optimizer_step_pre_hook(_guard("optimizer_pre", lambda rec, opt, a, k: rec.on_optimizer_begin(opt)))
+    register_optimizer_step_post_hook(_guard("optimizer_post", lambda rec, opt, a, k: rec.on_optimizer_end(opt)))
+
+    recorder.module_hooks = _ModuleHooks(torch)
+    recorder.module_hooks.start()
+
+    # DataLoader: wait per step and the loaders themselves.
+    def make_next(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __next__(self: Any) -> Any:
+            rec = _recorder
+            if rec is None or not rec.live():
+                return original(self)
+            token = rec.on_data_begin()
+            try:
+                return original(self)
+            finally:
+                rec.on_data_end(token)
+
+        return __next__
+
+    def make_init(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __init__(self: Any, loader: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, loader, *args, **kwargs)
+            try:
+                _remember_loader(loader)
+            except Exception:
+                pass
+
+        return __init__
+
+    _wrap(dl._BaseDataLoaderIter, "__next__", make_next)
+    _wrap(dl._BaseDataLoaderIter, "__init__", make_init)
+
+    # Backward: a phase range around torch.autograd.backward (Tensor.backward calls it).
+    def make_backward(original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            rec = _recorder
+            if rec is None or not rec.live():
+                return original(*args, **kwargs)
+            token = rec.phase_begin("backward")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                rec.phase_end(token)
+
+        return backward
+
+    _wrap(torch.autograd, "backward", make_backward)
+
+    # A user's own torch.profiler: step from its prof.step(), never fight it for Kineto.
+    import torch.profiler as tprof
+
+    def make_start(original: Callable[..., Any]) -> Callable[..., Any]:
+        def start(self: Any) -> Any:
+            rec = _recorder
+            if rec is not None and rec.live() and not getattr(self, "_stallscope_own", False):
+                try:
+                    rec.on_user_profiler_start()
+                except Exception:
+                    pass
+            return original(self)
+
+        return start
+
+    def make_step(original: Callable[..., Any]) -> Callable[..., Any]:
+        def step(self: Any) -> Any:
+            result = original(self)
+            rec = _recorder
+            if rec is not None and rec.live() and not getattr(self, "_stallscope_own", False):
+                try:
+                    rec.boundary("profiler_step")
+                except Exception as exc:
+                    rec.notice_once(f"hook profiler_step failed and was skipped: {exc.__class__.__name__}: {exc}")
+            return result
+
+        return step
+
+    _wrap(tprof.profile, "start", make_start)
+    _wrap(tprof.profile, "step", make_step)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def current_recorder() -> Optional[Any]:
+    """The recorder attached in this process, or None."""
+    return _recorder

@@ -1,0 +1,236 @@
+"""The run directory: choosing and creating it safely, and writing ``meta.yaml`` (format v1).
+
+See docs/run-format.md. The parent process (``stallscope profile``) or the Python API writes
+``meta.yaml`` twice: once with ``status: running`` before the target starts, and once at the
+end with the exit status, every rank's environment and the notices of all ranks.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from profiler.common import ToolError, __version__, read_yaml, write_yaml
+
+__all__ = ["default_run_dir", "prepare_run_dir", "git_info", "utc_now", "MetaWriter", "collect_ranks"]
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def script_name(argv: List[str]) -> str:
+    """A short name for the target: the script's stem, the -m module, or the program."""
+    for i, a in enumerate(argv):
+        if a == "-m" and i + 1 < len(argv):
+            return argv[i + 1].split(".")[-1]
+        if a.endswith((".py", ".sh")):
+            return Path(a).stem
+    return Path(argv[0]).name if argv else "run"
+
+
+def default_run_dir(argv: List[str], base: Optional[Path] = None) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", script_name(argv))[:40] or "run"
+    root = (base or Path.cwd() / "stallscope-runs") / f"{stamp}-{name}"
+    candidate, n = root, 2
+    while candidate.exists():
+        candidate = root.with_name(f"{root.name}-{n}")
+        n += 1
+    return candidate
+
+
+def prepare_run_dir(out: Path) -> List[Path]:
+    """Create ``out`` (empty) and return the folders this created, for cleanup on failure.
+
+    Refuses a non-empty folder or a file (nothing the user had is touched) and an unwritable place.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ToolError(f"--out {out}: exists and is not a folder; choose a new run directory path")
+        if any(out.iterdir()):
+            raise ToolError(f"--out {out}: folder exists and is not empty; choose a new run directory path")
+    created: List[Path] = []
+    p = out.absolute()
+    missing = []
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        probe = out / ".stallscope-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        remove_created(created)
+        reason = exc.strerror or exc.__class__.__name__
+        raise ToolError(f"--out {out}: cannot write the run directory there ({reason}); choose a writable path") from None
+    return created
+
+
+def remove_created(created: List[Path]) -> None:
+    for d in reversed(created):
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            break
+
+
+def git_info(cwd: Path) -> Optional[dict]:
+    """Commit and dirty flag of the git repository at ``cwd`` (None when it is not one)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _rank_key(p: Path) -> int:
+    m = re.fullmatch(r"rank(\d+)", p.name)
+    return int(m.group(1)) if m else 1 << 30
+
+
+def _steps_of(info: dict) -> int:
+    try:
+        return int(info.get("steps") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _read_rank(d: Path) -> dict:
+    try:
+        info = read_yaml(d / "rank.yaml")
+        return info if isinstance(info, dict) else {}
+    except ToolError:
+        return {}
+
+
+def collect_ranks(run_dir: Path) -> tuple:
+    """Settle rank folders: where two processes claimed one rank, the one with more steps keeps it.
+
+    Returns ``(ranks: {rank: info}, notices)``. Losers stay under ``extra-processes/``.
+    """
+    notices: List[str] = []
+    procs = run_dir / ".procs"
+    if procs.is_dir():
+        for extra in sorted(procs.iterdir()):
+            m = re.match(r"rank(\d+)-pid(\d+)$", extra.name)
+            if not m:
+                continue
+            owner = run_dir / f"rank{m.group(1)}"
+            e_info, o_info = _read_rank(extra), _read_rank(owner)
+            if _steps_of(e_info) > _steps_of(o_info):
+                tmp = run_dir / f".swap-{extra.name}"
+                os.replace(owner, tmp)
+                os.replace(extra, owner)
+                os.replace(tmp, extra.with_name(f"rank{m.group(1)}-pid{o_info.get('pid', 'unknown')}"))
+                e_info, o_info = o_info, e_info
+            notices.append(
+                f"rank {m.group(1)} was claimed by more than one process that imported torch; "
+                f"pid {o_info.get('pid')} ({_steps_of(o_info)} steps) kept it, the others are in extra-processes/"
+            )
+        if any(procs.iterdir()):
+            os.replace(procs, run_dir / "extra-processes")
+        else:
+            procs.rmdir()
+    ranks: Dict[int, dict] = {}
+    for d in sorted(run_dir.glob("rank*"), key=_rank_key):
+        if d.is_dir() and re.fullmatch(r"rank\d+", d.name):
+            info = _read_rank(d)
+            if not info:
+                notices.append(f"{d.name}: rank.yaml missing (the process was killed before it could flush)")
+            ranks[_rank_key(d)] = info
+    return ranks, notices
+
+
+class MetaWriter:
+    """Builds and writes ``meta.yaml``."""
+
+    def __init__(self, run_dir: Path, command: List[str], skip: int, steps: int, options: Optional[dict] = None) -> None:
+        self.run_dir = run_dir
+        self.meta: Dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "stallscope-run",
+            "tool": {"name": "stallscope", "version": __version__},
+            "command": list(command),
+            "cwd": str(Path.cwd()),
+            "start_utc": utc_now(),
+            "end_utc": None,
+            "exit": {"code": None, "signal": None, "status": "running", "error": None},
+            "host": socket.gethostname(),
+            "ranks": [],
+            "world_size": None,
+            "git": git_info(Path.cwd()),
+            "window": {"skip": skip, "steps": steps},
+            "overhead": {"window_slowdown_pct": None},
+            "notices": [],
+            "per_rank": {},
+            "options": dict(options or {}),
+            "python": sys.version.split()[0],
+        }
+
+    def write(self) -> Path:
+        return write_yaml(self.run_dir / "meta.yaml", self.meta)
+
+    def finalize(self, code: int, signal_name: Optional[str], parent_notices: List[str], error: Optional[str] = None) -> dict:
+        ranks, notices = collect_ranks(self.run_dir)
+        all_notices: List[str] = []
+        for n in list(parent_notices) + notices + [n for info in ranks.values() for n in (info.get("notices") or [])]:
+            if n not in all_notices:
+                all_notices.append(n)
+        errors = [info.get("error") for info in ranks.values() if info.get("error")]
+        first_error = error or (errors[0] if errors else None)
+        if signal_name:
+            status = "signal"
+            first_error = first_error or f"terminated by {signal_name}"
+        elif code == 0:
+            status = "ok"
+        elif errors:
+            status = "crashed"
+        else:
+            status = "failed"
+        if not ranks:
+            all_notices.append("no process of the run imported torch and did any work: nothing was captured")
+        m = self.meta
+        m["end_utc"] = utc_now()
+        m["exit"] = {"code": code, "signal": signal_name, "status": status, "error": first_error}
+        m["ranks"] = sorted(ranks)
+        sizes = [info.get("world_size") for info in ranks.values() if info.get("world_size")]
+        m["world_size"] = max(sizes) if sizes else (len(ranks) or None)
+        lead = ranks.get(0) or (next(iter(ranks.values())) if ranks else {})
+        over = dict(lead.get("overhead") or {})
+        over.setdefault("window_slowdown_pct", None)
+        m["overhead"] = over
+        m["notices"] = all_notices
+        m["per_rank"] = {
+            r: {
+                "local_rank": info.get("local_rank"),
+                "pid": info.get("pid"),
+                "gpu": info.get("gpu"),
+                "driver": info.get("driver"),
+                "cuda": info.get("cuda"),
+                "torch": info.get("torch"),
+                "python": info.get("python"),
+                "host": info.get("host"),
+                "steps": info.get("steps"),
+                "step_source": info.get("step_source"),
+                "window": info.get("window"),
+                "error": info.get("error"),
+            }
+            for r, info in ranks.items()
+        }
+        self.write()
+        return m

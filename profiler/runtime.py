@@ -1,0 +1,804 @@
+"""The recorder that lives inside a profiled process: steps, window trace, telemetry, files.
+
+One :class:`Recorder` per process. Hooks (``profiler.hooks``) call its ``on_*`` methods; it
+turns them into step boundaries, drives the Kineto window, and writes the rank folder of the
+run directory (see docs/run-format.md). Light mode never synchronizes the GPU: per-step GPU
+time comes from CUDA events that are polled with ``query()`` at later step boundaries.
+"""
+from __future__ import annotations
+
+import atexit
+import csv
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from profiler import hooks
+from profiler.telemetry import HOST_FIELDS, NVML_FIELDS, Sampler
+
+__all__ = ["Config", "Recorder", "STEP_FIELDS", "SOURCE_RANK", "attach_from_env", "active"]
+
+SCHEMA_VERSION = 1
+STEP_FIELDS = ["step", "start_ns", "end_ns", "wall_ms", "gpu_ms", "data_wait_ms", "in_window", "source"]
+# Higher wins: an explicit call beats the user's prof.step(), which beats optimizer steps, which
+# beat outermost module calls.
+SOURCE_RANK = {"module": 1, "optimizer": 2, "profiler_step": 3, "api": 4}
+FLUSH_PERIOD_S = 5.0
+STATUS_PERIOD_S = 0.5
+PHASE_PREFIX = "stallscope.phase/"
+CLOCK_MARK = "stallscope.clock_sync"
+LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch", "torch.distributed.elastic")
+
+_active: Optional["Recorder"] = None
+
+
+def active() -> Optional["Recorder"]:
+    """The recorder of this process, if one is attached."""
+    return _active
+
+
+@dataclass
+class Config:
+    """What to record; read from the STALLSCOPE_* environment in a profiled child."""
+
+    run_dir: Path
+    skip: int = 5
+    steps: int = 5
+    sample_hz: float = 25.0
+    stack: bool = False
+    memory: bool = False
+    nvml: bool = True
+    autopatch: bool = False
+    patch_steps: int = 20
+    notices: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        env = os.environ
+
+        def num(key: str, default: float, kind: type) -> Any:
+            try:
+                return kind(env.get(key, default))
+            except ValueError:
+                return kind(default)
+
+        return cls(
+            run_dir=Path(env["STALLSCOPE_RUN_DIR"]),
+            skip=max(0, num("STALLSCOPE_SKIP", 5, int)),
+            steps=max(1, num("STALLSCOPE_STEPS", 5, int)),
+            sample_hz=min(1000.0, max(0.1, num("STALLSCOPE_SAMPLE_HZ", 25.0, float))),
+            stack=env.get("STALLSCOPE_STACK") == "1",
+            memory=env.get("STALLSCOPE_MEMORY") == "1",
+            nvml=env.get("STALLSCOPE_NVML", "1") != "0",
+            autopatch=env.get("STALLSCOPE_AUTOPATCH") == "1",
+            patch_steps=max(2, num("STALLSCOPE_PATCH_STEPS", 20, int)),
+        )
+
+
+def _csv_text(header: List[str], rows: List[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(["" if v is None else v for v in r])
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """Only YAML-safe builtins (str subclasses such as TorchVersion become str)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def _dump_yaml(data: Any) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    except ImportError:  # JSON is valid YAML
+        return json.dumps(data, indent=1)
+
+
+def is_launcher_process() -> bool:
+    """True for torchrun / torch.distributed.launch itself (it spawns the ranks, it is not one)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    if name.startswith(LAUNCHER_MODULES):
+        return True
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return argv0 in ("torchrun", "torchrun.exe") or sys.argv[0].replace("\\", "/").endswith(("torch/distributed/run.py", "torch/distributed/launch.py"))
+
+
+def _is_multiprocessing_child() -> bool:
+    try:
+        import multiprocessing
+
+        return multiprocessing.parent_process() is not None
+    except Exception:
+        return False
+
+
+class Recorder:
+    """Per-process state of a profiled run (see module docstring)."""
+
+    def __init__(self, cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstrap") -> None:
+        import torch
+
+        self.torch = torch
+        self.cfg = cfg
+        self.origin = origin
+        self.pid = os.getpid()
+        self.disabled = False
+        self.finished = False
+        self.origin_ns = time.time_ns()
+        self.rank_dir = rank_dir
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.notices: List[str] = list(cfg.notices)
+        self._notice_set = set(self.notices)
+        self.rows: List[list] = []
+        self.index = 0
+        self.step_open_ns: Optional[int] = None
+        self.step_data_ns = 0
+        self.source: Optional[str] = None
+        self.primary_optimizer: Optional[int] = None
+        self.train_forwards = 0
+        self.module_steps_in_training = False
+        self.forward_in_step = False
+        self.last_forward_end_ns: Optional[int] = None
+        self.forward_tokens: List[Any] = []
+        self.optimizer_tokens: List[Any] = []
+        self.error: Optional[str] = None
+        self.module_hooks: Any = None
+        self.sampler: Optional[Sampler] = None
+        self.started = False
+        self._lock = threading.RLock()
+        self._last_flush = 0.0
+        self._last_status = 0.0
+        self._dirty = False
+        # window
+        self.window_state = "pending"  # pending | active | done | skipped
+        self.window_note: Optional[str] = None
+        self.window_first: Optional[int] = None
+        self.window_last: Optional[int] = None
+        self.prof: Any = None
+        self.step_rf: Any = None
+        self.overhead: dict = {}
+        self.clock: dict = {}
+        self.trace_written = False
+        # gpu
+        self._cuda_ready = False
+        self.cuda_device: Optional[int] = None
+        self.gpu_props: Optional[dict] = None
+        self.open_event: Any = None
+        self.pending_events: List[tuple] = []
+        self._event_pool: List[Any] = []
+        self._nvtx: Any = None
+        self._nvtx_checked = False
+
+    # ------------------------------------------------------------------ basics
+    def live(self) -> bool:
+        return not self.disabled and not self.finished and os.getpid() == self.pid
+
+    def notice_once(self, message: str) -> None:
+        if message not in self._notice_set:
+            self._notice_set.add(message)
+            self.notices.append(message)
+
+    def _cuda(self) -> bool:
+        if not self._cuda_ready:
+            try:
+                self._cuda_ready = bool(self.torch.cuda.is_initialized())
+            except Exception:
+                self._cuda_ready = False
+            if self._cuda_ready:
+                try:
+                    self.cuda_device = int(self.torch.cuda.current_device())
+                    props = self.torch.cuda.get_device_properties(self.cuda_device)
+                    uuid = str(getattr(props, "uuid", "") or "")
+                    self.gpu_props = {"index": self.cuda_device, "name": props.name, "uuid": uuid or None}
+                    if self.sampler is not None:
+                        self.sampler.device = (self.cuda_device, uuid or None)
+                except Exception as exc:
+                    self.notice_once(f"could not identify the CUDA device: {exc}")
+        return self._cuda_ready
+
+    # ------------------------------------------------------------------ start
+    def _start(self) -> None:
+        """First activity: claim the rank folder, start the sampler, hand over to auto-patch."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            if self.rank_dir is None:
+                self.rank_dir = self._claim_rank_dir()
+            self.rank_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.disabled = True
+            sys.stderr.write(f"stallscope: cannot write to {self.cfg.run_dir} ({exc}); profiling disabled in pid {self.pid}\n")
+            return
+        self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml)
+        self.sampler.on_tick(self._tick)
+        self._cuda()
+        self.sampler.start()
+        if self.cfg.autopatch:
+            try:
+                from fixes import autopatch  # type: ignore[attr-defined]
+
+                autopatch.attach(self.rank_dir, self.cfg.patch_steps)
+            except (ImportError, AttributeError) as exc:
+                self.notice_once(f"auto-patch unavailable ({exc.__class__.__name__}: {exc}); running without it")
+            except Exception as exc:
+                self.notice_once(f"auto-patch failed to attach ({exc.__class__.__name__}: {exc}); running without it")
+
+    def _claim_rank_dir(self) -> Path:
+        run = self.cfg.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        wanted = run / f"rank{self.rank}"
+        try:
+            wanted.mkdir()
+            return wanted
+        except FileExistsError:
+            extra = run / ".procs" / f"rank{self.rank}-pid{self.pid}"
+            extra.mkdir(parents=True, exist_ok=True)
+            return extra
+
+    # ------------------------------------------------------------------ events from hooks
+    def _activity(self, t_ns: int) -> None:
+        if self.step_open_ns is None:
+            self._start()
+            if self.disabled:
+                return
+            self._open_step(t_ns)
+
+    def on_data_begin(self) -> tuple:
+        t = time.time_ns()
+        self._activity(t)
+        return (t, self.phase_begin("data"))
+
+    def on_data_end(self, token: tuple) -> None:
+        t0, phase = token
+        self.phase_end(phase)
+        if self.step_open_ns is not None:
+            self.step_data_ns += time.time_ns() - t0
+
+    def on_forward_begin(self, inference: bool) -> None:
+        t = time.time_ns()
+        if not inference and self.source is None and not self.module_steps_in_training:
+            self.train_forwards += 1
+            if self.train_forwards > hooks.TRAIN_FORWARDS_BEFORE_MODULE_STEPS:
+                self.module_steps_in_training = True
+                self.notice_once(
+                    f"no optimizer step after {hooks.TRAIN_FORWARDS_BEFORE_MODULE_STEPS} training-mode forwards: "
+                    "steps are outermost module calls"
+                )
+        if (inference or self.module_steps_in_training) and self.forward_in_step and (self.source in (None, "module")):
+            self.boundary("module", t)
+        self._activity(t)
+        self.forward_in_step = True
+        self.forward_tokens.append(self.phase_begin("forward"))
+
+    def on_forward_end(self) -> None:
+        self.last_forward_end_ns = time.time_ns()
+        if self.forward_tokens:
+            self.phase_end(self.forward_tokens.pop())
+
+    def on_optimizer_begin(self, opt: Any) -> None:
+        self._activity(time.time_ns())
+        self.optimizer_tokens.append(self.phase_begin("optimizer"))
+
+    def on_optimizer_end(self, opt: Any) -> None:
+        if self.optimizer_tokens:
+            self.phase_end(self.optimizer_tokens.pop())
+        if self.primary_optimizer is None:
+            self.primary_optimizer = id(opt)
+        if id(opt) == self.primary_optimizer:
+            self.boundary("optimizer")
+
+    def on_user_profiler_start(self) -> None:
+        note = "the target runs its own torch.profiler (one Kineto session per process): stallscope recorded no window trace; steps follow its prof.step()"
+        if self.window_state == "active":
+            self._stop_window(keep=False)
+        if self.window_state != "done":
+            self.window_state = "skipped"
+            self.window_note = note
+        self.notice_once(note)
+
+    # ------------------------------------------------------------------ phases
+    def _nvtx_mod(self) -> Any:
+        if not self._nvtx_checked:
+            self._nvtx_checked = True
+            try:
+                import nvtx
+
+                self._nvtx = (nvtx.push_range, nvtx.pop_range)
+            except Exception:
+                try:
+                    self._nvtx = (self.torch.cuda.nvtx.range_push, self.torch.cuda.nvtx.range_pop)
+                except Exception:
+                    self._nvtx = None
+        return self._nvtx
+
+    def phase_begin(self, name: str) -> Any:
+        nv = None
+        if self._cuda_ready or self._cuda():
+            nv = self._nvtx_mod()
+            if nv is not None:
+                try:
+                    nv[0](PHASE_PREFIX + name)
+                except Exception:
+                    nv = None
+        rf = None
+        if self.window_state == "active":
+            rf = self.torch.autograd.profiler.record_function(PHASE_PREFIX + name)
+            rf.__enter__()
+        return (nv, rf)
+
+    def phase_end(self, token: Any) -> None:
+        if not token:
+            return
+        nv, rf = token
+        if rf is not None:
+            try:
+                rf.__exit__(None, None, None)
+            except Exception:
+                pass
+        if nv is not None:
+            try:
+                nv[1]()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ steps
+    def _record_event(self) -> Any:
+        if not self._cuda():
+            return None
+        try:
+            ev = self._event_pool.pop() if self._event_pool else self.torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        except Exception as exc:
+            self.notice_once(f"CUDA events unavailable ({exc.__class__.__name__}); gpu_ms left empty")
+            return None
+
+    def _poll_events(self, wait: bool = False) -> None:
+        while self.pending_events:
+            row_i, start, end = self.pending_events[0]
+            try:
+                if wait:
+                    end.synchronize()
+                elif not end.query():
+                    return
+                self.rows[row_i][4] = round(start.elapsed_time(end), 4)
+            except Exception:
+                pass
+            self.pending_events.pop(0)
+            if not self.pending_events or self.pending_events[0][1] is not start:
+                self._event_pool.append(start)
+
+    def _open_step(self, t_ns: int) -> None:
+        self.step_open_ns = t_ns
+        self.step_data_ns = 0
+        self.forward_in_step = False
+        if self.window_state == "pending" and self.index == self.cfg.skip:
+            self._start_window()
+        if self.window_state == "active":
+            self.step_rf = self.torch.autograd.profiler.record_function(f"ProfilerStep#{self.index}")
+            self.step_rf.__enter__()
+        if self.open_event is None:
+            self.open_event = self._record_event()
+
+    def boundary(self, source: str, t_ns: Optional[int] = None) -> None:
+        """End the current step (called by hooks and by the public ``step()``)."""
+        if not self.live():
+            return
+        rank = SOURCE_RANK[source]
+        if self.source is not None and rank < SOURCE_RANK[self.source]:
+            return
+        if self.source is not None and rank > SOURCE_RANK[self.source]:
+            self._reset_for(source)
+        self.source = source
+        t = time.time_ns() if t_ns is None else t_ns
+        if self.step_open_ns is None:
+            self._start()
+            if self.disabled:
+                return
+            self._open_step(self.origin_ns)
+        self._close_step(t, source)
+        if self.window_state == "active" and self.index >= self.cfg.skip + self.cfg.steps:
+            self._stop_window(keep=True)
+        self._open_step(t)
+
+    def _close_step(self, t: int, source: str) -> None:
+        in_window = self.step_rf is not None
+        if self.step_rf is not None:
+            try:
+                self.step_rf.__exit__(None, None, None)
+            except Exception:
+                pass
+            self.step_rf = None
+            self.window_last = self.index
+            if self.window_first is None:
+                self.window_first = self.index
+        start = self.step_open_ns or t
+        wall_ms = (t - start) / 1e6
+        data_ms = self.step_data_ns / 1e6
+        self.rows.append([self.index, start, t, round(wall_ms, 4), None, round(data_ms, 4), int(in_window), source])
+        end_ev = self._record_event()
+        if end_ev is not None and self.open_event is not None:
+            self.pending_events.append((len(self.rows) - 1, self.open_event, end_ev))
+        self.open_event = end_ev
+        if self.pending_events:
+            self._poll_events()
+        event = hooks.StepEvent(self.index, wall_ms, data_ms, in_window)
+        self.index += 1
+        self.step_open_ns = None
+        self._dirty = True
+        if hooks._listeners:
+            hooks.notify_step(event)
+
+    def _reset_for(self, source: str) -> None:
+        if self.rows:
+            self.notice_once(
+                f"step source changed from {self.source} to {source}: the {len(self.rows)} earlier {self.source} steps were dropped"
+            )
+        if self.window_state == "active":
+            self._stop_window(keep=False)
+        if self.window_state == "done" and not self.trace_written:
+            self.window_state = "pending"
+        elif self.window_state == "done":
+            self.window_state = "pending"
+            self.trace_written = False
+        self.window_first = self.window_last = None
+        self.rows = []
+        self.pending_events = []
+        self.index = 0
+
+    # ------------------------------------------------------------------ window
+    def _profiler_busy(self) -> bool:
+        try:
+            return bool(self.torch._C._autograd._profiler_enabled())
+        except Exception:
+            return False
+
+    def _start_window(self) -> None:
+        if self._profiler_busy():
+            self.window_state = "skipped"
+            self.window_note = "another profiler was already running at the window's first step; no window trace"
+            self.notice_once(self.window_note)
+            return
+        tp = self.torch.profiler
+        acts = [tp.ProfilerActivity.CPU]
+        try:
+            if self.torch.cuda.is_available():
+                acts.append(tp.ProfilerActivity.CUDA)
+        except Exception:
+            pass
+        t0 = time.perf_counter()
+        try:
+            prof = tp.profile(
+                activities=acts, record_shapes=True, with_flops=True,
+                with_stack=self.cfg.stack, profile_memory=self.cfg.memory,
+            )
+            prof._stallscope_own = True
+            prof.start()
+        except Exception as exc:
+            self.window_state = "skipped"
+            self.window_note = f"torch.profiler could not start ({exc.__class__.__name__}: {exc}); no window trace"
+            self.notice_once(self.window_note)
+            return
+        self.prof = prof
+        self.window_state = "active"
+        before = time.time_ns()
+        with self.torch.autograd.profiler.record_function(CLOCK_MARK):
+            pass
+        after = time.time_ns()
+        self.clock = {"mark_before_ns": before, "mark_after_ns": after}
+        self.overhead["window_start_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+
+    def _stop_window(self, keep: bool) -> None:
+        prof, self.prof = self.prof, None
+        if self.step_rf is not None:
+            try:
+                self.step_rf.__exit__(None, None, None)
+            except Exception:
+                pass
+            self.step_rf = None
+        self.window_state = "done"
+        if prof is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            prof.stop()
+            if keep and self.rank_dir is not None:
+                self._export(prof)
+        except Exception as exc:
+            self.notice_once(f"window trace could not be written ({exc.__class__.__name__}: {exc})")
+        self.overhead["window_stop_export_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+
+    def _export(self, prof: Any) -> None:
+        assert self.rank_dir is not None
+        raw = self.rank_dir / f".trace.{self.pid}.json"
+        prof.export_chrome_trace(str(raw))
+        try:
+            with open(raw, "rb") as src:
+                data = src.read()
+            self._calibrate_clock(data)
+            tmp = self.rank_dir / f".trace.json.gz.{self.pid}.tmp"
+            with gzip.open(tmp, "wb", compresslevel=3) as dst:
+                dst.write(data)
+            os.replace(tmp, self.rank_dir / "trace.json.gz")
+            self.trace_written = True
+        finally:
+            try:
+                raw.unlink()
+            except OSError:
+                pass
+
+    def _calibrate_clock(self, data: bytes) -> None:
+        """trace ts (us) -> epoch ns. Kineto writes ts relative to baseTimeNanoseconds; the marker checks it."""
+        base = None
+        m = re.search(rb'"baseTimeNanoseconds"\s*:\s*(\d+)', data[-4096:]) or re.search(rb'"baseTimeNanoseconds"\s*:\s*(\d+)', data)
+        if m:
+            base = int(m.group(1))
+        measured = None
+        mark = re.search(rb'"name"\s*:\s*"' + CLOCK_MARK.encode() + rb'"[^}]*?"ts"\s*:\s*([0-9.]+)', data)
+        if mark and self.clock:
+            ts_ns = round(float(mark.group(1)) * 1000)
+            measured = (self.clock["mark_before_ns"] + self.clock["mark_after_ns"]) // 2 - ts_ns
+        if base is not None and (measured is None or abs(measured - base) < 5_000_000):
+            offset, method = base, "baseTimeNanoseconds"
+        elif measured is not None:
+            offset, method = measured, "marker"
+        else:
+            offset, method = 0, "assumed-epoch"
+        self.clock = {
+            "trace_to_epoch_ns": int(offset),
+            "method": method,
+            "base_time_ns": base,
+            "marker_residual_ns": None if measured is None else int(measured - offset),
+            "marker_window_ns": (self.clock["mark_after_ns"] - self.clock["mark_before_ns"]) if self.clock else None,
+        }
+
+    # ------------------------------------------------------------------ files
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_status >= STATUS_PERIOD_S:
+            self._last_status = now
+            self.write_status()
+        if self._dirty and now - self._last_flush >= FLUSH_PERIOD_S:
+            self.flush()
+
+    def write_status(self) -> None:
+        if self.rank_dir is None or not self.live():
+            return
+        last = self.rows[-1][3] if self.rows else None
+        status = {
+            "rank": self.rank, "pid": self.pid, "steps": self.index, "last_step_ms": last,
+            "gpu_util_pct": self.sampler.last_gpu_util if self.sampler else None,
+            "window": self.window_state, "t_ns": time.time_ns(),
+        }
+        try:
+            _atomic_write(self.rank_dir / ".status.json", json.dumps(status).encode())
+        except OSError:
+            pass
+
+    def window_slowdown(self) -> dict:
+        """Median wall time of window steps vs the other steps (first step and the export step excluded)."""
+        rows = list(self.rows)
+        inside = [r[3] for r in rows if r[6]]
+        after_export = (self.window_last + 1) if self.window_last is not None else None
+        outside = [r[3] for r in rows if not r[6] and r[0] != 0 and r[0] != after_export]
+        out = {"window_steps": len(inside), "baseline_steps": len(outside)}
+        if inside and outside:
+            med_in, med_out = statistics.median(inside), statistics.median(outside)
+            out["window_step_median_ms"] = round(med_in, 4)
+            out["light_step_median_ms"] = round(med_out, 4)
+            out["window_slowdown_pct"] = round((med_in / med_out - 1) * 100, 2) if med_out > 0 else None
+        else:
+            out["window_slowdown_pct"] = None
+        return out
+
+    def rank_info(self) -> dict:
+        torch = self.torch
+        info: dict = {
+            "schema_version": SCHEMA_VERSION,
+            "rank": self.rank,
+            "local_rank": self.local_rank,
+            "world_size": self.world_size,
+            "pid": self.pid,
+            "argv": list(sys.argv),
+            "executable": sys.executable,
+            "host": socket.gethostname(),
+            "python": sys.version.split()[0],
+            "torch": str(torch.__version__),
+            "cuda": None if getattr(torch.version, "cuda", None) is None else str(torch.version.cuda),
+            "gpu": None,
+            "driver": self.sampler.driver if self.sampler else None,
+            "nvml": self.sampler.nvml_state if self.sampler else "off",
+            "step_source": self.source or ("whole-run" if self.rows else None),
+            "steps": len(self.rows),
+            "window": {
+                "skip": self.cfg.skip, "steps": self.cfg.steps, "state": self.window_state,
+                "first_step": self.window_first, "last_step": self.window_last,
+                "trace": "trace.json.gz" if self.trace_written else None, "note": self.window_note,
+                "stack": self.cfg.stack, "memory": self.cfg.memory,
+            },
+            "clock": self.clock if "trace_to_epoch_ns" in self.clock else {"trace_to_epoch_ns": None, "method": None},
+            "overhead": {**self.overhead, **self.window_slowdown()},
+            "error": self.error,
+            "notices": list(self.notices),
+        }
+        if self.gpu_props:
+            gpu = dict(self.gpu_props)
+            if self.sampler is not None:
+                nv = self.sampler.gpu_info() or {}
+                gpu["uuid"] = nv.get("uuid") or gpu.get("uuid")
+                gpu["name"] = nv.get("name") or gpu.get("name")
+            info["gpu"] = gpu
+        return info
+
+    def flush(self) -> None:
+        """Write steps.csv, host.csv, nvml.csv and rank.yaml (each atomically)."""
+        if self.rank_dir is None:
+            return
+        with self._lock:
+            self._last_flush = time.monotonic()
+            self._dirty = False
+            d = self.rank_dir
+            try:
+                _atomic_write(d / "steps.csv", _csv_text(STEP_FIELDS, list(self.rows)).encode())
+                if self.sampler is not None:
+                    if self.sampler._proc is not None:
+                        _atomic_write(d / "host.csv", _csv_text(HOST_FIELDS, list(self.sampler.host_rows)).encode())
+                    if self.sampler.nvml_rows:
+                        _atomic_write(d / "nvml.csv", _csv_text(NVML_FIELDS, list(self.sampler.nvml_rows)).encode())
+                _atomic_write(d / "rank.yaml", _dump_yaml(_plain(self.rank_info())).encode())
+            except Exception as exc:
+                sys.stderr.write(f"stallscope: could not write {d}: {exc}\n")
+
+    # ------------------------------------------------------------------ end
+    def finish(self, error: Optional[str] = None) -> None:
+        """Close the open step, stop the window, write every file. Safe to call more than once."""
+        if self.finished or self.disabled or os.getpid() != self.pid:
+            return
+        if error and not self.error:
+            self.error = error
+        if self.step_open_ns is None and not self.rows and not self.started:
+            if is_launcher_process() or _is_multiprocessing_child():
+                self.finished = True
+                return
+        try:
+            self._finish_steps()
+        finally:
+            self.finished = True
+            if self.sampler is not None:
+                self.sampler.stop()
+            try:
+                self.torch.cuda.is_initialized() and self._poll_events(wait=True)
+            except Exception:
+                pass
+            self.flush()
+            if self.rank_dir is not None:
+                try:
+                    (self.rank_dir / ".status.json").unlink()
+                except OSError:
+                    pass
+
+    def _finish_steps(self) -> None:
+        if self.source is None and not self.rows:
+            # No boundary ever: the whole run (from torch import or first activity) is one step.
+            self._start()
+            if self.disabled:
+                return
+            start = self.step_open_ns or self.origin_ns
+            self.step_open_ns = start
+            self.notice_once(
+                "no step found (no optimizer step, inference module call, prof.step() or profiler.step()): the run is one step"
+            )
+            self._close_step(time.time_ns(), "whole-run")
+        elif self.source == "module" and self.forward_in_step and self.step_open_ns is not None:
+            self._close_step(self.last_forward_end_ns or time.time_ns(), "module")
+        if self.window_state == "active":
+            self.notice_once(f"the run ended inside the trace window (after step {self.index - 1}); the trace holds the steps that ran")
+            self._stop_window(keep=True)
+        elif self.window_state == "pending" and self.rows:
+            self.window_note = f"the run had {len(self.rows)} steps, fewer than --skip {self.cfg.skip}: no window trace"
+            self.notice_once(self.window_note)
+
+
+def _excepthook_chain(rec: Recorder) -> None:
+    previous = sys.excepthook
+
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            text = str(exc).strip().splitlines()
+            rec.error = f"{exc_type.__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
+        except Exception:
+            pass
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+
+
+def _sigterm_handler(rec: Recorder) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return  # the target handles SIGTERM itself; atexit still flushes if it exits
+    except Exception:
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        rec.finish(error="terminated by SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def attach(cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstrap") -> Recorder:
+    """Create this process's recorder, install the hooks, and arrange the flush at exit."""
+    global _active
+    if _active is not None and _active.live():
+        return _active
+    rec = Recorder(cfg, rank_dir=rank_dir, origin=origin)
+    _active = rec
+    hooks.install(rec)
+    if origin == "bootstrap":
+        atexit.register(rec.finish)
+        _excepthook_chain(rec)
+        _sigterm_handler(rec)
+
+        def _after_fork() -> None:
+            rec.disabled = True
+
+        os.register_at_fork(after_in_child=_after_fork)
+    return rec
+
+
+def attach_from_env() -> Optional[Recorder]:
+    """Entry point of the injected bootstrap (called right after ``import torch`` finished)."""
+    if not os.environ.get("STALLSCOPE_RUN_DIR"):
+        return None
+    return attach(Config.from_env())
+
+
+def copy_tree_files(src: Path, dst: Path) -> None:
+    """Move a rank folder's files into ``dst`` (used when the parent swaps rank owners)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        shutil.move(str(p), str(dst / p.name))
