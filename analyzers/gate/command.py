@@ -27,6 +27,12 @@ def load_report(target: Path, side: str) -> dict[str, Any]:
         except ImportError as exc:
             raise ToolError(f"{side} {target}: cannot diagnose run directories here ({exc}); pass a report file from stallscope diagnose -o") from None
         report: Any = build_report(target)
+        if isinstance(report, dict) and isinstance(report.get("environment"), dict):
+            from analyzers.gate.fingerprint import clocks_from_run
+
+            clocks = clocks_from_run(target)
+            if clocks:
+                report["environment"].setdefault("clocks", clocks)
     elif target.suffix == ".json":
         try:
             report = json.loads(target.read_text(encoding="utf-8"))
@@ -36,7 +42,7 @@ def load_report(target: Path, side: str) -> dict[str, Any]:
         report = read_yaml(target)
     if hasattr(report, "to_dict") and not isinstance(report, dict):
         report = report.to_dict()
-    if not isinstance(report, dict) or "schema_version" not in report or not isinstance(report.get("summary"), dict):
+    if not isinstance(report, dict) or "schema_version" not in report or not isinstance(report.get("summary"), dict) or report.get("kind", "stallscope-report") != "stallscope-report":
         raise ToolError(f"{side} {target}: not a stallscope report (needs schema_version and summary); make one with stallscope diagnose RUN -o report.yaml")
     return report
 

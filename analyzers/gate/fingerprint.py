@@ -1,13 +1,17 @@
 """Environment fingerprint: is the current report measured on the same kind of machine?
 
 A step-time comparison across a different GPU model, driver, torch or CUDA build, or a GPU
-whose resting clocks differ (a different power/clock policy, another SKU of the same name)
+whose configured clocks or power limit differ (a clock lock, a power cap, another SKU)
 says more about the machine than about the code. The gate compares these fields from the
 reports' ``environment`` section and calls the verdict inconclusive on a mismatch unless
 ``--allow-env-change`` is given.
 
-Clocks: only clock keys that name a resting, maximum or application clock are compared (the
-clocks sampled under load move with temperature and power, and are not a fingerprint).
+Clocks: the configured clocks (maximum and application SM/memory clocks) and the power
+limit are compared within 5 %: a clock lock or a lower power cap changes step time for every
+kernel. The clocks read at rest (the first NVML sample of a run) are shown, and a difference
+is a note, not a mismatch: right after another run (paired mode, A B A B) the GPU is still
+boosted, and an idle reading moves between power states, so it would make the gate flaky
+without telling the machines apart. Clocks sampled under load are not a fingerprint at all.
 
 The reports' environment layout is read tolerantly: the first key whose dotted path matches
 each field's pattern is used (``gpu.name``, ``gpus.0.name``, ``gpu_name`` all give the GPU
@@ -15,11 +19,13 @@ model). A field present on one side only is reported but is not a mismatch.
 """
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["EnvironmentCheck", "compare_environments", "fingerprint"]
+__all__ = ["EnvironmentCheck", "clocks_from_run", "compare_environments", "fingerprint"]
 
 CLOCK_TOLERANCE_PCT = 5.0
 
@@ -30,7 +36,8 @@ _EXACT_FIELDS = {
     "torch": re.compile(r"(^|\.)(torch|torch_version)$"),
     "cuda": re.compile(r"(^|\.)(cuda|cuda_version|torch_cuda)$"),
 }
-_CLOCK = re.compile(r"clock.*(rest|idle|max|app|default|base)|(rest|idle|max|app|default|base)[^.]*clock", re.I)
+_CONFIGURED = re.compile(r"clock.*(max|app|default|base|locked)|(max|app|default|base|locked)[^.]*clock|power_limit", re.I)
+_AT_REST = re.compile(r"clock.*(rest|idle)|(rest|idle)[^.]*clock", re.I)
 
 
 @dataclass
@@ -94,9 +101,38 @@ def fingerprint(environment: Any) -> dict[str, Any]:
         if listed is not None:
             out["gpu_count"] = listed
     for key, value in flat.items():
-        if _CLOCK.search(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if _AT_REST.search(key):
+            out[f"rest:{key}"] = value
+        elif _CONFIGURED.search(key):
             out[f"clock:{key}"] = value
     return out
+
+
+def clocks_from_run(run_dir: Path) -> dict[str, float]:
+    """Clocks of a run directory's first rank from its first NVML sample (``rank*/nvml.csv``).
+
+    ``sm_clock_at_rest_mhz`` / ``mem_clock_at_rest_mhz`` are the first sample's clocks (before
+    the first step's work); ``sm_clock_max_mhz`` and ``power_limit_w`` are static. Empty when
+    the run has no NVML samples (CPU, no NVML).
+    """
+    for path in sorted(run_dir.glob("rank*/nvml.csv")):
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                first = next(csv.DictReader(fh), None)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        if not first:
+            continue
+        out: dict[str, float] = {}
+        for src, dst in (("sm_clock_mhz", "sm_clock_at_rest_mhz"), ("mem_clock_mhz", "mem_clock_at_rest_mhz"), ("sm_clock_max_mhz", "sm_clock_max_mhz"), ("power_limit_w", "power_limit_w")):
+            try:
+                out[dst] = float(first.get(src) or "")
+            except ValueError:
+                pass
+        return out
+    return {}
 
 
 def compare_environments(base_env: Any, current_env: Any, allow_change: bool = False) -> EnvironmentCheck:
@@ -109,9 +145,10 @@ def compare_environments(base_env: Any, current_env: Any, allow_change: bool = F
             check.notes.append(f"{key} not recorded in the {side} report")
             continue
         b, c = base[key], current[key]
-        if key.startswith("clock:"):
+        if key.startswith(("clock:", "rest:")):
             if b and abs(float(c) / float(b) - 1.0) * 100.0 > CLOCK_TOLERANCE_PCT:
-                check.differences.append(f"{key[6:]}: {b} -> {c} (beyond {CLOCK_TOLERANCE_PCT:g}%)")
+                text = f"{key[5 if key.startswith('rest:') else 6:]}: {b} -> {c} (beyond {CLOCK_TOLERANCE_PCT:g}%)"
+                (check.notes if key.startswith("rest:") else check.differences).append(text)
         elif str(b) != str(c):
             check.differences.append(f"{key}: {b} -> {c}")
     if not base and not current:
