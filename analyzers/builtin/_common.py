@@ -1,0 +1,189 @@
+"""Helpers shared by the built-in analyzers (not an analyzer: the leading underscore keeps it
+out of discovery). Everything works on :class:`~analyzers.model.EventTable` columns.
+
+Grading used by every time-based analyzer unless its docstring says otherwise: a problem
+that costs >= 5 % of step time is **medium** and >= 20 % is **high** (the graded cut points of
+TensorFlow's input-pipeline analyzer and the TensorBoard profiler's 5 % DataLoader rule: below
+5 % a stall is inside run-to-run noise of a training step and rarely worth a code change;
+a fifth of every step is the point where fixing it is the first thing to do). Anything above
+1 % is **low**; less is **info**.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from analyzers.base import Severity, severity_from_share
+from analyzers.model import GPU_KINDS, Kind
+
+if TYPE_CHECKING:
+    from analyzers.model import AnalysisContext, EventTable, RankData
+
+MEDIUM_PCT = 5.0
+HIGH_PCT = 20.0
+LOW_PCT = 1.0
+
+
+def grade(share_pct: float, medium: float = MEDIUM_PCT, high: float = HIGH_PCT) -> Severity:
+    """Severity of a share of step time with the common cut points."""
+    return severity_from_share(share_pct, medium, high, LOW_PCT)
+
+
+def window_ns(rank: "RankData") -> tuple[int, int]:
+    """(total nanoseconds of the analysed steps, number of steps); the trace span if no steps."""
+    if rank.steps:
+        return int(sum(s.end_ns - s.start_ns for s in rank.steps)), len(rank.steps)
+    ev = rank.events
+    if not len(ev):
+        return 0, 0
+    return int((ev.ts_ns + ev.dur_ns).max() - ev.ts_ns.min()), 1
+
+
+def in_window(ev: "EventTable", rows: np.ndarray) -> np.ndarray:
+    """Rows inside a step (all rows when the trace has no steps)."""
+    if not len(rows):
+        return rows
+    if (ev.step >= 0).any():
+        return rows[ev.step[rows] >= 0]
+    return rows
+
+
+def merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of intervals, sorted and non-overlapping."""
+    if not len(starts):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order].astype(np.int64), ends[order].astype(np.int64)
+    run_end = np.maximum.accumulate(e)
+    new = np.ones(len(s), bool)
+    new[1:] = s[1:] > run_end[:-1]
+    idx = np.flatnonzero(new)
+    out_s = s[idx]
+    out_e = np.append(run_end[idx[1:] - 1], run_end[-1]) if len(idx) else run_end[idx]
+    return out_s, out_e
+
+
+def covered_ns(starts: np.ndarray, ends: np.ndarray) -> int:
+    s, e = merge(starts, ends)
+    return int((e - s).sum())
+
+
+def overlap_ns(a_s: np.ndarray, a_e: np.ndarray, b_s: np.ndarray, b_e: np.ndarray) -> int:
+    """Length of the intersection of two interval unions."""
+    a_s, a_e = merge(a_s, a_e)
+    b_s, b_e = merge(b_s, b_e)
+    i = j = 0
+    total = 0
+    while i < len(a_s) and j < len(b_s):
+        lo = max(a_s[i], b_s[j])
+        hi = min(a_e[i], b_e[j])
+        if hi > lo:
+            total += hi - lo
+        if a_e[i] < b_e[j]:
+            i += 1
+        else:
+            j += 1
+    return int(total)
+
+
+def gpu_rows(ev: "EventTable", kinds: Iterable[Kind] = GPU_KINDS) -> np.ndarray:
+    return in_window(ev, ev.rows_of_kind(*kinds))
+
+
+def has_gpu(ev: "EventTable") -> bool:
+    return bool(len(ev.rows_of_kind(*GPU_KINDS)))
+
+
+def rows_within(ev: "EventTable", anchors: np.ndarray, candidates: np.ndarray, same_thread: bool = True) -> np.ndarray:
+    """Candidate rows whose start lies inside any anchor row's interval (on the anchor's thread)."""
+    if not len(anchors) or not len(candidates):
+        return np.empty(0, np.int64)
+    keep = np.zeros(len(candidates), bool)
+    cts = ev.ts_ns[candidates]
+    ctid = ev.tid[candidates]
+    for tid in np.unique(ev.tid[anchors]) if same_thread else [None]:
+        a = anchors if tid is None else anchors[ev.tid[anchors] == tid]
+        s, e = merge(ev.ts_ns[a], ev.ts_ns[a] + ev.dur_ns[a])
+        pos = np.searchsorted(s, cts, side="right") - 1
+        inside = (pos >= 0) & (cts < e[np.clip(pos, 0, None)])
+        if tid is not None:
+            inside &= ctid == tid
+        keep |= inside
+    return candidates[keep]
+
+
+def gpu_rows_launched_within(ev: "EventTable", anchors: np.ndarray) -> np.ndarray:
+    """GPU rows whose launch (runtime call, else owning op) started inside an anchor CPU range."""
+    g = ev.gpu_rows()
+    if not len(g) or not len(anchors):
+        return np.empty(0, np.int64)
+    launch = ev.launch_of[g] if len(ev.launch_of) else np.full(len(g), -1)
+    owner = np.where(launch >= 0, launch, ev.op_of[g] if len(ev.op_of) else -1)
+    ok = owner >= 0
+    g, owner = g[ok], owner[ok]
+    hit = set(rows_within(ev, anchors, np.unique(owner)).tolist())
+    return g[np.fromiter((o in hit for o in owner), bool, len(owner))] if hit else np.empty(0, np.int64)
+
+
+def device_time_ns(ev: "EventTable", anchors: np.ndarray) -> int:
+    """Time attributable to CPU ranges: GPU time of what they launched, or (CPU-only trace) their
+    own wall time."""
+    if has_gpu(ev):
+        g = gpu_rows_launched_within(ev, anchors)
+        return covered_ns(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
+    if not len(anchors):
+        return 0
+    return covered_ns(ev.ts_ns[anchors], ev.ts_ns[anchors] + ev.dur_ns[anchors])
+
+
+_LIBRARY_FRAME = re.compile(
+    r"(^|/)(torch|site-packages|dist-packages|threading|runpy|importlib|profiler|analyzers|sitecustomize|contextlib|"
+    r"functools|typing|stallscope|multiprocessing|selectors|queue)[/.(]|^<built-in|^nn\.Module:|^<frozen|^\{.*\}$"
+)
+
+
+def is_user_frame(name: str) -> bool:
+    """A python_function name in the user's code (not torch, the stdlib's plumbing, or ours)."""
+    return not _LIBRARY_FRAME.search(name)
+
+
+def frames_at(ev: "EventTable", tid: int, ts: int, py_rows: np.ndarray | None = None) -> list[str]:
+    """Python frames (outermost first) that were on the stack of thread ``tid`` at ``ts``."""
+    rows = ev.rows_of_kind(Kind.PYTHON) if py_rows is None else py_rows
+    if not len(rows):
+        return []
+    rows = rows[(ev.tid[rows] == tid) & (ev.ts_ns[rows] <= ts) & (ev.ts_ns[rows] + ev.dur_ns[rows] >= ts)]
+    rows = rows[np.argsort(ev.ts_ns[rows], kind="stable")]
+    return [ev.name_of(int(r)) for r in rows]
+
+
+def user_frame_at(ev: "EventTable", tid: int, ts: int, py_rows: np.ndarray | None = None) -> str | None:
+    """The innermost frame of the user's own code at that moment, e.g. ``train.py(42): forward``."""
+    for name in reversed(frames_at(ev, tid, ts, py_rows)):
+        if is_user_frame(name):
+            return name
+    return None
+
+
+def top_counts(items: Iterable[Any], n: int = 5) -> list[Any]:
+    counts: dict[Any, int] = {}
+    for it in items:
+        if it is not None:
+            counts[it] = counts.get(it, 0) + 1
+    return sorted(counts, key=counts.get, reverse=True)[:n]
+
+
+def peaks(ctx: "AnalysisContext"):  # -> GpuPeaks | None
+    from analyzers.peaks import peaks_for
+
+    return peaks_for(ctx.device_name)
+
+
+def cpu_ops(ev: "EventTable") -> np.ndarray:
+    return ev.rows_of_kind(Kind.CPU_OP)
+
+
+def ms(ns: float) -> float:
+    return float(ns) / 1e6

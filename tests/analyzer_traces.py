@@ -1,0 +1,39 @@
+"""Record small real torch.profiler traces on the CPU for the analyzer tests (helper, not a test)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+
+def record(path: Path, step_fn: Callable[[int], None], steps: int = 3, stacks: bool = True, warmup: int = 1) -> Path:
+    """Run ``step_fn(i)`` for warmup + steps iterations under torch.profiler with ProfilerStep
+    markers, shapes and (optionally) Python stacks; export the chrome trace to ``path``."""
+    acts = [ProfilerActivity.CPU]
+    with profile(
+        activities=acts,
+        schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+        record_shapes=True,
+        with_stack=stacks,
+        with_flops=True,
+    ) as prof:
+        for i in range(warmup + steps):
+            step_fn(i)
+            prof.step()
+    prof.export_chrome_trace(str(path))
+    return path
+
+
+def context(path: Path):  # -> AnalysisContext
+    from analyzers.loader import load_context
+
+    return load_context(path)
+
+
+def run(name: str, ctx) -> list:  # type: ignore[no-untyped-def]
+    from analyzers.base import registered_analyzers
+
+    cls = registered_analyzers([name])[name]
+    return cls().analyze(ctx)
