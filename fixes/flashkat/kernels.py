@@ -243,7 +243,7 @@ def _candidates(tiles, block_c: int, rows: int, column_programs: int, device) ->
 
 def _pick(kind: str, launch, key: tuple, candidates: list[TileConfig]) -> TileConfig:
     if INTERPRET:
-        return TileConfig(16, 1, 4)
+        return TileConfig(64, 1, 4)  # few, large programs: the interpreter's cost is per program
     forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
     if forced:
         block_m, warps, iters = (int(v) for v in forced.split(","))
