@@ -15,9 +15,10 @@ construction (up to float rounding). With GPU events the timeline is the GPU's:
    started, or the gap is shorter than :data:`LAUNCH_GAP_NS` (HTA's "kernel wait");
    ``host_other_ms`` everything else (Python, CPU ops, the profiler).
 
-Without GPU events (CPU-only traces) the timeline is the CPU's: data wait, then CPU-side
-communication ops, then copy ops (``memory_ms``), then any other CPU op (``compute_ms``); the rest
-is ``host_other_ms``; sync and launch parts are zero.
+Without GPU events (CPU-only traces) the timeline is the CPU's (all threads of the process):
+data wait, then copy ops (``memory_ms``), then any other CPU op (``compute_ms``), then CPU-side
+communication (gloo ranges) not hidden under those (``comm_exposed_ms``); the rest is
+``host_other_ms``; sync and launch parts are zero.
 """
 from __future__ import annotations
 
@@ -184,14 +185,15 @@ def _step_gpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdow
 def _step_cpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdown:
     seg, length, m = _points(sets, step.start_ns, step.end_ns)
     data = m["data"]
-    comm = m["comm"] & ~data
-    mem = m["memory"] & ~data & ~comm
-    comp = m["compute"] & ~data & ~comm & ~mem
-    other = ~(data | comm | mem | comp)
+    mem = m["memory"] & ~data
+    comp = m["compute"] & ~data & ~mem
+    comm = m["comm"] & ~data & ~mem & ~comp
+    other = ~(data | mem | comp | comm)
     ms = lambda mask: float(length[mask].sum()) / 1e6  # noqa: E731
     return StepBreakdown(
         step=step.index, rank=rank, wall_ms=step.wall_ms,
-        compute_ms=ms(comp), memory_ms=ms(mem), comm_exposed_ms=ms(comm), data_wait_ms=ms(data), host_other_ms=ms(other),
+        compute_ms=ms(comp), memory_ms=ms(mem), comm_exposed_ms=ms(comm), comm_overlapped_ms=ms(m["comm"] & (comp | mem)),
+        data_wait_ms=ms(data), host_other_ms=ms(other),
     )
 
 
@@ -231,3 +233,34 @@ def breakdown_pct(items: list[StepBreakdown]) -> dict[str, float]:
     if wall <= 0:
         return {k.replace("_ms", "_pct"): 0.0 for k in tot}
     return {k.replace("_ms", "_pct"): round(100.0 * v / wall, 3) for k, v in tot.items()}
+
+
+_HTA_NOT_COMPUTE = __import__("re").compile(r"(^nccl.*Kernel)|(.*(Memcpy)|(Memset))|(.*Sync)")
+
+
+def hta_temporal(rd: RankData) -> dict[str, float] | None:
+    """HTA's ``get_temporal_breakdown`` figures for one rank, from our table (microseconds).
+
+    Same scope as HTA: with two or more ``ProfilerStep`` ranges, only GPU ops launched before the
+    last one starts; kernel time is the span from the first GPU op's start to the last one's
+    end; idle is the span minus the union of GPU ops; compute is the union of kernels HTA calls
+    compute (not ``nccl*Kernel``, not memcpy/memset, not ``*Sync``); non-compute is the rest.
+    None when the rank has no GPU ops.
+    """
+    t = rd.events
+    gpu = np.flatnonzero(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)))
+    steps = t.rows_named(lambda s: s.startswith("ProfilerStep#"), Kind.CPU_OP, Kind.ANNOTATION)
+    if steps.size >= 2:
+        last_start = int(t.ts_ns[steps].max())
+        launch = t.launch_of[gpu]
+        keep = (launch >= 0) & (t.ts_ns[np.maximum(launch, 0)] < last_start)
+        gpu = gpu[keep]
+    if gpu.size == 0:
+        return None
+    busy = _rows(t, gpu)
+    span = int(busy.ends[-1] - busy.starts[0])
+    idle = span - busy.total_ns
+    comp_rows = gpu[(t.kind[gpu] == Kind.KERNEL) & ~_name_mask(t, lambda s: bool(_HTA_NOT_COMPUTE.match(s)))[gpu]]
+    compute = _rows(t, comp_rows).total_ns
+    return {"idle_us": idle / 1e3, "compute_us": compute / 1e3, "non_compute_us": (span - compute - idle) / 1e3,
+            "kernel_us": span / 1e3}
