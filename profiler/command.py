@@ -173,9 +173,10 @@ def profile_command(
             live.stop()
     code, sig_name = _exit_code(rc)
     final = meta.finalize(code, sig_name, [])
+    will_diagnose = bool(diagnose and final["ranks"] and _diagnosis_available())
     if not quiet:
-        print_summary(run_dir, final)
-    if diagnose and final["ranks"]:
+        print_summary(run_dir, final, notices=not will_diagnose)
+    if will_diagnose:
         diagnose_or_summarize(run_dir, deep=deep)
     return code
 
@@ -196,6 +197,15 @@ def _exit_code(rc: int) -> tuple:
             name = f"signal {-rc}"
         return 128 - rc, name
     return rc, None
+
+
+def _diagnosis_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("analyzers.command") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def diagnose_or_summarize(run_dir: Path, deep: bool = False) -> None:
@@ -228,9 +238,10 @@ def _read_steps(path: Path) -> List[dict]:
 class RunSummary:
     """End-of-run summary: exit, steps per rank, step time, data wait share, window, notices."""
 
-    def __init__(self, run_dir: Path, meta: dict) -> None:
+    def __init__(self, run_dir: Path, meta: dict, notices: bool = True) -> None:
         self.run_dir = run_dir
         self.meta = meta
+        self.notices = notices
 
     def __rich__(self) -> object:
         from rich.table import Table
@@ -265,13 +276,14 @@ class RunSummary:
         slow = (m.get("overhead") or {}).get("window_slowdown_pct")
         if slow is not None:
             parts.append(Text(f"window trace slowed steps by {slow:+.1f} % (median, vs light telemetry)", style="dim"))
-        for n in m.get("notices") or []:
+        for n in (m.get("notices") or []) if self.notices else []:
             parts.append(Text(f"note: {n}", style="yellow"))
         parts.append(Text.assemble(("run directory: ", "bold"), (str(self.run_dir), "cyan")))
         return Group(*parts)
 
 
-def print_summary(run_dir: Path, meta: dict) -> None:
+def print_summary(run_dir: Path, meta: dict, notices: bool = True) -> None:
+    """Print the end-of-run summary on stderr (notices too unless the diagnosis will show them)."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(RunSummary(run_dir, meta))
+    Console(stderr=True, highlight=False).print(RunSummary(run_dir, meta, notices=notices))

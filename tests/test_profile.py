@@ -1,0 +1,310 @@
+"""`stallscope profile` end to end: real subprocess runs of tiny real workloads (CPU, gloo)."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WL = ROOT / "tests" / "workloads"
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+def env_for(extra_pythonpath: str | None = None) -> dict:
+    env = dict(os.environ)
+    parts = [p for p in (extra_pythonpath, str(ROOT), env.get("PYTHONPATH")) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.pop("STALLSCOPE_RUN_DIR", None)
+    return env
+
+
+def stallscope(args: list, cwd: Path = ROOT, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env or env_for(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def profile(out: Path, cmd: list, *opts: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return stallscope(["profile", "--out", str(out), "--no-diagnose", *opts, "--", *cmd], cwd=cwd, env=env)
+
+
+def steps_csv(rank_dir: Path) -> list:
+    with (rank_dir / "steps.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def trace(rank_dir: Path) -> dict:
+    with gzip.open(rank_dir / "trace.json.gz", "rt") as fh:
+        return json.load(fh)
+
+
+def meta(run: Path) -> dict:
+    with (run / "meta.yaml").open() as fh:
+        return yaml.safe_load(fh)
+
+
+def assert_loadable(run: Path) -> dict:
+    m = meta(run)
+    assert m["schema_version"] == 1 and m["kind"] == "stallscope-run"
+    for r in m["ranks"]:
+        d = run / f"rank{r}"
+        assert (d / "steps.csv").read_text().startswith("step,start_ns,end_ns,wall_ms,gpu_ms,data_wait_ms,in_window,source\n")
+        assert yaml.safe_load((d / "rank.yaml").read_text())["rank"] == r
+        if (d / "trace.json.gz").exists():
+            assert "traceEvents" in trace(d)
+    assert not list(run.rglob("*.tmp")), "temporary files left behind"
+    try:
+        from analyzers.report import build_report
+    except ImportError:
+        return m
+    report = build_report(run)
+    assert report is not None
+    return m
+
+
+# The independent runs start together (the machine has two cores; torch import dominates).
+RUNS = {
+    "train": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "9"], "--skip", "2", "--steps", "3"),
+    "infer": lambda out: profile(out, [sys.executable, str(WL / "infer_tiny.py"), "7"], "--skip", "1", "--steps", "2"),
+    "module_exit3": lambda out: profile(out, [sys.executable, "-m", "workloads.train_tiny", "--steps", "4", "--exit-code", "3"],
+                                        "--skip", "1", "--steps", "1", cwd=ROOT / "tests"),
+    "shell": lambda out: profile(out, [str(WL / "run_train.sh"), "--steps", "5"], "--skip", "1", "--steps", "2"),
+    "raise": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "9", "--raise-at", "5"],
+                                 "--skip", "1", "--steps", "2"),
+    "torchrun": lambda out: profile(out, [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517", str(WL / "ddp_tiny.py")],
+                                    "--skip", "1", "--steps", "2"),
+    "own_profiler": lambda out: profile(out, [sys.executable, str(WL / "own_profiler.py")], "--skip", "1", "--steps", "2"),
+    "api": lambda out: subprocess.run([sys.executable, str(WL / "api_session.py"), str(out)], env=env_for(),
+                                      capture_output=True, text=True, timeout=240),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("runs")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(fn, base / name) for name, fn in RUNS.items()}
+        return {name: (base / name, f.result()) for name, f in futures.items()}
+
+
+def test_training_run_directory_steps_and_window(runs: dict) -> None:
+    run, res = runs["train"]
+    assert res.returncode == 0, res.stderr
+    assert "TRAIN_DONE" in res.stdout  # the target keeps its stdout
+    m = assert_loadable(run)
+    assert m["exit"] == {"code": 0, "signal": None, "status": "ok", "error": None}
+    assert m["ranks"] == [0] and m["window"] == {"skip": 2, "steps": 3}
+    assert m["command"][-2:] == ["--steps", "9"] and m["start_utc"] < m["end_utc"]
+    assert m["per_rank"][0]["torch"] and m["per_rank"][0]["pid"] > 0
+    assert "window_slowdown_pct" in m["overhead"]
+    rows = steps_csv(run / "rank0")
+    assert [int(r["step"]) for r in rows] == list(range(9))  # steps found = steps run
+    assert {r["source"] for r in rows} == {"optimizer"}
+    assert [int(r["in_window"]) for r in rows] == [0, 0, 1, 1, 1, 0, 0, 0, 0]
+    starts, ends = [int(r["start_ns"]) for r in rows], [int(r["end_ns"]) for r in rows]
+    assert all(e > s for s, e in zip(starts, ends)) and starts[1:] == ends[:-1]
+    assert all(float(r["data_wait_ms"]) > 0 for r in rows)  # every step pulled a batch
+    events = trace(run / "rank0")["traceEvents"]
+    step_names = sorted({e["name"] for e in events if e.get("name", "").startswith("ProfilerStep#")})
+    assert step_names == ["ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"]  # exactly the window
+    phases = {e["name"] for e in events if e.get("name", "").startswith("stallscope.phase/")}
+    assert phases == {f"stallscope.phase/{p}" for p in ("data", "forward", "backward", "optimizer")}
+    assert any(e.get("args", {}).get("Input Dims") for e in events if e.get("cat") == "cpu_op")  # shapes recorded
+
+
+def test_trace_clock_matches_step_clock(runs: dict) -> None:
+    run, _ = runs["train"]
+    rank = yaml.safe_load((run / "rank0" / "rank.yaml").read_text())
+    offset = rank["clock"]["trace_to_epoch_ns"]
+    assert isinstance(offset, int)
+    rows = {int(r["step"]): r for r in steps_csv(run / "rank0")}
+    for e in trace(run / "rank0")["traceEvents"]:
+        m = re.fullmatch(r"ProfilerStep#(\d+)", e.get("name", ""))
+        if m and e.get("ph") == "X":
+            start_epoch = round(e["ts"] * 1000) + offset
+            end_epoch = start_epoch + round(e["dur"] * 1000)
+            row = rows[int(m.group(1))]
+            # the range opens just after the step's boundary and closes just before the next
+            assert int(row["start_ns"]) - 2_000_000 <= start_epoch <= int(row["start_ns"]) + 20_000_000
+            assert int(row["end_ns"]) - 20_000_000 <= end_epoch <= int(row["end_ns"]) + 2_000_000
+
+
+def test_host_samples_on_the_step_clock(runs: dict) -> None:
+    run, _ = runs["train"]
+    with (run / "rank0" / "host.csv").open(newline="") as fh:
+        host = list(csv.DictReader(fh))
+    rows = steps_csv(run / "rank0")
+    assert host, "no host samples"
+    assert list(host[0]) == ["t_ns", "proc_cpu_pct", "workers", "workers_cpu_pct", "max_worker_cpu_pct", "rss_mb"]
+    t0, t1 = int(rows[0]["start_ns"]), int(rows[-1]["end_ns"])
+    assert all(t0 - 10**9 <= int(h["t_ns"]) <= t1 + 10**10 for h in host)
+
+
+def test_inference_steps_from_module_calls(runs: dict) -> None:
+    run, res = runs["infer"]
+    assert res.returncode == 0, res.stderr
+    assert_loadable(run)
+    rows = steps_csv(run / "rank0")
+    assert len(rows) == 7 and {r["source"] for r in rows} == {"module"}
+    names = {e["name"] for e in trace(run / "rank0")["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
+    assert names == {"ProfilerStep#1", "ProfilerStep#2"}
+
+
+def test_python_dash_m_target_and_exit_code_passthrough(runs: dict) -> None:
+    run, res = runs["module_exit3"]
+    assert res.returncode == 3, res.stderr
+    m = assert_loadable(run)
+    assert m["exit"]["code"] == 3 and m["exit"]["status"] == "failed"
+    assert len(steps_csv(run / "rank0")) == 4
+
+
+def test_shell_script_target(runs: dict) -> None:
+    run, res = runs["shell"]
+    assert res.returncode == 0, res.stderr
+    assert "shell: preparing" in res.stdout and "TRAIN_DONE" in res.stdout
+    assert_loadable(run)
+    assert len(steps_csv(run / "rank0")) == 5
+
+
+def test_target_raises_run_directory_loadable_and_error_recorded(runs: dict) -> None:
+    run, res = runs["raise"]
+    assert res.returncode == 1
+    assert "planted failure at step 5" in res.stderr  # the target's traceback still reaches the user
+    m = assert_loadable(run)
+    assert m["exit"]["status"] == "crashed"
+    assert m["exit"]["error"] == "RuntimeError: planted failure at step 5"
+    assert len(steps_csv(run / "rank0")) == 5
+
+
+def test_torchrun_two_ranks_with_gloo(runs: dict) -> None:
+    run, res = runs["torchrun"]
+    assert res.returncode == 0, res.stderr
+    m = assert_loadable(run)
+    assert m["ranks"] == [0, 1] and m["world_size"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["rank0", "rank1"]  # the launcher is not a rank
+    for r in (0, 1):
+        assert len(steps_csv(run / f"rank{r}")) == 6
+        assert m["per_rank"][r]["local_rank"] == r
+    assert m["per_rank"][0]["pid"] != m["per_rank"][1]["pid"]
+
+
+def test_target_with_its_own_torch_profiler(runs: dict) -> None:
+    run, res = runs["own_profiler"]
+    assert res.returncode == 0, res.stderr
+    assert "OWN_PROFILER_DONE True" in res.stdout  # its profiler kept working
+    m = assert_loadable(run)
+    rows = steps_csv(run / "rank0")
+    assert len(rows) == 6 and {r["source"] for r in rows} == {"profiler_step"}
+    assert any("own torch.profiler" in n for n in m["notices"])
+
+
+def test_python_api_session(runs: dict) -> None:
+    run, res = runs["api"]
+    assert res.returncode == 0, res.stderr
+    assert "API_DONE ok" in res.stdout
+    m = assert_loadable(run)
+    rows = steps_csv(run / "rank0")
+    assert len(rows) == 5 and {r["source"] for r in rows} == {"api"}
+    assert [int(r["in_window"]) for r in rows] == [0, 1, 1, 0, 0]
+    assert m["exit"]["status"] == "ok"
+
+
+def test_no_nvml_one_notice_no_crash(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(
+        "class NVMLError(Exception):\n    pass\n"
+        "def nvmlInit():\n    raise NVMLError('Driver Not Loaded')\n"
+    )
+    out = tmp_path / "run"
+    res = stallscope(["profile", "--out", str(out), "--no-diagnose", "--", sys.executable, str(WL / "train_tiny.py"), "--steps", "3"],
+                     env=env_for(str(fake)))
+    assert res.returncode == 0, res.stderr
+    m = assert_loadable(out)
+    nvml = [n for n in m["notices"] if "NVML" in n]
+    assert nvml == ["NVML unavailable (Driver Not Loaded): no GPU samples; nvml.csv not written"]
+    assert res.stderr.count("NVML unavailable") == 1
+    assert not (out / "rank0" / "nvml.csv").exists()
+
+
+def test_sigint_mid_run_leaves_loadable_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
+         sys.executable, str(WL / "train_tiny.py"), "--steps", "200", "--sleep-ms", "50", "--print"],
+        cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:
+            if line.startswith("step 4 ") or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    m = assert_loadable(out)
+    assert m["exit"]["signal"] == "SIGINT" and m["exit"]["status"] == "signal"
+    rows = steps_csv(out / "rank0")
+    assert 5 <= len(rows) < 200
+    assert (out / "rank0" / "trace.json.gz").exists()
+
+
+def test_unwritable_out_is_one_line_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("user data")
+    res = stallscope(["profile", "--out", str(blocker / "run"), "--", sys.executable, str(WL / "train_tiny.py")])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stallscope: error: --out") and "writable" in lines[0]
+    assert blocker.read_text() == "user data"
+
+
+@pytest.mark.parametrize(
+    "cmd, words",
+    [
+        ([], "no command given"),
+        (["definitely-not-a-command-xyz"], "command not found"),
+        (["missing_script.py"], "no such file"),
+    ],
+)
+def test_bad_use_is_one_line_exit_2_nothing_written(tmp_path: Path, cmd: list, words: str) -> None:
+    out = tmp_path / "run"
+    res = stallscope(["profile", "--out", str(out), "--", *cmd])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0]
+    assert not out.exists()
+
+
+def test_nonempty_out_is_refused_and_kept(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    res = stallscope(["profile", "--out", str(tmp_path), "--", sys.executable, str(WL / "train_tiny.py")])
+    assert res.returncode == 2 and "not empty" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["profile", "--help"], ["demo", "--help"], ["--version"]])
+def test_help_does_not_import_torch(args: list) -> None:
+    code = (
+        "import sys, cli\n"
+        f"try:\n    cli.app({args!r})\nexcept SystemExit:\n    pass\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_for(), capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip().splitlines()[-1] == "NO_TORCH", res.stdout + res.stderr
