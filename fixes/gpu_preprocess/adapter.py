@@ -1,0 +1,102 @@
+"""DataLoader adapter: the workers only read encoded bytes; decode and transforms run after the
+transfer, batched on the GPU.
+
+* :class:`GpuPreprocessLoader` wraps any loader that yields ``(list_of_encoded, targets)`` and
+  yields ``(images, targets)`` with ``images`` a channels_last float batch on the device.
+* :func:`patch_loader` / :func:`unpatch_loader` turn an ImageFolder-style DataLoader (a dataset
+  with ``loader`` and ``transform`` attributes) into one, instance-scoped and reversibly: the
+  dataset's ``loader`` reads bytes, its ``transform`` is cleared, the collate keeps a list, and
+  this one DataLoader object gets a subclass whose ``__iter__`` runs the GPU pipeline.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from fixes.gpu_preprocess.pipeline import GpuPipeline
+
+__all__ = ["read_bytes", "collate_encoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
+
+_MISSING = object()
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    """The file's bytes as a 1-D uint8 tensor (what the workers return instead of a PIL image)."""
+    with open(path, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+
+
+def collate_encoded(batch: Sequence[Any]) -> tuple[list[torch.Tensor], Any]:
+    """``[(encoded, target, ...), ...]`` -> ``(list of encoded, default_collate(targets))``."""
+    from torch.utils.data import default_collate
+
+    encoded = [item[0] for item in batch]
+    rest = [item[1:] for item in batch]
+    targets = default_collate(rest)
+    return encoded, (targets[0] if len(targets) == 1 else targets)
+
+
+class GpuPreprocessLoader:
+    """Iterate ``loader`` (yielding ``(encoded_list, targets)``) and decode + transform each batch
+    with ``pipeline`` on its device. Decoding of batch k+1 is not overlapped with the caller's
+    work on batch k: the GPU queue does that, since nothing here waits for the device."""
+
+    def __init__(self, loader: Any, pipeline: GpuPipeline):
+        self.loader = loader
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        for encoded, targets in self.loader:
+            yield self.pipeline(encoded), targets
+
+
+def _patched_class(cls: type) -> type:
+    cached = _PATCHED.get(cls)
+    if cached is None:
+
+        def __iter__(self):  # noqa: N807 - the special method of the per-instance subclass
+            pipeline = self.__dict__["_stallscope_gpu_pipeline"]
+            for encoded, targets in cls.__iter__(self):
+                yield pipeline(encoded), targets
+
+        cached = type(f"GpuPreprocessed{cls.__name__}", (cls,), {"__iter__": __iter__, "_stallscope_base": cls})
+        _PATCHED[cls] = cached
+    return cached
+
+
+_PATCHED: dict[type, type] = {}
+
+
+def patch_loader(loader: Any, pipeline: GpuPipeline) -> dict[str, Any]:
+    """Make this DataLoader yield GPU-preprocessed batches; returns what :func:`unpatch_loader`
+    needs. Only this loader and its dataset instance change."""
+    dataset = loader.dataset
+    saved = {
+        "class": type(loader),
+        "collate_fn": loader.collate_fn,
+        "dataset_loader": dataset.__dict__.get("loader", _MISSING),
+        "dataset_transform": dataset.__dict__.get("transform", _MISSING),
+    }
+    dataset.loader = read_bytes
+    dataset.transform = None
+    loader.collate_fn = collate_encoded
+    loader.__dict__["_stallscope_gpu_pipeline"] = pipeline
+    loader.__class__ = _patched_class(type(loader))
+    return saved
+
+
+def unpatch_loader(loader: Any, saved: dict[str, Any]) -> None:
+    """Undo :func:`patch_loader` exactly."""
+    dataset = loader.dataset
+    for attr, key in (("loader", "dataset_loader"), ("transform", "dataset_transform")):
+        if saved[key] is _MISSING:
+            dataset.__dict__.pop(attr, None)
+        else:
+            setattr(dataset, attr, saved[key])
+    loader.__class__ = saved["class"]
+    loader.collate_fn = saved["collate_fn"]
+    loader.__dict__.pop("_stallscope_gpu_pipeline", None)
