@@ -44,7 +44,7 @@ _default_reduction = os.environ.get("STALLSCOPE_FLASHKAT_REDUCTION", "two_stage"
 def flashkat_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr, M, a_stride,
     WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, STAGES: tl.constexpr = 1,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
     pid_m = tl.program_id(0)
@@ -63,7 +63,7 @@ def flashkat_fwd_kernel(
     b3 = tl.abs(tl.load(b_ptr + group * 4 + 2))
     b4 = tl.abs(tl.load(b_ptr + group * 4 + 3))
     rows0 = pid_m * (BLOCK_M * ROW_ITERS) + tl.arange(0, BLOCK_M)
-    for it in range(ROW_ITERS):
+    for it in tl.range(ROW_ITERS, num_stages=STAGES):
         rows = rows0 + it * BLOCK_M
         if EVEN_C:
             mask = (rows < M)[:, None]
@@ -81,7 +81,7 @@ def flashkat_fwd_kernel(
 def flashkat_bwd_kernel(
     g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_ptr, M, a_stride,
     WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, ATOMIC: tl.constexpr,
+    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, ATOMIC: tl.constexpr, STAGES: tl.constexpr = 1,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
     pid_m = tl.program_id(0)
@@ -118,7 +118,7 @@ def flashkat_bwd_kernel(
     bcc3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     bcc4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     rows0 = pid_m * (BLOCK_M * ROW_ITERS) + tl.arange(0, BLOCK_M)
-    for it in range(ROW_ITERS):
+    for it in tl.range(ROW_ITERS, num_stages=STAGES):
         rows = rows0 + it * BLOCK_M
         if EVEN_C:
             mask = (rows < M)[:, None]
@@ -180,24 +180,37 @@ def flashkat_bwd_kernel(
 
 @dataclass(frozen=True)
 class TileConfig:
-    """One launch configuration: rows per tile, warps, row tiles per program."""
+    """One launch configuration: rows per tile, warps, row tiles per program, and software
+    pipeline stages of the row loop (>1: loads of later tiles overlap the current tile's maths)."""
 
     block_m: int
     num_warps: int
     row_iters: int
+    stages: int = 1
 
     def as_dict(self) -> dict[str, int]:
-        return {"block_m": self.block_m, "num_warps": self.num_warps, "row_iters": self.row_iters}
+        return {"block_m": self.block_m, "num_warps": self.num_warps, "row_iters": self.row_iters, "stages": self.stages}
 
 
-_FWD_TILES = ((2048, 4), (4096, 4), (4096, 8), (8192, 8))
-_BWD_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))
+# (tile elements, warps, stages). The backward keeps 10 register accumulators per element of the
+# tile, so its tiles are small (4-8 elements per thread: ~96-160 registers, no spills on sm_90).
+_FWD_TILES = ((2048, 4, 1), (4096, 8, 1), (2048, 4, 3), (4096, 8, 3))
+_BWD_TILES = ((512, 4, 1), (512, 4, 3), (1024, 4, 3), (1024, 8, 3))
 _TUNED: dict[tuple, TileConfig] = {}
+_TUNE_LOG: dict[tuple, list[tuple[TileConfig, float]]] = {}
 
 
-def tuned_configs() -> dict[str, dict[str, int]]:
-    """The tile configurations chosen so far, by shape key (for benchmark records)."""
-    return {"/".join(map(str, key)): cfg.as_dict() for key, cfg in _TUNED.items()}
+def tuned_configs() -> dict[str, dict]:
+    """The tile configurations chosen so far by shape key, with every candidate's median time
+    in ms (for benchmark records)."""
+    out = {}
+    for key, cfg in _TUNED.items():
+        entry: dict = dict(cfg.as_dict())
+        log = _TUNE_LOG.get(key)
+        if log:
+            entry["candidates_ms"] = {f"{c.block_m}x{c.num_warps}w x{c.row_iters}": round(ms, 5) for c, ms in log}
+        out["/".join(map(str, key))] = entry
+    return out
 
 
 def set_default_reduction(reduction: str) -> None:
@@ -232,22 +245,21 @@ def _row_iters(rows: int, block_m: int, column_programs: int, device: torch.devi
 
 def _candidates(tiles, block_c: int, rows: int, column_programs: int, device) -> list[TileConfig]:
     out = []
-    for elems, warps in tiles:
+    for elems, warps, stages in tiles:
         block_m = max(1, elems // block_c)
-        per_thread = block_m * block_c // (32 * warps)
-        if per_thread < 1:
-            continue
-        out.append(TileConfig(block_m, warps, _row_iters(rows, block_m, column_programs, device)))
+        iters = _row_iters(rows, block_m, column_programs, device)
+        cfg = TileConfig(block_m, warps, iters, stages if iters > 1 else 1)
+        if cfg not in out:
+            out.append(cfg)
     return out or [TileConfig(16, 4, 1)]
 
 
 def _pick(kind: str, launch, key: tuple, candidates: list[TileConfig]) -> TileConfig:
     if INTERPRET:
-        return TileConfig(64, 1, 4)  # few, large programs: the interpreter's cost is per program
+        return TileConfig(64, 1, 4, 2)  # few, large programs: the interpreter's cost is per program
     forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
     if forced:
-        block_m, warps, iters = (int(v) for v in forced.split(","))
-        return TileConfig(block_m, warps, iters)
+        return TileConfig(*(int(v) for v in forced.split(",")))
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
@@ -259,6 +271,7 @@ def _pick(kind: str, launch, key: tuple, candidates: list[TileConfig]) -> TileCo
             launch(cand)  # compile outside the timing
             timings.append(triton.testing.do_bench(lambda c=cand: launch(c), warmup=5, rep=25, return_mode="median"))
         cfg = candidates[min(range(len(candidates)), key=timings.__getitem__)]
+        _TUNE_LOG[key] = list(zip(candidates, timings))
     _TUNED[key] = cfg
     return cfg
 
@@ -285,7 +298,7 @@ def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torc
         flashkat_fwd_kernel[grid](
             x, y, numerator, denominator, rows, a_stride,
             WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
-            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, num_warps=cfg.num_warps,
+            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, STAGES=cfg.stages, num_warps=cfg.num_warps,
         )
 
     key = ("fwd", width, group_width, _rows_key(rows), x.device.type)
@@ -318,10 +331,10 @@ def flashkat_backward(
         block_c = _column_tile(group_width)
         column_programs = groups * triton.cdiv(group_width, block_c)
         a_stride = 0 if numerator.shape[0] == 1 else 6
-        atomic = reduction == "atomic"
+        atomic = reduction == "atomic"  # tiles are tuned on the two-stage launch and shared
         buffers: dict[TileConfig, torch.Tensor] = {}
 
-        def launch(cfg: TileConfig) -> torch.Tensor:
+        def launch(cfg: TileConfig, atomic: bool = False) -> torch.Tensor:
             row_programs = triton.cdiv(rows, cfg.block_m * cfg.row_iters)
             if atomic:
                 part = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
@@ -333,13 +346,13 @@ def flashkat_backward(
                 grad_out, x, numerator, denominator, dx, part, rows, a_stride,
                 WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
                 ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, ATOMIC=atomic,
-                num_warps=cfg.num_warps,
+                STAGES=cfg.stages, num_warps=cfg.num_warps,
             )
             return part
 
-        key = ("bwd", width, group_width, _rows_key(rows), x.device.type, reduction)
+        key = ("bwd", width, group_width, _rows_key(rows), x.device.type)
         cfg = _pick("bwd", launch, key, _candidates(_BWD_TILES, block_c, rows, column_programs, x.device))
-        part = launch(cfg)
+        part = launch(cfg, atomic)
         if atomic:
             sums = part
         else:

@@ -1,0 +1,1 @@
+"""Model definitions used by benchmarks and scenario workloads."""
