@@ -39,19 +39,75 @@ def collate_encoded(batch: Sequence[Any]) -> tuple[list[torch.Tensor], Any]:
 
 class GpuPreprocessLoader:
     """Iterate ``loader`` (yielding ``(encoded_list, targets)``) and decode + transform each batch
-    with ``pipeline`` on its device. Decoding of batch k+1 is not overlapped with the caller's
-    work on batch k: the GPU queue does that, since nothing here waits for the device."""
+    with ``pipeline`` on its device.
 
-    def __init__(self, loader: Any, pipeline: GpuPipeline):
+    With ``prefetch=k > 0`` on CUDA, a background thread decodes and transforms up to k batches
+    ahead on a side stream (the host part of nvJPEG then overlaps the caller's GPU work); each
+    batch is handed over with an event the caller's stream waits on."""
+
+    def __init__(self, loader: Any, pipeline: GpuPipeline, prefetch: int = 0):
         self.loader = loader
         self.pipeline = pipeline
+        self.prefetch = prefetch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        for encoded, targets in self.loader:
-            yield self.pipeline(encoded), targets
+        if self.prefetch <= 0 or self.pipeline.device.type != "cuda":
+            for encoded, targets in self.loader:
+                yield self.pipeline(encoded), targets
+            return
+        yield from self._prefetched()
+
+    def _prefetched(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        import queue
+        import threading
+
+        done = object()
+        handoff: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        device = self.pipeline.device
+
+        def produce() -> None:
+            if device.index is not None:
+                torch.cuda.set_device(device)
+            stream = torch.cuda.Stream()
+            try:
+                with torch.cuda.stream(stream):
+                    for encoded, targets in self.loader:
+                        if stop.is_set():
+                            return
+                        batch = self.pipeline(encoded)
+                        ready = torch.cuda.Event()
+                        ready.record(stream)
+                        handoff.put((batch, targets, ready))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                handoff.put(exc)
+                return
+            handoff.put(done)
+
+        worker = threading.Thread(target=produce, name="gpu-preprocess-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch, targets, ready = item
+                current = torch.cuda.current_stream(device)
+                current.wait_event(ready)
+                batch.record_stream(current)
+                yield batch, targets
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    handoff.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
 
 
 def _patched_class(cls: type) -> type:
