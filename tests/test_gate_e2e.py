@@ -30,7 +30,7 @@ GATE_YAML = {"min_samples": 20, "rules": [{"metric": "step_time_median", "max_re
 
 
 def _stallscope(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)})
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
 
 
 def test_paired_mode_catches_a_real_slowdown_and_report_mode_reads_run_dirs(tmp_path: Path) -> None:

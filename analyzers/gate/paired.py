@@ -43,13 +43,12 @@ def profile_run(cmd: Sequence[str], run_dir: Path, log: Path, profile_args: Sequ
     """Run CMD under ``stallscope profile --no-diagnose`` in a subprocess and diagnose the run."""
     from analyzers.gate.command import load_report
 
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    argv = [sys.executable, "-m", "cli", "profile", "--no-diagnose", "--quiet", *profile_args, "-o", str(run_dir), "--", *cmd]
+    # cli.py run as a script finds its packages next to it; the target's PYTHONPATH stays as the user set it.
+    cli = REPO_ROOT / "cli.py"
+    entry = [str(cli)] if cli.is_file() else ["-m", "cli"]
+    argv = [sys.executable, *entry, "profile", "--no-diagnose", "--quiet", *profile_args, "-o", str(run_dir), "--", *cmd]
     with open(log, "wb") as fh:
-        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise ToolError(f"{shlex.join(cmd)} exited {code} under stallscope profile ({tail[0][:200]}); full log: {log}", 2)
