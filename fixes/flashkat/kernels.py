@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import check_shapes, sign_of
+from .reference import check_shapes
 
 __all__ = [
     "INTERPRET",
@@ -180,16 +180,18 @@ def flashkat_bwd_kernel(
 
 @dataclass(frozen=True)
 class TileConfig:
-    """One launch configuration: rows per tile, warps, row tiles per program, and software
-    pipeline stages of the row loop (>1: loads of later tiles overlap the current tile's maths)."""
+    """One launch configuration: rows and columns per tile, warps, row tiles per program, and
+    software-pipeline stages of the row loop (>1: loads of later tiles overlap the maths)."""
 
     block_m: int
     num_warps: int
     row_iters: int
     stages: int = 1
+    block_c: int = 0  # 0: the default column tile for the group width
 
     def as_dict(self) -> dict[str, int]:
-        return {"block_m": self.block_m, "num_warps": self.num_warps, "row_iters": self.row_iters, "stages": self.stages}
+        return {"block_m": self.block_m, "block_c": self.block_c, "num_warps": self.num_warps,
+                "row_iters": self.row_iters, "stages": self.stages}
 
 
 # (tile elements, warps, stages). The backward keeps 10 register accumulators per element of the
@@ -198,6 +200,7 @@ _FWD_TILES = ((2048, 4, 1), (4096, 8, 1), (2048, 4, 3), (4096, 8, 3))
 _BWD_TILES = ((512, 4, 1), (512, 4, 3), (1024, 4, 3), (1024, 8, 3))
 _TUNED: dict[tuple, TileConfig] = {}
 _TUNE_LOG: dict[tuple, list[tuple[TileConfig, float]]] = {}
+_SMS: dict[int, int] = {}
 
 
 def tuned_configs() -> dict[str, dict]:
@@ -208,7 +211,9 @@ def tuned_configs() -> dict[str, dict]:
         entry: dict = dict(cfg.as_dict())
         log = _TUNE_LOG.get(key)
         if log:
-            entry["candidates_ms"] = {f"{c.block_m}x{c.num_warps}w x{c.row_iters}": round(ms, 5) for c, ms in log}
+            entry["candidates_ms"] = {
+                f"m{c.block_m}c{c.block_c}w{c.num_warps}i{c.row_iters}s{c.stages}": round(ms, 5) for c, ms in log
+            }
         out["/".join(map(str, key))] = entry
     return out
 
@@ -221,49 +226,63 @@ def set_default_reduction(reduction: str) -> None:
     _default_reduction = reduction
 
 
-def _column_tile(group_width: int) -> int:
+def _column_tiles(group_width: int) -> list[int]:
+    """Column-tile candidates: the largest power of two dividing the group width (no masks) and
+    the next power of two covering it (one masked tile), each at most 128."""
+    tiles = []
     for tile in (128, 64, 32, 16, 8):
         if group_width % tile == 0:
-            return tile
-    return min(triton.next_power_of_2(group_width), 128)
+            tiles.append(tile)
+            break
+    cover = min(triton.next_power_of_2(group_width), 128)
+    if cover not in tiles:
+        tiles.append(cover)
+    return tiles
 
 
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    if device.type != "cuda":
+        return 4
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
-def _row_iters(rows: int, block_m: int, column_programs: int, device: torch.device) -> int:
+def _row_iters(rows: int, block_m: int, column_programs: int, sms: int) -> int:
     # Aim at ~32 programs per SM over the grid: enough waves for a small tail, long enough
     # programs that coefficient loads and the final reduction are amortised.
-    target_programs = 32 * _sm_count(device)
-    want_rows = max(1, rows * column_programs // target_programs)
+    want_rows = max(1, rows * column_programs // (32 * sms))
     iters = max(1, want_rows // block_m)
     return min(1 << (iters.bit_length() - 1), 64)
 
 
-def _candidates(tiles, block_c: int, rows: int, column_programs: int, device) -> list[TileConfig]:
+def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int) -> list[TileConfig]:
     out = []
-    for elems, warps, stages in tiles:
-        block_m = max(1, elems // block_c)
-        iters = _row_iters(rows, block_m, column_programs, device)
-        cfg = TileConfig(block_m, warps, iters, stages if iters > 1 else 1)
-        if cfg not in out:
-            out.append(cfg)
-    return out or [TileConfig(16, 4, 1)]
+    for block_c in _column_tiles(group_width):
+        column_programs = groups * triton.cdiv(group_width, block_c)
+        for elems, warps, stages in tiles:
+            block_m = max(1, elems // block_c)
+            iters = _row_iters(rows, block_m, column_programs, sms)
+            cfg = TileConfig(block_m, warps, iters, stages if iters > 1 else 1, block_c)
+            if cfg not in out:
+                out.append(cfg)
+    return out
 
 
-def _pick(kind: str, launch, key: tuple, candidates: list[TileConfig]) -> TileConfig:
-    if INTERPRET:
-        return TileConfig(64, 1, 4, 2)  # few, large programs: the interpreter's cost is per program
-    forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
-    if forced:
-        return TileConfig(*(int(v) for v in forced.split(",")))
+def _pick(kind: str, launch, key: tuple, groups: int, group_width: int, rows: int, device) -> TileConfig:
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
-    if len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
+    if INTERPRET:  # few, large programs: the interpreter's cost is per program
+        cfg = TileConfig(64, 1, 4, 2, _column_tiles(group_width)[0])
+        _TUNED[key] = cfg
+        return cfg
+    forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
+    candidates = _candidates(_FWD_TILES if kind == "fwd" else _BWD_TILES, groups, group_width, rows, _sm_count(device))
+    if forced:
+        cfg = TileConfig(*(int(v) for v in forced.split(",")))
+    elif len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
         cfg = candidates[0]
     else:
         timings = []
@@ -289,21 +308,18 @@ def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torc
     width = x.shape[-1]
     group_width = width // groups
     rows = x.numel() // width
-    block_c = _column_tile(group_width)
-    column_programs = groups * triton.cdiv(group_width, block_c)
     a_stride = 0 if numerator.shape[0] == 1 else 6
 
     def launch(cfg: TileConfig) -> None:
-        grid = (triton.cdiv(rows, cfg.block_m * cfg.row_iters), column_programs)
+        grid = (triton.cdiv(rows, cfg.block_m * cfg.row_iters), groups * triton.cdiv(group_width, cfg.block_c))
         flashkat_fwd_kernel[grid](
             x, y, numerator, denominator, rows, a_stride,
-            WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
-            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, STAGES=cfg.stages, num_warps=cfg.num_warps,
+            WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, STAGES=cfg.stages, num_warps=cfg.num_warps,
         )
 
     key = ("fwd", width, group_width, _rows_key(rows), x.device.type)
-    cfg = _pick("fwd", launch, key, _candidates(_FWD_TILES, block_c, rows, column_programs, x.device))
-    launch(cfg)
+    launch(_pick("fwd", launch, key, groups, group_width, rows, x.device))
     return y
 
 
@@ -328,41 +344,38 @@ def flashkat_backward(
     if x.numel() == 0:
         sums = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
     else:
-        block_c = _column_tile(group_width)
-        column_programs = groups * triton.cdiv(group_width, block_c)
         a_stride = 0 if numerator.shape[0] == 1 else 6
-        atomic = reduction == "atomic"  # tiles are tuned on the two-stage launch and shared
-        buffers: dict[TileConfig, torch.Tensor] = {}
 
         def launch(cfg: TileConfig, atomic: bool = False) -> torch.Tensor:
             row_programs = triton.cdiv(rows, cfg.block_m * cfg.row_iters)
+            column_programs = groups * triton.cdiv(group_width, cfg.block_c)
             if atomic:
                 part = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
             else:
-                part = buffers.get(cfg)
-                if part is None:
-                    part = buffers[cfg] = torch.empty(row_programs, column_programs, 10, dtype=torch.float32, device=x.device)
+                part = torch.empty(row_programs, column_programs, 10, dtype=torch.float32, device=x.device)
             flashkat_bwd_kernel[(row_programs, column_programs)](
                 grad_out, x, numerator, denominator, dx, part, rows, a_stride,
-                WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=block_c,
-                ROW_ITERS=cfg.row_iters, EVEN_C=group_width % block_c == 0, ATOMIC=atomic,
+                WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
+                ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, ATOMIC=atomic,
                 STAGES=cfg.stages, num_warps=cfg.num_warps,
             )
             return part
 
+        # tiles are tuned on the two-stage launch and shared with the atomic one
         key = ("bwd", width, group_width, _rows_key(rows), x.device.type)
-        cfg = _pick("bwd", launch, key, _candidates(_BWD_TILES, block_c, rows, column_programs, x.device))
-        part = launch(cfg, atomic)
-        if atomic:
-            sums = part
+        cfg = _pick("bwd", launch, key, groups, group_width, rows, x.device)
+        if reduction == "atomic":
+            sums = launch(cfg, True)
         else:
-            # Fixed-shape reduction over row programs and column chunks: deterministic.
-            sums = part.view(part.shape[0], groups, column_programs // groups, 10).sum(dim=(0, 2))
+            # Fixed-shape reduction over row programs, then column chunks: deterministic.
+            sums = launch(cfg).sum(dim=0)
+            if sums.shape[0] != groups:
+                sums = sums.view(groups, -1, 10).sum(dim=1)
     d_num = sums[:, :6]
-    d_den = sums[:, 6:] * sign_of(denominator.float())
+    d_den = torch.where(denominator < 0, -sums[:, 6:], sums[:, 6:])
     if numerator.shape[0] == 1:
         d_num = d_num.sum(dim=0, keepdim=True)
-    return dx, d_num.contiguous(), d_den.contiguous()
+    return dx, d_num, d_den
 
 
 class FlashKATRational(torch.autograd.Function):
