@@ -205,7 +205,7 @@ def _forward_backward(module: Any, args: tuple, kwargs: dict, seed: int, backwar
     outs = [(n, t) for n, t in _flat_tensors(out) if t.is_floating_point() or t.is_complex()]
     grads: list[tuple[str, Any]] = []
     if backward:
-        inputs = [(f"input{n[3:]}", t) for n, t in _flat_tensors((args, kwargs), "in") if t.requires_grad]
+        inputs = [(f"input{n[2:]}", t) for n, t in _flat_tensors((args, kwargs), "in") if t.requires_grad]
         params = [(f"grad.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
         wrt = inputs + params
         diff = [(n, t) for n, t in outs if t.requires_grad]
