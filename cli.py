@@ -188,5 +188,29 @@ def gate_ab(
     raise typer.Exit(ab_command(base_cmd, head_cmd, rounds=rounds, warmup=warmup, config=config, output=output, junit=junit, workdir=workdir, profile_args=profile_args, quiet=quiet))
 
 
+@patch_app.command("plan")
+@user_errors
+def patch_plan(
+    report: Path = typer.Argument(..., help="A report (.yaml/.json) or a run directory."),
+    fmt: str = typer.Option("console", "--format", "-f", help="console | yaml"),
+) -> None:
+    """Print which fixes the report's findings call for, why, and what an earlier auto-patch run decided."""
+    from fixes.command import plan_command
+
+    raise typer.Exit(plan_command(report, fmt=fmt))
+
+
+@app.command(context_settings=PASSTHROUGH)
+@user_errors
+def run(
+    ctx: typer.Context,
+    patch_from: Path = typer.Option(..., "--patch-from", help="Report, run directory or patches.yaml of an earlier --auto-patch run."),
+) -> None:
+    """Run CMD (after `--`) with the fixes an earlier auto-patch run kept; no profiling, parity checked on the first batch."""
+    from fixes.command import run_command
+
+    raise typer.Exit(run_command(list(ctx.args), patch_from))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

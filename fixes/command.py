@@ -1,0 +1,184 @@
+"""``stallscope patch plan REPORT`` and ``stallscope run --patch-from REPORT -- CMD``.
+
+Neither imports torch: the plan reads the report and the fix registry (each ``fix.py`` is
+cheap to import); ``run`` starts CMD with the patch bootstrap on ``PYTHONPATH``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from profiler.common import ToolError, read_yaml
+
+__all__ = ["Plan", "PlanItem", "build_plan", "plan_command", "run_command"]
+
+BOOT_DIR = Path(__file__).resolve().parent / "_patchboot"
+
+
+@dataclass
+class PlanItem:
+    """One fix the report calls for: what it would do, why, and what an auto-patch run decided."""
+
+    fix_id: str
+    findings: list[str] = field(default_factory=list)
+    saving_ms: float = 0.0
+    status: str = "would apply"  # would apply | advisory | unavailable
+    description: str = ""
+    scope: str = ""
+    tolerance: dict[str, Any] = field(default_factory=dict)
+    earlier: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fix": self.fix_id, "status": self.status, "findings": self.findings,
+                "est_saving_ms_per_step": round(self.saving_ms, 4), "scope": self.scope,
+                "description": self.description, "tolerance": self.tolerance or None,
+                "auto_patch_decision": self.earlier or None}
+
+
+@dataclass
+class Plan:
+    """What ``--auto-patch`` would try for a report, in order of estimated saving."""
+
+    source: str
+    items: list[PlanItem]
+    other_fixes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": 1, "kind": "stallscope-patch-plan", "report": self.source,
+                "fixes": [i.to_dict() for i in self.items], "checked_in_process": self.other_fixes}
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        if not self.items:
+            head = Text(f"No finding in {self.source} names a fix.", style="bold")
+        else:
+            head = Text(f"Patch plan for {self.source}", style="bold")
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("fix", "status", "answers", "saving ms/step", "what it does", "earlier auto-patch"):
+            table.add_column(col, overflow="fold")
+        for i in self.items:
+            style = {"would apply": "green", "advisory": "yellow"}.get(i.status, "red")
+            table.add_row(i.fix_id, Text(i.status, style=style), ", ".join(i.findings), f"{i.saving_ms:.2f}",
+                          i.description, i.earlier or "-")
+        tail = Text(
+            "Also checked in-process by --auto-patch (no finding needed): " + ", ".join(self.other_fixes)
+            if self.other_fixes else "", style="dim")
+        parts = [head] + ([table] if self.items else []) + ([tail] if self.other_fixes else [])
+        return Group(*parts)
+
+
+def _load_report(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        if (path / "report.yaml").is_file():
+            return read_yaml(path / "report.yaml")
+        from analyzers.report import build_report
+
+        return build_report(path)
+    if not path.exists():
+        raise ToolError(f"{path}: no such report; give a report.yaml or a run directory")
+    if path.suffix == ".json":
+        import json
+
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ToolError(f"{path}: not a readable JSON report ({exc.__class__.__name__}); regenerate it") from None
+    doc = read_yaml(path)
+    if not isinstance(doc, Mapping):
+        raise ToolError(f"{path}: not a stallscope report (expected a mapping with `findings`)")
+    return dict(doc)
+
+
+def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
+    from fixes.autopatch import _patch_entries
+
+    out: dict[str, str] = {}
+    for e in _patch_entries(report.get("patches") or {}):
+        speed = f", {e['speedup']:.2f}x" if isinstance(e.get("speedup"), (int, float)) else ""
+        out[str(e["id"])] = f"{e.get('decision')}{speed}"
+    return out
+
+
+def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
+    """The plan for a report dict: fixes named by its findings, joined with the registry."""
+    from fixes.base import registered_fixes
+
+    registry = registered_fixes()
+    findings = report.get("findings")
+    if not isinstance(findings, list):
+        raise ToolError(f"{source}: no `findings` list; is this a stallscope report? (run `stallscope diagnose RUN -o report.yaml`)")
+    earlier = _earlier_decisions(report)
+    items: dict[str, PlanItem] = {}
+    for f in findings:
+        if not isinstance(f, Mapping):
+            continue
+        saving = float(((f.get("impact") or {}).get("est_saving_ms_per_step")) or 0.0)
+        for raw in f.get("fixes") or []:
+            fix_id = str(raw).replace("_", "-")
+            item = items.setdefault(fix_id, PlanItem(fix_id))
+            item.findings.append(str(f.get("id", "?")))
+            item.saving_ms = max(item.saving_ms, saving)
+    for fix_id, item in items.items():
+        cls = registry.get(fix_id)
+        item.earlier = earlier.get(fix_id, "")
+        if cls is None:
+            item.status, item.description = "unavailable", "no such fix in this version (advice only)"
+            continue
+        item.description, item.scope = cls.description, cls.scope
+        item.tolerance = cls.tolerance.to_dict()
+        if getattr(cls, "advisory", "") or cls.scope == "callable":
+            item.status = "advisory"
+    ordered = sorted(items.values(), key=lambda i: (i.status != "would apply", -i.saving_ms, i.fix_id))
+    others = sorted(i for i, c in registry.items() if i not in items and not getattr(c, "advisory", "") and c.scope != "callable")
+    return Plan(source, ordered, others)
+
+
+def plan_command(report: Path, fmt: str = "console") -> int:
+    """Print the patch plan for ``report`` (console table, or YAML with ``fmt="yaml"``)."""
+    if fmt not in ("console", "yaml"):
+        raise ToolError(f"--format {fmt}: use console or yaml")
+    plan = build_plan(_load_report(Path(report)), str(report))
+    if fmt == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    else:
+        from rich.console import Console
+
+        Console().print(plan)
+    return 0
+
+
+def run_command(cmd: Sequence[str], patch_from: Path) -> int:
+    """Run ``cmd`` with the fixes an earlier auto-patch run kept, applied at start-up."""
+    from fixes.autopatch import load_kept_fixes
+
+    if not cmd:
+        raise ToolError("no command given; put it after `--`, e.g. stallscope run --patch-from report.yaml -- python train.py")
+    source = Path(patch_from).resolve()
+    kept = load_kept_fixes(source)
+    env = dict(os.environ)
+    env["STALLSCOPE_PATCH_FROM"] = str(source)
+    env["STALLSCOPE_HOME"] = str(BOOT_DIR.parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([str(BOOT_DIR), str(BOOT_DIR.parents[1])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    names = ", ".join(kept) if kept else "none (the earlier run kept no fix)"
+    print(f"stallscope: applying the fixes kept in {patch_from}: {names}; parity is checked on the first batch", file=sys.stderr)
+    try:
+        proc = subprocess.Popen(list(cmd), env=env)
+    except FileNotFoundError:
+        raise ToolError(f"{cmd[0]}: command not found") from None
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:  # the child got the same SIGINT; wait for it to finish
+            continue
+    return 128 + (-code) if code < 0 else code
+
