@@ -18,16 +18,23 @@ from cli import app
 ENV = {"gpu": {"name": "NVIDIA H200", "uuid": "GPU-1"}, "gpu_count": 1, "driver": "570.86", "cuda": "13.0", "torch": "2.11.0", "host": "ci-1"}
 
 
+def finding(id: str, severity: str, category: str = "input-pipeline") -> dict:
+    """A finding as the diagnose report writes it."""
+    return {"id": id, "category": category, "title": id.replace("-", " "), "severity": severity,
+            "impact": {"step_time_pct": 10.0, "est_saving_ms_per_step": 2.0}, "evidence": {"share_pct": 10.0},
+            "where": {}, "confidence": 0.8, "fixes": []}
+
+
 def make_report(median_ms: float = 20.0, n: int = 100, cv: float = 0.02, seed: int = 0, findings: Optional[list] = None, env: Optional[dict] = None, **summary: Any) -> dict:
     """A report as stallscope diagnose writes it, with simulated per-step samples."""
     rng = np.random.default_rng(seed)
     samples = median_ms * np.exp(rng.normal(0.0, math.sqrt(math.log1p(cv * cv)), n))
-    breakdown = {"compute_pct": 70.0, "memory_pct": 5.0, "comm_exposed_pct": 2.0, "data_wait_pct": 10.0, "sync_wait_pct": 5.0, "launch_overhead_pct": 3.0, "host_other_pct": 5.0}
+    breakdown = {"compute_pct": 70.0, "memory_pct": 5.0, "comm_exposed_pct": 2.0, "comm_overlapped_pct": 0.0, "data_wait_pct": 10.0, "sync_wait_pct": 5.0, "launch_overhead_pct": 3.0, "host_other_pct": 5.0}
     report = {
         "schema_version": 1,
         "kind": "stallscope-report",
         "tool": {"name": "stallscope", "version": "0.1.0"},
-        "source": {"path": "sim"},
+        "source": {"path": "sim", "kind": "run-dir"},
         "environment": copy.deepcopy(env if env is not None else ENV),
         "summary": {
             "steps": n,
@@ -36,7 +43,8 @@ def make_report(median_ms: float = 20.0, n: int = 100, cv: float = 0.02, seed: i
             "peak_memory_mb": 1000.0,
         },
         "top_kernels": [{"name": "gemm", "count": 10, "total_ms": 5.0, "pct": 50.0, "class": "compute-bound"}],
-        "findings": findings if findings is not None else [{"id": "input-pipeline", "category": "input-pipeline", "severity": "medium", "impact": {"step_time_pct": 10.0, "est_saving_ms_per_step": 2.0}}],
+        "findings": [finding(**f) for f in findings] if findings is not None else [finding("input-pipeline", "medium")],
+        "notices": [],
     }
     for key, value in summary.items():
         report["summary"][key] = value
@@ -60,6 +68,13 @@ def reports(tmp_path: Path) -> dict[str, Path]:
         "slow": write(tmp_path / "slow.json", make_report(21.0, seed=3)),  # +5 %, also checks JSON reports
         "fast": write(tmp_path / "fast.yaml", make_report(18.0, seed=4)),
     }
+
+
+def test_simulated_reports_follow_the_diagnose_report_schema() -> None:
+    pytest.importorskip("jsonschema")
+    from analyzers.report import validate_report
+
+    validate_report(make_report(findings=[{"id": "a", "severity": "high"}]))
 
 
 def test_same_code_passes_with_exit_0(reports: dict[str, Path]) -> None:
@@ -111,7 +126,7 @@ def test_configured_clock_differs_but_resting_clock_is_only_a_note(tmp_path: Pat
 
 
 def test_new_finding_rules_and_allow_list(tmp_path: Path, reports: dict[str, Path]) -> None:
-    new_high = {"id": "sync-item-in-loop", "category": "synchronization", "severity": "high", "impact": {"step_time_pct": 20.0, "est_saving_ms_per_step": 4.0}}
+    new_high = finding("sync-item-in-loop", "high", "synchronization")
     cur = make_report(20.0, seed=2)
     cur["findings"].append(new_high)
     current = write(tmp_path / "cur.yaml", cur)

@@ -25,7 +25,7 @@ class FakeRunner:
         self.calls.append(run_dir.name)
         slow = self.head_factor if "--head" in cmd else 1.0
         machine = 1.0 + self.drift * len(self.calls)  # the machine slows down over the job
-        findings = [{"id": "sync-item", "severity": "high"}] if ("--head" in cmd and len(self.calls) == 2) else []
+        findings = [{"id": "sync-item", "severity": "high", "category": "synchronization"}] if ("--head" in cmd and len(self.calls) == 2) else []
         return make_report(20.0 * slow * machine, n=40, seed=len(self.calls), findings=findings)
 
 

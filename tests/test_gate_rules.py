@@ -1,0 +1,67 @@
+"""gate.yaml validation never crashes, paths resolve as documented, the fingerprint reads real report environments."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analyzers.gate.fingerprint import compare_environments, fingerprint
+from analyzers.gate.rules import ALIASES, evaluate_findings, normalize_path, parse_config, resolve, FindingRule
+from profiler.common import ToolError
+from tests.test_gate_cli import finding, make_report
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=12),
+                    st.sampled_from(["step_time_median", "summary.step_time_ms.p90", "high", "off", "bootstrap", "lower_is_better"]))
+keys = st.sampled_from(["rules", "findings", "alpha", "min_samples", "schema_version", "metric", "max_regression_pct",
+                        "max_regression_abs", "direction", "test", "name", "required", "fail_on_new", "allow", "other"])
+documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents)
+def test_any_document_is_a_config_or_one_clear_error(doc: object) -> None:
+    try:
+        config = parse_config(doc, "gate.yaml")
+    except ToolError as exc:
+        message = str(exc)
+        assert message.startswith("gate.yaml") and "\n" not in message
+        return
+    for rule in config.rules:
+        assert (rule.max_regression_pct is None) != (rule.max_regression_abs is None)
+        assert rule.path.split(".")[0] in ("summary", "top_kernels", "per_rank")
+
+
+def test_paths_aliases_and_summary_shorthand() -> None:
+    report = make_report(20.0, n=30)
+    assert normalize_path("breakdown_pct.data_wait_pct", "x") == "summary.breakdown_pct.data_wait_pct"
+    assert resolve(report, normalize_path("step_time_median", "x")) == report["summary"]["step_time_ms"]["median"]
+    assert resolve(report, "top_kernels.0.name") == "gemm"
+    assert resolve(report, ALIASES["gpu_idle_pct"]) == 23.0  # data wait 10 + sync 5 + launch 3 + other host 5
+    assert parse_config({"rules": [{"metric": "summary.throughput_samples_per_s", "max_regression_pct": 5}]}).rules[0].direction == "higher_is_better"
+
+
+def test_findings_rule_severity_floor_and_allow_list() -> None:
+    base = make_report(findings=[{"id": "old", "severity": "high"}])
+    cur = make_report(findings=[{"id": "old", "severity": "high"}, {"id": "new-low", "severity": "low"}, {"id": "new-med", "severity": "medium"}])
+    assert evaluate_findings(FindingRule("high"), base, cur).status == "pass"
+    result = evaluate_findings(FindingRule("medium"), base, cur)
+    assert result.status == "regression" and result.new_findings == ["new-med (medium)"]
+    assert evaluate_findings(FindingRule("low", ["new-med", "new-low"]), base, cur).status == "pass"
+    assert evaluate_findings(FindingRule(None), base, cur).status == "skipped"
+    assert finding("x", "info")["severity"] == "info"
+
+
+def test_fingerprint_reads_the_diagnose_environment_layout() -> None:
+    # The layout analyzers/report.py writes (environment from meta.yaml and the trace).
+    env = {"gpu": {"index": 0, "name": "NVIDIA H200", "memory_gb": 139.8, "compute_capability": "9.0"}, "gpu_count": 1,
+           "driver": "570.133", "cuda": "13.0", "torch": "2.11.0+cu130", "python": "3.12.3", "host": "node-7",
+           "world_size": 1, "backend": None, "command": ["python", "train.py"], "git": {"commit": "abc", "dirty": False},
+           "device_name": "NVIDIA H200", "clocks": {"sm_clock_max_mhz": 1980.0, "power_limit_w": 700.0, "sm_clock_at_rest_mhz": 345.0}}
+    fp = fingerprint(env)
+    assert fp["gpu_model"] == "NVIDIA H200" and fp["driver"] == "570.133" and fp["cuda"] == "13.0" and fp["gpu_count"] == 1
+    assert fp["clock:clocks.sm_clock_max_mhz"] == 1980.0 and fp["rest:clocks.sm_clock_at_rest_mhz"] == 345.0
+    other_host = dict(env, host="node-9", command=["python", "train.py", "--new"], git={"commit": "def", "dirty": True})
+    assert compare_environments(env, other_host).matches
+    assert not compare_environments(env, dict(env, torch="2.12.0+cu130")).matches
+    cpu = {"gpu": None, "gpu_count": 0, "driver": None, "cuda": None, "torch": "2.13.0+cpu"}
+    check = compare_environments(cpu, cpu)
+    assert check.matches and fingerprint(cpu) == {"gpu_count": 0, "torch": "2.13.0+cpu"}
