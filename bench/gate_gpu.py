@@ -87,7 +87,7 @@ def main() -> int:
     gpu = "gpu" in env
     py = sys.executable
     if gpu:
-        workload = f"{py} bench/gate_workload.py --steps 120"
+        workload = f"{py} bench/gate_workload.py --steps 200"
         regression = (f"{workload} --tf32 on", f"{workload} --tf32 off", "TF32 on (base) vs TF32 off (head)")
         same = f"{workload} --tf32 on"
         rounds = 3

@@ -39,9 +39,19 @@ def test_runs_interleave_a_b_and_pool_samples(tmp_path: Path) -> None:
     median = next(r for r in verdict["rules"] if r["name"] == "step_time_median")
     assert median["n_base"] == median["n_current"] == 3 * (40 - 5)
     assert len(verdict["paired"]["base_round_medians_ms"]) == 3 and verdict["paired"]["rounds"] == 3
+    assert verdict["paired"]["order"] == "AB AB AB"
     # The head saw a new high finding in one round of three only: a flicker, not a new finding.
     findings = next(r for r in verdict["rules"] if r["kind"] == "findings")
     assert findings["status"] == "pass"
+
+
+def test_paired_markdown_shows_the_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    code = ab_command("python train.py", "python train.py --head", rounds=2, quiet=True, workdir=tmp_path / "runs", runner=FakeRunner(head_factor=1.2))
+    text = summary.read_text()
+    assert code == 1 and "### stallscope gate: ❌ regression" in text
+    assert "Paired: 2 rounds (AB AB)" in text and "head [" in text
 
 
 def test_head_regression_is_caught_despite_machine_drift(tmp_path: Path) -> None:

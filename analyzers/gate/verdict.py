@@ -84,6 +84,13 @@ class Verdict:
     def all_results(self) -> list[RuleResult]:
         return [self.environment_result(), *self.results]
 
+    def paired_line(self) -> str:
+        """Paired mode in one line: rounds and each round's median step time per side."""
+        x = self.extra
+        fmt = lambda values: ", ".join("-" if v is None else f"{v:.4g}" for v in values or [])  # noqa: E731
+        return (f"Paired: {x.get('rounds')} rounds ({x.get('order')}), first {x.get('warmup_steps_dropped_per_run')} steps of each run dropped; "
+                f"median step ms per round: base [{fmt(x.get('base_round_medians_ms'))}], head [{fmt(x.get('head_round_medians_ms'))}]")
+
     def to_dict(self) -> dict[str, Any]:
         """The YAML verdict (``--output``)."""
         return {
@@ -148,6 +155,8 @@ class Verdict:
                 f"| {_md(r.name)} | {_num(r.base)} | {_num(r.current)} | {_pct(r.change_pct)} | {_md(r.threshold) or '-'} "
                 f"| {_p(r.p_value)} | {_MARK[r.status]} {r.status}: {_md(r.message)} |"
             )
+        if self.extra:
+            lines += ["", _md(self.paired_line())]
         if self.environment.notes:
             lines += ["", "Notes: " + _md("; ".join(self.environment.notes))]
         return "\n".join(lines) + "\n"
@@ -172,7 +181,10 @@ class Verdict:
             table.add_row(r.name, _num(r.base), _num(r.current), _pct(r.change_pct), r.threshold or "-", _p(r.p_value), Text(r.status, style=_STYLE[r.status]), r.message)
         style = {"pass": "bold green", "regression": "bold red", "inconclusive": "bold yellow"}[self.status]
         line = Text.assemble(("verdict: ", "bold"), (self.status, style), f"  (exit {self.exit_code}) - {self.reason()}")
-        return Group(table, line)
+        parts: list[Any] = [table, line]
+        if self.extra:
+            parts.insert(1, Text(self.paired_line(), style="dim"))
+        return Group(*parts)
 
 
 def _detail(r: RuleResult) -> str:
