@@ -13,6 +13,10 @@ One pass over the events builds numpy columns; names are interned; times become 
 nanoseconds exactly (the microsecond decimals Kineto writes have three places). GPU rows are
 linked to the runtime call that launched them (``correlation``) and to the CPU op around that
 launch (``External id``, else time containment on the launching thread). No torch import.
+
+Memory: large traces are parsed in batches (``analyzers.tracefile``), each batch becomes numpy
+blocks at once, and rows with identical shape args share one ``extra`` dict (treat ``extra``
+values as read-only).
 """
 from __future__ import annotations
 
@@ -27,6 +31,14 @@ import numpy as np
 
 from analyzers.model import AnalysisContext, EventTable, Kind, RankData
 from analyzers.tracefile import iter_trace_batches
+
+try:
+    from orjson import dumps as _dumps
+except ImportError:  # pragma: no cover
+    import json as _json
+
+    def _dumps(value: Any) -> str:
+        return _json.dumps(value, separators=(",", ":"))
 from profiler.common import ToolError, read_yaml
 
 __all__ = [
@@ -53,8 +65,10 @@ _KIND_OF_CAT = {
     "gpu_user_annotation": Kind.GPU_ANNOTATION,
     "python_function": Kind.PYTHON,
 }
+_KIND_INT = {k: int(v) for k, v in _KIND_OF_CAT.items()}
 _SKIPPED_CATS = frozenset({"Trace", "ac2g", "fwdbwd", "overhead"})
 _GPU_ARG_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET, Kind.GPU_ANNOTATION)
+_GPU_ARG_INTS = frozenset(int(k) for k in _GPU_ARG_KINDS)
 
 SYNC_CALLS = frozenset(
     {
@@ -159,6 +173,7 @@ class _Columns:
         self.process_names: dict[Any, str] = {}
         self.thread_names: dict[tuple[Any, Any], str] = {}
         self._ids: dict[Any, int] = {}
+        self._shapes: dict[Any, dict[str, Any]] = {}  # identical shape args share one (read-only) dict
 
     def _intern(self, name: str) -> int:
         i = self.name_ids.get(name)
@@ -192,23 +207,28 @@ class _Columns:
         flops: list[float] = []
         nbytes: list[int] = []
         extra = self.extra
-        intern = self._intern
+        shapes = self._shapes
+        name_ids = self.name_ids
+        names = self.names
         num = self._num
-        kind_of_cat = _KIND_OF_CAT
+        kind_of_cat = _KIND_INT
         skipped = _SKIPPED_CATS
+        nan = math.nan
         row = self.rows
+        K_CPU, K_RT, K_PY, K_OTHER = int(Kind.CPU_OP), int(Kind.RUNTIME), int(Kind.PYTHON), int(Kind.OTHER)
+        gpu_kinds = _GPU_ARG_INTS
         for e in events:
             ph = e.get("ph")
             if ph == "X":
                 cat = e.get("cat")
                 if cat in skipped:
                     continue
-                k = kind_of_cat.get(cat, Kind.OTHER)
+                k = kind_of_cat.get(cat, K_OTHER)
                 d = e.get("dur", 0)
             elif ph == "i" or ph == "I":
                 if e.get("s") == "g" or e.get("cat") is None and e.get("name") != "[memory]":
                     continue
-                k = Kind.OTHER
+                k = K_OTHER
                 d = 0
             elif ph == "M":
                 self._meta(e)
@@ -219,40 +239,70 @@ class _Columns:
             if t is None:
                 continue
             nm = e.get("name")
-            if not isinstance(nm, str):
+            if type(nm) is not str:
                 nm = str(nm)
-            args = e.get("args")
-            if not isinstance(args, dict):
-                args = {}
+            i = name_ids.get(nm)
+            if i is None:
+                i = name_ids[nm] = len(names)
+                names.append(nm)
+            p = e.get("pid", -1)
+            q = e.get("tid", -1)
             kind.append(k)
-            name.append(intern(nm))
+            name.append(i)
             ts.append(t)
             dur.append(d)
-            pid.append(num(e.get("pid", -1)))
-            tid.append(num(e.get("tid", -1)))
+            pid.append(p if type(p) is int else num(p))
+            tid.append(q if type(q) is int else num(q))
+            args = e.get("args")
+            if not args or type(args) is not dict or k == K_PY:
+                corr.append(-1)
+                ext.append(-1)
+                flops.append(nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                row += 1
+                continue
             c = args.get("correlation", -1)
             x = args.get("External id", -1)
-            corr.append(c if isinstance(c, int) else -1)
-            ext.append(x if isinstance(x, int) else -1)
-            fl = args.get("flops")
-            flops.append(float(fl) if isinstance(fl, (int, float)) else math.nan)
+            corr.append(c if type(c) is int else -1)
+            ext.append(x if type(x) is int else -1)
+            if k == K_CPU:
+                fl = args.get("flops")
+                flops.append(float(fl) if isinstance(fl, (int, float)) else nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                if "Collective name" in args or nm == "record_param_comms":
+                    sparse = _sparse_args(k, nm, args)
+                    if sparse:
+                        extra[row] = sparse
+                elif "Input Dims" in args:
+                    dims, types = args["Input Dims"], args.get("Input type")
+                    key = _dumps((dims, types))
+                    sparse = shapes.get(key)
+                    if sparse is None:
+                        sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
+                    extra[row] = sparse
+                row += 1
+                continue
+            flops.append(nan)
             b = args.get("bytes", args.get("Bytes", -1))
-            nbytes.append(b if isinstance(b, int) else -1)
-            if k in _GPU_ARG_KINDS:
-                s = args.get("stream", e.get("tid", -1))
-                dv = args.get("device", e.get("pid", -1))
-                stream.append(s if isinstance(s, int) else -1)
-                device.append(dv if isinstance(dv, int) else -1)
+            nbytes.append(b if type(b) is int else -1)
+            if k in gpu_kinds:
+                s_ = args.get("stream", q)
+                dv = args.get("device", p)
+                stream.append(s_ if type(s_) is int else -1)
+                device.append(dv if type(dv) is int else -1)
             else:
                 stream.append(-1)
                 device.append(-1)
-            if args:
+            if k != K_RT:
                 sparse = _sparse_args(k, nm, args)
                 if sparse:
                     extra[row] = sparse
             row += 1
-        n = row - self.rows
-        if n == 0:
+        if row == self.rows:
             return
         self.rows = row
         self.blocks.append(
