@@ -68,8 +68,11 @@ def _cover(ev: "EventTable", rows: np.ndarray, lo: int, hi: int) -> int:
     return c.covered_ns(s, e)
 
 
+_METRIC_LIBRARY = re.compile(r"nltk/translate/|sacrebleu/|rouge_score/|(^|/)evaluate/|torchmetrics/functional/text")
+
+
 def _is_metric_frame(name: str) -> bool:
-    if "nltk/translate" in name or "sacrebleu" in name or "rouge_score" in name:
+    if _METRIC_LIBRARY.search(name):
         return True
     func = name.split("): ", 1)[-1]
     return c.is_user_frame(name) and bool(_METRIC_FRAME.search(func))
@@ -166,7 +169,7 @@ class CpuMetric(Analyzer):
         hits = c.in_window(ev, hits)
         if not len(hits):
             return []
-        lib = np.fromiter((not c.is_user_frame(ev.name_of(int(r))) for r in hits), bool, len(hits))
+        lib = np.fromiter((bool(_METRIC_LIBRARY.search(ev.name_of(int(r)))) for r in hits), bool, len(hits))
         user = hits[~lib]
         user = user[np.lexsort((-ev.dur_ns[user], ev.ts_ns[user], ev.tid[user]))]
         ends = ev.ts_ns[user] + ev.dur_ns[user]
@@ -177,6 +180,8 @@ class CpuMetric(Analyzer):
         hits = np.concatenate([user[~has_child], hits[lib]])
         lost = c.covered_ns(ev.ts_ns[hits], ev.ts_ns[hits] + ev.dur_ns[hits])
         frames = [ev.name_of(int(r)) for r in hits]
+        named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
+        frames = named or frames
         f = self._finding(lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"})
         f.confidence = 0.6
         return [f]
