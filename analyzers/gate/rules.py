@@ -377,7 +377,7 @@ def _evaluate_samples(rule: MetricRule, parent: str, statistic: str, base: dict[
     b, c = sides
     test = rule.test or ("mann-whitney" if statistic in ("median", "mean") else "bootstrap")
     if min(len(b), len(c)) < config.min_samples:
-        return _result(rule, "samples", "inconclusive", f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps", test=test, n_base=len(b), n_current=len(c))
+        return _result(rule, "samples", "inconclusive", f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps (stallscope profile times every step of the run)", test=test, n_base=len(b), n_current=len(c))
     cmp = compare_samples(b, c, statistic, test, rule.lower_is_better, config.alpha)
     worse_abs = (cmp.current_value - cmp.base_value) * (1 if rule.lower_is_better else -1)
     common = dict(test=test, base=cmp.base_value, current=cmp.current_value, change_pct=cmp.change_pct, ci_ratio=cmp.ci_ratio, n_base=cmp.n_base, n_current=cmp.n_current)

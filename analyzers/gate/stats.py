@@ -109,20 +109,24 @@ def mann_whitney_greater(base: np.ndarray, current: np.ndarray) -> np.ndarray:
 def bootstrap_quantile_ratio(
     base: np.ndarray,
     current: np.ndarray,
-    q: float = 0.5,
+    q: float | None = 0.5,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> np.ndarray:
     """Bootstrap distribution of ``quantile(current, q) / quantile(base, q)`` (1-D inputs).
 
-    Both sides are resampled independently with replacement; the generator is seeded so the
-    same inputs always give the same verdict.
+    ``q=None`` bootstraps the ratio of means instead. Both sides are resampled independently
+    with replacement; the generator is seeded so the same inputs always give the same verdict.
     """
     b = np.asarray(base, dtype=np.float64)
     c = np.asarray(current, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    qb = np.quantile(b[rng.integers(0, b.size, size=(resamples, b.size))], q, axis=1)
-    qc = np.quantile(c[rng.integers(0, c.size, size=(resamples, c.size))], q, axis=1)
+    rb = b[rng.integers(0, b.size, size=(resamples, b.size))]
+    rc = c[rng.integers(0, c.size, size=(resamples, c.size))]
+    if q is None:
+        qb, qc = rb.mean(axis=1), rc.mean(axis=1)
+    else:
+        qb, qc = np.quantile(rb, q, axis=1), np.quantile(rc, q, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return qc / qb
 
@@ -168,8 +172,9 @@ def compare_samples(
     """Compare two sets of per-step samples for one statistic (``median``, ``p90``, ``mean``...)."""
     b = np.asarray(base, dtype=np.float64)
     c = np.asarray(current, dtype=np.float64)
+    q: float | None
     if statistic == "mean":
-        bv, cv, q = float(b.mean()), float(c.mean()), 0.5
+        bv, cv, q = float(b.mean()), float(c.mean()), None
     else:
         q = _quantile_of(statistic)
         bv, cv = float(np.quantile(b, q)), float(np.quantile(c, q))
