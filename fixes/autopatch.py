@@ -272,6 +272,10 @@ class AutoPatcher:
         if fix.advisory:
             rec.why = f"advisory only: {fix.advisory}"
             return rec
+        if fix.scope not in _SCOPE_ORDER:
+            rec.why = (f"scope {fix.scope!r}: auto-patch finds models and DataLoaders in the live program; "
+                       f"apply this fix through its own API")
+            return rec
         if fix.requires_cuda and not self.context["cuda"]:
             rec.why = "the model does not run on a CUDA device, so this fix has no effect"
             return rec
@@ -578,7 +582,8 @@ class _StartupPatcher:
     def install(self) -> None:
         import torch.nn.modules.module as m
 
-        self._hooks = [m.register_module_forward_pre_hook(self._pre), m.register_module_forward_hook(self._post)]
+        self._hooks = [m.register_module_forward_pre_hook(self._pre),
+                       m.register_module_forward_hook(self._post, always_call=True)]
         for i in self.unknown:
             self.log(f"stallscope: fix {i!r} from the report is not known to this version; not applied")
 
@@ -643,7 +648,9 @@ class _StartupPatcher:
         if passed:
             figures = f" (max rel err out {result.max_rel_err_out:.2g}, grad {result.max_rel_err_grad:.2g})" if result is not None else ""
             if len(self.results[fix.id]) == 1:
-                self.log(f"stallscope: {fix.id} applied to {handle.target.name}; parity ok on the first batch{figures}")
+                count = len(self.handles.get(fix.id, []))
+                self.log(f"stallscope: {fix.id} applied to {count} target(s) (e.g. {handle.target.name}); "
+                         f"parity ok on the first batch{figures}")
         else:
             if not handle.reverted:
                 fix.revert(handle)
@@ -670,13 +677,18 @@ def attach_from_report(report: Path, *, fixes: Mapping[str, Any] | None = None, 
                 h = importlib.import_module("profiler.hooks")
             except ImportError:
                 h = None
-        if h is not None and hasattr(h, "dataloaders"):
-            return list(h.dataloaders())
-        import gc
+        seen = list(h.dataloaders()) if h is not None and hasattr(h, "dataloaders") else []
+        if seen:
+            return seen
+        import gc  # no profiler in this process: find the DataLoaders once, at the first forward
 
         from torch.utils.data import DataLoader
 
-        return [o for o in gc.get_objects() if isinstance(o, DataLoader)]
+        import warnings
+
+        with warnings.catch_warnings():  # isinstance() on some torch objects warns of deprecations
+            warnings.simplefilter("ignore")
+            return [o for o in gc.get_objects() if isinstance(o, DataLoader)]
 
     patcher = _StartupPatcher(fix_ids, fixes, loaders, emit)
     if not fix_ids:

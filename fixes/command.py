@@ -53,24 +53,25 @@ class Plan:
 
     def __rich__(self) -> Any:
         from rich.console import Group
-        from rich.table import Table
         from rich.text import Text
 
         if not self.items:
-            head = Text(f"No finding in {self.source} names a fix.", style="bold")
+            parts: list[Any] = [Text(f"No finding in {self.source} names a fix.", style="bold")]
         else:
-            head = Text(f"Patch plan for {self.source}", style="bold")
-        table = Table(show_edge=False, pad_edge=False)
-        for col in ("fix", "status", "answers", "saving ms/step", "what it does", "earlier auto-patch"):
-            table.add_column(col, overflow="fold")
+            parts = [Text(f"Patch plan for {self.source}", style="bold")]
         for i in self.items:
             style = {"would apply": "green", "advisory": "yellow"}.get(i.status, "red")
-            table.add_row(i.fix_id, Text(i.status, style=style), ", ".join(i.findings), f"{i.saving_ms:.2f}",
-                          i.description, i.earlier or "-")
-        tail = Text(
-            "Also checked in-process by --auto-patch (no finding needed): " + ", ".join(self.other_fixes)
-            if self.other_fixes else "", style="dim")
-        parts = [head] + ([table] if self.items else []) + ([tail] if self.other_fixes else [])
+            line = Text("  ")
+            line.append(f"{i.fix_id}  ", style="bold")
+            line.append(i.status, style=style)
+            line.append(f"  ~{i.saving_ms:.2f} ms/step  answers {', '.join(i.findings)}")
+            parts.append(line)
+            parts.append(Text(f"      {i.description}"))
+            if i.earlier:
+                parts.append(Text(f"      earlier auto-patch: {i.earlier}", style="dim"))
+        if self.other_fixes:
+            parts.append(Text("Also checked in-process by --auto-patch (no finding needed): " + ", ".join(self.other_fixes),
+                              style="dim"))
         return Group(*parts)
 
 
@@ -133,10 +134,11 @@ def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
             continue
         item.description, item.scope = cls.description, cls.scope
         item.tolerance = cls.tolerance.to_dict()
-        if getattr(cls, "advisory", "") or cls.scope == "callable":
+        if getattr(cls, "advisory", "") or cls.scope not in ("module", "process", "dataloader"):
             item.status = "advisory"
     ordered = sorted(items.values(), key=lambda i: (i.status != "would apply", -i.saving_ms, i.fix_id))
-    others = sorted(i for i, c in registry.items() if i not in items and not getattr(c, "advisory", "") and c.scope != "callable")
+    others = sorted(i for i, c in registry.items()
+                    if i not in items and not getattr(c, "advisory", "") and c.scope in ("module", "process", "dataloader"))
     return Plan(source, ordered, others)
 
 
