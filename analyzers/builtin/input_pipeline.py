@@ -79,6 +79,9 @@ class InputPipeline(Analyzer):
             evidence["num_workers"] = 0
         advice = ("raise DataLoader num_workers (and pin_memory=True, persistent_workers=True), "
                   "or move per-sample preprocessing to the GPU")
+        causes, fixes, cause_advice = input_causes(ctx, single, evidence)
+        if causes:
+            advice = cause_advice
         return [
             Finding(
                 id="input-pipeline-data-wait",
@@ -87,9 +90,10 @@ class InputPipeline(Analyzer):
                 severity=severity_from_share(share, MEDIUM_PCT, HIGH_PCT, LOW_PCT),
                 impact=Impact(step_time_pct=share, est_saving_ms_per_step=per_step),
                 evidence=evidence,
-                where={"ranks": [worst_rank] if worst_rank is not None else [], "modules": sorted(iter_names)[:3]},
+                where={"ranks": [worst_rank] if worst_rank is not None else [], "modules": sorted(iter_names)[:3],
+                       "causes": causes},
                 confidence=0.9 if ctx.has("gpu") else 0.75,
-                fixes=["dataloader_workers", "gpu_preprocess"],
+                fixes=fixes,
                 advice=advice,
             )
         ]
@@ -111,3 +115,119 @@ def _telemetry_data_wait(ctx: AnalysisContext) -> float | None:
         if total > 0 and not math.isnan(total):
             return 100.0 * float(dw[ok].sum()) / total
     return None
+
+
+# --------------------------------------------------------------------------- causes
+# (analyzers agent) Split the data wait by cause where the data allows. Thresholds:
+# * a worker is *saturated* when it averages >= WORKER_SATURATED_PCT (85 %) of one core over the
+#   window: a CPU-bound worker runs at ~100 % of a core; below ~85 % it is waiting on I/O or on a
+#   full prefetch queue, so more workers would not help;
+# * *too few workers*: saturated workers and fewer of them than the host's cores (when the run
+#   recorded ``cpu_count``), or no core count known and fewer than 4 workers;
+# * *preprocessing in the main process*: ``_SingleProcessDataLoaderIter`` (num_workers=0);
+# * *pageable host-to-device copies*: ``Memcpy HtoD (Pageable -> Device)`` in the window;
+# * *float32 where uint8 would do*: the largest host-to-device copy per step comes from a float32
+#   image-shaped tensor ([B, 1|3, H, W], H, W >= 32): 4 bytes per pixel channel where the decoded
+#   image has 1; normalising on the GPU moves a quarter of the bytes.
+WORKER_SATURATED_PCT = 85.0
+FEW_WORKERS_WITHOUT_CORE_COUNT = 4
+
+
+def _window_host(rd) -> dict | None:  # type: ignore[no-untyped-def]
+    host = rd.host
+    if not host or "t_ns" not in host:
+        return None
+    t = np.asarray(host["t_ns"], dtype=np.float64)
+    keep = np.ones(len(t), bool)
+    tel = rd.telemetry
+    if tel and "in_window" in tel and "start_ns" in tel:
+        win = np.asarray(tel["in_window"], dtype=np.float64) > 0
+        if win.any():
+            lo = float(np.asarray(tel["start_ns"], dtype=np.float64)[win].min())
+            hi = float(np.asarray(tel["end_ns"], dtype=np.float64)[win].max())
+            sel = (t >= lo) & (t <= hi)
+            if sel.sum() >= 2:
+                keep = sel
+    return {k: np.asarray(v, dtype=np.float64)[keep] for k, v in host.items() if getattr(v, "dtype", None) != object}
+
+
+def _image_like_float_h2d(rd) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
+    """(HtoD MB per step, bytes per sample of float32 image-shaped copies or None)."""
+    ev = rd.events
+    rows = ev.rows_named(lambda s: "HtoD" in s, Kind.MEMCPY)
+    rows = rows[ev.step[rows] >= 0] if rows.size else rows
+    steps = max(1, len(rd.steps))
+    if not rows.size:
+        return 0.0, None
+    mb = float(np.clip(ev.bytes[rows], 0, None).sum()) / 1e6 / steps
+    per_sample = None
+    for r in rows[np.argsort(ev.bytes[rows])[::-1][:8]]:
+        op = int(ev.op_of[r]) if len(ev.op_of) else -1
+        for cand in (op, *(range(op - 1, max(op - 4, -1), -1) if op >= 0 else ())):
+            extra = ev.extra.get(int(cand), {}) if cand >= 0 else {}
+            dims = extra.get("input_dims") or []
+            types = extra.get("input_types") or []
+            if dims and types and isinstance(dims[0], list) and len(dims[0]) == 4 and types[0] == "float":
+                b, ch, h, w = dims[0]
+                if ch in (1, 3) and h >= 32 and w >= 32:
+                    per_sample = 4.0 * ch * h * w
+                    break
+        if per_sample:
+            break
+    return mb, per_sample
+
+
+def input_causes(ctx: AnalysisContext, single_process: bool, evidence: dict) -> tuple[list[str], list[str], str]:
+    """Causes of the data wait, the fix ids they call for, and advice; adds numbers to ``evidence``."""
+    causes: list[str] = []
+    fixes: list[str] = []
+    advice: list[str] = []
+    rd = ctx.ranks[0]
+    host = _window_host(rd)
+    workers = None
+    if host and "workers" in host and len(host["workers"]):
+        workers = int(np.nanmedian(host["workers"]))
+        evidence["workers"] = workers
+        if workers > 0 and "workers_cpu_pct" in host:
+            per_worker = float(np.nanmean(host["workers_cpu_pct"])) / workers
+            evidence["worker_cpu_pct_of_core"] = per_worker
+            if "max_worker_cpu_pct" in host:
+                evidence["max_worker_cpu_pct_of_core"] = float(np.nanmean(host["max_worker_cpu_pct"]))
+            if per_worker >= WORKER_SATURATED_PCT:
+                causes.append("workers saturated")
+                cores = None
+                for info in (ctx.meta.get("per_rank") or {}).values() if isinstance(ctx.meta.get("per_rank"), dict) else []:
+                    if isinstance(info, dict) and info.get("cpu_count"):
+                        cores = int(info["cpu_count"])
+                if cores is not None:
+                    evidence["host_cores"] = cores
+                if (cores is not None and workers < cores) or (cores is None and workers < FEW_WORKERS_WITHOUT_CORE_COUNT):
+                    causes.append("too few workers")
+                    fixes.append("dataloader-workers")
+                    advice.append(f"raise num_workers above {workers} (each worker is a full core busy)")
+                fixes.append("gpu-preprocess")
+                advice.append("move per-sample decode/resize/normalise to the GPU")
+        if "proc_cpu_pct" in host and len(host["proc_cpu_pct"]):
+            evidence["main_process_cpu_pct"] = float(np.nanmean(host["proc_cpu_pct"]))
+    if single_process or workers == 0:
+        causes.append("preprocessing in the main process")
+        fixes += ["dataloader-workers", "gpu-preprocess"]
+        advice.append("DataLoader(num_workers=N) so batches are prepared while the GPU computes")
+    pageable = rd.events.rows_named(lambda s: "HtoD" in s and "Pageable" in s, Kind.MEMCPY)
+    pageable = pageable[rd.events.step[pageable] >= 0] if pageable.size else pageable
+    if pageable.size:
+        causes.append("pageable host-to-device copies")
+        evidence["pageable_h2d_copies_per_step"] = pageable.size / max(1, len(rd.steps))
+        fixes.append("pin-memory")
+        advice.append("pin_memory=True and .to(device, non_blocking=True)")
+    mb, per_sample = _image_like_float_h2d(rd)
+    if mb:
+        evidence["h2d_mb_per_step"] = mb
+    if per_sample:
+        causes.append("float32 images cross PCIe where uint8 would do")
+        evidence["h2d_bytes_per_sample"] = per_sample
+        fixes.append("gpu-preprocess")
+        advice.append("ship uint8 images and convert/normalise on the GPU (a quarter of the bytes)")
+    if not fixes:
+        fixes = ["dataloader-workers", "gpu-preprocess"]
+    return causes, list(dict.fromkeys(fixes)), "; ".join(dict.fromkeys(advice))

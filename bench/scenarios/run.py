@@ -11,8 +11,8 @@ optionally ``REQUIRES = "cuda"``. For each one this runs
 
 with a per-scenario timeout, never stopping at a failure, and writes ``scenarios.yaml`` to
 ``$OUT`` when set, else ``bench/results/`` (``--results`` overrides). A planted scenario passes
-when its top-ranked finding has the expected category; a healthy one when no finding is
-medium or higher. Exit status 1 when any scenario failed, 0 otherwise.
+when its top finding (the first, in the report's impact order, of the highest severity present)
+has the expected category; a healthy one when no finding is medium or higher. Exit status 1 when any scenario failed, 0 otherwise.
 """
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def discover(only: list[str] | None = None) -> list[dict[str, Any]]:
     return found
 
 
+def top_finding(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first finding (in the report's impact order) among those of the highest severity:
+    a high out-of-memory risk with no time cost outranks a low finding that saves a millisecond."""
+    order = {"high": 3, "medium": 2, "low": 1, "info": 0}
+    best = max(order.get(str(f.get("severity")), 0) for f in findings)
+    return next(f for f in findings if order.get(str(f.get("severity")), 0) == best)
+
+
 def judge(expected: str, findings: list[dict[str, Any]]) -> tuple[bool, str]:
     """Whether a report's findings match the scenario's expectation, and why not."""
     if expected == "healthy":
@@ -72,7 +80,7 @@ def judge(expected: str, findings: list[dict[str, Any]]) -> tuple[bool, str]:
         return True, ""
     if not findings:
         return False, "no finding"
-    top = findings[0]
+    top = top_finding(findings)
     if top.get("category") != expected:
         return False, f"top finding is {top.get('category')} ({top.get('id')}), expected {expected}"
     return True, ""
@@ -127,7 +135,7 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
         row["step_ms"] = (report.get("summary") or {}).get("step_ms_mean") if isinstance(report.get("summary"), dict) else None
         row["notices"] = list(report.get("notices") or [])[:5]
     if findings:
-        top = findings[0]
+        top = top_finding(findings)
         row["top_finding"] = {
             "id": top.get("id"),
             "category": top.get("category"),
