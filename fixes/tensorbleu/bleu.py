@@ -48,7 +48,7 @@ def _smoothing_id(smoothing: int | str | object) -> int:
 def _as_mask(tokens: torch.Tensor, pad_id: int | None, lengths: torch.Tensor | None) -> torch.Tensor:
     if lengths is not None:
         positions = torch.arange(tokens.shape[-1], device=tokens.device)
-        return positions < lengths.to(tokens.device).unsqueeze(-1)
+        return positions < lengths.to(tokens.device, non_blocking=True).unsqueeze(-1)
     if pad_id is not None:
         return tokens != pad_id
     return torch.ones_like(tokens, dtype=torch.bool)
@@ -69,7 +69,9 @@ def _keys(windows: torch.Tensor, max_n: int, vocab_size: int | None) -> torch.Te
     shifted = windows + 1  # 0 marks "no token" so different orders never share a key
     if vocab_size is not None and (vocab_size + 1) ** max_n <= _INT64_MAX:
         base = vocab_size + 1
-        powers = torch.tensor([base ** (max_n - 1 - i) for i in range(max_n)], device=windows.device)
+        # built on the device (a host tensor copied over would be a synchronising copy)
+        exponents = torch.arange(max_n - 1, -1, -1, device=windows.device)
+        powers = torch.full((max_n,), base, dtype=torch.long, device=windows.device).pow(exponents)
         return (shifted * powers).cumsum(-1)
     lower = torch.ones(max_n, max_n, dtype=torch.bool, device=windows.device).tril()
     return shifted.unsqueeze(-2) * lower
@@ -188,7 +190,6 @@ def bleu_from_statistics(
     num = numerators.to(dtype)
     den = denominators.to(dtype)
     zero = numerators == 0
-    w = torch.tensor(list(weights), dtype=dtype, device=num.device)
     if smoothing == 0:  # NLTK puts in sys.float_info.min; keep its log so float32 does not lose the order
         precision = torch.where(zero, torch.ones_like(num), num / den)
     elif smoothing == 1:
@@ -202,14 +203,17 @@ def bleu_from_statistics(
         precision = torch.where(zero, 1.0 / (torch.exp2(k) * den), num / den)
     else:
         raise ValueError(f"smoothing {smoothing} is not supported; use 0-3")
-    log_p = torch.where(precision > 0, w * torch.log(precision), torch.zeros_like(precision))
+    log_p = torch.where(precision > 0, torch.log(precision), torch.zeros_like(precision))
     if smoothing == 0:
-        log_p = torch.where(zero, w * math.log(sys.float_info.min), log_p)
+        log_p = torch.where(zero, math.log(sys.float_info.min), log_p)
     c = hyp_len.to(dtype)
     r = ref_len.to(dtype)
     brevity = torch.where(hyp_len > ref_len, torch.ones_like(c), torch.exp(1 - r / c.clamp(min=1)))
     brevity = torch.where(hyp_len == 0, torch.zeros_like(c), brevity)
-    score = brevity * torch.exp(log_p.sum(1))
+    weighted = log_p[:, 0] * float(weights[0])  # Python-float weights: no host tensor to copy over
+    for i in range(1, len(weights)):
+        weighted = weighted + log_p[:, i] * float(weights[i])
+    score = brevity * torch.exp(weighted)
     return torch.where(zero[:, 0], torch.zeros_like(score), score)
 
 
@@ -224,7 +228,7 @@ def _prepare(candidates, references, pad_id, candidate_lengths, reference_length
         raise ValueError(
             f"references must be (B, R, Lr) with B={candidates.shape[0]}, got shape {tuple(references.shape)}"
         )
-    references = references.to(candidates.device)
+    references = references.to(candidates.device, non_blocking=True)
     cand_mask = _as_mask(candidates, pad_id, candidate_lengths)
     ref_mask = _as_mask(references, pad_id, reference_lengths)
     refs = references.shape[1]
@@ -232,7 +236,7 @@ def _prepare(candidates, references, pad_id, candidate_lengths, reference_length
         present = torch.ones(references.shape[:2], dtype=torch.bool, device=candidates.device)
     else:
         slots = torch.arange(refs, device=candidates.device)
-        present = slots < torch.as_tensor(num_references, device=candidates.device).unsqueeze(-1)
+        present = slots < torch.as_tensor(num_references).to(candidates.device, non_blocking=True).unsqueeze(-1)
     return candidates.long(), cand_mask, references.long(), ref_mask, present
 
 
