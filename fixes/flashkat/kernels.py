@@ -226,6 +226,15 @@ def set_default_reduction(reduction: str) -> None:
     _default_reduction = reduction
 
 
+def _cdiv(a: int, b: int) -> int:
+    # Triton's own cdiv is a host/device constexpr function costing tens of microseconds per host call.
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _column_tiles(group_width: int) -> list[int]:
     """Column-tile candidates: the largest power of two dividing the group width (no masks) and
     the next power of two covering it (one masked tile), each at most 128."""
@@ -234,7 +243,7 @@ def _column_tiles(group_width: int) -> list[int]:
         if group_width % tile == 0:
             tiles.append(tile)
             break
-    cover = min(triton.next_power_of_2(group_width), 128)
+    cover = min(_next_pow2(group_width), 128)
     if cover not in tiles:
         tiles.append(cover)
     return tiles
@@ -260,7 +269,7 @@ def _row_iters(rows: int, block_m: int, column_programs: int, sms: int) -> int:
 def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int) -> list[TileConfig]:
     out = []
     for block_c in _column_tiles(group_width):
-        column_programs = groups * triton.cdiv(group_width, block_c)
+        column_programs = groups * _cdiv(group_width, block_c)
         for elems, warps, stages in tiles:
             block_m = max(1, elems // block_c)
             iters = _row_iters(rows, block_m, column_programs, sms)
@@ -296,7 +305,7 @@ def _pick(kind: str, launch, key: tuple, groups: int, group_width: int, rows: in
 
 
 def _rows_key(rows: int) -> int:
-    return triton.next_power_of_2(max(rows, 1))
+    return _next_pow2(max(rows, 1))
 
 
 def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -311,7 +320,7 @@ def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torc
     a_stride = 0 if numerator.shape[0] == 1 else 6
 
     def launch(cfg: TileConfig) -> None:
-        grid = (triton.cdiv(rows, cfg.block_m * cfg.row_iters), groups * triton.cdiv(group_width, cfg.block_c))
+        grid = (_cdiv(rows, cfg.block_m * cfg.row_iters), groups * _cdiv(group_width, cfg.block_c))
         flashkat_fwd_kernel[grid](
             x, y, numerator, denominator, rows, a_stride,
             WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
@@ -347,8 +356,8 @@ def flashkat_backward(
         a_stride = 0 if numerator.shape[0] == 1 else 6
 
         def launch(cfg: TileConfig, atomic: bool = False) -> torch.Tensor:
-            row_programs = triton.cdiv(rows, cfg.block_m * cfg.row_iters)
-            column_programs = groups * triton.cdiv(group_width, cfg.block_c)
+            row_programs = _cdiv(rows, cfg.block_m * cfg.row_iters)
+            column_programs = groups * _cdiv(group_width, cfg.block_c)
             if atomic:
                 part = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
             else:
