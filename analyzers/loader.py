@@ -499,13 +499,28 @@ def find_steps(t: EventTable) -> tuple[list[Any], str | None]:
             seen.add(idx)
             start = int(t.ts_ns[r])
             steps.append(Step(index=idx, start_ns=start, end_ns=start + max(int(t.dur_ns[r]), 1), source=source))
-        return steps, None
+        return _drop_truncated_last(steps)
     if len(t) == 0:
         return [], None
     start = int(t.ts_ns.min())
     end = int((t.ts_ns + t.dur_ns).max())
     notice = "no ProfilerStep#N or stallscope step markers in the trace: the whole trace is treated as one step"
     return [Step(index=0, start_ns=start, end_ns=max(end, start + 1), source="whole-trace")], notice
+
+
+def _drop_truncated_last(steps: list[Any]) -> tuple[list[Any], str | None]:
+    """torch.profiler closes the step that is open when it stops: a last step far shorter than
+    the others (under a tenth of their median: it holds little more than its own start) is that
+    stub, not a real step."""
+    if len(steps) < 2:
+        return steps, None
+    others = sorted(s.wall_ms for s in steps[:-1])
+    median = others[len(others) // 2]
+    last = steps[-1]
+    if last.wall_ms < 0.1 * median:
+        return steps[:-1], (f"the last step ({last.source}#{last.index}, {last.wall_ms:.3g} ms against a median of "
+                            f"{median:.3g} ms) was cut short when the profiler stopped: left out")
+    return steps, None
 
 
 def assign_steps(t: EventTable, steps: list[Any]) -> None:

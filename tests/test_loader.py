@@ -215,3 +215,18 @@ def test_fuzz_mutated_and_truncated_traces(tmp_path_factory, data) -> None:
         assert all(len(getattr(ev, c)) == len(ev) for c in ("ts_ns", "dur_ns", "name", "step"))
         for b in rd.breakdown:
             assert sum(b.parts().values()) == pytest.approx(b.wall_ms, rel=0.01, abs=1e-6)
+
+
+def test_stub_last_step_left_out(tmp_path: Path) -> None:
+    # torch.profiler opens ProfilerStep#N+1 at the last prof.step() and closes it when it stops;
+    # reproduce that stub on a real trace and check it is not counted as a step
+    doc = json.loads(Path(cpu_plain_trace()).read_text())
+    steps = [e for e in doc["traceEvents"] if str(e.get("name", "")).startswith("ProfilerStep#")]
+    last = max(steps, key=lambda e: e["ts"])
+    n = int(last["name"].split("#")[1]) + 1
+    doc["traceEvents"].append({**last, "name": f"ProfilerStep#{n}", "ts": last["ts"] + last["dur"] + 1.0, "dur": 0.05})
+    p = tmp_path / "stub.json"
+    p.write_text(json.dumps(doc))
+    ctx = load_context(p)
+    assert [s.index for s in ctx.ranks[0].steps] == sorted(int(e["name"].split("#")[1]) for e in steps)
+    assert any("cut short" in notice for notice in ctx.notices)

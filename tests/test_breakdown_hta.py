@@ -1,0 +1,46 @@
+"""Cross-check with Holistic Trace Analysis: idle / compute / non-compute GPU time per rank agree
+within 1 % of the span HTA measures (HTA keeps integer microseconds, hence the tolerance).
+Runs when HTA is installed (`pip install HolisticTraceAnalysis`) and the GPU fixtures exist."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from analyzers.breakdown import hta_temporal
+from analyzers.loader import load_context
+from tests.diagnose_traces import GPU_FIXTURES
+
+hta = pytest.importorskip("hta.trace_analysis", reason="HolisticTraceAnalysis is not installed")
+
+CASES = ["train.pt.trace.json.gz", "tiny_kernels.pt.trace.json.gz", "ddp"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_temporal_breakdown_matches_hta(case: str, tmp_path: Path) -> None:
+    src = GPU_FIXTURES / case
+    if not src.exists():
+        pytest.skip(f"GPU fixture {case} not recorded yet (tests/fixtures/make_gpu_traces.py)")
+    folder = tmp_path / "traces"
+    if src.is_dir():
+        shutil.copytree(src, folder)
+    else:
+        folder.mkdir()
+        shutil.copy(src, folder / src.name)
+    logging.disable(logging.WARNING)
+    try:
+        df = hta.TraceAnalysis(trace_dir=str(folder)).get_temporal_breakdown(visualize=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    ctx = load_context(folder)
+    ours = {rd.rank: hta_temporal(rd) for rd in ctx.ranks}
+    assert len(df) == len(ours)
+    for row in df.to_dict(orient="records"):
+        mine = ours[int(row["rank"])]
+        assert mine is not None
+        span = float(row["kernel_time(us)"])
+        assert mine["kernel_us"] == pytest.approx(span, rel=0.01)
+        for key in ("idle", "compute", "non_compute"):
+            assert abs(mine[f"{key}_us"] - float(row[f"{key}_time(us)"])) <= 0.01 * span, (key, mine, row)
