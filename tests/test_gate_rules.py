@@ -1,7 +1,7 @@
 """gate.yaml validation never crashes, paths resolve as documented, the fingerprint reads real report environments."""
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from analyzers.gate.fingerprint import compare_environments, fingerprint
@@ -11,13 +11,17 @@ from tests.test_gate_cli import finding, make_report
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=12),
                     st.sampled_from(["step_time_median", "summary.step_time_ms.p90", "high", "off", "bootstrap", "lower_is_better"]))
-keys = st.sampled_from(["rules", "findings", "alpha", "min_samples", "schema_version", "metric", "max_regression_pct",
-                        "max_regression_abs", "direction", "test", "name", "required", "fail_on_new", "allow", "other"])
+keys = st.one_of(st.integers(0, 2), st.sampled_from(["rules", "findings", "alpha", "min_samples", "schema_version", "metric", "max_regression_pct",
+                        "max_regression_abs", "direction", "test", "name", "required", "fail_on_new", "allow", "other"]))
 documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)), max_leaves=20)
 
 
 @settings(max_examples=200, deadline=None)
 @given(documents)
+@example({"findings": {"fail_on_new": []}})
+@example({1: 2, "x": 3})
+@example({"rules": [{"metric": "step_time_median", "max_regression_pct": 3, 7: 1}]})
+@example({"rules": [{"metric": ["a"], "max_regression_pct": 3}]})
 def test_any_document_is_a_config_or_one_clear_error(doc: object) -> None:
     try:
         config = parse_config(doc, "gate.yaml")
@@ -65,3 +69,48 @@ def test_fingerprint_reads_the_diagnose_environment_layout() -> None:
     cpu = {"gpu": None, "gpu_count": 0, "driver": None, "cuda": None, "torch": "2.13.0+cpu"}
     check = compare_environments(cpu, cpu)
     assert check.matches and fingerprint(cpu) == {"gpu_count": 0, "torch": "2.13.0+cpu"}
+
+
+REPORT_PATHS = ["schema_version", "summary", "summary.step_time_ms", "summary.step_time_ms.samples", "summary.step_time_ms.median",
+                "summary.breakdown_pct", "summary.breakdown_pct.data_wait_pct", "summary.peak_memory_mb", "findings", "findings.0",
+                "findings.0.severity", "findings.0.id", "environment", "environment.gpu", "top_kernels", "top_kernels.0.total_ms"]
+
+
+def _mutate(report: dict, path: str, value: object) -> dict:
+    parts = path.split(".")
+    node: object = report
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None  # type: ignore[union-attr]
+        if node is None:
+            return report
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        if value == "<delete>":
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return report
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(REPORT_PATHS), st.one_of(st.just("<delete>"), scalars, st.lists(scalars, max_size=3))), min_size=1, max_size=3),
+       st.booleans())
+def test_damaged_reports_give_a_verdict_or_one_clear_error(mutations: list, on_current: bool) -> None:
+    from analyzers.gate.command import judge
+
+    config = parse_config({"rules": [
+        {"metric": "step_time_median", "max_regression_pct": 3}, {"metric": "step_time_p90", "max_regression_pct": 10},
+        {"metric": "gpu_idle_pct", "max_regression_abs": 5}, {"metric": "peak_memory_mb", "max_regression_pct": 10},
+        {"metric": "top_kernels.0.total_ms", "max_regression_pct": 10}], "findings": {"fail_on_new": "low"}})
+    base, current = make_report(20.0, n=30, seed=1), make_report(20.0, n=30, seed=2)
+    for path, value in mutations:
+        _mutate(current if on_current else base, path, value)
+    try:
+        verdict = judge(base, current, config, baseline_name="b", current_name="c")
+    except ToolError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert verdict.exit_code in (0, 1, 3)
+    verdict.to_junit(), verdict.to_markdown(), verdict.to_dict()

@@ -62,6 +62,9 @@ def judge(base: dict[str, Any], current: dict[str, Any], config: Any, *, baselin
     from analyzers.gate.verdict import Verdict
 
     names = ("baseline", "current")
+    for side, report in zip(names, (base, current)):
+        if not isinstance(report, dict) or not isinstance(report.get("summary"), dict):
+            raise ToolError(f"{side} report has no summary mapping; regenerate it with stallscope diagnose")
     _check_schemas(base, current, names)
     results = [evaluate_metric(rule, base, current, config, names) for rule in config.rules]
     results.append(evaluate_findings(config.findings, base, current))

@@ -223,7 +223,7 @@ def _parse_rule(raw: Any, where: str) -> MetricRule:
         raise _fail(where, "each rule must be a mapping with at least 'metric' and a threshold")
     unknown = set(raw) - _RULE_KEYS
     if unknown:
-        raise _fail(where, f"unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_RULE_KEYS))}")
+        raise _fail(where, f"unknown key {sorted(map(str, unknown))[0]!r}; allowed: {', '.join(sorted(_RULE_KEYS))}")
     metric = raw.get("metric")
     if not isinstance(metric, str):
         raise _fail(where, "'metric' is required (an alias such as step_time_median, or a dotted report path)")
@@ -257,7 +257,7 @@ def parse_config(data: Any, source: str = "gate.yaml") -> GateConfig:
         raise _fail(source, "must be a mapping with keys rules, findings, alpha, min_samples")
     unknown = set(data) - _CONFIG_KEYS
     if unknown:
-        raise _fail(source, f"unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
+        raise _fail(source, f"unknown key {sorted(map(str, unknown))[0]!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
     if data.get("schema_version", 1) != 1:
         raise _fail(source, f"schema_version {data.get('schema_version')!r} is not supported (this stallscope reads 1)")
     alpha = _number(data.get("alpha", DEFAULT_CONFIG["alpha"]), source, "alpha", 1e-9, 0.5)
@@ -277,11 +277,11 @@ def parse_config(data: Any, source: str = "gate.yaml") -> GateConfig:
         raise _fail(f"{source} findings", "must be a mapping with fail_on_new and allow")
     unknown = set(raw_findings) - _FINDING_KEYS
     if unknown:
-        raise _fail(f"{source} findings", f"unknown key {sorted(unknown)[0]!r}; allowed: allow, fail_on_new")
+        raise _fail(f"{source} findings", f"unknown key {sorted(map(str, unknown))[0]!r}; allowed: allow, fail_on_new")
     fail_on = raw_findings.get("fail_on_new", "high")
     if fail_on in (None, False, "off", "none"):
         fail_on = None
-    elif fail_on not in SEVERITY_RANK:
+    elif not isinstance(fail_on, str) or fail_on not in SEVERITY_RANK:
         raise _fail(f"{source} findings", f"fail_on_new must be one of high, medium, low, info, off; got {fail_on!r}")
     allow = raw_findings.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
@@ -419,15 +419,24 @@ def _evaluate_scalar(rule: MetricRule, base: dict[str, Any], current: dict[str, 
     return _result(rule, "threshold", "pass", f"{delta} (within {rule.threshold_text})", **common)
 
 
+def _findings_of(report: dict[str, Any], side: str) -> list[Any]:
+    found = report.get("findings")
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise ToolError(f"{side} report: findings must be a list, got {type(found).__name__}; regenerate the report with stallscope diagnose")
+    return found
+
+
 def evaluate_findings(rule: FindingRule, base: dict[str, Any], current: dict[str, Any]) -> RuleResult:
     """Fail when the current report has a finding the baseline lacks, at or above the severity."""
     if rule.fail_on_new is None:
         return RuleResult(rule.name, "findings", "skipped", "finding rule turned off (fail_on_new: off)")
-    base_ids = {f.get("id") for f in base.get("findings") or [] if isinstance(f, dict)}
+    base_ids = {str(f.get("id")) for f in _findings_of(base, "baseline") if isinstance(f, dict)}
     floor = SEVERITY_RANK[rule.fail_on_new]
     new, allowed = [], []
-    for f in current.get("findings") or []:
-        if not isinstance(f, dict) or f.get("id") in base_ids:
+    for f in _findings_of(current, "current"):
+        if not isinstance(f, dict) or str(f.get("id")) in base_ids:
             continue
         fid = str(f.get("id", "?"))
         if SEVERITY_RANK.get(str(f.get("severity", "info")), 0) < floor:
