@@ -283,3 +283,26 @@ def test_cuda_pipeline_matches_cpu_and_decoder_difference_is_small(jpegs):
     nvjpeg = decode_images(jpegs, "cuda")
     diffs = [(a.cpu().double() - b.double()).abs() for a, b in zip(nvjpeg, cpu_decoded)]
     assert max(d.mean().item() for d in diffs) <= 2.0  # decoders differ in IDCT/upsampling, not in content
+
+
+def test_packed_batches_survive_worker_processes_and_prefetch_falls_back_on_cpu(jpegs):
+    from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_encoded
+    from fixes.gpu_preprocess.pipeline import PackedJpegs
+
+    class Bytes(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(jpegs)
+
+        def __getitem__(self, i):
+            return torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8), i
+
+    transform = Compose([Resize(64), CenterCrop(48), ToTensor(), Normalize(MEAN, STD)])
+    inner = torch.utils.data.DataLoader(Bytes(), batch_size=4, num_workers=1, collate_fn=collate_encoded)
+    encoded, _ = next(iter(inner))
+    assert isinstance(encoded, PackedJpegs) and [len(b) for b in jpegs[:4]] == encoded.sizes.tolist()
+    assert bytes(encoded.unpack()[1].numpy()) == jpegs[1]
+    loader = GpuPreprocessLoader(inner, GpuPipeline.from_transform(transform, "cpu"), prefetch=2)
+    batches = list(loader)
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 48, 48), (2, 3, 48, 48)]
+    ref = torch.stack([transform(_pil(b)) for b in jpegs]).float()
+    assert (torch.cat([x for x, _ in batches]) - ref).abs().max().item() <= (1.0 / 255.0) / min(STD) + 1e-5

@@ -8,6 +8,7 @@ from typing import Any
 _HOME = {
     "GpuPipeline": "pipeline",
     "Plan": "pipeline",
+    "PackedJpegs": "pipeline",
     "Unsupported": "pipeline",
     "plan_from_transform": "pipeline",
     "decode_images": "pipeline",

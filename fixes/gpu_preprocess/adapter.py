@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from fixes.gpu_preprocess.pipeline import GpuPipeline
+from fixes.gpu_preprocess.pipeline import GpuPipeline, PackedJpegs
 
 __all__ = ["read_bytes", "collate_encoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
 
@@ -27,11 +27,11 @@ def read_bytes(path: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
-def collate_encoded(batch: Sequence[Any]) -> tuple[list[torch.Tensor], Any]:
-    """``[(encoded, target, ...), ...]`` -> ``(list of encoded, default_collate(targets))``."""
+def collate_encoded(batch: Sequence[Any]) -> tuple[PackedJpegs, Any]:
+    """``[(encoded, target, ...), ...]`` -> ``(PackedJpegs, default_collate(targets))``."""
     from torch.utils.data import default_collate
 
-    encoded = [item[0] for item in batch]
+    encoded = PackedJpegs.pack([item[0] for item in batch])
     rest = [item[1:] for item in batch]
     targets = default_collate(rest)
     return encoded, (targets[0] if len(targets) == 1 else targets)

@@ -17,14 +17,29 @@ import functools
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
 from fixes.gpu_preprocess.resample import Geometry, pad_batch, resample_batch
 
-__all__ = ["Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
+__all__ = ["PackedJpegs", "Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
            "random_resized_crop_params", "torchvision_available"]
+
+
+class PackedJpegs(NamedTuple):
+    """A batch of encoded images as one flat uint8 tensor and their byte sizes: one shared-memory
+    tensor between worker and main process and one pinned buffer, instead of one per image."""
+
+    data: torch.Tensor
+    sizes: torch.Tensor
+
+    @classmethod
+    def pack(cls, encoded: Sequence[torch.Tensor]) -> "PackedJpegs":
+        return cls(torch.cat([e.reshape(-1) for e in encoded]), torch.tensor([e.numel() for e in encoded]))
+
+    def unpack(self) -> list[torch.Tensor]:
+        return list(torch.split(self.data, self.sizes.tolist()))
 
 
 class Unsupported(ValueError):
@@ -226,6 +241,8 @@ def decode_images(encoded: Sequence[torch.Tensor | bytes], device: torch.device 
     on CUDA (torchvision), torchvision's CPU decoder elsewhere, PIL when torchvision is not
     usable; a file nvJPEG refuses (CMYK, PNG) falls back to PIL on its own."""
     device = torch.device(device)
+    if isinstance(encoded, PackedJpegs):
+        encoded = encoded.unpack()
     data = [e if isinstance(e, torch.Tensor) else torch.frombuffer(bytearray(e), dtype=torch.uint8) for e in encoded]
     ok, _ = torchvision_available()
     if ok:
