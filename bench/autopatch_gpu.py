@@ -1,0 +1,156 @@
+"""Auto-patch acceptance on the GPU: profile scenarios with --auto-patch, collect the decisions.
+
+Run from the repo root on the GPU machine:
+
+    OUT=/tmp/out PYTHONPATH=. python3 bench/autopatch_gpu.py
+
+For each scenario it runs ``python3 cli.py profile --auto-patch -o RUN -- python3 SCENARIO``,
+reads ``RUN/rank0/patches.yaml`` and records, per fix: decision (kept / rolled_back /
+skipped / applied), why, parity figures with the tolerance, before/after medians, speedup and
+p-value. Then ``stallscope run --patch-from RUN`` replays the kept fixes on a short run (parity
+checked on the first batch), and the GPU contract tests run (``pytest -m gpu
+tests/test_fix_gpu.py``). Results: ``$OUT/autopatch.yaml`` (goal: flashkat kept with a step
+speedup >= 40x on the KAT-like scenarios, tf32 kept on the fp32 transformer); a table last.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from profiler.common import read_yaml, write_yaml  # noqa: E402
+
+PY = sys.executable
+PATCH_STEPS = int(os.environ.get("AUTOPATCH_STEPS", "10"))
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "kat_scenario": {"cmd": [PY, "bench/scenarios/kat_naive_grkan.py", "--steps", "70"], "goal": ("flashkat", 40.0)},
+    "kat_vit_t": {"cmd": [PY, "bench/workloads/kat_vit_train.py", "--steps", "70", "--batch", "32"], "goal": ("flashkat", 40.0)},
+    "fp32_transformer": {"cmd": [PY, "bench/workloads/fp32_transformer.py", "--steps", "70"], "goal": ("tf32", 1.02)},
+    "fp32_gemm_scenario": {"cmd": [PY, "bench/scenarios/fp32_gemm_no_tf32.py", "--steps", "70"], "goal": ("tf32", 1.02)},
+}
+TIMEOUT_S = int(os.environ.get("AUTOPATCH_TIMEOUT_S", "240"))
+
+
+def env_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import torch
+
+        info["torch"] = str(torch.__version__)
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception as exc:  # pragma: no cover
+        info["torch"] = f"unavailable: {exc}"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        info["driver"] = out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+    except Exception:
+        info["driver"] = None
+    return info
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    parity = entry.get("parity") or {}
+    return {
+        "decision": entry.get("decision"),
+        "why": entry.get("why"),
+        "targets_count": entry.get("targets_count"),
+        "parity": {k: parity.get(k) for k in ("passed", "max_abs_err_out", "max_rel_err_out", "max_abs_err_grad",
+                                              "max_rel_err_grad", "worst", "reason") if k in parity} or None,
+        "tolerance": entry.get("tolerance"),
+        "before_median_ms": (entry.get("before") or {}).get("median_ms"),
+        "after_median_ms": (entry.get("after") or {}).get("median_ms"),
+        "speedup": entry.get("speedup"),
+        "p_value": entry.get("p_value"),
+    }
+
+
+def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    run_dir = out / "runs" / name
+    cmd = [PY, "cli.py", "profile", "--auto-patch", "--patch-steps", str(PATCH_STEPS), "--skip", "3", "--steps", "2",
+           "-q", "-o", str(run_dir), "--", *spec["cmd"]]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
+    except subprocess.TimeoutExpired as exc:
+        rc, tail = 124, f"timed out after {TIMEOUT_S} s: {(exc.stderr or b'')[-2000:]!r}"
+    result: dict[str, Any] = {"command": " ".join(cmd), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)}
+    patches = run_dir / "rank0" / "patches.yaml"
+    if not patches.is_file():
+        result["error"] = f"no patches.yaml; output tail: {tail}"
+        return result
+    doc = read_yaml(patches)
+    result["phase"] = doc.get("phase")
+    result["note"] = doc.get("note")
+    result["baseline_median_ms"] = (doc.get("baseline") or {}).get("median_ms")
+    result["fixes"] = {e["id"]: summarize(e) for e in doc.get("fixes", [])}
+    fix_id, minimum = spec["goal"]
+    got = result["fixes"].get(fix_id, {})
+    result["goal"] = {"fix": fix_id, "min_speedup": minimum, "decision": got.get("decision"), "speedup": got.get("speedup"),
+                      "met": got.get("decision") == "kept" and (got.get("speedup") or 0) >= minimum}
+    if rc != 0:
+        result["output_tail"] = tail
+    result["patch_from"] = replay(run_dir, spec["cmd"], env)
+    return result
+
+
+def replay(run_dir: Path, target: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """``stallscope run --patch-from RUN`` on a short run: what it applied, and parity lines."""
+    short = [*target[:-1], "6"] if target[-2] == "--steps" else target
+    cmd = [PY, "cli.py", "run", "--patch-from", str(run_dir / "rank0" / "patches.yaml"), "--", *short]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"rc": 124}
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stallscope:")]
+    return {"command": " ".join(cmd), "rc": proc.returncode, "messages": lines[-10:]}
+
+
+def gpu_tests(out: Path) -> dict[str, Any]:
+    cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fix_gpu.py", f"--junitxml={out / 'fix_gpu_junit.xml'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return {"command": " ".join(cmd), "rc": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:] or proc.stderr[-500:]}
+
+
+def main() -> int:
+    out = Path(os.environ.get("OUT", "bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    only = [s for s in os.environ.get("AUTOPATCH_SCENARIOS", "").split(",") if s]
+    doc: dict[str, Any] = {**env_info(), "script": "PYTHONPATH=. python3 bench/autopatch_gpu.py", "patch_steps": PATCH_STEPS,
+                           "scenarios": {}}
+    for name, spec in SCENARIOS.items():
+        if only and name not in only:
+            continue
+        doc["scenarios"][name] = run_scenario(name, spec, out)
+        write_yaml(out / "autopatch.yaml", doc)
+    doc["gpu_tests"] = gpu_tests(out)
+    write_yaml(out / "autopatch.yaml", doc)
+
+    print(f"{'scenario':<20} {'fix':<20} {'decision':<12} {'speedup':>9} {'rel err out':>12} {'rel err grad':>13}")
+    for name, res in doc["scenarios"].items():
+        for fix_id, f in (res.get("fixes") or {}).items():
+            if f["decision"] == "skipped":
+                continue
+            p = f.get("parity") or {}
+            sp = f"{f['speedup']:.2f}x" if f.get("speedup") else "-"
+            print(f"{name:<20} {fix_id:<20} {f['decision']:<12} {sp:>9} {p.get('max_rel_err_out', '-')!s:>12} "
+                  f"{p.get('max_rel_err_grad', '-')!s:>13}")
+        goal = res.get("goal") or {}
+        print(f"{name:<20} goal {goal.get('fix')} >= {goal.get('min_speedup')}x: {'MET' if goal.get('met') else 'NOT MET'}"
+              f" (rc {res.get('rc')}, {res.get('wall_s')} s)")
+    print(f"gpu tests: {doc['gpu_tests'].get('summary')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
