@@ -95,10 +95,14 @@ def flashkat_bwd_kernel(
     a3 = tl.load(a_ptr + group * a_stride + 3)
     a4 = tl.load(a_ptr + group * a_stride + 4)
     a5 = tl.load(a_ptr + group * a_stride + 5)
-    b1 = tl.abs(tl.load(b_ptr + group * 4 + 0))
-    b2 = tl.abs(tl.load(b_ptr + group * 4 + 1))
-    b3 = tl.abs(tl.load(b_ptr + group * 4 + 2))
-    b4 = tl.abs(tl.load(b_ptr + group * 4 + 3))
+    sb1 = tl.load(b_ptr + group * 4 + 0)
+    sb2 = tl.load(b_ptr + group * 4 + 1)
+    sb3 = tl.load(b_ptr + group * 4 + 2)
+    sb4 = tl.load(b_ptr + group * 4 + 3)
+    b1 = tl.abs(sb1)
+    b2 = tl.abs(sb2)
+    b3 = tl.abs(sb3)
+    b4 = tl.abs(sb4)
     da1 = a1
     da2 = 2.0 * a2
     da3 = 3.0 * a3
@@ -160,10 +164,10 @@ def flashkat_bwd_kernel(
         tl.atomic_add(out + 3, tl.sum(tl.sum(acc3, axis=1), axis=0), sem="relaxed")
         tl.atomic_add(out + 4, tl.sum(tl.sum(acc4, axis=1), axis=0), sem="relaxed")
         tl.atomic_add(out + 5, tl.sum(tl.sum(acc5, axis=1), axis=0), sem="relaxed")
-        tl.atomic_add(out + 6, tl.sum(tl.sum(bcc1, axis=1), axis=0), sem="relaxed")
-        tl.atomic_add(out + 7, tl.sum(tl.sum(bcc2, axis=1), axis=0), sem="relaxed")
-        tl.atomic_add(out + 8, tl.sum(tl.sum(bcc3, axis=1), axis=0), sem="relaxed")
-        tl.atomic_add(out + 9, tl.sum(tl.sum(bcc4, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 6, tl.where(sb1 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc1, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 7, tl.where(sb2 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc2, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 8, tl.where(sb3 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc3, axis=1), axis=0), sem="relaxed")
+        tl.atomic_add(out + 9, tl.where(sb4 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc4, axis=1), axis=0), sem="relaxed")
     else:
         out = part_ptr + (pid_m * tl.num_programs(1) + pid_c) * 10
         tl.store(out + 0, tl.sum(tl.sum(acc0, axis=1), axis=0))
@@ -172,10 +176,10 @@ def flashkat_bwd_kernel(
         tl.store(out + 3, tl.sum(tl.sum(acc3, axis=1), axis=0))
         tl.store(out + 4, tl.sum(tl.sum(acc4, axis=1), axis=0))
         tl.store(out + 5, tl.sum(tl.sum(acc5, axis=1), axis=0))
-        tl.store(out + 6, tl.sum(tl.sum(bcc1, axis=1), axis=0))
-        tl.store(out + 7, tl.sum(tl.sum(bcc2, axis=1), axis=0))
-        tl.store(out + 8, tl.sum(tl.sum(bcc3, axis=1), axis=0))
-        tl.store(out + 9, tl.sum(tl.sum(bcc4, axis=1), axis=0))
+        tl.store(out + 6, tl.where(sb1 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc1, axis=1), axis=0))
+        tl.store(out + 7, tl.where(sb2 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc2, axis=1), axis=0))
+        tl.store(out + 8, tl.where(sb3 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc3, axis=1), axis=0))
+        tl.store(out + 9, tl.where(sb4 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc4, axis=1), axis=0))
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class TileConfig:
 # (tile elements, warps, stages). The backward keeps 10 register accumulators per element of the
 # tile, so its tiles are small (4-8 elements per thread: ~96-160 registers, no spills on sm_90).
 _FWD_TILES = ((2048, 4, 1), (4096, 8, 1), (2048, 4, 3), (4096, 8, 3))
-_BWD_TILES = ((512, 4, 1), (512, 4, 3), (1024, 4, 3), (1024, 8, 3))
+_BWD_TILES = ((512, 4, 3), (1024, 4, 3), (512, 4, 4), (1024, 4, 4))
 _TUNED: dict[tuple, TileConfig] = {}
 _TUNE_LOG: dict[tuple, list[tuple[TileConfig, float]]] = {}
 _SMS: dict[int, int] = {}
@@ -376,12 +380,11 @@ def flashkat_backward(
         if reduction == "atomic":
             sums = launch(cfg, True)
         else:
-            # Fixed-shape reduction over row programs, then column chunks: deterministic.
-            sums = launch(cfg).sum(dim=0)
-            if sums.shape[0] != groups:
-                sums = sums.view(groups, -1, 10).sum(dim=1)
+            # One fixed-shape reduction over row programs and column chunks: deterministic.
+            part = launch(cfg)
+            sums = part.view(part.shape[0], groups, -1, 10).sum(dim=(0, 2))
     d_num = sums[:, :6]
-    d_den = torch.where(denominator < 0, -sums[:, 6:], sums[:, 6:])
+    d_den = sums[:, 6:]  # the kernel already applied s(b_j)
     if numerator.shape[0] == 1:
         d_num = d_num.sum(dim=0, keepdim=True)
     return dx, d_num, d_den
