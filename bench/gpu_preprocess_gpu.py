@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_encoded
-from fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, plan_from_transform, torchvision_available
+from fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, torchvision_available
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HAVE_TV, TV_WHY = torchvision_available()
@@ -231,6 +231,30 @@ def gpu_loader(blobs, transform, device, batch: int, workers: int, prefetch: int
     return GpuPreprocessLoader(inner, GpuPipeline.from_transform(transform, device), prefetch=prefetch)
 
 
+class NaiveGpuLoop:
+    """The baseline the batched version replaces: decode and torchvision v2 functional ops one
+    image at a time on the GPU (serve pipeline)."""
+
+    def __init__(self, blobs, device, batch: int):
+        self.chunks = [blobs[i:i + batch] for i in range(0, len(blobs), batch)]
+        self.device = device
+        self.mean = torch.tensor(MEAN, device=device).view(3, 1, 1)
+        self.std = torch.tensor(STD, device=device).view(3, 1, 1)
+
+    def __iter__(self):
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2 import functional as F
+
+        for chunk in self.chunks:
+            out = []
+            for blob in chunk:
+                img = decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                  device=self.device)
+                img = F.center_crop(F.resize(img, [256], antialias=True), [224, 224])
+                out.append((img.float() / 255 - self.mean) / self.std)
+            yield torch.stack(out).contiguous(memory_format=torch.channels_last), None
+
+
 def stage_breakdown(blobs: list[bytes], n: int, device: torch.device, batch: int) -> dict:
     """Per-image milliseconds of each CPU stage in one process (what one worker spends)."""
     from PIL import Image
@@ -250,13 +274,13 @@ def stage_breakdown(blobs: list[bytes], n: int, device: torch.device, batch: int
         t = clock(); small = flip(small); acc["flip"] += clock() - t  # noqa: E702
         t = clock(); x = to_tensor(small); acc["to_tensor"] += clock() - t  # noqa: E702
         t = clock(); x = norm(x); acc["normalize"] += clock() - t  # noqa: E702
-    torch.set_num_threads(threads)
     per_image = {f"{k}_ms": round(v / n * 1e3, 4) for k, v in acc.items()}
     samples = [torch.randn(3, 224, 224) for _ in range(batch)]
     t = clock()
     for _ in range(5):
         stacked = torch.stack(samples)
     per_image["collate_ms"] = round((clock() - t) / 5 / batch * 1e3, 4)
+    torch.set_num_threads(threads)
     if device.type == "cuda":
         for name, src in (("h2d_copy_pinned_ms", stacked.pin_memory()), ("h2d_copy_pageable_ms", stacked)):
             src.to(device, non_blocking=True)
@@ -423,6 +447,9 @@ def main() -> int:
                 f"pipeline {pname} gpu prefetch {prefetch}",
                 lambda: run_loader(gpu_loader(blobs, pipes[pname], device, args.batch, gpu_workers, prefetch), sink,
                                    args.epochs, device))
+    if HAVE_TV and device.type == "cuda":
+        alone["serve_gpu_naive_per_image_loop"] = attempt(
+            "pipeline serve gpu naive loop", lambda: run_loader(NaiveGpuLoop(blobs, device, args.batch), sink, 1, device))
     result["pipeline_alone"] = alone
 
     e2e = {}
