@@ -212,5 +212,31 @@ def run(
     raise typer.Exit(run_command(list(ctx.args), patch_from))
 
 
+@app.command()
+@user_errors
+def report(
+    target: Path = typer.Argument(..., help="A run directory, a trace, a folder of traces, or a report."),
+    html_out: Path = typer.Option(..., "--html", help="Write a self-contained HTML report here."),
+) -> None:
+    """Write an offline HTML report with charts (breakdown, NVML timeline, roofline)."""
+    from analyzers.present import report_command
+
+    raise typer.Exit(report_command(target, html_out))
+
+
+@app.command()
+@user_errors
+def compare(
+    a: Path = typer.Argument(..., help="Before: a report, a trace or a run directory."),
+    b: Path = typer.Argument(..., help="After: a report, a trace or a run directory."),
+    fmt: str = typer.Option("console", "--format", "-f", help="console | md | yaml"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the comparison (.md or .yaml)."),
+) -> None:
+    """Compare two runs: step time with the gate's statistics, breakdown, kernels, findings."""
+    from analyzers.present import compare_command
+
+    raise typer.Exit(compare_command(a, b, fmt=fmt, output=output))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -68,19 +68,30 @@ def diagnose_command(
             debug = bool(cli._state.get("debug"))
         except Exception:  # noqa: BLE001 - cli is optional when called as a library
             debug = False
+    ctx = None
     if _is_report(target) and target.is_file():
         from analyzers.report import load_report
 
         report = load_report(target)
     else:
-        from analyzers.report import build_report
+        from analyzers.loader import load_context
+        from analyzers.report import report_from_context
 
-        report = build_report(target, debug=debug)
+        ctx = load_context(target)
+        report = report_from_context(ctx, debug=debug)
     extra: list[str] = []
-    if deep:
-        extra.append("--deep (Nsight Compute on the top kernels) is not available yet; the report is from the trace only")
-    if annotated_trace is not None:
-        extra.append("--annotated-trace is not available yet; no annotated trace was written")
+    if deep or annotated_trace is not None:
+        if ctx is None:
+            raise ToolError(f"{target}: --deep and --annotated-trace need the trace; pass the run directory or trace, not a report")
+        if deep:
+            from analyzers.deep import deepen_report
+
+            extra += deepen_report(ctx, report)
+        if annotated_trace is not None:
+            from analyzers.annotate import write_annotated_trace
+
+            written = write_annotated_trace(ctx, report, annotated_trace)
+            extra.append(f"annotated trace written to {written} (open it in Perfetto: ui.perfetto.dev)")
     if extra:
         report["notices"] = list(report.get("notices") or []) + extra
     if output is not None:

@@ -1,0 +1,135 @@
+"""HTML report, compare and the annotated trace, on real CPU traces recorded here."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECORD = r'''
+import sys, time, torch, torch.nn as nn
+from torch.profiler import profile, schedule, ProfilerActivity
+out, slow = sys.argv[1], float(sys.argv[2])
+torch.manual_seed(0)
+DATA = torch.randn(2048, 256)
+class DS(torch.utils.data.Dataset):
+    def __len__(self): return 2048
+    def __getitem__(self, i):
+        if slow:
+            end = time.perf_counter() + slow
+            while time.perf_counter() < end: pass
+        return DATA[i], i % 10
+m = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+dl = torch.utils.data.DataLoader(DS(), batch_size=32)
+with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=12, repeat=1), record_shapes=True,
+             on_trace_ready=lambda pr: pr.export_chrome_trace(out)) as p:
+    for i, (x, y) in enumerate(dl):
+        loss = nn.functional.cross_entropy(m(x), y)
+        opt.zero_grad(); loss.backward(); opt.step(); p.step()
+        if i >= 14: break
+'''
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("present")
+    out = {}
+    for name, slow in (("slow", "0.002"), ("fast", "0")):
+        path = tmp / f"{name}.json"
+        subprocess.run([sys.executable, "-c", RECORD, str(path), slow], check=True, timeout=180)
+        out[name] = path
+    return out
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=180)
+
+
+def test_html_report_is_self_contained_with_charts(traces: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report.html"
+    proc = _cli("report", str(traces["slow"]), "--html", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert text.count("<svg") >= 2
+    # Charts hold data: bars of the breakdown are SVG paths, the step-time line has points.
+    assert len(re.findall(r"<path ", text)) > 20
+    assert "Loop waits" in text or "DataLoader" in text
+    external = [u for u in re.findall(r'(?:src|href)="([^"#]+)"', text) if not u.startswith("data:")]
+    assert external == [], external
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install chromium)")
+def test_html_report_opens_in_headless_chromium(traces: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "report.html"
+    assert _cli("report", str(traces["slow"]), "--html", str(out)).returncode == 0
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1200,1600"]
+    proc = subprocess.run(["chromium", *flags, f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line]
+    assert console == [], console
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<svg") >= 2 and "<path" in dom
+
+
+def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> None:
+    from analyzers.compare import compare_reports, load_any
+
+    before, _ = load_any(traces["slow"])
+    after, _ = load_any(traces["fast"])
+    cmp = compare_reports(before, after)
+    assert cmp.step_time["speedup"] > 1.3
+    assert cmp.step_time["verdict"] == "faster"
+    assert any(f["id"].startswith("input-pipeline") for f in cmp.findings["resolved"])
+    md = cmp.to_markdown()
+    assert "Findings resolved" in md and "faster" in md
+    proc = _cli("compare", str(traces["slow"]), str(traces["fast"]), "-f", "yaml")
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    data = yaml.safe_load(proc.stdout)
+    assert data["kind"] == "stallscope-comparison" and data["step_time"]["speedup"] > 1.3
+
+
+def test_annotated_trace_is_valid_chrome_trace(traces: dict[str, Path], tmp_path: Path) -> None:
+    from analyzers.annotate import FINDINGS_PID, write_annotated_trace
+    from analyzers.loader import load_context
+    from analyzers.report import report_from_context
+
+    ctx = load_context(traces["slow"])
+    report = report_from_context(ctx)
+    out = write_annotated_trace(ctx, report, tmp_path / "annotated.json.gz")
+    data = json.loads(gzip.decompress(out.read_bytes()))
+    events = data["traceEvents"]
+    original = json.loads(traces["slow"].read_text())["traceEvents"]
+    assert len(events) > len(original)
+    for e in events:
+        assert isinstance(e.get("ph"), str) and "pid" in e
+        if e["ph"] in ("X", "i"):
+            assert isinstance(e["ts"], (int, float))
+        if e["ph"] == "X":
+            assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0
+    ours = [e for e in events if e.get("pid") == FINDINGS_PID and e["ph"] == "X"]
+    assert {e["args"]["id"] for e in ours} == {f["id"] for f in report["findings"]}
+    # Our own loader reads it back, findings track included.
+    again = load_context(out)
+    assert len(again.ranks[0].events) > len(ctx.ranks[0].events)
+
+
+def test_report_of_a_missing_target_is_one_line(tmp_path: Path) -> None:
+    proc = _cli("report", str(tmp_path / "nope"), "--html", str(tmp_path / "x.html"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()
