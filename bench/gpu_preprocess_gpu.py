@@ -12,7 +12,8 @@ images / wall seconds):
 * pipeline alone: batches ready on the GPU. CPU: the torchvision PIL pipeline in a DataLoader
   with 4 and 16 workers, pin_memory, non_blocking copy. GPU: 2 workers only read bytes; batched
   nvJPEG decode + one resample + normalize on the GPU (fixes.gpu_preprocess), with and without
-  prefetch on a side stream.
+  prefetch on a side stream. Also: PIL decode in 4 workers, uint8 shipped, resize + normalize on
+  the GPU (exact PIL pixels); and, as the naive baseline, torchvision v2 ops one image at a time.
 * end to end, ResNet-50 bf16 inference serving (torchvision resnet50(weights=None), channels_last,
   batch 128, predictions copied back per batch): the same loaders feeding the model; plus the
   model alone on resident data as the ceiling.
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_encoded
+from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, collate_encoded
 from fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, torchvision_available
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -160,13 +161,17 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Encoded JPEG bytes; with a transform, decoded with PIL and transformed (the CPU pipeline),
     without, returned as uint8 tensors (the GPU pipeline's workers)."""
 
-    def __init__(self, blobs: list[bytes], transform=None):
-        self.blobs, self.transform = blobs, transform
+    def __init__(self, blobs: list[bytes], transform=None, decode: bool = False):
+        self.blobs, self.transform, self.decode = blobs, transform, decode
 
     def __len__(self) -> int:
         return len(self.blobs)
 
     def __getitem__(self, i: int):
+        if self.decode:  # CPU decode only (PIL), uint8 HWC out; resize etc. on the GPU
+            from fixes.gpu_preprocess.pipeline import pil_decode_hwc
+
+            return pil_decode_hwc(self.blobs[i]), i % 1000
         if self.transform is None:
             return torch.frombuffer(bytearray(self.blobs[i]), dtype=torch.uint8), i % 1000
         from PIL import Image
@@ -224,9 +229,10 @@ def cpu_loader(blobs, transform, workers: int, batch: int):
                                        prefetch_factor=4 if workers > 0 else None)
 
 
-def gpu_loader(blobs, transform, device, batch: int, workers: int, prefetch: int):
-    inner = torch.utils.data.DataLoader(EncodedDataset(blobs), batch_size=batch, num_workers=workers,
-                                        collate_fn=collate_encoded, pin_memory=torch.cuda.is_available(),
+def gpu_loader(blobs, transform, device, batch: int, workers: int, prefetch: int, cpu_decode: bool = False):
+    inner = torch.utils.data.DataLoader(EncodedDataset(blobs, decode=cpu_decode), batch_size=batch, num_workers=workers,
+                                        collate_fn=collate_decoded if cpu_decode else collate_encoded,
+                                        pin_memory=torch.cuda.is_available(),
                                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     return GpuPreprocessLoader(inner, GpuPipeline.from_transform(transform, device), prefetch=prefetch)
 
@@ -447,6 +453,11 @@ def main() -> int:
                 f"pipeline {pname} gpu prefetch {prefetch}",
                 lambda: run_loader(gpu_loader(blobs, pipes[pname], device, args.batch, gpu_workers, prefetch), sink,
                                    args.epochs, device))
+    w = cpu_workers[0]
+    alone[f"serve_cpu_decode_gpu_resize_{w}_workers"] = attempt(
+        f"pipeline serve cpu decode + gpu resize {w} workers",
+        lambda: run_loader(gpu_loader(blobs, pipes["serve"], device, args.batch, w, 0, cpu_decode=True), sink,
+                           args.epochs, device))
     if HAVE_TV and device.type == "cuda":
         alone["serve_gpu_naive_per_image_loop"] = attempt(
             "pipeline serve gpu naive loop", lambda: run_loader(NaiveGpuLoop(blobs, device, args.batch), sink, 1, device))
@@ -462,6 +473,9 @@ def main() -> int:
         for w in cpu_workers:
             e2e[f"cpu_{w}_workers"] = attempt(f"e2e cpu {w} workers", lambda: run_loader(
                 cpu_loader(blobs, pipes["serve"], w, args.batch), infer, args.epochs, device))
+        w = cpu_workers[0]
+        e2e[f"cpu_decode_gpu_resize_{w}_workers"] = attempt(f"e2e cpu decode + gpu resize {w} workers", lambda: run_loader(
+            gpu_loader(blobs, pipes["serve"], device, args.batch, w, 0, cpu_decode=True), infer, args.epochs, device))
         for prefetch in (0, 2):
             e2e[f"gpu_prefetch{prefetch}"] = attempt(f"e2e gpu prefetch {prefetch}", lambda: run_loader(
                 gpu_loader(blobs, pipes["serve"], device, args.batch, gpu_workers, prefetch), infer, args.epochs, device))
@@ -478,6 +492,10 @@ def main() -> int:
         for w in cpu_workers:
             if rate(e2e, f"cpu_{w}_workers"):
                 speedups[f"e2e_vs_cpu_{w}_workers"] = round(rate(e2e, gpu_best) / rate(e2e, f"cpu_{w}_workers"), 2)
+    w = cpu_workers[0]
+    if rate(e2e, f"cpu_decode_gpu_resize_{w}_workers") and rate(e2e, f"cpu_{w}_workers"):
+        speedups[f"e2e_cpu_decode_gpu_resize_vs_cpu_{w}_workers"] = round(
+            rate(e2e, f"cpu_decode_gpu_resize_{w}_workers") / rate(e2e, f"cpu_{w}_workers"), 2)
     for pname in ("serve", "train"):
         best = max((rate(alone, f"{pname}_gpu_prefetch{p}") or 0) for p in (0, 2))
         for w in cpu_workers:

@@ -306,3 +306,23 @@ def test_packed_batches_survive_worker_processes_and_prefetch_falls_back_on_cpu(
     assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 48, 48), (2, 3, 48, 48)]
     ref = torch.stack([transform(_pil(b)) for b in jpegs]).float()
     assert (torch.cat([x for x, _ in batches]) - ref).abs().max().item() <= (1.0 / 255.0) / min(STD) + 1e-5
+
+
+def test_cpu_decode_gpu_resize_mode_is_pil_exact(tmp_path, jpegs):
+    from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, read_decoded
+    from fixes.gpu_preprocess.pipeline import PackedImages
+
+    paths = []
+    for i, data in enumerate(jpegs):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(data)
+    transform = Compose([Resize(256), CenterCrop(224), ToTensor(), Normalize(MEAN, STD)])
+    dataset = JpegFolder(paths, None)
+    dataset.loader = read_decoded
+    inner = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_decoded)
+    packed, _ = next(iter(inner))
+    assert isinstance(packed, PackedImages) and packed.shapes[0].tolist()[2] == 3
+    pipe = GpuPipeline.from_transform(transform, "cpu")
+    out = torch.cat([x for x, _ in GpuPreprocessLoader(inner, pipe)])
+    ref = torch.stack([transform(_pil(b)) for b in jpegs]).float()
+    assert (out - ref).abs().max().item() <= (1.0 / 255.0) / min(STD) + 1e-5

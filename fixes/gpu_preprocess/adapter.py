@@ -14,9 +14,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from fixes.gpu_preprocess.pipeline import GpuPipeline, PackedJpegs
+from fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs
 
-__all__ = ["read_bytes", "collate_encoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
+__all__ = ["read_bytes", "read_decoded", "collate_encoded", "collate_decoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
 
 _MISSING = object()
 
@@ -25,6 +25,23 @@ def read_bytes(path: str) -> torch.Tensor:
     """The file's bytes as a 1-D uint8 tensor (what the workers return instead of a PIL image)."""
     with open(path, "rb") as f:
         return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+
+
+def read_decoded(path: str) -> torch.Tensor:
+    """The image decoded with PIL as an (H, W, 3) uint8 tensor (CPU decode, GPU resize mode)."""
+    from fixes.gpu_preprocess.pipeline import pil_decode_hwc
+
+    with open(path, "rb") as f:
+        return pil_decode_hwc(f.read())
+
+
+def collate_decoded(batch: Sequence[Any]) -> tuple[PackedImages, Any]:
+    """``[(uint8 image, target, ...), ...]`` -> ``(PackedImages, default_collate(targets))``."""
+    from torch.utils.data import default_collate
+
+    images = PackedImages.pack([item[0] for item in batch])
+    targets = default_collate([item[1:] for item in batch])
+    return images, (targets[0] if len(targets) == 1 else targets)
 
 
 def collate_encoded(batch: Sequence[Any]) -> tuple[PackedJpegs, Any]:

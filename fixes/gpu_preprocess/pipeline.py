@@ -23,7 +23,7 @@ import torch
 
 from fixes.gpu_preprocess.resample import Geometry, pad_batch, resample_batch
 
-__all__ = ["PackedJpegs", "Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
+__all__ = ["PackedJpegs", "PackedImages", "Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
            "random_resized_crop_params", "torchvision_available"]
 
 
@@ -40,6 +40,25 @@ class PackedJpegs(NamedTuple):
 
     def unpack(self) -> list[torch.Tensor]:
         return list(torch.split(self.data, self.sizes.tolist()))
+
+
+class PackedImages(NamedTuple):
+    """Decoded (H, W, C) uint8 images of different sizes as one flat tensor and their shapes: for
+    loaders that decode on the CPU (exact libjpeg-turbo pixels) and resize on the GPU. Channels
+    last as PIL gives them; :meth:`unpack` returns (C, H, W) views."""
+
+    data: torch.Tensor
+    shapes: torch.Tensor
+
+    @classmethod
+    def pack(cls, images: Sequence[torch.Tensor]) -> "PackedImages":
+        return cls(torch.cat([im.reshape(-1) for im in images]), torch.tensor([list(im.shape) for im in images]))
+
+    def unpack(self, device: torch.device | str | None = None) -> list[torch.Tensor]:
+        data = self.data if device is None else self.data.to(device, non_blocking=True)  # one transfer
+        shapes = [tuple(s) for s in self.shapes.tolist()]
+        sizes = [h * w * c for h, w, c in shapes]
+        return [chunk.view(shape).permute(2, 0, 1) for chunk, shape in zip(torch.split(data, sizes), shapes)]
 
 
 class Unsupported(ValueError):
@@ -227,13 +246,18 @@ def geometry_for(plan: Plan, sizes: Sequence[tuple[int, int]], generator: torch.
     return Geometry(*(as_long(c) for c in cols[:8]), torch.tensor(cols[8], dtype=torch.bool), out_sizes.pop())
 
 
-def _pil_decode(data: bytes | torch.Tensor) -> torch.Tensor:
+def pil_decode_hwc(data: bytes | torch.Tensor) -> torch.Tensor:
+    """Decode with PIL (libjpeg-turbo) to an (H, W, 3) uint8 RGB tensor, as ImageFolder's loader."""
+    import numpy as np
     from PIL import Image
 
     raw = data.numpy().tobytes() if isinstance(data, torch.Tensor) else bytes(data)
     with Image.open(io.BytesIO(raw)) as img:
-        arr = torch.frombuffer(bytearray(img.convert("RGB").tobytes()), dtype=torch.uint8)
-        return arr.view(img.size[1], img.size[0], 3).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(img.convert("RGB")))
+
+
+def _pil_decode(data: bytes | torch.Tensor) -> torch.Tensor:
+    return pil_decode_hwc(data).permute(2, 0, 1).contiguous()
 
 
 def decode_images(encoded: Sequence[torch.Tensor | bytes], device: torch.device | str = "cpu") -> list[torch.Tensor]:
@@ -296,5 +320,8 @@ class GpuPipeline:
         x = torch.addcmul(self._shift, x, self._scale)
         return x.to(self.out_dtype).contiguous(memory_format=torch.channels_last)
 
-    def __call__(self, encoded: Sequence[torch.Tensor | bytes], params: Sequence[dict] | None = None) -> torch.Tensor:
+    def __call__(self, encoded: Sequence[torch.Tensor | bytes] | PackedJpegs | PackedImages,
+                 params: Sequence[dict] | None = None) -> torch.Tensor:
+        if isinstance(encoded, PackedImages):  # decoded on the CPU already: one uint8 transfer
+            return self.transform_decoded(encoded.unpack(self.device), params)
         return self.transform_decoded(decode_images(encoded, self.device), params)
