@@ -121,6 +121,8 @@ class _ModuleHooks:
         self.global_handles: list = []
         self.instance_handles: dict = {}
         self.outermost_calls = 0
+        self.active = True
+        self.prune_pending = False
 
     def start(self) -> None:
         mod = self.torch.nn.modules.module
@@ -147,13 +149,38 @@ class _ModuleHooks:
         _depth.n = max(depth, 0)
         if depth == 0:
             rec.on_forward_end()
+            if self.prune_pending and not self.active:
+                self._drop_instances()
 
     def _switch_to_instances(self) -> None:
         for h in self.global_handles:
             h.remove()
         self.global_handles = []
         for module in root_modules():
-            self.hook_instance(module)
+            self.hook_instance(module)  # the call in flight needs its post hook
+        if not self.active:
+            self.prune_pending = True
+
+    def set_active(self, active: bool) -> None:
+        """Keep or drop the per-root hooks (the global ones retire by themselves)."""
+        self.active = active
+        if self.global_handles:
+            return
+        if active:
+            self.prune_pending = False
+            for module in root_modules():
+                self.hook_instance(module)
+        elif getattr(_depth, "n", 0) == 0:
+            self._drop_instances()
+        else:
+            self.prune_pending = True  # inside a forward: drop them once it returns
+
+    def _drop_instances(self) -> None:
+        self.prune_pending = False
+        for pre, post in self.instance_handles.values():
+            pre.remove()
+            post.remove()
+        self.instance_handles = {}
 
     def hook_instance(self, module: Any) -> None:
         if id(module) in self.instance_handles:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import csv
+from array import array
+from collections import deque
 import gzip
 import io
 import json
@@ -120,6 +122,32 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+class CsvSink:
+    """An append-only CSV file: the header on creation, then whole lines, flushed per append."""
+
+    def __init__(self, path: Path, header: List[str]) -> None:
+        self.path = path
+        self.header = header
+        self.created = False
+
+    def append(self, rows: List[list]) -> None:
+        if not self.created:
+            _atomic_write(self.path, _csv_text(self.header, rows).encode())
+            self.created = True
+            return
+        if rows:
+            text = _csv_text(self.header, rows).split("\n", 1)[1]
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+
+    def reset(self) -> None:
+        self.created = False
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
 def _dump_yaml(data: Any) -> str:
     try:
         import yaml
@@ -168,7 +196,12 @@ class Recorder:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         self.notices: List[str] = list(cfg.notices)
         self._notice_set = set(self.notices)
-        self.rows: List[list] = []
+        self.rows: List[list] = []  # steps not yet appended to steps.csv (last field: settled)
+        self.step_count = 0
+        self.walls = array("d")
+        self.window_flags = array("b")
+        self.last_wall_ms: Optional[float] = None
+        self.sinks: dict = {}
         self.index = 0
         self.step_open_ns: Optional[int] = None
         self.step_data_ns = 0
@@ -200,22 +233,36 @@ class Recorder:
         self.trace_written = False
         # gpu
         self._cuda_ready = False
+        self._cuda_checked_at = -1
         self.cuda_device: Optional[int] = None
         self.gpu_props: Optional[dict] = None
         self.open_event: Any = None
-        self.pending_events: List[tuple] = []
+        self.pending_events: deque = deque()
         self._event_pool: List[Any] = []
         self._nvtx: Any = None
         self._nvtx_checked = False
+        # NVTX calls only matter when a tool listens (Nsight Systems sets NVTX_INJECTION64_PATH).
+        self.nvtx_on = bool(os.environ.get("NVTX_INJECTION64_PATH") or os.environ.get("NVTX_INJECTION32_PATH")
+                            or os.environ.get("STALLSCOPE_NVTX") == "1")
 
     # ------------------------------------------------------------------ basics
     def live(self) -> bool:
-        return not self.disabled and not self.finished and os.getpid() == self.pid
+        return not self.disabled and not self.finished
+
+    def _after_fork_in_child(self) -> None:
+        self.disabled = True
 
     def notice_once(self, message: str) -> None:
         if message not in self._notice_set:
             self._notice_set.add(message)
             self.notices.append(message)
+
+    def _cuda_check_at_boundary(self) -> bool:
+        # is_initialized() is re-checked once per step boundary, not on every event
+        if self._cuda_checked_at == self.index:
+            return False
+        self._cuda_checked_at = self.index
+        return self._cuda()
 
     def _cuda(self) -> bool:
         if not self._cuda_ready:
@@ -352,8 +399,10 @@ class Recorder:
         return self._nvtx
 
     def phase_begin(self, name: str) -> Any:
+        if not self.nvtx_on and self.window_state != "active":
+            return None
         nv = None
-        if self._cuda_ready or self._cuda():
+        if self.nvtx_on and (self._cuda_ready or self._cuda()):
             nv = self._nvtx_mod()
             if nv is not None:
                 try:
@@ -383,7 +432,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ steps
     def _record_event(self) -> Any:
-        if not self._cuda():
+        if not (self._cuda_ready or self._cuda_check_at_boundary()):
             return None
         try:
             ev = self._event_pool.pop() if self._event_pool else self.torch.cuda.Event(enable_timing=True)
@@ -395,16 +444,17 @@ class Recorder:
 
     def _poll_events(self, wait: bool = False) -> None:
         while self.pending_events:
-            row_i, start, end = self.pending_events[0]
+            row, start, end = self.pending_events[0]
             try:
                 if wait:
                     end.synchronize()
                 elif not end.query():
                     return
-                self.rows[row_i][4] = round(start.elapsed_time(end), 4)
+                row[4] = start.elapsed_time(end)
             except Exception:
                 pass
-            self.pending_events.pop(0)
+            row[8] = True
+            self.pending_events.popleft()
             if not self.pending_events or self.pending_events[0][1] is not start:
                 self._event_pool.append(start)
 
@@ -429,7 +479,9 @@ class Recorder:
             return
         if self.source is not None and rank > SOURCE_RANK[self.source]:
             self._reset_for(source)
-        self.source = source
+        if self.source != source:
+            self.source = source
+            self._update_module_hooks()
         t = time.time_ns() if t_ns is None else t_ns
         if self.step_open_ns is None:
             self._start()
@@ -455,24 +507,30 @@ class Recorder:
         start = self.step_open_ns or t
         wall_ms = (t - start) / 1e6
         data_ms = self.step_data_ns / 1e6
-        self.rows.append([self.index, start, t, round(wall_ms, 4), None, round(data_ms, 4), int(in_window), source])
+        row = [self.index, start, t, wall_ms, None, data_ms, 1 if in_window else 0, source, True]
+        self.rows.append(row)
+        self.step_count += 1
+        self.walls.append(wall_ms)
+        self.window_flags.append(1 if in_window else 0)
+        self.last_wall_ms = wall_ms
         end_ev = self._record_event()
         if end_ev is not None and self.open_event is not None:
-            self.pending_events.append((len(self.rows) - 1, self.open_event, end_ev))
+            row[8] = False
+            self.pending_events.append((row, self.open_event, end_ev))
         self.open_event = end_ev
         if self.pending_events:
             self._poll_events()
-        event = hooks.StepEvent(self.index, wall_ms, data_ms, in_window)
+        index = self.index
         self.index += 1
         self.step_open_ns = None
         self._dirty = True
         if hooks._listeners:
-            hooks.notify_step(event)
+            hooks.notify_step(hooks.StepEvent(index, wall_ms, data_ms, in_window))
 
     def _reset_for(self, source: str) -> None:
-        if self.rows:
+        if self.step_count:
             self.notice_once(
-                f"step source changed from {self.source} to {source}: the {len(self.rows)} earlier {self.source} steps were dropped"
+                f"step source changed from {self.source} to {source}: the {self.step_count} earlier {self.source} steps were dropped"
             )
         if self.window_state == "active":
             self._stop_window(keep=False)
@@ -482,9 +540,26 @@ class Recorder:
             self.window_state = "pending"
             self.trace_written = False
         self.window_first = self.window_last = None
-        self.rows = []
-        self.pending_events = []
+        with self._lock:
+            self.rows = []
+            self.pending_events = deque()
+            self.step_count = 0
+            self.walls = array("d")
+            self.window_flags = array("b")
+            sink = self.sinks.pop("steps", None)
+            if sink is not None:
+                sink.reset()
         self.index = 0
+
+    def _update_module_hooks(self) -> None:
+        """Forward hooks cost every step; keep them only while something needs them."""
+        if self.module_hooks is None:
+            return
+        needed = self.source in (None, "module") or self.window_state == "active" or self.nvtx_on
+        try:
+            self.module_hooks.set_active(needed)
+        except Exception as exc:
+            self.notice_once(f"module hooks could not be {'added' if needed else 'removed'}: {exc}")
 
     # ------------------------------------------------------------------ window
     def _profiler_busy(self) -> bool:
@@ -521,6 +596,7 @@ class Recorder:
             return
         self.prof = prof
         self.window_state = "active"
+        self._update_module_hooks()
         before = time.time_ns()
         with self.torch.autograd.profiler.record_function(CLOCK_MARK):
             pass
@@ -537,6 +613,7 @@ class Recorder:
                 pass
             self.step_rf = None
         self.window_state = "done"
+        self._update_module_hooks()
         if prof is None:
             return
         t0 = time.perf_counter()
@@ -604,7 +681,7 @@ class Recorder:
     def write_status(self) -> None:
         if self.rank_dir is None or not self.live():
             return
-        last = self.rows[-1][3] if self.rows else None
+        last = self.last_wall_ms
         status = {
             "rank": self.rank, "pid": self.pid, "steps": self.index, "last_step_ms": last,
             "gpu_util_pct": self.sampler.last_gpu_util if self.sampler else None,
@@ -617,10 +694,10 @@ class Recorder:
 
     def window_slowdown(self) -> dict:
         """Median wall time of window steps vs the other steps (first step and the export step excluded)."""
-        rows = list(self.rows)
-        inside = [r[3] for r in rows if r[6]]
+        walls, flags = self.walls, self.window_flags
+        inside = [w for w, f in zip(walls, flags) if f]
         after_export = (self.window_last + 1) if self.window_last is not None else None
-        outside = [r[3] for r in rows if not r[6] and r[0] != 0 and r[0] != after_export]
+        outside = [w for i, (w, f) in enumerate(zip(walls, flags)) if not f and i != 0 and i != after_export]
         out = {"window_steps": len(inside), "baseline_steps": len(outside)}
         if inside and outside:
             med_in, med_out = statistics.median(inside), statistics.median(outside)
@@ -631,7 +708,7 @@ class Recorder:
             out["window_slowdown_pct"] = None
         return out
 
-    def rank_info(self) -> dict:
+    def rank_info(self, final: bool = True) -> dict:
         torch = self.torch
         info: dict = {
             "schema_version": SCHEMA_VERSION,
@@ -648,8 +725,8 @@ class Recorder:
             "gpu": None,
             "driver": self.sampler.driver if self.sampler else None,
             "nvml": self.sampler.nvml_state if self.sampler else "off",
-            "step_source": self.source or ("whole-run" if self.rows else None),
-            "steps": len(self.rows),
+            "step_source": self.source or ("whole-run" if self.step_count else None),
+            "steps": self.step_count,
             "window": {
                 "skip": self.cfg.skip, "steps": self.cfg.steps, "state": self.window_state,
                 "first_step": self.window_first, "last_step": self.window_last,
@@ -657,7 +734,7 @@ class Recorder:
                 "stack": self.cfg.stack, "memory": self.cfg.memory,
             },
             "clock": self.clock if "trace_to_epoch_ns" in self.clock else {"trace_to_epoch_ns": None, "method": None},
-            "overhead": {**self.overhead, **self.window_slowdown()},
+            "overhead": {**self.overhead, **(self.window_slowdown() if final else {})},
             "error": self.error,
             "notices": list(self.notices),
         }
@@ -670,8 +747,19 @@ class Recorder:
             info["gpu"] = gpu
         return info
 
-    def flush(self) -> None:
-        """Write steps.csv, host.csv, nvml.csv and rank.yaml (each atomically)."""
+    def _sink(self, name: str, header: List[str]) -> "CsvSink":
+        sink = self.sinks.get(name)
+        if sink is None:
+            assert self.rank_dir is not None
+            sink = self.sinks[name] = CsvSink(self.rank_dir / f"{name}.csv", header)
+        return sink
+
+    def flush(self, final: bool = False) -> None:
+        """Append the new rows to steps/host/nvml.csv (whole lines only) and rewrite rank.yaml atomically.
+
+        Only settled steps (GPU time known or unknowable) are written, so each row is written once;
+        the cost of a flush is proportional to what is new, not to the length of the run.
+        """
         if self.rank_dir is None:
             return
         with self._lock:
@@ -679,13 +767,28 @@ class Recorder:
             self._dirty = False
             d = self.rank_dir
             try:
-                _atomic_write(d / "steps.csv", _csv_text(STEP_FIELDS, list(self.rows)).encode())
+                settled = 0
+                for row in self.rows:
+                    if not row[8]:
+                        break
+                    settled += 1
+                if settled or final:
+                    ready = self.rows[:settled]
+                    del self.rows[:settled]  # one C-level operation: a concurrent append is kept
+                    self._sink("steps", STEP_FIELDS).append(
+                        [[r[0], r[1], r[2], round(r[3], 4), None if r[4] is None else round(r[4], 4), round(r[5], 4), r[6], r[7]]
+                         for r in ready]
+                    )
                 if self.sampler is not None:
+                    host = self.sampler.host_rows[:]
+                    del self.sampler.host_rows[: len(host)]
+                    nvml = self.sampler.nvml_rows[:]
+                    del self.sampler.nvml_rows[: len(nvml)]
                     if self.sampler._proc is not None:
-                        _atomic_write(d / "host.csv", _csv_text(HOST_FIELDS, list(self.sampler.host_rows)).encode())
-                    if self.sampler.nvml_rows:
-                        _atomic_write(d / "nvml.csv", _csv_text(NVML_FIELDS, list(self.sampler.nvml_rows)).encode())
-                _atomic_write(d / "rank.yaml", _dump_yaml(_plain(self.rank_info())).encode())
+                        self._sink("host", HOST_FIELDS).append(host)
+                    if nvml:
+                        self._sink("nvml", NVML_FIELDS).append(nvml)
+                _atomic_write(d / "rank.yaml", _dump_yaml(_plain(self.rank_info(final=final))).encode())
             except Exception as exc:
                 sys.stderr.write(f"stallscope: could not write {d}: {exc}\n")
 
@@ -696,7 +799,7 @@ class Recorder:
             return
         if error and not self.error:
             self.error = error
-        if self.step_open_ns is None and not self.rows and not self.started:
+        if self.step_open_ns is None and not self.step_count and not self.started:
             if is_launcher_process() or _is_multiprocessing_child():
                 self.finished = True
                 return
@@ -710,7 +813,7 @@ class Recorder:
                 self.torch.cuda.is_initialized() and self._poll_events(wait=True)
             except Exception:
                 pass
-            self.flush()
+            self.flush(final=True)
             if self.rank_dir is not None:
                 try:
                     (self.rank_dir / ".status.json").unlink()
@@ -718,7 +821,7 @@ class Recorder:
                     pass
 
     def _finish_steps(self) -> None:
-        if self.source is None and not self.rows:
+        if self.source is None and not self.step_count:
             # No boundary ever: the whole run (from torch import or first activity) is one step.
             self._start()
             if self.disabled:
@@ -734,8 +837,8 @@ class Recorder:
         if self.window_state == "active":
             self.notice_once(f"the run ended inside the trace window (after step {self.index - 1}); the trace holds the steps that ran")
             self._stop_window(keep=True)
-        elif self.window_state == "pending" and self.rows:
-            self.window_note = f"the run had {len(self.rows)} steps, fewer than --skip {self.cfg.skip}: no window trace"
+        elif self.window_state == "pending" and self.step_count:
+            self.window_note = f"the run had {self.step_count} steps, fewer than --skip {self.cfg.skip}: no window trace"
             self.notice_once(self.window_note)
 
 
@@ -783,10 +886,7 @@ def attach(cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstra
         _excepthook_chain(rec)
         _sigterm_handler(rec)
 
-        def _after_fork() -> None:
-            rec.disabled = True
-
-        os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(after_in_child=rec._after_fork_in_child)
     return rec
 
 
