@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 from profiler.common import atomic_write_text, read_yaml, write_yaml  # noqa: E402
 
 BLOCKING = {"high", "medium"}
+CATEGORIES_OK = {"healthy", "memory-bound", "input-pipeline", "communication", "host-bound", "synchronization",
+                 "memory-copy", "precision", "gpu-health", "memory-capacity", "cpu-metric", "attention"}
 
 
 def scenario_header(path: Path) -> dict[str, Any]:
