@@ -80,7 +80,10 @@ def _mutate(report: dict, path: str, value: object) -> dict:
     parts = path.split(".")
     node: object = report
     for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None  # type: ignore[union-attr]
+        if isinstance(node, list):
+            node = node[int(part)] if int(part) < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
         if node is None:
             return report
     last = parts[-1]
