@@ -39,6 +39,9 @@ __all__ = ["ALPHA", "MIN_GAIN_PCT", "AutoPatcher", "FixRecord", "attach", "attac
 ALPHA = 0.01
 MIN_GAIN_PCT = 2.0
 PARITY_WAIT_STEPS = 3
+# With n samples a side, fully separated, the one-sided Mann-Whitney p is smallest; it first
+# drops below 0.01 at n = 5, so fewer steps could never keep a fix. 6 leaves a little room.
+MIN_PATCH_STEPS = 6
 SCHEMA_VERSION = 1
 _SCOPE_ORDER = {"module": 0, "process": 1, "dataloader": 2}
 
@@ -151,7 +154,9 @@ class AutoPatcher:
                  findings: Sequence[Mapping[str, Any]] | None = None,
                  clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] = _cuda_sync) -> None:
         self.rank_dir = Path(rank_dir) if rank_dir is not None else None
-        self.k = max(2, int(patch_steps))
+        self.k = max(MIN_PATCH_STEPS, int(patch_steps))
+        self.k_note = (f"patch_steps raised from {patch_steps} to {self.k}: fewer samples a side cannot reach p < {ALPHA}"
+                       if int(patch_steps) < MIN_PATCH_STEPS else None)
         self.hooks = hooks
         self.skip = skip
         registry = dict(fixes) if fixes is not None else dict(registered_fixes())
@@ -384,6 +389,9 @@ class AutoPatcher:
             self._next_fix()
             return
         if not module_results and not own:
+            if not self._probes:
+                merged["reason"] = "the fix offers no parity check (no module to compare on, no verify())"
+                rec.parity = merged
             self._rollback(rec, merged["reason"])
             return
         if not merged.get("passed"):
@@ -466,7 +474,9 @@ class AutoPatcher:
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "stallscope-patches",
+            "rank": self.rank_dir.name if self.rank_dir is not None else None,
             "patch_steps": self.k,
+            "patch_steps_note": self.k_note,
             "skip": self.skip,
             "alpha": ALPHA,
             "min_gain_pct": MIN_GAIN_PCT,
@@ -484,7 +494,11 @@ class AutoPatcher:
         from profiler.common import write_yaml
 
         try:
-            write_yaml(self.rank_dir / "patches.yaml", self.document(note))
+            doc = self.document(note)
+            write_yaml(self.rank_dir / "patches.yaml", doc)
+            if self.rank_dir.name == "rank0" and (self.rank_dir.parent / "meta.yaml").exists():
+                # the report reads RUN/patches.yaml: rank 0's decisions stand for the run
+                write_yaml(self.rank_dir.parent / "patches.yaml", doc)
         except OSError as exc:
             print(f"stallscope: cannot write {self.rank_dir / 'patches.yaml'}: {exc}", file=sys.stderr)
 

@@ -111,8 +111,8 @@ SETTINGS: dict[str, FixSetting | Advisory] = {
         effect=lambda built: built["loader"].num_workers > 0,
     ),
     "tensorbleu": Advisory("the per-sentence BLEU loop must be rewritten to one batched call; the fix only advises"),
-    "gpu-preprocess": Advisory("moves preprocessing from DataLoader workers to the GPU: needs CUDA and changes where "
-                               "the pipeline runs, so it is advised with a code change, not patched on the CPU"),
+    "gpu-preprocess": Advisory("patches an ImageFolder-style DataLoader with torchvision transforms over JPEG files "
+                               "(torchvision is not on the CPU CI); its own tests cover it (tests/test_gpu_preprocess.py)"),
     "bottleneck-sampling": Advisory("patches a diffusers pipeline object (not installed on the CPU CI) with an "
                                     "approximate schedule verified by its own quality benchmark, not by elementwise parity"),
 }

@@ -204,7 +204,8 @@ def test_registered_fixes_are_skipped_with_reasons_on_cpu(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4))
     hooks = FakeHooks([model])
     patcher = AutoPatcher(tmp_path, 3, hooks, only=["tf32", "flashkat", "dataloader-workers", "tensorbleu"])
-    for i in range(6):
+    assert patcher.k == 6  # 3 samples a side could never reach p < 0.01
+    for i in range(8):
         model(torch.randn(2, 4))
         patcher.on_step(StepEvent(i, 0.0, 0.0, False))
     doc = read_yaml(tmp_path / "patches.yaml")
