@@ -25,8 +25,11 @@ minus its time at 70 % of copy bandwidth. Severity by share of step time (5 % / 
 roofline puts under the bandwidth roof (``analyzers.peaks``) that reach less than **50 %** of
 peak bandwidth while lasting longer than the latency floor: a streaming kernel on an HBM GPU
 normally reaches 70-90 % of copy bandwidth, so under half means most of its time is not
-bytes moving (poor access pattern, atomics, too little parallelism). The saving is each
-kernel's time minus its minimum bytes at 70 % of peak; graded 5 % / 20 % on that saving.
+bytes moving (poor access pattern, atomics, too little parallelism). Only the 10 longest
+kernels, each taking at least 2 % of step time, are considered: a kernel below that cannot be
+the bottleneck whatever its efficiency, and summing many small elementwise kernels would
+report a diffuse property of every eager-mode model rather than a fixable stall. The saving
+is each kernel's time minus its minimum bytes at 70 % of peak; graded 5 % / 20 % on it.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ GRKAN_BW_PCT_MAX = 10.0
 GRKAN_BWD_FWD_RATIO_MIN = 10.0
 HEALTHY_BW_FRACTION = 0.70
 GENERIC_BW_PCT_MAX = 50.0
+GENERIC_MIN_PCT_OF_STEP = 2.0
+GENERIC_TOP_KERNELS = 10
 
 _BWD_KERNEL = re.compile(r"rational.*bwd|rational.*backward", re.I)
 _FWD_KERNEL = re.compile(r"rational.*fwd|rational.*forward", re.I)
@@ -177,7 +182,10 @@ def _generic_finding(ctx: "AnalysisContext", exclude: set[str]) -> Finding | Non
         return None
     slow = []
     saving_ms = 0.0
-    for k in kernel_rooflines(ctx):
+    step_ms = c.ms(total_ns)
+    for k in kernel_rooflines(ctx)[:GENERIC_TOP_KERNELS]:
+        if 100.0 * k.total_ms / step_ms < GENERIC_MIN_PCT_OF_STEP:
+            continue
         if k.kernel in exclude or k.cls != "memory-bound" or k.bandwidth_pct_of_peak is None or k.bytes is None:
             continue
         if k.bandwidth_pct_of_peak >= GENERIC_BW_PCT_MAX:

@@ -11,6 +11,10 @@ A kernel is an fp32 GEMM/conv off the tensor cores when its name is a GEMM/conv 
 ``s1688``-style MMA shapes, ``hmma``, ``gmma``, ``bf16``/``f16``), or when its owning op
 (``aten::mm``/``addmm``/``bmm``/``convolution``...) had only ``float`` inputs and its name has
 no tensor-core marker. Only on GPUs whose peak row has a TF32 roof (``analyzers.peaks``).
+Left out: matrix-vector kernels (``gemv``) and split-K reductions, which are bandwidth-bound
+so tensor cores do not speed them up, and GEMMs whose mean duration is under the latency
+floor (5 µs, ``analyzers.peaks.LATENCY_BOUND_US``): cuBLAS picks SIMT kernels for tiny shapes
+even with TF32 allowed, and their time is launch latency, not math.
 
 The saving estimate assumes the kernel would run at the TF32/fp32 roof ratio (an upper
 bound: small GEMMs gain less). Severity by the fp32 kernels' share of step time (5 % / 20 %).
@@ -21,9 +25,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from analyzers.base import Analyzer, Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
+from analyzers.peaks import LATENCY_BOUND_US
 
 if TYPE_CHECKING:
     from analyzers.model import AnalysisContext
@@ -32,7 +39,8 @@ _GEMM = re.compile(r"gemm|gemv|conv|wgrad|dgrad|fprop|cutlass|xmma|nvjet", re.I)
 _TENSOR_CORE = re.compile(
     r"tf32|h884|h1688|h16816|s1688|s16816|i8816|hmma|gmma|wgmma|bf16|f16|fp16|half|tensorop|_tc_|e4m3|e5m2|16x8x16|nvjet_[thbqe]", re.I
 )
-_SIMT = re.compile(r"sgemm|simt|ffma|f32f32_f32f32|gemv|gemmSN|gemmk1|splitKreduce|implicit_convolve_sgemm", re.I)
+_SIMT = re.compile(r"sgemm|simt|ffma|f32f32_f32f32|gemmSN|gemmk1|implicit_convolve_sgemm", re.I)
+_NOT_TENSOR_CORE_WORK = re.compile(r"gemv|splitKreduce|reduce", re.I)
 _MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
                "aten::convolution", "aten::_convolution", "aten::cudnn_convolution", "aten::conv2d", "aten::conv1d",
                "aten::conv3d", "aten::convolution_backward", "aten::addmv", "aten::mv"}
@@ -64,9 +72,12 @@ class Precision(Analyzer):
         if not len(kernels) or not total_ns:
             return []
         hits = []
-        for r in kernels:
-            name = ev.name_of(int(r))
-            if _TENSOR_CORE.search(name):
+        names = np.array([ev.name_of(int(r)) for r in kernels], dtype=object)
+        mean_us: dict[str, float] = {}
+        for n in set(names):
+            mean_us[n] = float(ev.dur_ns[kernels[names == n]].mean()) / 1e3
+        for r, name in zip(kernels, names):
+            if _TENSOR_CORE.search(name) or _NOT_TENSOR_CORE_WORK.search(name) or mean_us[name] < LATENCY_BOUND_US:
                 continue
             op = int(ev.op_of[r]) if len(ev.op_of) else -1
             if (_GEMM.search(name) and _SIMT.search(name)) or (_GEMM.search(name) and _fp32_op(ev, op)):

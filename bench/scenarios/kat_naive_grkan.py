@@ -112,6 +112,7 @@ def main():
     args = ap.parse_args()
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = True
     batch, dim, depth, img = (64, 192, 4, 224) if gpu else (2, 48, 2, 64)
     model = KATTiny(dim, depth, make_act(dev), img=img).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
