@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -543,14 +544,100 @@ def assign_steps(t: EventTable, steps: list[Any]) -> None:
 # --------------------------------------------------------------------------- files
 
 
-def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, dict[str, Any]]:
-    """Parse one trace file into a linked, time-sorted :class:`EventTable` and its metadata."""
+PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it saves
+
+
+def _parse_blob(blob: bytes, final: bool, path: str) -> tuple[_Columns, dict[str, Any] | None]:
+    from analyzers.tracefile import parse_segment
+
+    cols = _Columns()
+    events, meta = parse_segment(blob, final, Path(path))
+    cols.add(events)
+    return cols, meta
+
+
+def _merge(into: _Columns, part: _Columns) -> None:
+    """Append a batch parsed elsewhere (its own name ids and row numbers) to ``into``."""
+    if part.blocks:
+        remap = np.asarray([into._intern(n) for n in part.names], dtype=np.int32)
+        for block in part.blocks:
+            block["name"] = remap[block["name"]] if remap.size else block["name"]
+            into.blocks.append(block)
+        into.extra.update({into.rows + k: v for k, v in part.extra.items()})
+        into.rows += part.rows
+    into.process_names.update(part.process_names)
+    into.thread_names.update(part.thread_names)
+
+
+def _trace_bytes(path: Path) -> int:
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        return size * 8 if fh.read(2) == b"\x1f\x8b" else size  # Kineto JSON gzips ~8-12x
+
+
+def _parallel_workers(path: Path) -> int:
+    import multiprocessing
+
+    env = os.environ.get("STALLSCOPE_PARSE_WORKERS")
+    if env is not None:
+        return int(env) if env.isdigit() else 0
+    if (os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    return 1 if _trace_bytes(path) >= PARALLEL_MIN_BYTES else 0
+
+
+def _read_parallel(path: Path, workers: int) -> tuple[_Columns, dict[str, Any]]:
+    """Parse with ``workers`` forked helpers: this process reads and cuts the file and parses
+    every ``workers + 1``-th blob itself; results are merged in file order."""
+    import multiprocessing
+    from collections import deque
+
+    from analyzers import tracefile
+
     cols = _Columns()
     meta: dict[str, Any] = {}
-    for events, m in iter_trace_batches(path):
-        cols.add(events)
-        if m is not None:
-            meta = m
+    pending: deque[Any] = deque()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for i, (blob, final) in enumerate(tracefile.iter_trace_segments(path, tracefile.CHUNK_BYTES)):
+            if i % (workers + 1) == workers or final:
+                own, m = _parse_blob(blob, final, str(path))  # while the helpers parse theirs
+                while pending:
+                    _merge(cols, pending.popleft().get()[0])
+                _merge(cols, own)
+            else:
+                pending.append(pool.apply_async(_parse_blob, (blob, final, str(path))))
+                continue
+            if m is not None:
+                meta = m
+        while pending:
+            _merge(cols, pending.popleft().get()[0])
+    return cols, meta
+
+
+def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, dict[str, Any]]:
+    """Parse one trace file into a linked, time-sorted :class:`EventTable` and its metadata.
+
+    Files over ``PARALLEL_MIN_BYTES`` of JSON are parsed by this process and a forked helper
+    (``STALLSCOPE_PARSE_WORKERS=0`` turns that off); any doubt (a cut inside a string, a worker
+    error) falls back to the one-process parse.
+    """
+    path = Path(path)
+    cols: _Columns | None = None
+    meta: dict[str, Any] = {}
+    workers = _parallel_workers(path) if path.is_file() else 0
+    if workers > 0:
+        try:
+            cols, meta = _read_parallel(path, workers)
+        except ToolError:
+            cols = None  # re-read in one process for the precise error
+        except Exception:  # noqa: BLE001 - odd layout or worker trouble: the careful path decides
+            cols = None
+    if cols is None:
+        cols = _Columns()
+        for events, m in iter_trace_batches(path):
+            cols.add(events)
+            if m is not None:
+                meta = m
     table = _sorted_events(cols.table())
     _link(table)
     meta = dict(meta)

@@ -6,6 +6,8 @@ one line); with ``debug=True`` the exception propagates instead.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -35,30 +37,83 @@ def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
     )
 
 
+def _run_one(ctx: AnalysisContext, name: str, debug: bool = False) -> tuple[str, list[Finding], str | None, float, list[str]]:
+    """Run one analyzer: (name, findings, error or None, seconds, notices it added)."""
+    cls = registered_analyzers([name])[name]
+    before = len(ctx.notices)
+    t0 = time.perf_counter()
+    try:
+        found = list(cls().analyze(ctx) or [])
+        for f in found:
+            if not isinstance(f, Finding):
+                raise TypeError(f"returned {type(f).__name__}, not Finding")
+            f.analyzer = f.analyzer or name
+        error = None
+    except Exception as exc:  # an analyzer bug must not cost the user the report
+        if debug:
+            raise
+        found = []
+        error = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"
+    return name, found, error, time.perf_counter() - t0, ctx.notices[before:]
+
+
+_FORK_CTX: AnalysisContext | None = None
+PARALLEL_MIN_EVENTS = 100_000
+
+
+def _child(name: str) -> tuple[str, list[Finding], str | None, float, list[str]]:
+    assert _FORK_CTX is not None
+    return _run_one(_FORK_CTX, name)
+
+
+def _workers(ctx: AnalysisContext, jobs: int) -> int:
+    """Analyzers run in forked workers (copy-on-write context) on big traces and several cores."""
+    env = os.environ.get("STALLSCOPE_ANALYZER_WORKERS")
+    if env is not None:
+        return max(1, int(env)) if env.isdigit() else 1
+    events = sum(len(r.events) for r in ctx.ranks)
+    if events < PARALLEL_MIN_EVENTS or jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(os.cpu_count() or 1, jobs, 4))
+
+
 def run_analyzers(ctx: AnalysisContext, names: Iterable[str] | None = None, debug: bool = False) -> AnalyzerRun:
-    """Run the registered analyzers (or only ``names``) on ``ctx``; findings ranked by impact."""
+    """Run the registered analyzers (or only ``names``) on ``ctx``; findings ranked by impact.
+
+    On large traces with several cores the analyzers run in forked worker processes (each sees
+    the loaded context copy-on-write; findings and notices come back); with ``debug`` or
+    ``STALLSCOPE_ANALYZER_WORKERS=1`` they run in this process.
+    """
+    global _FORK_CTX
     out = AnalyzerRun()
+    todo: list[str] = []
     for name, cls in registered_analyzers(names).items():
         missing = sorted(r for r in cls.requires if not ctx.has(r))
         if missing:
             out.skipped[name] = missing
-            continue
-        t0 = time.perf_counter()
+        else:
+            todo.append(name)
+    workers = 1 if debug else _workers(ctx, len(todo))
+    results: list[tuple[str, list[Finding], str | None, float, list[str]]] = []
+    if workers > 1:
+        _FORK_CTX = ctx
         try:
-            found = list(cls().analyze(ctx) or [])
-            for f in found:
-                if not isinstance(f, Finding):
-                    raise TypeError(f"returned {type(f).__name__}, not Finding")
-                f.analyzer = f.analyzer or name
-        except Exception as exc:  # an analyzer bug must not cost the user the report
-            if debug:
-                raise
-            msg = " ".join(str(exc).split())[:200]
-            out.failed[name] = f"{exc.__class__.__name__}: {msg}"
-            ctx.notices.append(f"analyzer {name} failed ({exc.__class__.__name__}: {msg}); its findings are missing")
-            continue
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                results = pool.map(_child, todo, chunksize=1)
+        except Exception:  # noqa: BLE001 - a broken pool must not cost the report: run here
+            results = []
         finally:
-            out.seconds[name] = time.perf_counter() - t0
+            _FORK_CTX = None
+    if not results:
+        results = [_run_one(ctx, name, debug) for name in todo]
+    for name, found, error, seconds, notices in results:
+        out.seconds[name] = seconds
+        if workers > 1:
+            ctx.notices.extend(n for n in notices if n not in ctx.notices)
+        if error is not None:
+            out.failed[name] = error
+            ctx.notices.append(f"analyzer {name} failed ({error.split(':')[0]}: {error.split(': ', 1)[-1]}); its findings are missing")
+            continue
         out.ran.append(name)
         out.findings.extend(found)
     out.findings = rank_findings(out.findings)

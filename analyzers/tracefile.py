@@ -135,3 +135,53 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
     doc = _parse_whole(head + buf, path)
     events, meta = _split_whole(doc, path)
     yield events, meta
+
+
+def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(blob, final)``: ``blob`` is the JSON text of a run of whole events (``[...]``)
+    cut at a top-level boundary, not yet parsed; the last item (``final``) is the rest of the
+    document, parseable on its own. For parallel parsing: a cut that turns out to be inside a
+    string makes that blob invalid JSON, and the caller falls back to :func:`iter_trace_batches`.
+    Small files and non-Kineto layouts come as one final blob."""
+    path = Path(path)
+    try:
+        fh = _open(path)
+    except FileNotFoundError:
+        raise ToolError(f"{path}: no such file; check the path") from None
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, f"cannot read ({exc.__class__.__name__})") from None
+    with fh:
+        buf = _read(fh, chunk_bytes, path)
+        more = _read(fh, 1, path)
+        head_match = _HEAD.search(buf[: 1 << 20]) if more else None
+        if head_match is None:
+            rest = [buf, more]
+            while more:
+                more = _read(fh, chunk_bytes, path)
+                rest.append(more)
+            yield b"".join(rest), True
+            return
+        buf += more
+        head = buf[: head_match.end()]
+        buf = buf[head_match.end():]
+        while True:
+            piece = _read(fh, chunk_bytes, path)
+            if not piece:
+                break
+            buf += piece
+            cut = None
+            for cut in _BOUNDARY.finditer(buf, max(0, len(buf) - len(piece) - 16)):
+                pass
+            if cut is None:
+                continue
+            yield b"[" + buf[: cut.start() + 1] + b"]", False
+            buf = buf[cut.end() - 1:]
+        yield head + buf, True
+
+
+def parse_segment(blob: bytes, final: bool, path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Parse one blob of :func:`iter_trace_segments`: (events, meta or None)."""
+    if final:
+        return _split_whole(_parse_whole(blob, path), path)
+    events = _loads(blob)
+    return [e for e in events if isinstance(e, dict)], None

@@ -68,3 +68,29 @@ def test_runner_skips_and_isolates_failures(tmp_path: Path) -> None:
         assert "input-pipeline" in res.ran
     finally:
         base._REGISTRY.pop("zz-test-boom", None)
+
+
+def test_forked_workers_give_the_same_findings(monkeypatch) -> None:
+    from analyzers import base
+
+    @base.register
+    class Boom(Analyzer):
+        name = "zz-test-boom-forked"
+        requires = frozenset({"trace"})
+
+        def analyze(self, ctx):  # noqa: ANN001
+            ctx.notices.append("zz note from a worker")
+            raise RuntimeError("kaput")
+
+    try:
+        monkeypatch.setenv("STALLSCOPE_ANALYZER_WORKERS", "1")
+        ctx1 = load_context(cpu_steps_trace())
+        one = run_analyzers(ctx1)
+        monkeypatch.setenv("STALLSCOPE_ANALYZER_WORKERS", "2")
+        ctx2 = load_context(cpu_steps_trace())
+        two = run_analyzers(ctx2)
+        assert [f.to_dict() for f in one.findings] == [f.to_dict() for f in two.findings]
+        assert one.ran == two.ran and one.skipped == two.skipped and set(one.failed) == set(two.failed)
+        assert "zz note from a worker" in ctx2.notices
+    finally:
+        base._REGISTRY.pop("zz-test-boom-forked", None)

@@ -230,3 +230,18 @@ def test_stub_last_step_left_out(tmp_path: Path) -> None:
     ctx = load_context(p)
     assert [s.index for s in ctx.ranks[0].steps] == sorted(int(e["name"].split("#")[1]) for e in steps)
     assert any("cut short" in notice for notice in ctx.notices)
+
+
+def test_parallel_parse_equals_one_process(monkeypatch) -> None:
+    import analyzers.tracefile as tracefile
+
+    src = cpu_steps_trace()
+    monkeypatch.setenv("STALLSCOPE_PARSE_WORKERS", "0")
+    one, meta1 = load_trace(src)
+    monkeypatch.setattr(tracefile, "CHUNK_BYTES", 8192)
+    monkeypatch.setenv("STALLSCOPE_PARSE_WORKERS", "2")
+    par, meta2 = load_trace(src)
+    assert par.names == one.names and par.extra == one.extra
+    for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "correlation", "external_id", "launch_of", "op_of"):
+        assert np.array_equal(getattr(par, col), getattr(one, col)), col
+    assert meta1 == meta2
