@@ -50,6 +50,8 @@ __all__ = [
 DEFAULT_ALPHA = 0.01
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20260101
+_BOOTSTRAP_CELLS = 4_000_000
+_BOOTSTRAP_BUDGET = 20_000_000
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 
@@ -122,12 +124,20 @@ def bootstrap_quantile_ratio(
     b = np.asarray(base, dtype=np.float64)
     c = np.asarray(current, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    rb = b[rng.integers(0, b.size, size=(resamples, b.size))]
-    rc = c[rng.integers(0, c.size, size=(resamples, c.size))]
-    if q is None:
-        qb, qc = rb.mean(axis=1), rc.mean(axis=1)
-    else:
-        qb, qc = np.quantile(rb, q, axis=1), np.quantile(rc, q, axis=1)
+    # Very long runs need fewer resamples for the same precision; keep p-value steps below 1/400.
+    resamples = min(resamples, max(400, _BOOTSTRAP_BUDGET // max(b.size, c.size, 1)))
+
+    def resampled(x: np.ndarray) -> np.ndarray:
+        # Chunks bound memory to a few tens of MB however many steps a run has.
+        chunk = max(1, _BOOTSTRAP_CELLS // max(x.size, 1))
+        out = np.empty(resamples, dtype=np.float64)
+        for start in range(0, resamples, chunk):
+            rows = x[rng.integers(0, x.size, size=(min(chunk, resamples - start), x.size))]
+            out[start : start + rows.shape[0]] = rows.mean(axis=1) if q is None else np.quantile(rows, q, axis=1)
+        return out
+
+    qb = resampled(b)
+    qc = resampled(c)
     with np.errstate(divide="ignore", invalid="ignore"):
         return qc / qb
 
