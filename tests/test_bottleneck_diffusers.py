@@ -26,6 +26,15 @@ from fixes.bottleneck_sampling.sampler import BottleneckRefused
 from fixes.bottleneck_sampling.schedule import TUNED_SCHEDULE, BottleneckSchedule, Stage
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: OpenMP barriers cost more than a second thread gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_vae() -> "AutoencoderKL":
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,

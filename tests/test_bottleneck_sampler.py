@@ -25,6 +25,15 @@ from fixes.bottleneck_sampling.schedule import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: OpenMP barriers cost more than a second thread gives."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Recorder:
     """A denoiser that records what the sampler asks it and returns a simple velocity."""
 

@@ -26,6 +26,7 @@ import torch
 __all__ = ["GaussianField", "SpectrumScore", "exact_power_ratio", "exact_quality"]
 
 _HALF_CACHE: dict = {}
+_NORM_CACHE: dict = {}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,12 @@ class GaussianField:
         return (1.0 + (k / self.k0) ** 2) ** (-self.alpha / 2.0)
 
     def _norm(self, dims: int) -> float:
-        return 1.0 / float(self._power(self._kgrid((self.ref_size,) * dims)).sum())
+        """Unit per-position variance at ``ref_size`` (64 per axis beyond 2-D, to keep it cheap)."""
+        key = (self, dims)
+        if key not in _NORM_CACHE:
+            side = self.ref_size if dims <= 2 else 64
+            _NORM_CACHE[key] = 1.0 / float(self._power(self._kgrid((side,) * dims)).sum())
+        return _NORM_CACHE[key]
 
     def spectrum(self, size: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
         """Per-mode variance ``lam_m`` on the orthonormal DFT grid of this size (float64)."""
