@@ -29,6 +29,23 @@ _state = {"debug": False}
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+class OneLineUsageErrors(typer.core.TyperCommand):
+    """Bad option values as one line on stderr and exit 2 (instead of a usage panel)."""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        usage_errors = []
+        for mod in ("click.exceptions", "typer._click.exceptions"):  # typer >= 0.29 vendors click
+            try:
+                usage_errors.append(__import__(mod, fromlist=["UsageError"]).UsageError)
+            except (ImportError, AttributeError):
+                pass
+        try:
+            return super().parse_args(ctx, args)
+        except tuple(usage_errors) as exc:
+            typer.echo(f"stallscope: error: {exc.format_message()}; see `stallscope {ctx.info_name} --help`", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"stallscope {__version__}")
@@ -70,7 +87,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command(context_settings=PASSTHROUGH)
+@app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors)
 @user_errors
 def profile(
     ctx: typer.Context,
@@ -106,7 +123,7 @@ def profile(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=OneLineUsageErrors)
 @user_errors
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the demo."),

@@ -31,6 +31,8 @@ def resolve_command(argv: List[str]) -> List[str]:
     if not argv:
         raise ToolError("no command given; put it after `--`, e.g. stallscope profile -- python train.py")
     first = argv[0]
+    if first.startswith("-"):
+        raise ToolError(f"{first}: unknown option; put stallscope options before `--` and the command after it")
     looks_like_path = os.sep in first or first.endswith((".py", ".sh")) or os.path.exists(first)
     if looks_like_path:
         p = Path(first)

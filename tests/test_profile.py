@@ -298,6 +298,17 @@ def test_bad_use_is_one_line_exit_2_nothing_written(tmp_path: Path, cmd: list, w
     assert not out.exists()
 
 
+@pytest.mark.parametrize("opts, words", [(["--skip", "-1"], "--skip"), (["--sample-hz", "abc"], "--sample-hz"),
+                                         (["--bogus"], "unknown option")])
+def test_bad_option_values_are_one_line_exit_2(tmp_path: Path, opts: list, words: str) -> None:
+    out = tmp_path / "run"
+    res = stallscope(["profile", "--out", str(out), *opts, "--", sys.executable, str(WL / "train_tiny.py")])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stallscope: error:") and words in lines[0]
+    assert not out.exists()
+
+
 def test_nonempty_out_is_refused_and_kept(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     res = stallscope(["profile", "--out", str(tmp_path), "--", sys.executable, str(WL / "train_tiny.py")])
