@@ -151,12 +151,14 @@ def patch_loader(loader: Any, pipeline: GpuPipeline) -> dict[str, Any]:
     saved = {
         "class": type(loader),
         "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
         "dataset_loader": dataset.__dict__.get("loader", _MISSING),
         "dataset_transform": dataset.__dict__.get("transform", _MISSING),
     }
     dataset.loader = read_bytes
     dataset.transform = None
     loader.collate_fn = collate_encoded
+    loader.pin_memory = pipeline.device.type == "cuda"  # the uint8 bytes cross from pinned memory
     loader.__dict__["_stallscope_gpu_pipeline"] = pipeline
     loader.__class__ = _patched_class(type(loader))
     return saved
@@ -172,4 +174,5 @@ def unpatch_loader(loader: Any, saved: dict[str, Any]) -> None:
             setattr(dataset, attr, saved[key])
     loader.__class__ = saved["class"]
     loader.collate_fn = saved["collate_fn"]
+    loader.pin_memory = saved["pin_memory"]
     loader.__dict__.pop("_stallscope_gpu_pipeline", None)
