@@ -1,15 +1,19 @@
 """memory-copy: pageable, tiny or many copies, and device-to-host copies inside the step.
 
 * **Pageable** copies (``Memcpy HtoD (Pageable -> Device)`` and ``DtoH (Device -> Pageable)``)
-  are staged by the driver through a pinned bounce buffer: the host call blocks, they cannot
-  overlap compute, and they run at roughly half of pinned PCIe bandwidth. Fix ``pin-memory``.
+  of at least ``TINY_BYTES`` are staged by the driver through a pinned bounce buffer: the host
+  call blocks, they cannot overlap compute, and they run at roughly half of pinned PCIe
+  bandwidth. Fix ``pin-memory``. Smaller ones (a scalar read back by ``.item()``) cost their
+  fixed latency whether pinned or not; their cost is the sync, which the synchronization
+  analyzer reports.
 * **Tiny** copies: under ``TINY_BYTES`` (64 KiB) a copy's fixed cost (a few µs of launch and
   DMA set-up) exceeds its transfer time on PCIe Gen4/5 (64 KiB at ~25 GB/s is ~2.6 µs), so
   many tiny copies cost latency, not bandwidth; batching them into one buffer helps.
   Reported when there are at least ``MANY_COPIES_PER_STEP`` (32) per step: a handful per step
   (a loss scalar, a few labels) is normal bookkeeping.
 * **Device-to-host** copies inside the step imply the host wants a value now (usually with a
-  sync; the synchronization analyzer charges the bubble).
+  sync; the synchronization analyzer charges the bubble). Reported only above 1 % of step
+  time: one loss read back per step is normal bookkeeping.
 
 Cost: the copy time during which no kernel ran (exposed copy time), plus, for pageable
 copies, the host time blocked in the copy call when no kernel ran meanwhile. Severity 5 % /
@@ -63,7 +67,7 @@ class MemoryCopy(Analyzer):
             return []
         names = np.array([ev.name_of(int(r)) for r in copies])
         out = []
-        pageable = copies[np.char.find(names.astype(str), "Pageable") >= 0]
+        pageable = copies[(np.char.find(names.astype(str), "Pageable") >= 0) & (ev.bytes[copies] >= TINY_BYTES)]
         if len(pageable):
             out.append(self._pageable(ev, pageable, total_ns, n_steps))
         sizes = ev.bytes[copies]
@@ -90,9 +94,9 @@ class MemoryCopy(Analyzer):
                 )
             )
         d2h = copies[np.char.find(names.astype(str), "DtoH") >= 0]
-        if len(d2h) and not len(pageable[np.isin(pageable, d2h)]):
-            lost = exposed_ns(ev, d2h)
-            share = 100.0 * lost / total_ns
+        lost = exposed_ns(ev, d2h) if len(d2h) else 0
+        share = 100.0 * lost / total_ns
+        if len(d2h) and not len(pageable[np.isin(pageable, d2h)]) and share > c.LOW_PCT:
             out.append(
                 Finding(
                     id="device-to-host-in-step",

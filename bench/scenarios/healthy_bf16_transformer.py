@@ -44,7 +44,7 @@ def main():
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
-    vocab, dim, depth, heads, batch, seq = (8192, 1024, 8, 16, 8, 1024) if gpu else (256, 64, 2, 4, 4, 64)
+    vocab, dim, depth, heads, batch, seq = (8192, 1024, 8, 16, 16, 1024) if gpu else (256, 64, 2, 4, 4, 64)
     model = GPT(vocab, dim, depth, heads).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=gpu)
     data = torch.randint(0, vocab, (4, batch, seq + 1), device=dev)

@@ -39,7 +39,7 @@ def main():
     gpu = dev.type == "cuda"
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
-    batch, size, width = (128, 128, 128) if gpu else (8, 32, 16)
+    batch, size, width = (256, 128, 128) if gpu else (8, 32, 16)
     loader = DataLoader(Uint8Images(batch * (args.steps + 1), size), batch_size=batch, num_workers=4 if gpu else 2,
                         pin_memory=gpu, persistent_workers=True, prefetch_factor=4, drop_last=True)
     model = nn.Sequential(block(3, width, 2), block(width, 2 * width, 2), block(2 * width, 4 * width, 2),
