@@ -140,3 +140,11 @@ def test_python_api_apply_and_revert_keep_structure():
         assert fixes.apply(GemmNet(), ["flashkat"]) == []
     with pytest.raises(ToolError, match="unknown fix"):
         fixes.apply(model, ["no-such-fix"])
+
+
+def test_plan_does_not_import_torch():
+    code = ("import sys; from fixes.command import build_plan; "
+            "build_plan({'findings': [{'id': 'x', 'fixes': ['flashkat', 'tf32', 'dataloader_workers']}]}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,95 @@
+"""fixes.parity: the comparison is right, and the program cannot notice that it ran."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fixes.base import Tolerance
+from fixes.parity import ParityProbe, check_parity, in_parity_check
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.3), nn.Linear(16, 4)).train()
+
+
+@contextlib.contextmanager
+def scaled_last_layer(m: nn.Module, factor: float):
+    """The "original" behaviour: the last layer's output times ``factor`` (1.0: identical)."""
+    last = m[3]
+    plain = last.forward
+    last.forward = lambda t: plain(t) * factor
+    try:
+        yield
+    finally:
+        del last.forward
+
+
+def test_identical_modules_pass_and_nothing_is_left_behind():
+    m = model()
+    x = torch.randn(6, 8)
+    stats = [b.clone() for b in m.buffers()]
+    rng = (torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    hook_calls = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda mod, a: hook_calls.append(mod))
+    try:
+        result = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.0), Tolerance(rtol=0, atol=0, grad_rtol=0, grad_atol=0))
+    finally:
+        handle.remove()
+    assert result.passed and result.max_abs_err_out == 0 and result.max_abs_err_grad == 0
+    assert result.tensors_compared == 1 + 1 + 6  # output, input grad, 6 parameter grads (dropout masks matched)
+    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))  # BatchNorm statistics restored
+    assert torch.equal(rng[0], torch.random.get_rng_state()) and rng[1] == random.getstate()
+    assert np.array_equal(rng[2], np.random.get_state()[1])
+    assert all(p.grad is None for p in m.parameters())
+    assert hook_calls == []  # global module hooks (the profiler's) were silenced
+
+
+def test_differences_are_measured_against_the_tolerance():
+    m, x = model(), torch.randn(6, 8)
+    off = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.001), Tolerance(rtol=1e-5, atol=1e-6))
+    assert not off.passed and "exceeds" in off.reason
+    assert off.max_rel_err_out == pytest.approx(1e-3, rel=0.05)
+    loose = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.001),
+                         Tolerance(rtol=2e-3, atol=0, grad_rtol=1.0, grad_atol=0, scale="tensor"))
+    assert loose.passed, loose.reason
+
+
+def test_errors_and_shape_changes_fail_parity_without_raising():
+    m, x = model(), torch.randn(6, 8)
+
+    @contextlib.contextmanager
+    def raises():
+        m[3].forward = lambda t: (_ for _ in ()).throw(RuntimeError("kernel exploded"))
+        try:
+            yield
+        finally:
+            del m[3].forward
+
+    r = check_parity(m, (x,), {}, raises, Tolerance())
+    assert not r.passed and "kernel exploded" in r.reason
+
+    @contextlib.contextmanager
+    def other_shape():
+        m[3].forward = lambda t: torch.zeros(6, 5, requires_grad=True)
+        try:
+            yield
+        finally:
+            del m[3].forward
+
+    r = check_parity(m, (x,), {}, other_shape, Tolerance())
+    assert not r.passed and "differ" in r.reason
+
+
+def test_probe_checks_the_next_real_input_once():
+    m = model()
+    seen = []
+    ParityProbe(m[3], lambda: scaled_last_layer(m, 1.0), Tolerance(), lambda p, r: seen.append((r, in_parity_check())))
+    m(torch.randn(6, 8))
+    m(torch.randn(6, 8))
+    assert len(seen) == 1 and seen[0][0].passed and seen[0][1] is False
