@@ -496,7 +496,7 @@ class AutoPatcher:
         try:
             doc = self.document(note)
             write_yaml(self.rank_dir / "patches.yaml", doc)
-            if self.rank_dir.name == "rank0" and (self.rank_dir.parent / "meta.yaml").exists():
+            if self.rank_dir.name == "rank0":
                 # the report reads RUN/patches.yaml: rank 0's decisions stand for the run
                 write_yaml(self.rank_dir.parent / "patches.yaml", doc)
         except OSError as exc:
