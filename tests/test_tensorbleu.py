@@ -166,3 +166,19 @@ def test_cuda_matches_cpu_without_host_syncs():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert (got.cpu() - want).abs().max().item() <= 1e-9
+
+
+def test_two_dimensional_references_tensor_shim_and_shape_errors():
+    cand = torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]])
+    ref = torch.tensor([[1, 2, 3, 4, 5, 7], [7, 8, 9, 10, 0, 0]])
+    lengths = torch.tensor([6, 3])
+    ref_lengths = torch.tensor([6, 4])
+    got = sentence_bleu(cand, ref, candidate_lengths=lengths, reference_lengths=ref_lengths, smoothing=1)
+    want = _nltk_sentence([[[1, 2, 3, 4, 5, 7]], [[7, 8, 9, 10]]], [[1, 2, 3, 4, 5, 6], [7, 8, 9]], (0.25,) * 4, 1)
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+    via_shim = sentence_bleu_batch(ref, cand, candidate_lengths=lengths, reference_lengths=ref_lengths, smoothing=1)
+    assert torch.equal(via_shim, got)
+    with pytest.raises(ValueError, match="references must be"):
+        sentence_bleu(cand, torch.zeros(3, 1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="weights"):
+        sentence_bleu(cand, ref, weights=[0.2] * 5)
