@@ -147,3 +147,18 @@ def test_module_paths_through_interpreter(kern):
     out.sum().backward()
     assert out.shape == (0, 4, 8) and torch.all(base.weight_numerator.grad == 0) is not None
     restore(handle)
+
+
+@pytest.mark.parametrize("group_major", [0, 1])
+def test_forced_tiles_and_launch_orders(kern, monkeypatch, group_major):
+    """Every tile choice the tuner may pick computes the same function: a masked column tile
+    (group width 12 in a 16-wide tile), several row tiles per program, both launch orders."""
+    kernels, _ = kern
+    x, num, den, g = _inputs(45, 36, 3, False, seed=13)
+    forced = f"8,4,3,2,16,{group_major}"
+    monkeypatch.setenv("STALLSCOPE_FLASHKAT_FWD_TILE", forced)
+    monkeypatch.setenv("STALLSCOPE_FLASHKAT_BWD_TILE", forced)
+    monkeypatch.setattr(kernels, "_TUNED", {})
+    y = kernels.flashkat_forward(x, num, den)
+    dx, dn, dd = kernels.flashkat_backward(x, num, den, g)
+    _check(y, dx, dn, dd, x, num, den, g)

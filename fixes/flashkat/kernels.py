@@ -44,11 +44,16 @@ _default_reduction = os.environ.get("STALLSCOPE_FLASHKAT_REDUCTION", "two_stage"
 def flashkat_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr, M, a_stride,
     WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, STAGES: tl.constexpr = 1,
+    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, STAGES: tl.constexpr = 1, GROUP_MAJOR: tl.constexpr = False,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    COLS: tl.constexpr = (WIDTH // GROUP_WIDTH) * CHUNKS
+    if GROUP_MAJOR:  # 1-D grid, all column programs of a row block adjacent in launch order
+        pid_m = tl.program_id(0) // COLS
+        pid_c = tl.program_id(0) % COLS
+    else:
+        pid_m = tl.program_id(0)
+        pid_c = tl.program_id(1)
     group = pid_c // CHUNKS
     cols_in = (pid_c % CHUNKS) * BLOCK_C + tl.arange(0, BLOCK_C)
     cols = group * GROUP_WIDTH + cols_in
@@ -82,10 +87,16 @@ def flashkat_bwd_kernel(
     g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_ptr, M, a_stride,
     WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, ATOMIC: tl.constexpr, STAGES: tl.constexpr = 1,
+    GROUP_MAJOR: tl.constexpr = False,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    COLS: tl.constexpr = (WIDTH // GROUP_WIDTH) * CHUNKS
+    if GROUP_MAJOR:  # 1-D grid, all column programs of a row block adjacent in launch order
+        pid_m = tl.program_id(0) // COLS
+        pid_c = tl.program_id(0) % COLS
+    else:
+        pid_m = tl.program_id(0)
+        pid_c = tl.program_id(1)
     group = pid_c // CHUNKS
     cols_in = (pid_c % CHUNKS) * BLOCK_C + tl.arange(0, BLOCK_C)
     cols = group * GROUP_WIDTH + cols_in
@@ -169,7 +180,7 @@ def flashkat_bwd_kernel(
         tl.atomic_add(out + 8, tl.where(sb3 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc3, axis=1), axis=0), sem="relaxed")
         tl.atomic_add(out + 9, tl.where(sb4 < 0, -1.0, 1.0) * tl.sum(tl.sum(bcc4, axis=1), axis=0), sem="relaxed")
     else:
-        out = part_ptr + (pid_m * tl.num_programs(1) + pid_c) * 10
+        out = part_ptr + (pid_m * COLS + pid_c) * 10
         tl.store(out + 0, tl.sum(tl.sum(acc0, axis=1), axis=0))
         tl.store(out + 1, tl.sum(tl.sum(acc1, axis=1), axis=0))
         tl.store(out + 2, tl.sum(tl.sum(acc2, axis=1), axis=0))
@@ -192,16 +203,22 @@ class TileConfig:
     row_iters: int
     stages: int = 1
     block_c: int = 0  # 0: the default column tile for the group width
+    group_major: int = 0  # 1: launch all column programs of a row block together (narrow tiles)
 
     def as_dict(self) -> dict[str, int]:
         return {"block_m": self.block_m, "block_c": self.block_c, "num_warps": self.num_warps,
-                "row_iters": self.row_iters, "stages": self.stages}
+                "row_iters": self.row_iters, "stages": self.stages, "group_major": self.group_major}
+
+    def grid(self, row_programs: int, column_programs: int) -> tuple[int, ...]:
+        return (row_programs * column_programs,) if self.group_major else (row_programs, column_programs)
 
 
 # (tile elements, warps, stages). The backward keeps 10 register accumulators per element of the
 # tile, so its tiles are small (4-8 elements per thread: ~96-160 registers, no spills on sm_90).
+# Pruned from H200 tuning logs (bench/results/flashkat.yaml, tuned_tiles): the forward always
+# preferred the covering (masked) column tile, the backward 3-4 pipeline stages.
 _FWD_TILES = ((2048, 4, 1), (4096, 8, 1), (2048, 4, 3), (4096, 8, 3))
-_BWD_TILES = ((512, 4, 3), (1024, 4, 3), (512, 4, 4), (1024, 4, 4))
+_BWD_TILES = ((512, 4, 4), (1024, 4, 4), (512, 4, 3))
 _TUNED: dict[tuple, TileConfig] = {}
 _TUNE_LOG: dict[tuple, list[tuple[TileConfig, float]]] = {}
 _SMS: dict[int, int] = {}
@@ -216,7 +233,8 @@ def tuned_configs() -> dict[str, dict]:
         log = _TUNE_LOG.get(key)
         if log:
             entry["candidates_ms"] = {
-                f"m{c.block_m}c{c.block_c}w{c.num_warps}i{c.row_iters}s{c.stages}": round(ms, 5) for c, ms in log
+                f"m{c.block_m}c{c.block_c}w{c.num_warps}i{c.row_iters}s{c.stages}{'g' if c.group_major else ''}": round(ms, 5)
+                for c, ms in log
             }
         out["/".join(map(str, key))] = entry
     return out
@@ -270,9 +288,10 @@ def _row_iters(rows: int, block_m: int, column_programs: int, sms: int) -> int:
     return min(1 << (iters.bit_length() - 1), 64)
 
 
-def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int) -> list[TileConfig]:
+def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int, covering_only: bool = False) -> list[TileConfig]:
     out = []
-    for block_c in _column_tiles(group_width):
+    column_tiles = _column_tiles(group_width)
+    for block_c in column_tiles[-1:] if covering_only else column_tiles:
         column_programs = groups * _cdiv(group_width, block_c)
         for elems, warps, stages in tiles:
             block_m = max(1, elems // block_c)
@@ -280,6 +299,11 @@ def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int) -> li
             cfg = TileConfig(block_m, warps, iters, stages if iters > 1 else 1, block_c)
             if cfg not in out:
                 out.append(cfg)
+            # Narrow column tiles leave each row's line split across programs that run far
+            # apart in time; the group-major order launches a row block's programs together.
+            twin = TileConfig(block_m, warps, iters, cfg.stages, block_c, 1)
+            if block_c < 64 and column_programs > 1 and twin not in out:
+                out.append(twin)
     return out
 
 
@@ -287,15 +311,19 @@ def _pick(kind: str, launch, key: tuple, groups: int, group_width: int, rows: in
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
+    forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
+    if forced:  # block_m,num_warps,row_iters[,stages[,block_c[,group_major]]]
+        values = [int(v) for v in forced.split(",")]
+        if len(values) < 5 or values[4] <= 0:
+            values = (values + [1])[:4] + [_column_tiles(group_width)[0]] + values[5:]
+        return TileConfig(*values)
     if INTERPRET:  # few, large programs: the interpreter's cost is per program
         cfg = TileConfig(64, 1, 4, 2, _column_tiles(group_width)[0])
         _TUNED[key] = cfg
         return cfg
-    forced = os.environ.get(f"STALLSCOPE_FLASHKAT_{kind.upper()}_TILE")
-    candidates = _candidates(_FWD_TILES if kind == "fwd" else _BWD_TILES, groups, group_width, rows, _sm_count(device))
-    if forced:
-        cfg = TileConfig(*(int(v) for v in forced.split(",")))
-    elif len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
+    tiles = _FWD_TILES if kind == "fwd" else _BWD_TILES
+    candidates = _candidates(tiles, groups, group_width, rows, _sm_count(device), covering_only=kind == "fwd")
+    if len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
         cfg = candidates[0]
     else:
         timings = []
@@ -324,11 +352,12 @@ def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torc
     a_stride = 0 if numerator.shape[0] == 1 else 6
 
     def launch(cfg: TileConfig) -> None:
-        grid = (_cdiv(rows, cfg.block_m * cfg.row_iters), groups * _cdiv(group_width, cfg.block_c))
+        grid = cfg.grid(_cdiv(rows, cfg.block_m * cfg.row_iters), groups * _cdiv(group_width, cfg.block_c))
         flashkat_fwd_kernel[grid](
             x, y, numerator, denominator, rows, a_stride,
             WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
-            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, STAGES=cfg.stages, num_warps=cfg.num_warps,
+            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, STAGES=cfg.stages,
+            GROUP_MAJOR=bool(cfg.group_major), num_warps=cfg.num_warps,
         )
 
     key = ("fwd", width, group_width, _rows_key(rows), x.device.type)
@@ -366,11 +395,11 @@ def flashkat_backward(
                 part = torch.zeros(groups, 10, dtype=torch.float32, device=x.device)
             else:
                 part = torch.empty(row_programs, column_programs, 10, dtype=torch.float32, device=x.device)
-            flashkat_bwd_kernel[(row_programs, column_programs)](
+            flashkat_bwd_kernel[cfg.grid(row_programs, column_programs)](
                 grad_out, x, numerator, denominator, dx, part, rows, a_stride,
                 WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
                 ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, ATOMIC=atomic,
-                STAGES=cfg.stages, num_warps=cfg.num_warps,
+                STAGES=cfg.stages, GROUP_MAJOR=bool(cfg.group_major), num_warps=cfg.num_warps,
             )
             return part
 
