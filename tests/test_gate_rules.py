@@ -5,7 +5,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from analyzers.gate.fingerprint import compare_environments, fingerprint
-from analyzers.gate.rules import ALIASES, evaluate_findings, normalize_path, parse_config, resolve, FindingRule
+from analyzers.gate.evaluate import evaluate_findings, resolve
+from analyzers.gate.rules import ALIASES, FindingRule, normalize_path, parse_config
 from profiler.common import ToolError
 from tests.test_gate_cli import finding, make_report
 

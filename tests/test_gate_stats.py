@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from analyzers.gate.rules import evaluate_metric, parse_config
+from analyzers.gate.evaluate import evaluate_metric
+from analyzers.gate.rules import parse_config
 from analyzers.gate.stats import (
     average_ranks,
     bootstrap_quantile_ratio,

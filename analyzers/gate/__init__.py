@@ -1,6 +1,7 @@
 """CI performance gate: decide on per-step samples whether a report regressed against a baseline.
 
 Modules: :mod:`~analyzers.gate.stats` (Mann-Whitney U, bootstrap, numpy only),
+:mod:`~analyzers.gate.evaluate` (judging rules on two reports),
 :mod:`~analyzers.gate.rules` (gate.yaml schema and rule judgement),
 :mod:`~analyzers.gate.fingerprint` (environment comparison), :mod:`~analyzers.gate.verdict`
 (console, YAML, JUnit, markdown), :mod:`~analyzers.gate.command` (``stallscope gate``) and

@@ -58,7 +58,7 @@ def _check_schemas(base: dict[str, Any], current: dict[str, Any], names: tuple[s
 def judge(base: dict[str, Any], current: dict[str, Any], config: Any, *, baseline_name: str, current_name: str, allow_env_change: bool = False, mode: str = "reports", extra: Optional[dict[str, Any]] = None) -> Any:
     """Evaluate every rule of ``config`` (a :class:`GateConfig`) on two report dicts: a Verdict."""
     from analyzers.gate.fingerprint import compare_environments
-    from analyzers.gate.rules import evaluate_findings, evaluate_metric
+    from analyzers.gate.evaluate import evaluate_findings, evaluate_metric
     from analyzers.gate.verdict import Verdict
 
     names = ("baseline", "current")

@@ -1,0 +1,166 @@
+"""Judging gate rules on two reports.
+
+Metrics whose parent holds ``samples`` (``summary.step_time_ms.median``, ``.p90``, ``.mean``)
+are decided on the per-step samples (effect beyond the threshold *and* significant, see
+:mod:`analyzers.gate.stats`); other numbers have no samples and are judged by threshold alone.
+Findings: a finding is new when its id is not in the baseline.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Optional
+
+from analyzers.gate.rules import STATISTIC, GPU_IDLE, IDLE_PARTS, SEVERITY_RANK, FindingRule, GateConfig, MetricRule, RuleResult
+from profiler.common import ToolError
+
+__all__ = ["evaluate_findings", "evaluate_metric", "resolve"]
+
+_MISSING = object()
+
+
+def resolve(report: Any, path: str) -> Any:
+    """Value at a dotted path (list items by index); a missing step gives a sentinel, not an error."""
+    if path == GPU_IDLE:
+        breakdown = resolve(report, "summary.breakdown_pct")
+        if not isinstance(breakdown, dict):
+            return _MISSING
+        if "gpu_idle_pct" in breakdown or "idle_pct" in breakdown:
+            return breakdown.get("gpu_idle_pct", breakdown.get("idle_pct"))
+        parts = [breakdown[k] for k in IDLE_PARTS if isinstance(breakdown.get(k), (int, float))]
+        return float(sum(parts)) if parts else _MISSING
+    node = report
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _numbers_in(report: Any, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    if isinstance(report, dict):
+        for key, value in report.items():
+            if prefix == "" and key in ("environment", "tool", "source", "findings"):
+                continue
+            out += _numbers_in(value, f"{prefix}{key}.")
+    elif isinstance(report, list) and prefix.count(".") < 4:
+        for i, value in enumerate(report[:3]):
+            out += _numbers_in(value, f"{prefix}{i}.")
+    elif isinstance(report, (int, float)) and not isinstance(report, bool):
+        out.append(prefix[:-1])
+    return out
+
+
+def _samples(report: dict[str, Any], parent: str, side: str) -> Optional[list[float]]:
+    raw = resolve(report, f"{parent}.samples")
+    if raw is _MISSING:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        raise ToolError(f"{side} report: {parent}.samples must be a list of numbers; regenerate the report with stallscope diagnose")
+    return [float(v) for v in raw if math.isfinite(v)]
+
+
+def evaluate_metric(rule: MetricRule, base: dict[str, Any], current: dict[str, Any], config: GateConfig, names: tuple[str, str] = ("baseline", "current")) -> RuleResult:
+    """Judge one metric rule on two reports."""
+    parent, _, statistic = rule.path.rpartition(".")
+    sample_parent = bool(STATISTIC.match(statistic)) and (
+        parent == "summary.step_time_ms" or isinstance(resolve(base, f"{parent}.samples"), list) or isinstance(resolve(current, f"{parent}.samples"), list)
+    )
+    if sample_parent and rule.test != "threshold":
+        return _evaluate_samples(rule, parent, statistic, base, current, config, names)
+    return _evaluate_scalar(rule, base, current, names)
+
+
+def _result(rule: MetricRule, kind: str, status: str, message: str, **kw: Any) -> RuleResult:
+    return RuleResult(rule.name, kind, status, message, metric=rule.path, threshold=rule.threshold_text, **kw)
+
+
+def _beyond(rule: MetricRule, worse_pct: float, worse_abs: float) -> bool:
+    if rule.max_regression_pct is not None:
+        return worse_pct > rule.max_regression_pct
+    return worse_abs > float(rule.max_regression_abs or 0.0)
+
+
+def _evaluate_samples(rule: MetricRule, parent: str, statistic: str, base: dict[str, Any], current: dict[str, Any], config: GateConfig, names: tuple[str, str]) -> RuleResult:
+    from analyzers.gate.stats import compare_samples
+
+    sides = [_samples(base, parent, names[0]), _samples(current, parent, names[1])]
+    for side, samples in zip(names, sides):
+        if samples is None:
+            raise ToolError(f"{side} report has no per-step samples at {parent}.samples (rule {rule.name!r}); regenerate it with stallscope diagnose, which keeps them")
+    b, c = sides
+    test = rule.test or ("mann-whitney" if statistic in ("median", "mean") else "bootstrap")
+    if min(len(b), len(c)) < config.min_samples:
+        return _result(rule, "samples", "inconclusive", f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps (stallscope profile times every step of the run)", test=test, n_base=len(b), n_current=len(c))
+    cmp = compare_samples(b, c, statistic, test, rule.lower_is_better, config.alpha)
+    worse_abs = (cmp.current_value - cmp.base_value) * (1 if rule.lower_is_better else -1)
+    common = dict(test=test, base=cmp.base_value, current=cmp.current_value, change_pct=cmp.change_pct, ci_ratio=cmp.ci_ratio, n_base=cmp.n_base, n_current=cmp.n_current)
+    better_abs, better_pct = -worse_abs, -cmp.worse_pct
+    if _beyond(rule, cmp.worse_pct, worse_abs):
+        if cmp.p_worse < config.alpha:
+            return _result(rule, "samples", "regression", f"{statistic} {cmp.change_pct:+.2f}% (beyond {rule.threshold_text}, p={cmp.p_worse:.2g})", p_value=cmp.p_worse, **common)
+        return _result(rule, "samples", "pass", f"{statistic} {cmp.change_pct:+.2f}% but not significant (p={cmp.p_worse:.2g} >= {config.alpha:g})", p_value=cmp.p_worse, **common)
+    if _beyond(rule, better_pct, better_abs) and cmp.p_better < config.alpha:
+        return _result(rule, "samples", "improvement", f"{statistic} {cmp.change_pct:+.2f}% (better, p={cmp.p_better:.2g})", p_value=cmp.p_better, **common)
+    return _result(rule, "samples", "pass", f"{statistic} {cmp.change_pct:+.2f}% (within {rule.threshold_text})", p_value=cmp.p_worse, **common)
+
+
+def _evaluate_scalar(rule: MetricRule, base: dict[str, Any], current: dict[str, Any], names: tuple[str, str]) -> RuleResult:
+    values = [resolve(base, rule.path), resolve(current, rule.path)]
+    if values[0] is _MISSING and values[1] is _MISSING:
+        if not rule.required:
+            return _result(rule, "threshold", "skipped", f"{rule.path} is in neither report (required: false)", test="threshold")
+        known = _numbers_in(base) + _numbers_in(current)
+        close = difflib.get_close_matches(rule.path, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "check the path against the report"
+        raise ToolError(f"gate rule {rule.name!r}: metric path {rule.path} is in neither report; {hint}")
+    for side, value in zip(names, values):
+        if value is _MISSING:
+            return _result(rule, "threshold", "inconclusive", f"{rule.path} is missing from the {side} report", test="threshold")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ToolError(f"gate rule {rule.name!r}: {rule.path} in the {side} report is not a number ({type(value).__name__}); point the rule at a number")
+    b, c = float(values[0]), float(values[1])
+    sign = 1.0 if rule.lower_is_better else -1.0
+    worse_abs = (c - b) * sign
+    change = (c / b - 1.0) * 100.0 if b else (0.0 if c == b else math.inf)
+    worse_pct = change * sign if b else (math.inf if worse_abs > 0 else -math.inf if worse_abs < 0 else 0.0)
+    common = dict(test="threshold", base=b, current=c, change_pct=change)
+    delta = f"{c - b:+.4g}" if rule.max_regression_abs is not None else f"{change:+.2f}%"
+    if _beyond(rule, worse_pct, worse_abs):
+        return _result(rule, "threshold", "regression", f"{delta} (beyond {rule.threshold_text}; single numbers, no samples)", **common)
+    if _beyond(rule, -worse_pct, -worse_abs):
+        return _result(rule, "threshold", "improvement", f"{delta} (better)", **common)
+    return _result(rule, "threshold", "pass", f"{delta} (within {rule.threshold_text})", **common)
+
+
+def _findings_of(report: dict[str, Any], side: str) -> list[Any]:
+    found = report.get("findings")
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise ToolError(f"{side} report: findings must be a list, got {type(found).__name__}; regenerate the report with stallscope diagnose")
+    return found
+
+
+def evaluate_findings(rule: FindingRule, base: dict[str, Any], current: dict[str, Any]) -> RuleResult:
+    """Fail when the current report has a finding the baseline lacks, at or above the severity."""
+    if rule.fail_on_new is None:
+        return RuleResult(rule.name, "findings", "skipped", "finding rule turned off (fail_on_new: off)")
+    base_ids = {str(f.get("id")) for f in _findings_of(base, "baseline") if isinstance(f, dict)}
+    floor = SEVERITY_RANK[rule.fail_on_new]
+    new, allowed = [], []
+    for f in _findings_of(current, "current"):
+        if not isinstance(f, dict) or str(f.get("id")) in base_ids:
+            continue
+        fid = str(f.get("id", "?"))
+        if SEVERITY_RANK.get(str(f.get("severity", "info")), 0) < floor:
+            continue
+        (allowed if fid in rule.allow else new).append(f"{fid} ({f.get('severity')})")
+    if new:
+        return RuleResult(rule.name, "findings", "regression", f"new: {', '.join(new)}", new_findings=new)
+    note = f"; allowed: {', '.join(allowed)}" if allowed else ""
+    return RuleResult(rule.name, "findings", "pass", f"no new finding at or above {rule.fail_on_new}{note}", new_findings=[])
