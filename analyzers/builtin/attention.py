@@ -35,7 +35,7 @@ MIN_TOKENS = 64
 MIN_ITERATIONS = 20
 ATTENTION_SHARE_PCT = 35.0
 SAVING_FRACTION = 0.5
-LOOKAROUND_OPS = 12
+LOOKAROUND_OPS = 24
 
 _SOFTMAX = {"aten::softmax", "aten::_softmax", "aten::_safe_softmax"}
 _MATMUL = {"aten::matmul", "aten::bmm", "aten::baddbmm", "aten::mm", "aten::einsum"}
