@@ -2,7 +2,7 @@
 
 Modules: :mod:`~analyzers.gate.stats` (Mann-Whitney U, bootstrap, numpy only),
 :mod:`~analyzers.gate.evaluate` (judging rules on two reports),
-:mod:`~analyzers.gate.rules` (gate.yaml schema and rule judgement),
+:mod:`~analyzers.gate.rules` (gate.yaml schema and validation),
 :mod:`~analyzers.gate.fingerprint` (environment comparison), :mod:`~analyzers.gate.verdict`
 (console, YAML, JUnit, markdown), :mod:`~analyzers.gate.command` (``stallscope gate``) and
 :mod:`~analyzers.gate.paired` (``stallscope gate ab``). Nothing here imports torch.
