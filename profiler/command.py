@@ -57,9 +57,6 @@ def child_environment(run_dir: Path, *, skip: int, steps: int, sample_hz: float,
                       auto_patch: bool, patch_steps: int, base: Optional[dict] = None) -> dict:
     """The target's environment: the bootstrap first on PYTHONPATH plus the STALLSCOPE_* config."""
     env = dict(os.environ if base is None else base)
-    for key in [k for k in env if k.startswith("STALLSCOPE_")]:
-        if key not in ("STALLSCOPE_NVML",):
-            del env[key]
     old = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + old if old else "")
     env.update({

@@ -74,6 +74,27 @@ def assert_loadable(run: Path) -> dict:
     return m
 
 
+def interrupted(out: Path, sig: int) -> subprocess.CompletedProcess:
+    """Profile a slow loop, send `sig` to stallscope once step 4 is printed."""
+    argv = [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
+            sys.executable, str(WL / "train_tiny.py"), "--steps", "200", "--sleep-ms", "50", "--print"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("step 4 ") or time.monotonic() > deadline:
+                break
+        proc.send_signal(sig)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(argv, proc.returncode, "".join(seen) + rest, err)
+
+
 # The independent runs start together (the machine has two cores; torch import dominates).
 RUNS = {
     "train": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "9"], "--skip", "2", "--steps", "3"),
@@ -86,6 +107,11 @@ RUNS = {
     "torchrun": lambda out: profile(out, [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517", str(WL / "ddp_tiny.py")],
                                     "--skip", "1", "--steps", "2"),
     "own_profiler": lambda out: profile(out, [sys.executable, str(WL / "own_profiler.py")], "--skip", "1", "--steps", "2"),
+    "seams": lambda out: profile(out, [sys.executable, str(WL / "seams.py")], "--skip", "2", "--steps", "2"),
+    "nvml_fake": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "3"],
+                                     env=env_for(str(WL / "fake_nvml"))),
+    "sigint": lambda out: interrupted(out, signal.SIGINT),
+    "sigterm": lambda out: interrupted(out, signal.SIGTERM),
     "api": lambda out: subprocess.run([sys.executable, str(WL / "api_session.py"), str(out)], env=env_for(),
                                       capture_output=True, text=True, timeout=240),
 }
@@ -94,7 +120,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("runs")
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=5) as pool:
         futures = {name: pool.submit(fn, base / name) for name, fn in RUNS.items()}
         return {name: (base / name, f.result()) for name, f in futures.items()}
 
@@ -227,48 +253,37 @@ def test_python_api_session(runs: dict) -> None:
     assert m["exit"]["status"] == "ok"
 
 
-def test_no_nvml_one_notice_no_crash(tmp_path: Path) -> None:
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    (fake / "pynvml.py").write_text(
-        "class NVMLError(Exception):\n    pass\n"
-        "def nvmlInit():\n    raise NVMLError('Driver Not Loaded')\n"
-    )
-    out = tmp_path / "run"
-    res = stallscope(["profile", "--out", str(out), "--no-diagnose", "--", sys.executable, str(WL / "train_tiny.py"), "--steps", "3"],
-                     env=env_for(str(fake)))
+def test_no_nvml_one_notice_no_crash(runs: dict) -> None:
+    run, res = runs["nvml_fake"]  # a pynvml whose nvmlInit fails, first on PYTHONPATH
     assert res.returncode == 0, res.stderr
-    m = assert_loadable(out)
+    m = assert_loadable(run)
     nvml = [n for n in m["notices"] if "NVML" in n]
     assert nvml == ["NVML unavailable (Driver Not Loaded): no GPU samples; nvml.csv not written"]
     assert res.stderr.count("NVML unavailable") == 1
-    assert not (out / "rank0" / "nvml.csv").exists()
+    assert not (run / "rank0" / "nvml.csv").exists()
+    assert len(steps_csv(run / "rank0")) == 3
 
 
-def test_sigint_mid_run_leaves_loadable_run(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
-         sys.executable, str(WL / "train_tiny.py"), "--steps", "200", "--sleep-ms", "50", "--print"],
-        cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 180
-        for line in proc.stdout:
-            if line.startswith("step 4 ") or time.monotonic() > deadline:
-                break
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    m = assert_loadable(out)
-    assert m["exit"]["signal"] == "SIGINT" and m["exit"]["status"] == "signal"
-    rows = steps_csv(out / "rank0")
+@pytest.mark.parametrize("name, code, signame", [("sigint", 130, "SIGINT"), ("sigterm", 143, "SIGTERM")])
+def test_signal_mid_run_leaves_loadable_run(runs: dict, name: str, code: int, signame: str) -> None:
+    run, res = runs[name]
+    assert res.returncode == code, res.stderr
+    m = assert_loadable(run)
+    assert m["exit"]["signal"] == signame and m["exit"]["status"] == "signal" and m["exit"]["code"] == code
+    rows = steps_csv(run / "rank0")
     assert 5 <= len(rows) < 200
-    assert (out / "rank0" / "trace.json.gz").exists()
+    assert [int(r["step"]) for r in rows] == list(range(len(rows)))
+    assert (run / "rank0" / "trace.json.gz").exists()
+
+
+def test_step_listener_roots_and_dataloaders_seams(runs: dict) -> None:
+    run, res = runs["seams"]
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "EVENTS [0, 1, 2, 3, 4, 5] [False, False, True, True, False, False]" in out
+    assert "WAITS_POSITIVE True" in out
+    assert "ROOTS ['Sequential'] True" in out
+    assert "LOADERS 1 True" in out
 
 
 def test_unwritable_out_is_one_line_exit_2(tmp_path: Path) -> None:
