@@ -142,3 +142,14 @@ def test_kat_tiny_step_fast_matches_baseline():
     for a, b in zip(curves["fast"], curves["base"]):
         assert abs(a - b) <= 1e-2 * abs(b)
     assert curves["fast"][-1] < curves["fast"][0]
+
+
+@pytest.mark.parametrize("forced", ["16,4,4,4,32,1", "64,4,2,1,32,1", "8,4,8,3,8,0"])
+def test_forced_tiles_including_group_major(monkeypatch, forced):
+    x, num, den, g = _inputs((6, 197, 192), 8, True, seed=9)
+    monkeypatch.setenv("STALLSCOPE_FLASHKAT_FWD_TILE", forced)
+    monkeypatch.setenv("STALLSCOPE_FLASHKAT_BWD_TILE", forced)
+    monkeypatch.setattr(K, "_TUNED", {})
+    y = K.flashkat_forward(x, num, den)
+    dx, dn, dd = K.flashkat_backward(x, num, den, g)
+    _check(y, dx, dn, dd, x, num, den, g)
