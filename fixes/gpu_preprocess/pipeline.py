@@ -67,12 +67,16 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True)
 class Step:
+    """One recognised transform with its parameters."""
+
     kind: str  # random_resized_crop | resize | center_crop | hflip | to_float | normalize
     args: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The recognised pipeline, in order; what :class:`GpuPipeline` executes."""
+
     steps: tuple[Step, ...]
 
     @property
