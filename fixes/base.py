@@ -37,6 +37,11 @@ class Tolerance:
     # of that tensor, so reordered sums (TF32, cuDNN algorithms, atomics) are judged against the
     # tensor's scale and not against outputs that happen to cancel to nearly zero.
     scale: str = "element"
+    # With scale "tensor": a tensor's scale is at least this fraction of the largest magnitude
+    # among the tensors of its kind (outputs, gradients) in the same check. A gradient that is
+    # zero by structure (the bias of a layer feeding BatchNorm) holds only rounding noise;
+    # judged against its own noise it would fail any reordering fix.
+    floor: float = 1e-3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +50,7 @@ class Tolerance:
             "grad_rtol": self.grad_rtol,
             "grad_atol": self.grad_atol,
             "scale": self.scale,
+            "floor": self.floor,
             "note": self.note,
         }
 

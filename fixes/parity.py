@@ -12,7 +12,9 @@ are silenced while the check runs; :func:`in_parity_check` tells other hooks to 
 
 Reported figures: ``max_abs_err`` is the largest absolute difference, ``max_rel_err`` that
 difference divided by the largest magnitude of the original tensor (scale-relative, so outputs
-that cancel to nearly zero do not blow it up). The pass rule is the tolerance's own
+that cancel to nearly zero do not blow it up; with ``scale: tensor`` that magnitude is at least
+``floor`` times the largest among the tensors of the same kind, so a gradient that is zero by
+structure is not judged against its own rounding noise). The pass rule is the tolerance's own
 (``scale`` element or tensor).
 """
 from __future__ import annotations
@@ -231,6 +233,8 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
     import torch
 
     rtol, atol = tol.bound(kind)
+    finite_max = [float(torch.nan_to_num(t.detach().abs(), nan=0.0, posinf=0.0).max()) for _, t in ref if t.numel()]
+    floor = tol.floor * max(finite_max, default=0.0) if tol.scale == "tensor" else 0.0
     ref_names = [n for n, _ in ref]
     new_map = dict(new)
     if ref_names != [n for n, _ in new]:
@@ -250,7 +254,7 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
         else:
             abs_err = float(diff.max())
             mag = torch.where(torch.isfinite(a64), a64.abs(), torch.zeros_like(a64))
-            scale = float(mag.max())
+            scale = max(float(mag.max()), floor)
             if tol.scale == "tensor":
                 ok = abs_err <= atol + rtol * scale
             else:

@@ -93,3 +93,26 @@ def test_probe_checks_the_next_real_input_once():
     m(torch.randn(6, 8))
     m(torch.randn(6, 8))
     assert len(seen) == 1 and seen[0][0].passed and seen[0][1] is False
+
+
+def test_structurally_zero_gradients_are_judged_against_the_gradient_scale():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 4)).train()
+    x = torch.randn(32, 8)
+    plain = m[2].forward
+
+    @contextlib.contextmanager
+    def rounding_noise():  # what TF32 does to a GEMM: ~1e-4 relative noise on its output
+        gen = torch.Generator().manual_seed(1)
+        m[2].forward = lambda t: (lambda y: y * (1 + 1e-4 * torch.randn(y.shape, generator=gen)))(plain(t))
+        try:
+            yield
+        finally:
+            del m[2].forward
+
+    # the first Linear's bias gradient is zero up to rounding (BatchNorm removes the mean)
+    tol = Tolerance(rtol=1e-2, atol=0, grad_rtol=1e-2, grad_atol=0, scale="tensor")
+    assert check_parity(m, (x,), {}, rounding_noise, tol).passed
+    strict = Tolerance(rtol=1e-2, atol=0, grad_rtol=1e-2, grad_atol=0, scale="tensor", floor=0.0)
+    r = check_parity(m, (x,), {}, rounding_noise, strict)
+    assert not r.passed and "grad.0.bias" in r.reason
