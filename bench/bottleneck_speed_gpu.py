@@ -138,9 +138,10 @@ def attention_share(prof) -> tuple[float, float]:
 
 def save_trace(run, path: Path, activities, repeats_steps: int) -> dict:
     """Profile one sampling run with a ProfilerStep per denoising step; gzip; keep it under 5 MB."""
-    from torch.profiler import profile
+    from torch.profiler import ProfilerAction, profile
 
-    with profile(activities=activities, record_shapes=True) as prof:
+    # a schedule (always RECORD) makes prof.step() emit the ProfilerStep#N ranges the analyzers count
+    with profile(activities=activities, record_shapes=True, schedule=lambda step: ProfilerAction.RECORD) as prof:
         run(lambda *_: prof.step())
     raw = path.with_suffix("")  # .json
     prof.export_chrome_trace(str(raw))
