@@ -335,7 +335,9 @@ class _Columns:
     def table(self) -> EventTable:
         if not self.blocks:
             return empty_table(self.names)
-        cols = {k: np.concatenate([b[k] for b in self.blocks]) for k in self.blocks[0]}
+        cols: dict[str, np.ndarray] = {}
+        for k in list(self.blocks[0]):  # one column at a time: peak = table + one column's blocks
+            cols[k] = np.concatenate([b.pop(k) for b in self.blocks])
         self.blocks = []
         n = cols["kind"].shape[0]
         return EventTable(

@@ -41,18 +41,53 @@ json.dump(df.to_dict(orient="records"), open(sys.argv[2], "w"))
 """
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, exit code) of one subprocess."""
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, float]:
+    """(wall seconds, peak PSS MiB, exit code, peak RSS MiB) of one subprocess.
+
+    PSS (proportional set size) summed over the process and all its children, sampled every
+    20 ms, is the headline: forked workers share their parent's pages copy-on-write, and PSS
+    counts a shared page once in total, where summed RSS would count it in every process. The
+    RSS figure is the kernel's ru_maxrss (the largest single process)."""
+    import threading
+
+    import psutil
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not done.is_set():
+            total = 0
+            try:
+                for p in [root] + root.children(recursive=True):
+                    try:
+                        total += p.memory_full_info().pss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                break
+            peak[0] = max(peak[0], total)
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.stderr and proc.stderr.close()
+    done.set()
+    sampler.join()
+    if proc.stderr:
+        proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(f"  command failed ({proc.returncode}): {' '.join(cmd[:4])} ...\n{err[-2000:]}", file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+    return wall, peak[0] / 2**20, proc.returncode, usage.ru_maxrss / 1024.0
 
 
 def _open(path: Path):  # noqa: ANN202
@@ -164,10 +199,10 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         for i in range(args.runs):
             ours.append(measure(ours_cmd, env))
-            print(f"  run {i + 1}: ours {ours[-1][0]:.1f} s {ours[-1][1]:.0f} MiB", flush=True)
+            print(f"  run {i + 1}: ours {ours[-1][0]:.1f} s {ours[-1][1]:.0f} MiB PSS", flush=True)
             if not args.no_hta:
                 hta.append(measure(hta_cmd, env))
-                print(f"  run {i + 1}: HTA  {hta[-1][0]:.1f} s {hta[-1][1]:.0f} MiB", flush=True)
+                print(f"  run {i + 1}: HTA  {hta[-1][0]:.1f} s {hta[-1][1]:.0f} MiB PSS", flush=True)
         med = lambda xs, j: round(statistics.median(x[j] for x in xs), 2) if xs else None  # noqa: E731
         result: dict[str, object] = {
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -178,14 +213,16 @@ def main() -> int:
             **{f"trace_{k}": v for k, v in trace_figures(args.trace).items()},
             "runs": args.runs,
             "ours_wall_s": med(ours, 0),
-            "ours_peak_rss_mb": med(ours, 1),
+            "ours_peak_pss_mb": med(ours, 1),
+            "ours_peak_rss_largest_process_mb": med(ours, 3),
             "ours_exit_codes": sorted({x[2] for x in ours}),
         }
         if hta:
             result.update({
                 "hta_version": _hta_version(),
                 "hta_wall_s": med(hta, 0),
-                "hta_peak_rss_mb": med(hta, 1),
+                "hta_peak_pss_mb": med(hta, 1),
+                "hta_peak_rss_largest_process_mb": med(hta, 3),
                 "speedup": round(med(hta, 0) / med(ours, 0), 2),
                 "memory_ratio": round(med(ours, 1) / med(hta, 1), 3),
             })
@@ -195,23 +232,24 @@ def main() -> int:
         if args.big_gb > 0:
             big = work / "big.json"
             figures = concatenate_steps(args.trace, big, args.big_gb * 1e9)
-            wall, rss, code = measure([sys.executable, "-m", "cli", "diagnose", str(big), "-f", "yaml", "-o", str(work / "big.yaml")], env)
-            result["big"] = {**figures, "ours_wall_s": round(wall, 2), "ours_peak_rss_mb": round(rss, 1), "exit_code": code,
-                             "rss_mb_per_json_gb": round(rss / (figures["json_mb"] / 1000.0), 1)}
+            wall, rss, code, _ = measure([sys.executable, "-m", "cli", "diagnose", str(big), "-f", "yaml", "-o", str(work / "big.yaml")], env)
+            result["big"] = {**figures, "ours_wall_s": round(wall, 2), "ours_peak_pss_mb": round(rss, 1), "exit_code": code,
+                             "pss_growth_mb_per_json_gb": round((rss - result["ours_peak_pss_mb"])
+                                                                / max((figures["json_mb"] - result["trace_json_mb"]) / 1000.0, 1e-9), 1)}
             big.unlink()
         from profiler.common import write_yaml
 
         write_yaml(args.out, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'':<22}{'wall s':>10}{'peak MiB':>10}")
-    print(f"{'stallscope diagnose':<22}{result['ours_wall_s']:>10}{result['ours_peak_rss_mb']:>10}")
+    print(f"\n{'':<22}{'wall s':>10}{'PSS MiB':>10}")
+    print(f"{'stallscope diagnose':<22}{result['ours_wall_s']:>10}{result['ours_peak_pss_mb']:>10}")
     if hta:
-        print(f"{'HTA':<22}{result['hta_wall_s']:>10}{result['hta_peak_rss_mb']:>10}")
+        print(f"{'HTA':<22}{result['hta_wall_s']:>10}{result['hta_peak_pss_mb']:>10}")
         print(f"speedup {result['speedup']}x, memory ratio {result['memory_ratio']}")
     if "big" in result:
         b = result["big"]
-        print(f"{'diagnose ' + str(b['json_mb']) + ' MB':<22}{b['ours_wall_s']:>10}{b['ours_peak_rss_mb']:>10}")
+        print(f"{'diagnose ' + str(b['json_mb']) + ' MB':<22}{b['ours_wall_s']:>10}{b['ours_peak_pss_mb']:>10}")
     return 0
 
 
