@@ -104,7 +104,11 @@ def _record(what: str, produced: Path) -> Path:
         subprocess.run([sys.executable, str(script), tmp, what], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
         made = Path(tmp) / produced.relative_to(root)
-        os.replace(made, produced)
+        try:
+            os.replace(made, produced)
+        except OSError:
+            if not produced.exists():  # another test process won the race: use its copy
+                raise
     return produced
 
 
