@@ -323,8 +323,11 @@ def _pick(kind: str, launch, key: tuple, groups: int, group_width: int, rows: in
         return cfg
     tiles = _FWD_TILES if kind == "fwd" else _BWD_TILES
     candidates = _candidates(tiles, groups, group_width, rows, _sm_count(device), covering_only=kind == "fwd")
-    if len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
-        cfg = candidates[0]
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if capturing or len(candidates) == 1 or os.environ.get("STALLSCOPE_FLASHKAT_TUNE", "1") == "0":
+        cfg = candidates[0]  # no timing inside a CUDA-graph capture
+        if capturing:
+            return cfg
     else:
         timings = []
         for cand in candidates:
