@@ -187,3 +187,25 @@ def cpu_ops(ev: "EventTable") -> np.ndarray:
 
 def ms(ns: float) -> float:
     return float(ns) / 1e6
+
+
+def worst_rank(ctx: "AnalysisContext", analyze_one) -> list:  # type: ignore[no-untyped-def]
+    """Run a single-rank analysis on every rank; per finding id keep the rank where it costs
+    the most, and name every rank that showed it in ``where.ranks``."""
+    import dataclasses
+
+    if len(ctx.ranks) <= 1:
+        return list(analyze_one(ctx))
+    best: dict[str, Any] = {}
+    seen: dict[str, list[int]] = {}
+    for rank in ctx.ranks:
+        view = dataclasses.replace(ctx, ranks=[rank])
+        for f in analyze_one(view):
+            seen.setdefault(f.id, []).append(rank.rank)
+            cur = best.get(f.id)
+            if cur is None or f.impact.est_saving_ms_per_step > cur.impact.est_saving_ms_per_step:
+                best[f.id] = f
+    for fid, f in best.items():
+        f.where = dict(f.where)
+        f.where["ranks"] = seen[fid]
+    return list(best.values())

@@ -119,6 +119,9 @@ class Attention(Analyzer):
     description = "unfused attention (bmm+softmax over [B,H,N,N]); attention-dominated diffusion sampling"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)

@@ -97,6 +97,9 @@ class CpuMetric(Analyzer):
     description = "CPU-side metric computation (per-sentence BLEU, rewards) leaving the GPU idle in the step"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)

@@ -230,6 +230,9 @@ class MemoryBound(Analyzer):
     description = "memory-bound kernels by roofline; the GR-KAN per-element atomic backward"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         if not ctx.ranks:
             return []
         out = []

@@ -70,6 +70,9 @@ class MemoryCapacity(Analyzer):
     description = "peak GPU memory vs capacity, allocator churn, fragmentation, OOM risk"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         used = _nv(rank, "mem_used_mb")
         total = _nv(rank, "mem_total_mb")

@@ -59,6 +59,9 @@ class MemoryCopy(Analyzer):
     description = "pageable, tiny or many memory copies; device-to-host copies inside the step"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)

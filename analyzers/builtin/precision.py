@@ -62,6 +62,9 @@ class Precision(Analyzer):
     description = "fp32 matmuls/convolutions off the tensor cores on a GPU that has them"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         peaks = c.peaks(ctx)
         if peaks is not None and not peaks.has_tensor_cores_fp32:
             return []

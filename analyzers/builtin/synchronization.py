@@ -98,6 +98,9 @@ class Synchronization(Analyzer):
     description = "blocking host-device syncs (.item(), .cpu(), synchronize) inside the step"
 
     def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+        return c.worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         rows = sync_rows(ev)
