@@ -198,46 +198,59 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, Any] = {}
     start = time.perf_counter()
-    for s in scenarios:
-        if s["requires"] == "cuda" and device != "cuda":
-            rows[s["name"]] = {"expected": s["expected"], "skipped": "needs CUDA"}
-            continue
-        left = args.budget - (time.perf_counter() - start)
-        if left < 20:
-            rows[s["name"]] = {"expected": s["expected"], "skipped": f"total budget of {args.budget:.0f} s spent", "pass": False}
-            continue
-        window = tuple(int(v) for v in args.window.split(",")) if args.window else None
-        row = run_one(s, device, args.steps, min(args.timeout, left), workdir, args.stack, window)  # type: ignore[arg-type]
-        rows[s["name"]] = row
-        top = row.get("top_finding") or {}
-        print(f"{s['name']:<30} expected {s['expected']:<16} top {str(top.get('category')):<16} "
-              f"{top.get('step_time_pct', '')!s:>8}%  {'PASS' if row['pass'] else 'FAIL ' + row.get('why', '')}  "
-              f"({row['runtime_s']} s)", flush=True)
-    ran = [r for r in rows.values() if "skipped" not in r or r.get("pass") is False]
-    failed = [n for n, r in rows.items() if r.get("pass") is False]
-    doc = {
+    out = results_dir / "scenarios.yaml"
+    interrupted = False
+    try:
+        for s in scenarios:
+            if s["requires"] == "cuda" and device != "cuda":
+                rows[s["name"]] = {"expected": s["expected"], "skipped": "needs CUDA"}
+                continue
+            left = args.budget - (time.perf_counter() - start)
+            if left < 20:
+                rows[s["name"]] = {"expected": s["expected"], "skipped": f"total budget of {args.budget:.0f} s spent",
+                                   "pass": False}
+                continue
+            window = tuple(int(v) for v in args.window.split(",")) if args.window else None
+            row = run_one(s, device, args.steps, min(args.timeout, left), workdir, args.stack, window)  # type: ignore[arg-type]
+            rows[s["name"]] = row
+            top = row.get("top_finding") or {}
+            print(f"{s['name']:<30} expected {s['expected']:<16} top {str(top.get('category')):<16} "
+                  f"{top.get('step_time_pct', '')!s:>8}%  {'PASS' if row['pass'] else 'FAIL ' + row.get('why', '')}  "
+                  f"({row['runtime_s']} s)", flush=True)
+            write_yaml(out, _document(rows, argv, device, env, start))  # partial results survive a kill
+    except KeyboardInterrupt:
+        interrupted = True
+        for s in scenarios:
+            rows.setdefault(s["name"], {"expected": s["expected"], "skipped": "interrupted", "pass": False})
+    doc = _document(rows, argv, device, env, start)
+    write_yaml(out, doc)
+    ran = [r for r in rows.values() if "skipped" not in r]
+    print(f"\n{doc['planted_correct']}/{doc['planted_total']} planted scenarios diagnosed right, "
+          f"{doc['healthy_clean']}/{doc['healthy_total']} healthy ones clean; {len(ran)} run in {doc['total_runtime_s']} s; "
+          f"results in {out}")
+    if not args.keep_runs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if interrupted:
+        return 130
+    return 1 if doc["failed"] else 0
+
+
+def _document(rows: dict[str, Any], argv: list[str] | None, device: str, env: dict[str, Any], start: float) -> dict[str, Any]:
+    return {
         "schema_version": 1,
         "name": "scenarios",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "bench/scenarios/run.py"] + (argv if argv is not None else sys.argv[1:])),
+        "command": " ".join(["python3", "bench/scenarios/run.py"] + (argv if argv is not None else sys.argv[1:])),
         "device": device,
         **{k: env.get(k) for k in ("gpu", "driver", "torch", "cuda", "python")},
         "planted_correct": sum(1 for r in rows.values() if r.get("pass") and r.get("expected") != "healthy"),
         "planted_total": sum(1 for r in rows.values() if r.get("expected") != "healthy" and "skipped" not in r),
         "healthy_clean": sum(1 for r in rows.values() if r.get("pass") and r.get("expected") == "healthy"),
         "healthy_total": sum(1 for r in rows.values() if r.get("expected") == "healthy" and "skipped" not in r),
-        "failed": failed,
+        "failed": [n for n, r in rows.items() if r.get("pass") is False],
         "total_runtime_s": round(time.perf_counter() - start, 1),
         "scenarios": rows,
     }
-    out = results_dir / "scenarios.yaml"
-    write_yaml(out, doc)
-    print(f"\n{doc['planted_correct']}/{doc['planted_total']} planted scenarios diagnosed right, "
-          f"{doc['healthy_clean']}/{doc['healthy_total']} healthy ones clean; {len(ran)} run in {doc['total_runtime_s']} s; "
-          f"results in {out}")
-    if not args.keep_runs:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
