@@ -21,6 +21,24 @@ BREAKDOWN_PARTS = (
 )
 
 
+def short_kernel_name(name: str, width: int = 60) -> str:
+    """A kernel name a person can read: no return type, no argument list, templates elided."""
+    if name.startswith("void "):
+        name = name[5:]
+    depth, out = 0, []
+    for ch in name.split("(", 1)[0] if not name.startswith("Memcpy") else name:
+        if ch == "<":
+            if depth == 0:
+                out.append("<…>")
+            depth += 1
+        elif ch == ">" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    short = "".join(out).strip() or name
+    return short if len(short) <= width else short[: width - 1] + "…"
+
+
 def _num(v: Any, unit: str = "") -> str:
     if v is None:
         return "n/a"
@@ -135,11 +153,15 @@ class ReportView:
                           _num(b.get("compute_pct")), _num(b.get("comm_exposed_pct")), _num(b.get("data_wait_pct")), _num(idle))
             parts.append(t)
         if r.get("top_kernels"):
-            t = Table(title="top kernels", title_justify="left")
-            for col, just in (("kernel", "left"), ("count", "right"), ("total ms", "right"), ("%", "right"), ("class", "left")):
-                t.add_column(col, justify=just, overflow="ellipsis", no_wrap=col == "kernel", max_width=70 if col == "kernel" else None)
+            from rich import box
+
+            t = Table(title="top kernels", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            t.add_column("kernel", overflow="ellipsis", no_wrap=True, max_width=32)
+            for col in ("count", "total ms", "%"):
+                t.add_column(col, justify="right", no_wrap=True)
+            t.add_column("class", no_wrap=True)
             for k in r["top_kernels"][:8]:
-                t.add_row(k["name"], str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"])
+                t.add_row(short_kernel_name(k["name"]), str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"])
             parts.append(t)
         findings = r.get("findings") or []
         parts.append(Text(f"findings ({len(findings)}), ranked by impact", style="bold underline"))
