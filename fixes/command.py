@@ -98,7 +98,7 @@ def _load_report(path: Path) -> dict[str, Any]:
 
 
 def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
-    from fixes.autopatch import _patch_entries
+    from fixes.startup import _patch_entries
 
     out: dict[str, str] = {}
     for e in _patch_entries(report.get("patches") or {}):
