@@ -81,6 +81,7 @@ class TinyDiT(nn.Module):
         self.ada = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, channels * patch * patch)
         self._pos: dict[tuple, torch.Tensor] = {}
+        self._freq: torch.Tensor | None = None
 
     def pos(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
         key = (h, w, ref.device, ref.dtype)
@@ -95,8 +96,10 @@ class TinyDiT(nn.Module):
         b, c, H, W = x.shape
         p, h, w = self.patch, H // self.patch, W // self.patch
         tokens = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
-        t = torch.cat([torch.sin(sigma[:, None] * 1000 * sincos_freq(x.device)),
-                       torch.cos(sigma[:, None] * 1000 * sincos_freq(x.device))], dim=1).to(x.dtype)
+        if getattr(self, "_freq", None) is None or self._freq.device != x.device:
+            self._freq = torch.exp(-math.log(10000.0) * torch.arange(128, device=x.device) / 128)[None]
+        ang = sigma[:, None].float() * 1000 * self._freq
+        t = torch.cat([ang.sin(), ang.cos()], dim=1).to(x.dtype)
         cond = self.t_mlp(t)
         z = self.embed(tokens) + self.pos(h, w, tokens)
         for blk in self.blocks:
@@ -104,10 +107,6 @@ class TinyDiT(nn.Module):
         shift, scale = self.ada(F.silu(cond)).unsqueeze(1).chunk(2, dim=-1)
         z = self.out(self.norm(z) * (1 + scale) + shift)
         return z.reshape(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, H, W)
-
-
-def sincos_freq(device: torch.device) -> torch.Tensor:
-    return torch.exp(-math.log(10000.0) * torch.arange(128, device=device) / 128)[None]
 
 
 def timed(fn, repeats: int, sync) -> list[float]:

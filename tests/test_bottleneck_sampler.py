@@ -162,3 +162,11 @@ def test_fourier_resize_is_exact_on_band_limited_signals() -> None:
     c = (torch.arange(16) * 2 + 0.5) / n
     want = torch.cos(2 * math.pi * 3 * c)[:, None] * torch.sin(2 * math.pi * 5 * c)[None, :]
     assert torch.allclose(lz[0, 0], want, atol=0.1)
+
+
+def test_low_first_stage_starts_from_its_own_noise() -> None:
+    rec = Recorder()
+    sched = BottleneckSchedule(stages=(Stage(0.5, 3, 1.0, 0.0), Stage(1.0, 4, 0.7, 0.0)))  # cascaded low -> high
+    out = bottleneck_sample(rec, torch.randn(2, 3, 16, 16), sched, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 16, 16)
+    assert [c[0][-2:] for c in rec.calls] == [(8, 8)] * 3 + [(16, 16)] * 4

@@ -236,6 +236,7 @@ def _run_flux(pipe: Any, cfg: _Config, a: dict) -> Any:
 
     sched = _resolve_schedule(pipe, cfg, (lat_h, lat_w))
     _guard(pipe, cfg, sched, (lat_h, lat_w), multiple=2)
+    pipe._num_timesteps = sched.total_steps
     final = bottleneck_sample(denoise, spatial, sched, generator=_generator(a["generator"]), multiple=2)
     pipe._current_timestep = None
     latents = pipe._pack_latents(final, final.shape[0], final.shape[1], lat_h, lat_w)
@@ -301,6 +302,7 @@ def _run_sd3(pipe: Any, cfg: _Config, a: dict) -> Any:
     size = tuple(latents.shape[2:])
     sched = _resolve_schedule(pipe, cfg, size)
     _guard(pipe, cfg, sched, size, multiple=int(pipe.transformer.config.patch_size))
+    pipe._num_timesteps = sched.total_steps
     final = bottleneck_sample(denoise, latents, sched, generator=_generator(a["generator"]),
                               multiple=int(pipe.transformer.config.patch_size))
     if a["output_type"] == "latent":

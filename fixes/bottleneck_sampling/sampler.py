@@ -136,9 +136,10 @@ def bottleneck_sample(
     below ``native_min_size``."""
     plans = plan_stages(noise.shape[2:], schedule, multiple)
     check_native_resolution(plans, native_min_size, schedule.spatial_dims)
-    if tuple(noise.shape[2:]) != plans[0].size:
-        raise ValueError(f"first stage must run at the noise's size {tuple(noise.shape[2:])}, plans {plans[0].size}")
     x = noise
+    if tuple(noise.shape[2:]) != plans[0].size:  # a first stage below full size starts from its own pure noise
+        x = torch.randn((*noise.shape[:2], *plans[0].size), generator=generator, device=noise.device,
+                        dtype=torch.float32).to(noise.dtype)
     with torch.no_grad():
         for p in plans:
             if p.index > 0:
