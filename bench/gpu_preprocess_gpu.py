@@ -367,6 +367,63 @@ def equivalence(blobs: list[bytes], device: torch.device, n: int) -> dict:
     return result
 
 
+class _Folder(torch.utils.data.Dataset):
+    """ImageFolder's shape, for --quick where torchvision cannot import."""
+
+    def __init__(self, root: Path, transform):
+        from PIL import Image
+
+        self.samples = [(str(p), 0) for p in sorted(root.glob("*/*.jpg"))]
+        self.loader = lambda path: Image.open(path).convert("RGB")
+        self.transform, self.target_transform = transform, None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        sample = self.loader(path)
+        return (self.transform(sample) if self.transform else sample), target
+
+
+def fix_apply_check(blobs: list[bytes], device: torch.device, n: int) -> dict:
+    """The registered ``gpu-preprocess`` fix on an ImageFolder DataLoader: apply, compare one
+    epoch with the unpatched loader, revert, compare again."""
+    import tempfile
+
+    from fixes.base import registered_fixes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "class0").mkdir()
+        for i, data in enumerate(blobs[:n]):
+            (root / "class0" / f"{i:05d}.jpg").write_bytes(data)
+        transform = pipelines()["serve"]
+        if HAVE_TV:
+            from torchvision.datasets import ImageFolder
+
+            dataset = ImageFolder(str(root), transform=transform)
+        else:
+            dataset = _Folder(root, transform)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=min(32, n), num_workers=2)
+        before = torch.cat([x for x, _ in loader])
+        fix = registered_fixes(["gpu-preprocess"])["gpu-preprocess"]()
+        if device.type != "cuda":
+            fix.device = "cpu"
+        [target] = fix.find_targets(loader)
+        reason = fix.why_not(target)
+        if reason:
+            return {"applied": False, "why_not": reason}
+        handle = fix.apply(target)
+        after = torch.cat([x.float().cpu() for x, _ in loader])
+        fix.revert(handle)
+        again = torch.cat([x for x, _ in loader])
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    levels = ((after - before).abs() * std * 255).amax().item()  # back to 0-255 levels before Normalize
+    return {"applied": True, "images": n, "output_device": str(device), "max_diff_levels_before_normalisation": round(levels, 3),
+            "within_tolerance_2_of_255": bool(levels <= 2.0 + 1e-3), "revert_bit_identical": bool(torch.equal(before, again))}
+
+
 def build_model(device: torch.device, quick: bool):
     if HAVE_TV:
         import torchvision
@@ -509,6 +566,7 @@ def main() -> int:
     result["gpu_stage_breakdown"] = attempt("gpu breakdown", lambda: gpu_stage_breakdown(blobs, device, args.batch))
     result["equivalence_before_normalisation"] = attempt("equivalence", lambda: equivalence(
         blobs, device, min(len(blobs), 16 if args.quick else 64)))
+    result["fix_apply_check"] = attempt("fix apply check", lambda: fix_apply_check(blobs, device, 16 if args.quick else 128))
     if errors:
         result["errors"] = errors
     result["wall_s"] = round(time.perf_counter() - start, 1)
