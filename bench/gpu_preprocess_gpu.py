@@ -443,10 +443,20 @@ def build_model(device: torch.device, quick: bool):
     return infer, dtype
 
 
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment(device: torch.device) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
-           "torchvision": None, "command": "PYTHONPATH=. python3 " + " ".join(sys.argv), "device": str(device)}
+           "torchvision": None, "cpu": cpu_model(), "command": "PYTHONPATH=. python3 " + " ".join(sys.argv), "device": str(device)}
     if HAVE_TV:
         import torchvision
 

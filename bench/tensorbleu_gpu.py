@@ -89,10 +89,20 @@ def sync_free(device: torch.device, gen: torch.Generator) -> dict:
     return {"checked": True, **out}
 
 
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment() -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads(),
-           "command": "PYTHONPATH=. python3 " + " ".join(sys.argv)}
+           "cpu": cpu_model(), "command": "PYTHONPATH=. python3 " + " ".join(sys.argv)}
     try:
         import nltk
 
