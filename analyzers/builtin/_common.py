@@ -209,3 +209,20 @@ def worst_rank(ctx: "AnalysisContext", analyze_one) -> list:  # type: ignore[no-
         f.where = dict(f.where)
         f.where["ranks"] = seen[fid]
     return list(best.values())
+
+
+def python_lines_of(ev: "EventTable", gpu_or_cpu_rows: np.ndarray, limit: int = 50) -> list[str]:
+    """The user's Python lines that issued these rows (GPU rows via their launch), most frequent
+    first; empty when the trace has no stacks."""
+    py = ev.rows_of_kind(Kind.PYTHON)
+    if not len(py) or not len(gpu_or_cpu_rows):
+        return []
+    lines = []
+    for r in gpu_or_cpu_rows[:limit]:
+        r = int(r)
+        src = int(ev.launch_of[r]) if len(ev.launch_of) and ev.kind[r] in (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET) else r
+        if src < 0:
+            src = int(ev.op_of[r]) if len(ev.op_of) else -1
+        if src >= 0:
+            lines.append(user_frame_at(ev, int(ev.tid[src]), int(ev.ts_ns[src]), py))
+    return top_counts(lines)

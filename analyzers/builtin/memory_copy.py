@@ -151,7 +151,7 @@ class MemoryCopy(Analyzer):
                 "achieved_gbps": nbytes / copy_s / 1e9 if copy_s > 0 else None,
                 "host_to_device_copies": h2d,
             },
-            where={"copies": c.top_counts(ev.name_of(int(r)) for r in rows)},
+            where={"copies": c.top_counts(ev.name_of(int(r)) for r in rows), "python": c.python_lines_of(ev, rows)},
             confidence=0.85,
             fixes=["pin-memory"],
             advice="DataLoader(pin_memory=True) and .to(device, non_blocking=True); for your own buffers, .pin_memory().",

@@ -109,7 +109,8 @@ class Precision(Analyzer):
                 severity=c.grade(share),
                 impact=Impact(share, c.ms(saving) / n_steps),
                 evidence=evidence,
-                where={"kernels": c.top_counts(ev.name_of(r) for r in hits), "ops": ops},
+                where={"kernels": c.top_counts(ev.name_of(r) for r in hits), "ops": ops,
+                       "python": c.python_lines_of(ev, np.asarray(hits))},
                 confidence=0.85 if peaks is not None else 0.6,
                 fixes=["tf32", "amp"],
                 advice="torch.backends.cuda.matmul.allow_tf32 = True and torch.backends.cudnn.allow_tf32 = True "
