@@ -43,3 +43,13 @@ def test_power_cap_is_at_most_low(tmp_path):
 def test_full_clocks_and_idle_throttling_are_healthy(tmp_path):
     assert run("gpu-health", _ctx(tmp_path, ["0x0"] * 10, [1980.0] * 10)) == []
     assert run("gpu-health", _ctx(tmp_path, ["0x20"] * 10, [800.0] * 10, util=5.0)) == []  # idle: costs nothing
+
+
+def test_ecc_errors_growing_during_the_run_are_high(tmp_path):
+    ctx = _ctx(tmp_path, ["0x0"] * 4, [1980.0] * 4)
+    ctx.ranks[0].nvml["ecc_uncorrected"] = np.asarray([0.0, 0.0, 1.0, 1.0])
+    found = [f for f in run("gpu-health", ctx) if f.id == "gpu-hardware-errors"]
+    assert len(found) == 1 and found[0].severity == Severity.HIGH
+    assert found[0].evidence["ecc_uncorrected_increase"] == 1.0
+    ctx.ranks[0].nvml["ecc_uncorrected"] = np.asarray([3.0, 3.0, 3.0, 3.0])  # old errors, none new
+    assert not [f for f in run("gpu-health", ctx) if f.id == "gpu-hardware-errors"]

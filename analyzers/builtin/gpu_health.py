@@ -15,6 +15,9 @@ clock costs nothing. Clock-event reason bits (NVML ``nvmlClocksEventReason*``):
   **low**, so a healthy compute-bound job is not told it has a problem.
 * applications-clock setting (``0x2``): clocks pinned below maximum by an administrator;
   reported at most **low** with the setting named.
+* ECC / XID: the v1 ``nvml.csv`` has no such columns; when a run carries columns named
+  ``ecc_*`` or ``xid*`` (counters), any increase during the run is **high**: an uncorrectable
+  memory error or an XID during training is a hardware fault (wrong results or a crash soon).
 """
 from __future__ import annotations
 
@@ -70,7 +73,33 @@ class GpuHealth(Analyzer):
             f = self._rank(ctx, rank, nv)
             if f is not None:
                 out.append(f)
-        return out[:1] if len(ctx.ranks) == 1 else out
+            errors = self._hardware_errors(rank, nv)
+            if errors is not None:
+                out.append(errors)
+        return out
+
+    def _hardware_errors(self, rank: Any, nv: dict[str, np.ndarray]) -> Finding | None:
+        grew = {}
+        for key, col in nv.items():
+            if not (key.startswith("ecc_") or key.startswith("xid")) or col.dtype == object:
+                continue
+            v = col[np.isfinite(col)]
+            if len(v) and v.max() - v.min() > 0:
+                grew[key] = float(v.max() - v.min())
+        if not grew:
+            return None
+        return Finding(
+            id="gpu-hardware-errors",
+            category="gpu-health",
+            title="GPU reported hardware errors during the run (" + ", ".join(sorted(grew)) + ")",
+            severity=Severity.HIGH,
+            impact=Impact(0.0, 0.0),
+            evidence={f"{k}_increase": v for k, v in grew.items()},
+            where={"ranks": [rank.rank]},
+            confidence=0.9,
+            fixes=[],
+            advice="Drain the node and check nvidia-smi -q -d ECC,PAGE_RETIREMENT and the kernel log for XIDs.",
+        )
 
     def _rank(self, ctx: "AnalysisContext", rank: Any, nv: dict[str, np.ndarray]) -> Finding | None:
         n = len(next(iter(nv.values())))
