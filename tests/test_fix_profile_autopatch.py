@@ -19,7 +19,7 @@ WORKLOAD = [sys.executable, str(ROOT / "bench" / "workloads" / "slow_loader_epoc
 
 def test_profile_auto_patch_keeps_dataloader_workers(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--auto-patch", "--patch-steps", "6", "--skip", "2",
+    cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--auto-patch", "--patch-steps", "8", "--skip", "2",
            "--steps", "2", "--no-diagnose", "-q", "-o", str(run), "--", *WORKLOAD]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -32,7 +32,7 @@ def test_profile_auto_patch_keeps_dataloader_workers(tmp_path):
     workers = fixes["dataloader-workers"]
     assert workers["decision"] == "kept", workers["why"]
     assert workers["parity"]["passed"] and workers["speedup"] > 1.2
-    assert len(workers["before"]["samples_ms"]) == 6 and len(workers["after"]["samples_ms"]) == 6
+    assert len(workers["before"]["samples_ms"]) == 8 and len(workers["after"]["samples_ms"]) == 8
     for cuda_only in ("flashkat", "tf32", "pin-memory", "cudnn-benchmark"):
         assert fixes[cuda_only]["decision"] == "skipped" and "CUDA" in fixes[cuda_only]["why"]
     assert "workers 1" in out.stdout or "workers 0" not in out.stdout
