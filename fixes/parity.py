@@ -299,6 +299,8 @@ def check_parity(module: Any, args: tuple, kwargs: dict | None, original: Callab
                 ref_out, ref_grads, upstream = _forward_backward(module, args, kwargs, seed, backward, None)
             state.restore()
             new_out, new_grads, _ = _forward_backward(module, args, kwargs, seed, backward, upstream or None)
+        if not ref_out:
+            raise _Mismatch("the module returned no floating-point tensor to compare")
         _compare(ref_out, new_out, tolerance, "output", result)
         _compare(ref_grads, new_grads, tolerance, "grad", result)
         if result.passed:

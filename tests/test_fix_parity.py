@@ -116,3 +116,12 @@ def test_structurally_zero_gradients_are_judged_against_the_gradient_scale():
     strict = Tolerance(rtol=1e-2, atol=0, grad_rtol=1e-2, grad_atol=0, scale="tensor", floor=0.0)
     r = check_parity(m, (x,), {}, rounding_noise, strict)
     assert not r.passed and "grad.0.bias" in r.reason
+
+
+def test_nothing_to_compare_is_not_a_pass():
+    class Argmax(nn.Module):
+        def forward(self, x):
+            return x.argmax(-1)
+
+    r = check_parity(Argmax(), (torch.randn(3, 4),), {}, contextlib.nullcontext, Tolerance())
+    assert not r.passed and "no floating-point tensor" in r.reason
