@@ -223,9 +223,16 @@ def deepen(ctx: "AnalysisContext", findings: list["Finding"], top_n: int = 3,
     return notices
 
 
-def deepen_report(ctx: "AnalysisContext", report: dict[str, Any], top_n: int = 3,
+def deepen_report(ctx: "AnalysisContext | str | os.PathLike[str]", report: dict[str, Any], top_n: int = 3,
                   runner: Runner = subprocess.run) -> list[str]:
-    """:func:`deepen` for a report dict (``report["findings"]`` as written to report.yaml)."""
+    """:func:`deepen` for a report dict (``report["findings"]`` as written to report.yaml);
+    ``ctx`` may be the run directory itself. Also adds ``ncu`` to the matching top kernels.
+
+    Wiring into ``diagnose --deep``: ``report["notices"] += deepen_report(target, report)``."""
+    if not hasattr(ctx, "ranks"):
+        from analyzers.loader import load_context
+
+        ctx = load_context(ctx)  # type: ignore[arg-type]
     findings = report.get("findings") or []
     results, notices = profile_kernels(ctx, findings, top_n, runner)
     for f in findings:

@@ -83,3 +83,11 @@ def test_refused_counters_give_one_notice(monkeypatch):
     refuse = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "==ERROR== ERR_NVGPUCTRPERM - no permission")  # noqa: E731
     notices = deep.deepen(ctx, [], top_n=3, runner=refuse)
     assert len(notices) == 1 and "ERR_NVGPUCTRPERM" in notices[0]
+
+
+def test_deepen_report_accepts_a_path_and_says_once_without_ncu(tmp_path, monkeypatch):
+    monkeypatch.setattr(deep, "find_ncu", lambda: None)
+    path = record(tmp_path / "t.json", lambda i: torch.mm(torch.randn(8, 8), torch.randn(8, 8)), stacks=False)
+    report = {"findings": [{"id": "x", "where": {"kernels": ["k"]}, "evidence": {"a_ms": 1.0}}]}
+    notices = deep.deepen_report(str(path), report)
+    assert len(notices) == 1 and report["findings"][0]["evidence"] == {"a_ms": 1.0}
