@@ -323,6 +323,144 @@ class _Columns:
             }
         )
 
+    def add_structs(self, events: list[Any]) -> None:
+        """Like :meth:`add`, for ``analyzers.kineto_structs.Event`` objects (msgspec)."""
+        from analyzers.kineto_structs import args_dict
+
+        kind: list[int] = []
+        name: list[int] = []
+        ts: list[Any] = []
+        dur: list[Any] = []
+        pid: list[int] = []
+        tid: list[int] = []
+        stream: list[int] = []
+        device: list[int] = []
+        corr: list[int] = []
+        ext: list[int] = []
+        flops: list[float] = []
+        nbytes: list[int] = []
+        extra = self.extra
+        shapes = self._shapes
+        name_ids = self.name_ids
+        names = self.names
+        num = self._num
+        kind_of_cat = _KIND_INT
+        skipped = _SKIPPED_CATS
+        nan = math.nan
+        row = self.rows
+        K_CPU, K_RT, K_PY, K_OTHER = int(Kind.CPU_OP), int(Kind.RUNTIME), int(Kind.PYTHON), int(Kind.OTHER)
+        gpu_kinds = _GPU_ARG_INTS
+        for e in events:
+            ph = e.ph
+            if ph == "X":
+                cat = e.cat
+                if cat in skipped:
+                    continue
+                k = kind_of_cat.get(cat, K_OTHER) if type(cat) is str or cat is None else K_OTHER
+                d = e.dur if e.dur is not None else 0
+            elif ph == "i" or ph == "I":
+                if e.s == "g" or e.cat is None and e.name != "[memory]":
+                    continue
+                k = K_OTHER
+                d = 0
+            elif ph == "M":
+                a = e.args
+                if a is not None and a.meta_name is not None:
+                    if e.name == "process_name":
+                        self.process_names[e.pid] = str(a.meta_name)
+                    elif e.name == "thread_name":
+                        self.thread_names[(e.pid, e.tid)] = str(a.meta_name)
+                continue
+            else:
+                continue
+            t = e.ts
+            if t is None:
+                continue
+            nm = e.name
+            if type(nm) is not str:
+                nm = str(nm)
+            i = name_ids.get(nm)
+            if i is None:
+                i = name_ids[nm] = len(names)
+                names.append(nm)
+            p = e.pid if e.pid is not None else -1
+            q = e.tid if e.tid is not None else -1
+            kind.append(k)
+            name.append(i)
+            ts.append(t)
+            dur.append(d)
+            pid.append(p if type(p) is int else num(p))
+            tid.append(q if type(q) is int else num(q))
+            a = e.args
+            if a is None or k == K_PY:
+                corr.append(-1)
+                ext.append(-1)
+                flops.append(nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                row += 1
+                continue
+            c = a.correlation
+            x = a.external_id
+            corr.append(c if type(c) is int else -1)
+            ext.append(x if type(x) is int else -1)
+            if k == K_CPU:
+                fl = a.flops
+                flops.append(float(fl) if isinstance(fl, (int, float)) else nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                if a.coll_name is not None or nm == "record_param_comms":
+                    sparse = _sparse_args(k, nm, args_dict(a))
+                    if sparse:
+                        extra[row] = sparse
+                elif a.input_dims is not None:
+                    dims, types = a.input_dims, a.input_type
+                    key = _dumps((dims, types))
+                    sparse = shapes.get(key)
+                    if sparse is None:
+                        sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
+                    extra[row] = sparse
+                row += 1
+                continue
+            flops.append(nan)
+            b = a.nbytes if a.nbytes is not None else (a.nbytes_mem if a.nbytes_mem is not None else -1)
+            nbytes.append(b if type(b) is int else -1)
+            if k in gpu_kinds:
+                s_ = a.stream if a.stream is not None else q
+                dv = a.device if a.device is not None else p
+                stream.append(s_ if type(s_) is int else -1)
+                device.append(dv if type(dv) is int else -1)
+            else:
+                stream.append(-1)
+                device.append(-1)
+            if k != K_RT and (a.grid is not None or a.input_dims is not None or a.coll_name is not None
+                              or a.total_allocated is not None or a.device_id is not None):
+                sparse = _sparse_args(k, nm, args_dict(a))
+                if sparse:
+                    extra[row] = sparse
+            row += 1
+        if row == self.rows:
+            return
+        self.rows = row
+        self.blocks.append(
+            {
+                "kind": np.asarray(kind, dtype=np.int8),
+                "name": np.asarray(name, dtype=np.int32),
+                "ts_ns": _exact_ns(ts),
+                "dur_ns": np.maximum(_exact_ns(dur), 0),
+                "pid": np.asarray(pid, dtype=np.int64),
+                "tid": np.asarray(tid, dtype=np.int64),
+                "stream": np.asarray(stream, dtype=np.int32),
+                "device": np.asarray(device, dtype=np.int32),
+                "correlation": np.asarray(corr, dtype=np.int64),
+                "external_id": np.asarray(ext, dtype=np.int64),
+                "flops": np.asarray(flops, dtype=np.float64),
+                "bytes": np.asarray(nbytes, dtype=np.int64),
+            }
+        )
+
     def _meta(self, e: dict[str, Any]) -> None:
         args = e.get("args") or {}
         if not isinstance(args, dict):
@@ -549,12 +687,28 @@ def assign_steps(t: EventTable, steps: list[Any]) -> None:
 PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it saves
 
 
-def _parse_blob(blob: bytes, final: bool, path: str) -> tuple[_Columns, dict[str, Any] | None]:
+def _add_blob(cols: _Columns, blob: bytes, final: bool, path: str) -> dict[str, Any] | None:
+    """Parse one blob of ``iter_trace_segments`` into ``cols``; returns the trace metadata with
+    the final blob. Typed decoding (msgspec) when available, else the generic parse."""
+    from analyzers import kineto_structs
     from analyzers.tracefile import parse_segment
 
-    cols = _Columns()
+    if not final and kineto_structs.AVAILABLE:
+        try:
+            events = kineto_structs.decode_events(blob)
+        except Exception:  # noqa: BLE001 - odd types: the generic parse decides
+            events = None
+        if events is not None:
+            cols.add_structs(events)
+            return None
     events, meta = parse_segment(blob, final, Path(path))
     cols.add(events)
+    return meta
+
+
+def _parse_blob(blob: bytes, final: bool, path: str) -> tuple[_Columns, dict[str, Any] | None]:
+    cols = _Columns()
+    meta = _add_blob(cols, blob, final, path)
     return cols, meta
 
 
@@ -616,6 +770,18 @@ def _read_parallel(path: Path, workers: int) -> tuple[_Columns, dict[str, Any]]:
     return cols, meta
 
 
+def _read_segments(path: Path) -> tuple[_Columns, dict[str, Any]]:
+    from analyzers import tracefile
+
+    cols = _Columns()
+    meta: dict[str, Any] = {}
+    for blob, final in tracefile.iter_trace_segments(path, tracefile.CHUNK_BYTES):
+        m = _add_blob(cols, blob, final, str(path))
+        if m is not None:
+            meta = m
+    return cols, meta
+
+
 def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, dict[str, Any]]:
     """Parse one trace file into a linked, time-sorted :class:`EventTable` and its metadata.
 
@@ -633,6 +799,13 @@ def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, d
         except ToolError:
             cols = None  # re-read in one process for the precise error
         except Exception:  # noqa: BLE001 - odd layout or worker trouble: the careful path decides
+            cols = None
+    if cols is None and path.is_file():
+        try:
+            cols, meta = _read_segments(path)
+        except ToolError:
+            cols = None
+        except Exception:  # noqa: BLE001 - a cut inside a string: the validating reader below
             cols = None
     if cols is None:
         cols = _Columns()

@@ -245,3 +245,20 @@ def test_parallel_parse_equals_one_process(monkeypatch) -> None:
     for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "correlation", "external_id", "launch_of", "op_of"):
         assert np.array_equal(getattr(par, col), getattr(one, col)), col
     assert meta1 == meta2
+
+
+@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0]])
+def test_typed_decoding_equals_generic_parse(monkeypatch, make) -> None:
+    import analyzers.kineto_structs as ks
+    import analyzers.tracefile as tracefile
+
+    if not ks.AVAILABLE:
+        pytest.skip("msgspec is not installed: only the generic parse exists")
+    monkeypatch.setattr(tracefile, "CHUNK_BYTES", 16384)  # many segments, so the typed path runs
+    monkeypatch.setenv("STALLSCOPE_PARSE_WORKERS", "0")
+    typed, m1 = load_trace(make())
+    monkeypatch.setattr(ks, "AVAILABLE", False)
+    generic, m2 = load_trace(make())
+    assert typed.names == generic.names and typed.extra == generic.extra and m1 == m2
+    for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation", "external_id", "bytes"):
+        assert np.array_equal(getattr(typed, col), getattr(generic, col)), col
