@@ -298,7 +298,8 @@ class Recorder:
             return
         self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml)
         self.sampler.on_tick(self._tick)
-        self._cuda()
+        if self._cuda() and self.gpu_props is not None:
+            self.sampler.device = (self.gpu_props["index"], self.gpu_props.get("uuid"))
         self.sampler.start()
         if self.cfg.autopatch:
             try:
