@@ -258,6 +258,10 @@ _COMPUTE_NAME = re.compile(r"gemm|gemv|xmma|cutlass|cublas|conv|wgrad|dgrad|fpro
 _MEMORY_NAME = re.compile(r"elementwise|vectorized|reduce|copy|fill|memset|memcpy|cat_|layer_norm|softmax|index|scatter|gather|unrolled", re.I)
 
 
+# Ridge points (FLOP per byte) when the GPU is not in the table: an A100-class part.
+_DEFAULT_RIDGE = {"bf16": 150.0, "fp16": 150.0, "tf32": 75.0, "fp32": 10.0}
+
+
 def _name_class(kernel: str) -> str:
     if _COMPUTE_NAME.search(kernel):
         return "compute-bound"
@@ -331,44 +335,47 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
     if in_step.any():
         krows = krows[in_step]
     ops = ev.op_of[krows] if len(ev.op_of) else np.full(len(krows), -1)
-    op_kernel_time: dict[int, int] = {}
-    for r, op in zip(krows, ops):
-        if op >= 0:
-            op_kernel_time[int(op)] = op_kernel_time.get(int(op), 0) + int(ev.dur_ns[r])
-    op_cache: dict[int, tuple[str, float | None, int | None, str]] = {}
-    agg: dict[str, dict[str, Any]] = {}
-    for r, op in zip(krows, ops):
-        kname = ev.name_of(r)
-        a = agg.setdefault(kname, {"calls": 0, "ns": 0, "flops": 0.0, "bytes": 0.0, "known_ns": 0, "fl_ns": 0, "dtype": "fp32", "ops": {}})
-        dur = int(ev.dur_ns[r])
-        a["calls"] += 1
-        a["ns"] += dur
-        if op < 0:
-            continue
-        op = int(op)
-        if op not in op_cache:
-            op_cache[op] = _op_info(ev, op)
-        oname, fl, nb, dt = op_cache[op]
-        a["ops"][oname] = a["ops"].get(oname, 0) + dur
-        share = dur / op_kernel_time[op] if op_kernel_time.get(op) else 1.0
-        if nb is not None:
-            a["bytes"] += nb * share
-            a["known_ns"] += dur
-            if fl is not None:
-                a["flops"] += fl * share
-                a["fl_ns"] += dur
-            a["dtype"] = dt
+    dur = ev.dur_ns[krows].astype(np.float64)
+    kname_ids, kinv = np.unique(ev.name[krows], return_inverse=True)
+    nk = len(kname_ids)
+    has_op = ops >= 0
+    uops, oinv = np.unique(np.where(has_op, ops, -1), return_inverse=True)
+    op_time = np.bincount(oinv, weights=dur, minlength=len(uops))
+    info = [_op_info(ev, int(o)) if o >= 0 else ("", None, None, "fp32") for o in uops]
+    op_fl = np.array([i[1] if i[1] is not None else np.nan for i in info], dtype=np.float64)
+    op_nb = np.array([i[2] if i[2] is not None else np.nan for i in info], dtype=np.float64)
+    share = np.where(op_time[oinv] > 0, dur / np.maximum(op_time[oinv], 1.0), 0.0)
+    nb_known = has_op & np.isfinite(op_nb[oinv])
+    fl_known = nb_known & np.isfinite(op_fl[oinv])
+    calls = np.bincount(kinv, minlength=nk)
+    total_ns = np.bincount(kinv, weights=dur, minlength=nk)
+    bytes_sum = np.bincount(kinv, weights=np.where(nb_known, np.nan_to_num(op_nb[oinv]) * share, 0.0), minlength=nk)
+    known_ns = np.bincount(kinv, weights=np.where(nb_known, dur, 0.0), minlength=nk)
+    flops_sum = np.bincount(kinv, weights=np.where(fl_known, np.nan_to_num(op_fl[oinv]) * share, 0.0), minlength=nk)
+    fl_ns = np.bincount(kinv, weights=np.where(fl_known, dur, 0.0), minlength=nk)
+    # dtype of each kernel: that of the op behind its longest call with known bytes (else fp32)
+    order = np.lexsort((np.where(nb_known, dur, -1.0), kinv))
+    last = np.r_[np.flatnonzero(np.diff(kinv[order])), len(order) - 1] if len(order) else np.array([], int)
+    dtype_of = {int(kinv[order[i]]): (info[int(oinv[order[i]])][3] if nb_known[order[i]] else "fp32") for i in last}
+    pair_key = kinv.astype(np.int64) * (len(uops) + 1) + oinv
+    pkeys, pinv = np.unique(pair_key[has_op], return_inverse=True)
+    pdur = np.bincount(pinv, weights=dur[has_op], minlength=len(pkeys))
+    ops_of: dict[int, list[tuple[float, str]]] = {}
+    for key, d in zip(pkeys, pdur):
+        k, o = divmod(int(key), len(uops) + 1)
+        ops_of.setdefault(k, []).append((float(d), info[o][0]))
     out = []
-    for kname, a in agg.items():
-        total_ms = a["ns"] / 1e6
-        mean_us = a["ns"] / a["calls"] / 1e3
-        dtype = a["dtype"]
+    for k in range(nk):
+        kname = ev.names[int(kname_ids[k])]
+        total_ms = float(total_ns[k]) / 1e6
+        mean_us = float(total_ns[k]) / int(calls[k]) / 1e3
+        dtype = dtype_of.get(k, "fp32")
         if dtype == "fp32" and _tensor_core_fp32(kname):
             dtype = "tf32"
-        flops = a["flops"] if a["fl_ns"] else None
-        nbytes = a["bytes"] if a["known_ns"] else None
-        ach_tf = flops / (a["fl_ns"] * 1e-9) / 1e12 if flops else None
-        ach_bw = nbytes / (a["known_ns"] * 1e-9) / 1e9 if nbytes else None
+        flops = float(flops_sum[k]) if fl_ns[k] > 0 else None
+        nbytes = float(bytes_sum[k]) if known_ns[k] > 0 else None
+        ach_tf = flops / (fl_ns[k] * 1e-9) / 1e12 if flops else None
+        ach_bw = nbytes / (known_ns[k] * 1e-9) / 1e9 if nbytes else None
         c_pct = b_pct = None
         if peaks is not None:
             if ach_tf is not None:
@@ -381,7 +388,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
             ridge = peaks.compute_tflops(dtype) * 1e12 / (peaks.dram_gbps * 1e9)
             cls = "compute-bound" if flops / nbytes >= ridge else "memory-bound"
         elif nbytes and flops:
-            cls = "compute-bound" if flops / nbytes >= 50.0 else "memory-bound"
+            cls = "compute-bound" if flops / nbytes >= _DEFAULT_RIDGE[dtype] else "memory-bound"
         elif nbytes and not flops and _name_class(kname) != "compute-bound":
             cls = "memory-bound"
         else:
@@ -389,7 +396,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
         out.append(
             KernelRoofline(
                 kernel=kname,
-                calls=a["calls"],
+                calls=int(calls[k]),
                 total_ms=total_ms,
                 mean_us=mean_us,
                 flops=flops,
@@ -400,7 +407,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
                 compute_pct_of_peak=c_pct,
                 bandwidth_pct_of_peak=b_pct,
                 cls=cls,
-                ops=sorted(a["ops"], key=a["ops"].get, reverse=True)[:3],
+                ops=[n for _, n in sorted(ops_of.get(k, []), reverse=True)[:3]],
             )
         )
     out.sort(key=lambda k: k.total_ms, reverse=True)

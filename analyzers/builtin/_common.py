@@ -226,3 +226,28 @@ def python_lines_of(ev: "EventTable", gpu_or_cpu_rows: np.ndarray, limit: int = 
         if src >= 0:
             lines.append(user_frame_at(ev, int(ev.tid[src]), int(ev.ts_ns[src]), py))
     return top_counts(lines)
+
+
+class IntervalIndex:
+    """A union of intervals answering "how much of [lo, hi) is covered" in O(log n)."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.s, self.e = merge(np.asarray(starts), np.asarray(ends))
+        self.cum = np.concatenate([[0], np.cumsum(self.e - self.s)])
+
+    def covered(self, lo: int, hi: int) -> int:
+        if hi <= lo or not len(self.s):
+            return 0
+        i = int(np.searchsorted(self.e, lo, side="right"))  # first interval ending after lo
+        j = int(np.searchsorted(self.s, hi, side="left"))  # intervals starting before hi
+        if j <= i:
+            return 0
+        total = int(self.cum[j] - self.cum[i])
+        total -= max(0, lo - int(self.s[i]))
+        total -= max(0, int(self.e[j - 1]) - hi)
+        return max(0, total)
+
+    def of_rows(ev: "EventTable", rows: np.ndarray) -> "IntervalIndex":  # type: ignore[misc]
+        return IntervalIndex(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
+
+    of_rows = staticmethod(of_rows)  # type: ignore[assignment]

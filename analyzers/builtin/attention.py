@@ -51,6 +51,8 @@ def _dims(ev: "EventTable", r: int) -> list[list[int]]:
 
 def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
     """(first row, last row, score shape) of every QK^T -> softmax -> PV block in the steps."""
+    if not len(ev.rows_named(lambda s: s in _SOFTMAX, Kind.CPU_OP)):
+        return []
     ops = c.in_window(ev, ev.rows_of_kind(Kind.CPU_OP))
     if not len(ops):
         return []
@@ -90,17 +92,22 @@ def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
 
 
 def _block_time(ev: "EventTable", blocks: list[tuple[int, int, tuple[int, ...]]]) -> int:
+    """Time attributable to the ops inside the blocks (QK^T start to PV end, same thread)."""
     if not blocks:
         return 0
-    spans = []
-    for a, b, _ in blocks:
-        spans.append((int(ev.ts_ns[a]), int(ev.ts_ns[b] + ev.dur_ns[b]), int(ev.tid[a])))
     ops = ev.rows_of_kind(Kind.CPU_OP)
     anchors = []
-    for lo, hi, tid in spans:
-        sel = ops[(ev.tid[ops] == tid) & (ev.ts_ns[ops] >= lo) & (ev.ts_ns[ops] + ev.dur_ns[ops] <= hi)]
-        anchors.append(sel)
-    return c.device_time_ns(ev, np.unique(np.concatenate(anchors))) if anchors else 0
+    by_tid: dict[int, list[tuple[int, int]]] = {}
+    for a, b, _ in blocks:
+        by_tid.setdefault(int(ev.tid[a]), []).append((int(ev.ts_ns[a]), int(ev.ts_ns[b] + ev.dur_ns[b])))
+    for tid, spans in by_tid.items():
+        s, e = c.merge(np.array([x[0] for x in spans]), np.array([x[1] for x in spans]))
+        mine = ops[ev.tid[ops] == tid]
+        pos = np.searchsorted(s, ev.ts_ns[mine], side="right") - 1
+        ok = pos >= 0
+        ok[ok] &= (ev.ts_ns[mine] + ev.dur_ns[mine])[ok] <= e[pos[ok]]
+        anchors.append(mine[ok])
+    return c.device_time_ns(ev, np.unique(np.concatenate(anchors)))
 
 
 def _iterations(rank: "RankData") -> int:

@@ -60,14 +60,6 @@ def _gaps(ev: "EventTable", lo: int, hi: int, gs: np.ndarray, ge: np.ndarray) ->
     return out
 
 
-def _cover(ev: "EventTable", rows: np.ndarray, lo: int, hi: int) -> int:
-    if not len(rows):
-        return 0
-    s = np.clip(ev.ts_ns[rows], lo, hi)
-    e = np.clip(ev.ts_ns[rows] + ev.dur_ns[rows], lo, hi)
-    return c.covered_ns(s, e)
-
-
 _METRIC_LIBRARY = re.compile(r"nltk/translate/|sacrebleu/|rouge_score/|(^|/)evaluate/|torchmetrics/functional/text")
 
 
@@ -76,16 +68,6 @@ def _is_metric_frame(name: str) -> bool:
         return True
     func = name.split("): ", 1)[-1]
     return c.is_user_frame(name) and bool(_METRIC_FRAME.search(func))
-
-
-def _metric_frames(ev: "EventTable", py: np.ndarray, tid: int, lo: int, hi: int) -> list[str]:
-    names = []
-    for t in np.linspace(lo, hi, 7)[1:-1]:
-        for f in reversed(c.frames_at(ev, tid, int(t), py)):
-            if _is_metric_frame(f):
-                names.append(f)
-                break
-    return names
 
 
 @register
@@ -123,12 +105,17 @@ class CpuMetric(Analyzer):
         g = ev.gpu_rows()
         gs, ge = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
         tid = self._main_tid(ev)
-        ops = ev.rows_of_kind(Kind.CPU_OP)
-        main_ops = ops[ev.tid[ops] == tid]
-        torch_ops = main_ops[np.fromiter((ev.name_of(int(r)).startswith("aten::") for r in main_ops), bool, len(main_ops))]
-        data_rows = ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION)
-        readback = ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP)
+        torch_ops = ev.rows_named(lambda s: s.startswith("aten::"), Kind.CPU_OP)
+        torch_idx = c.IntervalIndex.of_rows(ev, torch_ops[ev.tid[torch_ops] == tid])
+        data_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION))
+        readback_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP))
         d2h = ev.rows_named(lambda s: "DtoH" in s, Kind.MEMCPY)
+        d2h_end = np.sort(ev.ts_ns[d2h] + ev.dur_ns[d2h])
+        metric = ev.rows_named(_is_metric_frame, Kind.PYTHON)
+        metric = metric[ev.tid[metric] == tid] if len(metric) else metric
+        metric = metric[np.argsort(ev.ts_ns[metric], kind="stable")]
+        metric_idx = c.IntervalIndex.of_rows(ev, metric)
+        win = int(PRECEDING_D2H_WINDOW_MS * 1e6)
         lost = 0
         gaps = 0
         frames: list[str] = []
@@ -140,27 +127,30 @@ class CpuMetric(Analyzer):
                 width = hi - lo
                 if width < GAP_MIN_MS * 1e6 and width < GAP_MIN_PCT / 100.0 * step_ns:
                     continue
-                if _cover(ev, data_rows, lo, hi) >= 0.5 * width:
+                if data_idx.covered(lo, hi) >= 0.5 * width:
                     continue
-                if _cover(ev, torch_ops, lo, hi) >= OTHER_WORK_MAX_FRACTION * width:
+                if torch_idx.covered(lo, hi) >= OTHER_WORK_MAX_FRACTION * width:
                     continue
-                found = _metric_frames(ev, py, tid, lo, hi) if len(py) else []
-                win = PRECEDING_D2H_WINDOW_MS * 1e6
-                after_d2h = bool(
-                    (len(d2h) and np.any(np.abs(ev.ts_ns[d2h] + ev.dur_ns[d2h] - lo) <= win))
-                    or (len(readback) and np.any((ev.ts_ns[readback] + ev.dur_ns[readback] >= lo - win) & (ev.ts_ns[readback] <= hi)))
-                )
+                found = metric_idx.covered(lo, hi) > 0
+                k = int(np.searchsorted(d2h_end, lo - win, side="left"))
+                after_d2h = bool((k < len(d2h_end) and d2h_end[k] <= lo + win) or readback_idx.covered(lo - win, hi) > 0)
                 if len(py) and not found:
                     continue
                 if not found and not after_d2h:
                     continue
-                frames += found
+                if found and len(frames) < 200:
+                    i = int(np.searchsorted(ev.ts_ns[metric], hi, side="left"))
+                    for r in metric[max(0, i - 200):i]:
+                        if ev.ts_ns[r] + ev.dur_ns[r] > lo:
+                            frames.append(ev.name_of(int(r)))
                 by_d2h += after_d2h
                 lost += width
                 gaps += 1
                 longest = max(longest, width)
         if not gaps:
             return []
+        named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
+        frames = named or frames
         return [self._finding(lost, total_ns, n_steps, frames, bool(len(py)), {
             "gaps_per_step": gaps / n_steps,
             "longest_gap_ms": c.ms(longest),
