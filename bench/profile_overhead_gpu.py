@@ -192,6 +192,12 @@ def main() -> None:
         result["demo_output_tail"] = (demo.stdout + demo.stderr)[-1500:]
         if (demo_dir / "rank0").is_dir():
             result["demo_check"] = check_run(demo_dir)
+    if not args.smoke:
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_profile_gpu.py"], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                               capture_output=True, text=True, timeout=300)
+        result["gpu_tests_exit_code"] = tests.returncode
+        result["gpu_tests_tail"] = tests.stdout[-800:]
     result["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
 
     path = write_yaml(out_dir / "profile-overhead.yaml", result)
@@ -199,7 +205,8 @@ def main() -> None:
     print(f"{'figure':42s} value")
     for key in ("transformer_step_ms_unprofiled", "light_overhead_pct_transformer", "window_overhead_pct_transformer",
                 "mlp_step_ms_unprofiled", "light_overhead_pct_mlp", "window_overhead_pct_mlp",
-                "tool_window_slowdown_pct_transformer", "nvml_samples_present", "nvml_on_step_clock", "demo_wall_s"):
+                "tool_window_slowdown_pct_transformer", "nvml_samples_present", "nvml_on_step_clock", "demo_wall_s",
+                "gpu_tests_exit_code"):
         print(f"{key:42s} {result.get(key)}")
     print(f"written: {path}")
 
