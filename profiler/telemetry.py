@@ -194,8 +194,9 @@ class Sampler:
         h = self._handle
         util = self._read("gpu_util_pct", lambda: nv.nvmlDeviceGetUtilizationRates(h))
         mem = self._read("mem_used_mb", lambda: nv.nvmlDeviceGetMemoryInfo(h))
-        reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
-        reasons = self._read("clock_event_reasons", lambda: reasons_fn(h))
+        reasons_fn = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                      or getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        reasons = self._read("clock_event_reasons", lambda: reasons_fn(h))  # None -> TypeError -> unavailable
         power = self._read("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
         row = [
             t_ns,
