@@ -107,7 +107,10 @@ def interrupted(out: Path, sig: int) -> subprocess.CompletedProcess:
 RUNS = {
     # the window comes after the global module hooks retired (8 outermost calls): phases need the per-root ones
     "train": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "14"], "--skip", "10", "--steps", "3"),
-    "infer": lambda out: profile(out, [sys.executable, str(WL / "infer_tiny.py"), "7"], "--skip", "1", "--steps", "2"),
+    "infer": lambda out: profile(out, [sys.executable, str(WL / "infer_tiny.py"), "7"], "--skip", "1", "--steps", "2",
+                                 "--stack", "--memory"),
+    "plain": lambda out: profile(out, [sys.executable, str(WL / "plain_math.py")]),
+    "no_torch": lambda out: profile(out, ["/bin/echo", "hello from echo"]),
     "module_exit3": lambda out: profile(out, [sys.executable, "-m", "workloads.train_tiny", "--steps", "4", "--exit-code", "3"],
                                         "--skip", "1", "--steps", "1", cwd=ROOT / "tests"),
     "shell": lambda out: profile(out, [str(WL / "run_train.sh"), "--steps", "5"], "--skip", "1", "--steps", "2"),
@@ -204,6 +207,33 @@ def test_inference_steps_from_module_calls(runs: dict) -> None:
     assert len(rows) == 7 and {r["source"] for r in rows} == {"module"}
     names = {e["name"] for e in trace(run / "rank0")["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
     assert names == {"ProfilerStep#1", "ProfilerStep#2"}
+
+
+def test_stack_and_memory_options_reach_the_trace(runs: dict) -> None:
+    run, _ = runs["infer"]
+    events = trace(run / "rank0")["traceEvents"]
+    assert any(e.get("cat") == "python_function" for e in events)  # --stack
+    assert any(e.get("name") == "[memory]" for e in events)  # --memory
+    info = yaml.safe_load((run / "rank0" / "rank.yaml").read_text())
+    assert info["window"]["stack"] is True and info["window"]["memory"] is True
+
+
+def test_no_step_found_means_one_whole_run_step(runs: dict) -> None:
+    run, res = runs["plain"]
+    assert res.returncode == 0 and "PLAIN_DONE True" in res.stdout
+    m = assert_loadable(run)
+    rows = steps_csv(run / "rank0")
+    assert len(rows) == 1 and rows[0]["source"] == "whole-run"
+    assert any(n.startswith("no step found") for n in m["notices"])
+    assert "no step found" in res.stderr  # the output says so
+
+
+def test_command_that_never_imports_torch(runs: dict) -> None:
+    run, res = runs["no_torch"]
+    assert res.returncode == 0 and "hello from echo" in res.stdout
+    m = meta(run)
+    assert m["ranks"] == [] and m["exit"]["status"] == "ok"
+    assert any("nothing was captured" in n for n in m["notices"])
 
 
 def test_python_dash_m_target_and_exit_code_passthrough(runs: dict) -> None:
