@@ -78,6 +78,7 @@ def test_plan_image_and_video_sizes() -> None:
     assert [p.size for p in vid] == [(9, 60, 90), (9, 30, 45), (9, 60, 90)]
     odd = plan_stages((9, 30, 46), multiple=2)  # packing needs even sizes
     assert odd[1].size == (9, 16, 24)
+    assert [p.size for p in plan_stages((33, 34), multiple=2)] == [(33, 34), (16, 16), (33, 34)]  # full size kept
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 32, 32), (1, 3, 5, 16, 24)])

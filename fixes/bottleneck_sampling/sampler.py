@@ -49,7 +49,7 @@ def _stage_size(full: Sequence[int], scale: float, spatial_dims: int, multiple: 
     keep = tuple(full[: len(full) - spatial_dims])
     scaled = []
     for n in full[len(full) - spatial_dims:]:
-        m = max(multiple, int(round(n * scale / multiple)) * multiple)
+        m = n if scale == 1.0 else max(multiple, int(round(n * scale / multiple)) * multiple)
         scaled.append(min(n, m))
     return keep + tuple(scaled)
 
