@@ -193,3 +193,16 @@ def test_sd3_pipeline_runs_staged() -> None:
     assert all(s[0] == 2 for s in seen)
     unpatch_pipeline(pipe)
     assert type(pipe) is StableDiffusion3Pipeline
+
+
+def test_true_cfg_matches_the_original_and_doubles_calls() -> None:
+    pipe = tiny_flux()
+    neg = dict(negative_prompt_embeds=torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(5)),
+               negative_pooled_prompt_embeds=torch.randn(1, 32, generator=torch.Generator().manual_seed(6)),
+               true_cfg_scale=2.5)
+    ref = flux_call(pipe, num_inference_steps=4, **neg)
+    patch_pipeline(pipe, BottleneckSchedule(stages=(Stage(1.0, 4, 1.0, 0.0),)), min_native_px=0)
+    seen, hook = record_tokens(pipe)
+    got = flux_call(pipe, **neg)
+    hook.remove()
+    assert len(seen) == 8 and torch.allclose(got, ref, atol=1e-5)
