@@ -3,7 +3,8 @@
 One :class:`Recorder` per process. Hooks (``profiler.hooks``) call its ``on_*`` methods; it
 turns them into step boundaries, drives the Kineto window, and writes the rank folder of the
 run directory (see docs/run-format.md). Light mode never synchronizes the GPU: per-step GPU
-time comes from CUDA events that are polled with ``query()`` at later step boundaries.
+time comes from CUDA events recorded at step boundaries and read with ``query()`` /
+``elapsed_time()`` by the sampler thread once the GPU has passed them.
 """
 from __future__ import annotations
 
@@ -519,8 +520,6 @@ class Recorder:
             row[8] = False
             self.pending_events.append((row, self.open_event, end_ev))
         self.open_event = end_ev
-        if self.pending_events:
-            self._poll_events()
         index = self.index
         self.index += 1
         self.step_open_ns = None
@@ -672,6 +671,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ files
     def _tick(self) -> None:
+        """Sampler-thread housekeeping: read finished CUDA events, heartbeat, periodic flush."""
+        if self.pending_events:
+            self._poll_events()  # off the training thread: query() and elapsed_time() cost it nothing
         now = time.monotonic()
         if now - self._last_status >= STATUS_PERIOD_S:
             self._last_status = now
