@@ -267,6 +267,40 @@ def install(recorder: Any) -> None:
 
     _wrap(torch.autograd, "backward", make_backward)
 
+    # CUDA graph capture: no event record or query may happen meanwhile (see Recorder.on_capture_begin).
+    try:
+        from torch.cuda.graphs import CUDAGraph
+
+        def make_capture_begin(original: Callable[..., Any]) -> Callable[..., Any]:
+            def capture_begin(self: Any, *args: Any, **kwargs: Any) -> Any:
+                rec = _recorder
+                if rec is not None:
+                    rec.on_capture_begin()
+                try:
+                    return original(self, *args, **kwargs)
+                except BaseException:
+                    if rec is not None:
+                        rec.on_capture_end()
+                    raise
+
+            return capture_begin
+
+        def make_capture_end(original: Callable[..., Any]) -> Callable[..., Any]:
+            def capture_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return original(self, *args, **kwargs)
+                finally:
+                    rec = _recorder
+                    if rec is not None:
+                        rec.on_capture_end()
+
+            return capture_end
+
+        _wrap(CUDAGraph, "capture_begin", make_capture_begin)
+        _wrap(CUDAGraph, "capture_end", make_capture_end)
+    except (ImportError, AttributeError) as exc:
+        recorder.notice_once(f"CUDA graph capture not watched ({exc.__class__.__name__}); gpu_ms may be missing around captures")
+
     # A user's own torch.profiler: step from its prof.step(), never fight it for Kineto.
     import torch.profiler as tprof
 

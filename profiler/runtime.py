@@ -239,6 +239,10 @@ class Recorder:
         self.gpu_props: Optional[dict] = None
         self.open_event: Any = None
         self.pending_events: deque = deque()
+        # CUDA graph capture (global mode) forbids event queries from any thread: the sampler
+        # polls only while holding this lock, and a capture holds it from begin to end.
+        self._capturing = 0
+        self._query_lock = threading.Lock()
         self._event_pool: List[Any] = []
         self._nvtx: Any = None
         self._nvtx_checked = False
@@ -433,7 +437,20 @@ class Recorder:
                 pass
 
     # ------------------------------------------------------------------ steps
+    def on_capture_begin(self) -> None:
+        if self._capturing == 0:
+            self._query_lock.acquire()
+        self._capturing += 1
+
+    def on_capture_end(self) -> None:
+        if self._capturing > 0:
+            self._capturing -= 1
+            if self._capturing == 0:
+                self._query_lock.release()
+
     def _record_event(self) -> Any:
+        if self._capturing:
+            return None
         if not (self._cuda_ready or self._cuda_check_at_boundary()):
             return None
         try:
@@ -445,6 +462,14 @@ class Recorder:
             return None
 
     def _poll_events(self, wait: bool = False) -> None:
+        if not self._query_lock.acquire(blocking=False):
+            return  # a CUDA graph is being captured
+        try:
+            self._poll_events_locked(wait)
+        finally:
+            self._query_lock.release()
+
+    def _poll_events_locked(self, wait: bool) -> None:
         while self.pending_events:
             row, start, end = self.pending_events[0]
             try:

@@ -39,3 +39,14 @@ def test_cuda_training_run(tmp_path: Path) -> None:
     assert names == {"ProfilerStep#5", "ProfilerStep#6", "ProfilerStep#7"}
     info = yaml.safe_load((out / "rank0" / "rank.yaml").read_text())
     assert info["clock"]["method"] in ("baseTimeNanoseconds", "marker")
+
+
+def test_cuda_graph_capture_of_a_whole_step_is_not_disturbed(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = tmp_path / "run"
+    res = profile(out, [sys.executable, str(WL / "train_cuda_graph.py")], "--skip", "1", "--steps", "2", "--sample-hz", "200")
+    assert res.returncode == 0, res.stderr
+    assert "GRAPH_DONE True" in res.stdout
+    assert_loadable(out)
