@@ -57,7 +57,9 @@ _BWD_KERNEL = re.compile(r"rational.*bwd|rational.*backward", re.I)
 _FWD_KERNEL = re.compile(r"rational.*fwd|rational.*forward", re.I)
 _BWD_NODE = re.compile(r"rational\w*backward", re.I)
 _FWD_OP = re.compile(r"^(?!autograd::)(?!.*backward)\w*rational\w*$", re.I)
-_KAT_MODULE = re.compile(r"^nn\.Module: (\w*KAT\w*|\w*Rational\w*|\w*GRKAN\w*|\w*GrKan\w*)", re.I)
+# The activation modules themselves (KAT's KAT_Group, ours KATGroup, any *Rational*), not the
+# model around them (KATVisionTransformer would take the whole forward as "the layer's").
+_KAT_MODULE = re.compile(r"^nn\.Module: (\w*KAT_?Group\w*|\w*Rational\w*|\w*GRKAN\w*|\w*GrKan\w*)(_\d+)?$", re.I)
 
 
 def _grkan_rows(ev: "EventTable") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
