@@ -489,7 +489,8 @@ class Recorder:
         self.step_open_ns = t_ns
         self.step_data_ns = 0
         self.forward_in_step = False
-        if self.window_state == "pending" and self.index == self.cfg.skip:
+        # never start (or stop) Kineto inside a CUDA graph capture: the window moves to the next step
+        if self.window_state == "pending" and self.index >= self.cfg.skip and not self._capturing:
             self._start_window()
         if self.window_state == "active":
             self.step_rf = self.torch.autograd.profiler.record_function(f"ProfilerStep#{self.index}")
@@ -516,7 +517,8 @@ class Recorder:
                 return
             self._open_step(self.origin_ns)
         self._close_step(t, source)
-        if self.window_state == "active" and self.index >= self.cfg.skip + self.cfg.steps:
+        if (self.window_state == "active" and self.window_first is not None
+                and self.index >= self.window_first + self.cfg.steps and not self._capturing):
             self._stop_window(keep=True)
         self._open_step(t)
 
