@@ -221,12 +221,26 @@ def op_flops(name: str, dims: Sequence[Any]) -> float | None:
 _MATMUL_SHORT = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 
 
+# Ops whose output can be larger than every input (or has no input): the largest-input rule
+# would understate their bytes and make them look slow, so their bytes are unknown.
+_OUTPUT_NOT_FROM_INPUTS = re.compile(
+    r"repeat|expand|upsample|interpolate|embedding(?!_dense_backward)|index_select|gather|scatter|pad|cat$|stack|tile|"
+    r"arange|ones|zeros|full|empty|rand|normal|bernoulli|one_hot|im2col|col2im|unfold|grid_sampler|index$|nonzero|"
+    r"masked_select|unique|multinomial|conv|pool"
+)
+
+
 def op_min_bytes(name: str, dims: Sequence[Any], types: Sequence[str]) -> int | None:
     """Minimum bytes one call must move: every tensor input read once plus its output written once.
 
     The output is derived from shapes for matmul-like ops and taken as the largest input
-    otherwise (elementwise, norms, copies). None when no tensor input has a known dtype.
+    otherwise (elementwise, norms, copies, reductions: an upper bound for a reduction's output,
+    which errs towards calling it efficient). None when no tensor input has a known dtype, or for
+    ops whose output is not bounded by their inputs (repeat, upsample, embedding, gather, cat,
+    factories, convolutions and pooling, whose output depends on stride/padding).
     """
+    if _OUTPUT_NOT_FROM_INPUTS.search(name.split("::")[-1]):
+        return None
     total = 0
     largest = 0
     elem = 0
