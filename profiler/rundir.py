@@ -203,7 +203,10 @@ class MetaWriter:
         else:
             status = "failed"
         if not ranks:
-            all_notices.append("no process of the run imported torch and did any work: nothing was captured")
+            all_notices.append(
+                "no process of the run imported torch and did any work: nothing was captured "
+                "(a Python started with -I, -E or -S does not read PYTHONPATH's sitecustomize)"
+            )
         m = self.meta
         m["end_utc"] = utc_now()
         m["exit"] = {"code": code, "signal": signal_name, "status": status, "error": first_error}
