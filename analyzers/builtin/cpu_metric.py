@@ -175,11 +175,12 @@ class CpuMetric(Analyzer):
         frames = [ev.name_of(int(r)) for r in hits]
         named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
         frames = named or frames
-        f = self._finding(lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"})
+        f = self._finding(lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"}, gpu=False)
         f.confidence = 0.6
         return [f]
 
-    def _finding(self, lost: int, total_ns: int, n_steps: int, frames: list[str], stacks: bool, extra: dict[str, Any]) -> Finding:
+    def _finding(self, lost: int, total_ns: int, n_steps: int, frames: list[str], stacks: bool, extra: dict[str, Any],
+                 gpu: bool = True) -> Finding:
         share = 100.0 * lost / total_ns
         bleu = any("bleu" in f.lower() for f in frames)
         metric = "BLEU" if bleu else ("metric" if frames else "CPU work after a device-to-host copy")
@@ -189,7 +190,8 @@ class CpuMetric(Analyzer):
         return Finding(
             id="cpu-metric-in-step",
             category="cpu-metric",
-            title=f"GPU idles {share:.0f}% of the step while the host computes {metric if frames else 'in Python'}",
+            title=(f"GPU idles {share:.0f}% of the step while the host computes {metric if frames else 'in Python'}" if gpu
+                   else f"The loop spends {share:.0f}% of the step computing {metric} in Python"),
             severity=c.grade(share),
             impact=Impact(share, c.ms(lost) / n_steps * 0.95),
             evidence=evidence,
