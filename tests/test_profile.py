@@ -116,6 +116,10 @@ RUNS = {
     "shell": lambda out: profile(out, [str(WL / "run_train.sh"), "--steps", "5"], "--skip", "1", "--steps", "2"),
     "raise": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "9", "--raise-at", "5"],
                                  "--skip", "1", "--steps", "2"),
+    "oom": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "9", "--oom-at", "4"],
+                               "--skip", "1", "--steps", "5"),
+    "diagnosed": lambda out: stallscope(["profile", "--out", str(out), "--skip", "1", "--steps", "2", "--",
+                                         sys.executable, str(WL / "train_tiny.py"), "--steps", "5"]),
     "torchrun": lambda out: profile(out, [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(WL / "ddp_tiny.py")],
                                     "--skip", "1", "--steps", "2"),
     "own_profiler": lambda out: profile(out, [sys.executable, str(WL / "own_profiler.py")], "--skip", "1", "--steps", "2"),
@@ -260,6 +264,31 @@ def test_target_raises_run_directory_loadable_and_error_recorded(runs: dict) -> 
     assert m["exit"]["status"] == "crashed"
     assert m["exit"]["error"] == "RuntimeError: planted failure at step 5"
     assert len(steps_csv(run / "rank0")) == 5
+
+
+def test_out_of_memory_in_the_target_is_recorded(runs: dict) -> None:
+    run, res = runs["oom"]
+    assert res.returncode == 1
+    m = assert_loadable(run)
+    assert m["exit"]["status"] == "crashed"
+    assert m["exit"]["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (planted)"
+    rows = steps_csv(run / "rank0")
+    assert len(rows) == 4  # the window (steps 1-5) was cut short and still written
+    names = {e["name"] for e in trace(run / "rank0")["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
+    assert {"ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#3"} <= names
+    assert any("ended inside the trace window" in n for n in m["notices"])
+
+
+def test_profile_ends_with_the_diagnosis(runs: dict) -> None:
+    run, res = runs["diagnosed"]
+    assert res.returncode == 0, res.stderr
+    assert "diagnosis failed" not in res.stderr and "diagnosis skipped" not in res.stderr
+    assert "TRAIN_DONE" in res.stdout
+    try:
+        import analyzers.command  # noqa: F401
+    except ImportError:
+        return
+    assert "data" in (res.stdout + res.stderr).lower()  # the diagnosis of a run that waits on data says so
 
 
 def test_torchrun_two_ranks_with_gloo(runs: dict) -> None:

@@ -10,6 +10,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=8)
 p.add_argument("--exit-code", type=int, default=0)
 p.add_argument("--raise-at", type=int, default=-1)
+p.add_argument("--oom-at", type=int, default=-1, help="raise torch.OutOfMemoryError (as a CUDA OOM does) at this step")
 p.add_argument("--sleep-ms", type=float, default=0.0)
 p.add_argument("--print", action="store_true")
 args = p.parse_args()
@@ -22,6 +23,8 @@ opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for i, (x, y) in enumerate(loader):
     if i == args.raise_at:
         raise RuntimeError(f"planted failure at step {i}")
+    if i == args.oom_at:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (planted)")
     loss = torch.nn.functional.mse_loss(model(x), y)
     opt.zero_grad()
     loss.backward()
