@@ -332,6 +332,23 @@ def install(recorder: Any) -> None:
     _wrap(tprof.profile, "start", make_start)
     _wrap(tprof.profile, "step", make_step)
 
+    # The legacy autograd profiler used as a context manager also needs Kineto to itself.
+    import torch.autograd.profiler as legacy
+
+    def make_enter(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __enter__(self: Any) -> Any:
+            rec = _recorder
+            if rec is not None and rec.live():
+                try:
+                    rec.on_user_profiler_start()
+                except Exception:
+                    pass
+            return original(self)
+
+        return __enter__
+
+    _wrap(legacy.profile, "__enter__", make_enter)
+
 
 def now_ns() -> int:
     return time.time_ns()

@@ -383,7 +383,7 @@ class Recorder:
     def on_user_profiler_start(self) -> None:
         note = "the target runs its own torch.profiler (one Kineto session per process): stallscope recorded no window trace; steps follow its prof.step()"
         if self.window_state == "active":
-            self._stop_window(keep=False)
+            self._stop_window(keep=True)  # what was traced so far stays; the window ends here
         if self.window_state != "done":
             self.window_state = "skipped"
             self.window_note = note
