@@ -15,7 +15,10 @@ iteratively (>= ``MIN_ITERATIONS`` = 20 steps in the run: diffusion samplers run
 attention (fused kernels named flash/fmha/attention/sdpa, or unfused blocks) takes at least
 ``ATTENTION_SHARE_PCT`` (35 %) of GPU busy time, the point where cutting tokens in the
 attention-heavy middle steps (Bottleneck Sampling) pays. Saving estimate: half the attention
-time (the paper reports up to 3x at equal quality; half is the conservative end).
+time (the paper reports up to 3x at equal quality; half is the conservative end). Not raised
+when the window already shows Bottleneck Sampling's stage ranges (``bottleneck_sampling.stage*``):
+the tokens of the attention-heavy middle steps are already cut, and recommending the same fix
+again would be noise.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ MIN_ITERATIONS = 20
 ATTENTION_SHARE_PCT = 35.0
 SAVING_FRACTION = 0.5
 LOOKAROUND_OPS = 24
+STAGED_SAMPLING_MARK = "bottleneck_sampling.stage"
 
 _SOFTMAX = {"aten::softmax", "aten::_softmax", "aten::_safe_softmax"}
 _MATMUL = {"aten::matmul", "aten::bmm", "aten::baddbmm", "aten::mm", "aten::einsum"}
@@ -142,12 +146,14 @@ class Attention(Analyzer):
         inference = not len(c.in_window(ev, ev.rows_named(lambda s: bool(_BACKWARD.search(s)), Kind.CPU_OP)))
         iterations = _iterations(rank)
         attn_pct_busy = 100.0 * attention_ns / busy_ns if busy_ns else 0.0
-        sampling = inference and iterations >= MIN_ITERATIONS and attn_pct_busy >= ATTENTION_SHARE_PCT
+        staged = bool(len(ev.rows_named(lambda s: s.startswith(STAGED_SAMPLING_MARK), Kind.ANNOTATION, Kind.CPU_OP)))
+        sampling = inference and iterations >= MIN_ITERATIONS and attn_pct_busy >= ATTENTION_SHARE_PCT and not staged
         out = []
         common: dict[str, Any] = {
             "attention_ms_per_step": c.ms(attention_ns) / n_steps,
             "attention_pct_of_gpu_busy" if c.has_gpu(ev) else "attention_pct_of_busy": attn_pct_busy,
             "inference_only": inference,
+            "bottleneck_sampling_active": staged,
             "iterations": iterations,
         }
         if blocks:
