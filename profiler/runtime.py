@@ -226,6 +226,7 @@ class Recorder:
         self.window_state = "pending"  # pending | active | done | skipped
         self.window_note: Optional[str] = None
         self.window_first: Optional[int] = None
+        self._cut_step = -1
         self.window_last: Optional[int] = None
         self.prof: Any = None
         self.step_rf: Any = None
@@ -523,13 +524,14 @@ class Recorder:
         self._open_step(t)
 
     def _close_step(self, t: int, source: str) -> None:
-        in_window = self.step_rf is not None
-        if self.step_rf is not None:
-            try:
-                self.step_rf.__exit__(None, None, None)
-            except Exception:
-                pass
-            self.step_rf = None
+        in_window = self.step_rf is not None or self.index == self._cut_step
+        if in_window:
+            if self.step_rf is not None:
+                try:
+                    self.step_rf.__exit__(None, None, None)
+                except Exception:
+                    pass
+                self.step_rf = None
             self.window_last = self.index
             if self.window_first is None:
                 self.window_first = self.index
@@ -567,6 +569,7 @@ class Recorder:
             self.window_state = "pending"
             self.trace_written = False
         self.window_first = self.window_last = None
+        self._cut_step = -1
         with self._lock:
             self.rows = []
             self.pending_events = deque()
@@ -634,6 +637,7 @@ class Recorder:
     def _stop_window(self, keep: bool) -> None:
         prof, self.prof = self.prof, None
         if self.step_rf is not None:
+            self._cut_step = self.index  # its ProfilerStep range is in the trace, cut short
             try:
                 self.step_rf.__exit__(None, None, None)
             except Exception:

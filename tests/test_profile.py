@@ -128,6 +128,7 @@ RUNS = {
                                      env=env_for(str(WL / "fake_nvml"))),
     "sigint": lambda out: interrupted(out, signal.SIGINT),
     "sigterm": lambda out: interrupted(out, signal.SIGTERM),
+    "legacy_profiler": lambda out: profile(out, [sys.executable, str(WL / "legacy_profiler.py")], "--skip", "2", "--steps", "3"),
     "api": lambda out: subprocess.run([sys.executable, str(WL / "api_session.py"), str(out)], env=env_for(),
                                       capture_output=True, text=True, timeout=240),
 }
@@ -310,6 +311,18 @@ def test_target_with_its_own_torch_profiler(runs: dict) -> None:
     m = assert_loadable(run)
     rows = steps_csv(run / "rank0")
     assert len(rows) == 6 and {r["source"] for r in rows} == {"profiler_step"}
+    assert any("own torch.profiler" in n for n in m["notices"])
+
+
+def test_target_entering_the_legacy_profiler_mid_window(runs: dict) -> None:
+    run, res = runs["legacy_profiler"]
+    assert res.returncode == 0, res.stderr
+    assert "LEGACY_OK True" in res.stdout  # the target's profiler got Kineto
+    m = assert_loadable(run)
+    names = {e["name"] for e in trace(run / "rank0")["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
+    # the window ended where the target's profiler began, inside step 3 (a partial step, still in_window)
+    assert names == {"ProfilerStep#2", "ProfilerStep#3"}
+    assert [int(r["in_window"]) for r in steps_csv(run / "rank0")] == [0, 0, 1, 1, 0, 0]
     assert any("own torch.profiler" in n for n in m["notices"])
 
 
