@@ -141,7 +141,10 @@ def main() -> None:
                 data = run_once(model, mode, work, f"{model}-{mode}-{r}", args.warmup, args.measure, args.smoke, args.sample_hz)
                 samples[(model, mode)].extend(data["step_ms"])
                 if data["run_dir"] and r == 0:
-                    checks[f"{model}_{mode}"] = check_run(Path(data["run_dir"]))
+                    try:
+                        checks[f"{model}_{mode}"] = check_run(Path(data["run_dir"]))
+                    except Exception as exc:  # record, keep measuring
+                        checks[f"{model}_{mode}"] = {"error": f"{exc.__class__.__name__}: {exc}"}
                 print(f"round {r} {model:11s} {mode:10s} median {statistics.median(data['step_ms']):9.4f} ms  ({data['wall_s']:.1f} s)", flush=True)
 
     result: dict = {
@@ -191,7 +194,10 @@ def main() -> None:
         result["demo_wall_s"] = round(time.perf_counter() - t0, 2)
         result["demo_output_tail"] = (demo.stdout + demo.stderr)[-1500:]
         if (demo_dir / "rank0").is_dir():
-            result["demo_check"] = check_run(demo_dir)
+            try:
+                result["demo_check"] = check_run(demo_dir)
+            except Exception as exc:
+                result["demo_check"] = {"error": f"{exc.__class__.__name__}: {exc}"}
     if not args.smoke:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_profile_gpu.py"], cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
