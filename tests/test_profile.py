@@ -106,7 +106,8 @@ def interrupted(out: Path, sig: int) -> subprocess.CompletedProcess:
 # The independent runs start together (the machine has two cores; torch import dominates).
 RUNS = {
     # the window comes after the global module hooks retired (8 outermost calls): phases need the per-root ones
-    "train": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "14"], "--skip", "10", "--steps", "3"),
+    "train": lambda out: profile(out, [sys.executable, str(WL / "train_tiny.py"), "--steps", "14"], "--skip", "10", "--steps", "3",
+                                 env=env_for(str(WL / "other_site"))),
     "infer": lambda out: profile(out, [sys.executable, str(WL / "infer_tiny.py"), "7"], "--skip", "1", "--steps", "2",
                                  "--stack", "--memory"),
     "plain": lambda out: profile(out, [sys.executable, str(WL / "plain_math.py")]),
@@ -146,6 +147,7 @@ def test_training_run_directory_steps_and_window(runs: dict) -> None:
     run, res = runs["train"]
     assert res.returncode == 0, res.stderr
     assert "TRAIN_DONE" in res.stdout  # the target keeps its stdout
+    assert res.stdout.count("OTHER_SITECUSTOMIZE_RAN") == 1  # the user's own sitecustomize still runs, once
     m = assert_loadable(run)
     assert m["exit"] == {"code": 0, "signal": None, "status": "ok", "error": None}
     assert m["ranks"] == [0] and m["window"] == {"skip": 10, "steps": 3}
