@@ -113,8 +113,9 @@ def concatenate_steps(src: Path, dest: Path, target_bytes: float) -> dict[str, f
     with _open(src) as fh:
         doc = orjson.loads(fh.read())
     events = doc.pop("traceEvents")
-    timed = [e for e in events if e.get("ph") != "M" and isinstance(e.get("ts"), (int, float))]
-    meta = [e for e in events if e not in timed] if len(timed) != len(events) else []
+    is_timed = [e.get("ph") != "M" and isinstance(e.get("ts"), (int, float)) for e in events]
+    timed = [e for e, keep in zip(events, is_timed) if keep]
+    meta = [e for e, keep in zip(events, is_timed) if not keep]
     lo = min(e["ts"] for e in timed)
     hi = max(e["ts"] + e.get("dur", 0) for e in timed)
     span = (hi - lo) + 1.0
