@@ -280,7 +280,10 @@ class _Columns:
                         extra[row] = sparse
                 elif "Input Dims" in args:
                     dims, types = args["Input Dims"], args.get("Input type")
-                    key = _dumps((dims, types))
+                    try:
+                        key = _dumps((dims, types))
+                    except (TypeError, ValueError, OverflowError):
+                        key = object()
                     sparse = shapes.get(key)
                     if sparse is None:
                         sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
@@ -301,7 +304,7 @@ class _Columns:
             if k != K_RT:
                 sparse = _sparse_args(k, nm, args)
                 if sparse:
-                    extra[row] = sparse
+                    extra[row] = _share(shapes, sparse)  # kernels repeat their launch config
             row += 1
         if row == self.rows:
             return
@@ -417,7 +420,10 @@ class _Columns:
                         extra[row] = sparse
                 elif a.input_dims is not None:
                     dims, types = a.input_dims, a.input_type
-                    key = _dumps((dims, types))
+                    try:
+                        key = _dumps((dims, types))
+                    except (TypeError, ValueError, OverflowError):
+                        key = object()
                     sparse = shapes.get(key)
                     if sparse is None:
                         sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
@@ -439,7 +445,7 @@ class _Columns:
                               or a.total_allocated is not None or a.device_id is not None):
                 sparse = _sparse_args(k, nm, args_dict(a))
                 if sparse:
-                    extra[row] = sparse
+                    extra[row] = _share(shapes, sparse)  # kernels repeat their launch config
             row += 1
         if row == self.rows:
             return
@@ -486,6 +492,14 @@ class _Columns:
             extra=self.extra,
             **cols,
         )
+
+
+def _share(cache: dict[Any, dict[str, Any]], sparse: dict[str, Any]) -> dict[str, Any]:
+    """One dict object for every row with the same sparse args."""
+    try:
+        return cache.setdefault(_dumps(sparse), sparse)
+    except (TypeError, ValueError, OverflowError):
+        return sparse
 
 
 def _sparse_args(kind: int, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
