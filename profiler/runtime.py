@@ -767,7 +767,8 @@ class Recorder:
                 "trace": "trace.json.gz" if self.trace_written else None, "note": self.window_note,
                 "stack": self.cfg.stack, "memory": self.cfg.memory,
             },
-            "clock": self.clock if "trace_to_epoch_ns" in self.clock else {"trace_to_epoch_ns": None, "method": None},
+            "clock": {**(self.clock if "trace_to_epoch_ns" in self.clock else {"trace_to_epoch_ns": None, "method": None}),
+                      **self._rank_clock()},
             "overhead": {**self.overhead, **(self.window_slowdown() if final else {})},
             "error": self.error,
             "notices": list(self.notices),
@@ -787,6 +788,17 @@ class Recorder:
             assert self.rank_dir is not None
             sink = self.sinks[name] = CsvSink(self.rank_dir / f"{name}.csv", header)
         return sink
+
+    def _rank_clock(self) -> dict:
+        mod = sys.modules.get("profiler.distclock")
+        res = mod.result() if mod is not None else {}
+        if not res:
+            return {}
+        out = {"rank_offset_ns": res.get("rank_offset_ns"), "rank_offset_spread_ns": res.get("spread_ns"),
+               "rank_offset_method": res.get("method")}
+        if res.get("error"):
+            out["rank_offset_error"] = res["error"]
+        return out
 
     def flush(self, final: bool = False) -> None:
         """Append the new rows to steps/host/nvml.csv (whole lines only) and rewrite rank.yaml atomically.
@@ -915,6 +927,12 @@ def attach(cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstra
     rec = Recorder(cfg, rank_dir=rank_dir, origin=origin)
     _active = rec
     hooks.install(rec)
+    try:  # ranks' clock offsets, measured right after init_process_group (profiler/distclock.py)
+        from profiler import distclock
+
+        distclock.install()
+    except Exception as exc:
+        rec.notice_once(f"rank clock alignment not installed ({exc.__class__.__name__}: {exc})")
     if origin == "bootstrap":
         atexit.register(rec.finish)
         _excepthook_chain(rec)

@@ -304,6 +304,9 @@ def test_torchrun_two_ranks_with_gloo(runs: dict) -> None:
         assert len(steps_csv(run / f"rank{r}")) == 6
         assert m["per_rank"][r]["local_rank"] == r
     assert m["per_rank"][0]["pid"] != m["per_rank"][1]["pid"]
+    clocks = [yaml.safe_load((run / f"rank{r}" / "rank.yaml").read_text())["clock"] for r in (0, 1)]
+    assert clocks[0]["rank_offset_ns"] == 0  # rank 0 is the reference
+    assert isinstance(clocks[1]["rank_offset_ns"], int) and abs(clocks[1]["rank_offset_ns"]) < 10**9  # one host
 
 
 def test_target_with_its_own_torch_profiler(runs: dict) -> None:
