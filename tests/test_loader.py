@@ -185,7 +185,7 @@ def _seed_bytes() -> bytes:
     return _SEED
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_mutated_and_truncated_traces(tmp_path_factory, data) -> None:
     seed = _seed_bytes()
@@ -206,10 +206,16 @@ def test_fuzz_mutated_and_truncated_traces(tmp_path_factory, data) -> None:
     d = tmp_path_factory.mktemp("fuzz")
     p = d / ("t.json.gz" if action == "gzip-truncate" else "t.json")
     p.write_bytes(blob)
+    import analyzers.tracefile as tracefile
+
+    chunk = data.draw(st.sampled_from([tracefile.CHUNK_BYTES, 2048]))  # 2048: the segmented, typed path
+    saved, tracefile.CHUNK_BYTES = tracefile.CHUNK_BYTES, chunk
     try:
         ctx = load_context(p)
     except ToolError:
         return
+    finally:
+        tracefile.CHUNK_BYTES = saved
     for rd in ctx.ranks:
         ev = rd.events
         assert all(len(getattr(ev, c)) == len(ev) for c in ("ts_ns", "dur_ns", "name", "step"))
