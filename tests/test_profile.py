@@ -164,7 +164,7 @@ def test_trace_clock_matches_step_clock(runs: dict) -> None:
     offset = rank["clock"]["trace_to_epoch_ns"]
     assert isinstance(offset, int)
     rows = {int(r["step"]): r for r in steps_csv(run / "rank0")}
-    seen = 0
+    seen, tol = 0, 50_000_000
     for e in trace(run / "rank0")["traceEvents"]:
         m = re.fullmatch(r"ProfilerStep#(\d+)", e.get("name", ""))
         if m and e.get("ph") == "X":
@@ -173,15 +173,17 @@ def test_trace_clock_matches_step_clock(runs: dict) -> None:
             row = rows[int(m.group(1))]
             seen += 1
             # The range opens after the step's boundary was stamped and closes just after the next
-            # one. Kineto converts its TSC clock to epoch time by calibration, which can be a few
-            # ms off on a loaded VM; a wrong offset would miss by seconds or more.
-            tol = 5_000_000
+            # one (microseconds apart on a quiet machine; see the GPU bench for that figure). Kineto
+            # converts its TSC clock to epoch time by a calibration that a preempted process on a
+            # loaded 2-core VM can skew by milliseconds; a wrong offset would miss by far more
+            # (baseTimeNanoseconds is rounded to whole seconds and more).
+            tol = 50_000_000
             detail = f"step {m.group(1)}: range {start_epoch}..{end_epoch}, steps.csv {row['start_ns']}..{row['end_ns']}"
             assert int(row["start_ns"]) - tol <= start_epoch < int(row["end_ns"]) + tol, detail
-            assert int(row["start_ns"]) - tol < end_epoch <= int(row["end_ns"]) + 50_000_000, detail
+            assert int(row["start_ns"]) - tol < end_epoch <= int(row["end_ns"]) + tol, detail
     assert seen == 3
     # the marker's trace time falls between the two epoch stamps taken around it (same tolerance)
-    assert abs(rank["clock"]["marker_residual_ns"]) <= rank["clock"]["marker_window_ns"] // 2 + 5_000_000
+    assert abs(rank["clock"]["marker_residual_ns"]) <= rank["clock"]["marker_window_ns"] // 2 + tol
 
 
 def test_host_samples_on_the_step_clock(runs: dict) -> None:
