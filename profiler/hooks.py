@@ -230,11 +230,18 @@ def install(recorder: Any) -> None:
             rec = _recorder
             if rec is None or not rec.live():
                 return original(self)
-            token = rec.on_data_begin()
+            try:
+                token = rec.on_data_begin()
+            except Exception as exc:
+                rec.notice_once(f"hook dataloader failed and was skipped: {exc.__class__.__name__}: {exc}")
+                return original(self)
             try:
                 return original(self)
             finally:
-                rec.on_data_end(token)
+                try:
+                    rec.on_data_end(token)
+                except Exception:
+                    pass
 
         return __next__
 
@@ -257,11 +264,17 @@ def install(recorder: Any) -> None:
             rec = _recorder
             if rec is None or not rec.live():
                 return original(*args, **kwargs)
-            token = rec.phase_begin("backward")
+            try:
+                token = rec.phase_begin("backward")
+            except Exception:
+                token = None
             try:
                 return original(*args, **kwargs)
             finally:
-                rec.phase_end(token)
+                try:
+                    rec.phase_end(token)
+                except Exception:
+                    pass
 
         return backward
 
