@@ -36,6 +36,7 @@ _roots: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
 _root_order: List[int] = []
 _loaders: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
 _loader_order: List[int] = []
+_worker_iters: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _installed = False
 _recorder: Any = None
 _depth = threading.local()
@@ -68,6 +69,17 @@ def root_modules() -> list:
 def dataloaders() -> list:
     """The ``DataLoader`` objects seen iterated in this process, oldest first (still alive)."""
     return [d for d in (_loaders.get(i) for i in _loader_order) if d is not None]
+
+
+def worker_pids() -> list:
+    """PIDs of the DataLoader worker processes of the live iterators (may race with the main thread: retry later)."""
+    pids = []
+    for it in list(_worker_iters):
+        for w in list(getattr(it, "_workers", None) or []):
+            pid = getattr(w, "pid", None)
+            if pid:
+                pids.append(pid)
+    return pids
 
 
 def notify_step(event: StepEvent) -> None:
@@ -250,6 +262,8 @@ def install(recorder: Any) -> None:
             original(self, loader, *args, **kwargs)
             try:
                 _remember_loader(loader)
+                if getattr(self, "_num_workers", 0) > 0:
+                    _worker_iters.add(self)
             except Exception:
                 pass
 

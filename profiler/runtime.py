@@ -302,7 +302,7 @@ class Recorder:
             self.disabled = True
             sys.stderr.write(f"stallscope: cannot write to {self.cfg.run_dir} ({exc}); profiling disabled in pid {self.pid}\n")
             return
-        self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml)
+        self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml, worker_pids=hooks.worker_pids)
         self.sampler.on_tick(self._tick)
         if self._cuda() and self.gpu_props is not None:
             self.sampler.device = (self.gpu_props["index"], self.gpu_props.get("uuid"))
@@ -370,8 +370,10 @@ class Recorder:
             self.phase_end(self.forward_tokens.pop())
 
     def on_optimizer_begin(self, opt: Any) -> None:
-        self._activity(time.time_ns())
-        self.optimizer_tokens.append(self.phase_begin("optimizer"))
+        if self.step_open_ns is None:
+            self._activity(time.time_ns())
+        if self.nvtx_on or self.window_state == "active":
+            self.optimizer_tokens.append(self.phase_begin("optimizer"))
 
     def on_optimizer_end(self, opt: Any) -> None:
         if self.optimizer_tokens:

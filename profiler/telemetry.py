@@ -41,7 +41,8 @@ def nvml_handle_for(pynvml: Any, uuid: Optional[str], index: int) -> Any:
 class Sampler:
     """Samples host and (once a device is known) NVML metrics into row lists."""
 
-    def __init__(self, sample_hz: float, notice: Callable[[str], None], nvml_enabled: bool = True) -> None:
+    def __init__(self, sample_hz: float, notice: Callable[[str], None], nvml_enabled: bool = True,
+                 worker_pids: Optional[Callable[[], List[int]]] = None) -> None:
         self.period = 1.0 / max(sample_hz, 0.1)
         self.notice = notice
         self.host_rows: List[list] = []
@@ -62,6 +63,8 @@ class Sampler:
         self._children: Dict[int, Any] = {}
         self._last_rescan = 0.0
         self._tick_hooks: List[Callable[[], None]] = []
+        # DataLoader workers come from the loaders' own process lists: no scan of /proc per sample
+        self._worker_pids = worker_pids
         if nvml_enabled:
             self._init_nvml()
         else:
@@ -138,19 +141,22 @@ class Sampler:
         if now - self._last_rescan >= CHILD_RESCAN_S:
             self._last_rescan = now
             try:
-                live = {c.pid: c for c in self._proc.children(recursive=True)}
-            except ps.Error:
-                live = {}
+                if self._worker_pids is not None:
+                    pids = set(self._worker_pids())
+                else:
+                    pids = {c.pid for c in self._proc.children(recursive=True)}
+            except Exception:  # the main thread changed the iterators meanwhile: next time
+                pids = set(self._children)
             for pid in list(self._children):
-                if pid not in live:
+                if pid not in pids:
                     del self._children[pid]
-            for pid, child in live.items():
-                if pid not in self._children:
-                    try:
-                        child.cpu_percent(None)
-                        self._children[pid] = child
-                    except ps.Error:
-                        pass
+            for pid in pids - set(self._children):
+                try:
+                    child = ps.Process(pid)
+                    child.cpu_percent(None)
+                    self._children[pid] = child
+                except ps.Error:
+                    pass
         try:
             proc_cpu = self._proc.cpu_percent(None)
             rss_mb = self._proc.memory_info().rss / 2**20

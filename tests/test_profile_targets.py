@@ -19,6 +19,8 @@ RUNS = {
                                      env=env_for(str(WL / "fake_nvml"))),
     "sigint": lambda out: interrupted(out, signal.SIGINT),
     "sigterm": lambda out: interrupted(out, signal.SIGTERM),
+    "workers": lambda out: profile(out, [sys.executable, str(WL / "workers_tiny.py")], "--skip", "2", "--steps", "2",
+                                   "--sample-hz", "20"),
     "legacy_profiler": lambda out: profile(out, [sys.executable, str(WL / "legacy_profiler.py")], "--skip", "2", "--steps", "3"),
 }
 
@@ -101,3 +103,18 @@ def test_step_listener_roots_and_dataloaders_seams(runs: dict) -> None:
     assert "WAITS_POSITIVE True" in out
     assert "ROOTS ['Sequential'] True" in out
     assert "LOADERS 1 True" in out
+
+
+def test_dataloader_workers_in_host_samples(runs: dict) -> None:
+    import csv
+
+    run, res = runs["workers"]
+    assert res.returncode == 0, res.stderr
+    assert "WORKERS_DONE" in res.stdout
+    assert_loadable(run)
+    assert len(steps_csv(run / "rank0")) == 24
+    with (run / "rank0" / "host.csv").open(newline="") as fh:
+        host = list(csv.DictReader(fh))
+    assert max(int(h["workers"]) for h in host) == 2  # the loader's two worker processes, no more
+    assert max(float(h["workers_cpu_pct"]) for h in host) > 0
+    assert not [p for p in run.iterdir() if p.name.startswith(("rank1", "extra"))]  # workers are not ranks
