@@ -251,9 +251,14 @@ def hta_temporal(rd: RankData) -> dict[str, float] | None:
     gpu = np.flatnonzero(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)))
     steps = t.rows_named(lambda s: s.startswith("ProfilerStep#"), Kind.CPU_OP, Kind.ANNOTATION)
     if steps.size >= 2:
+        # HTA keeps GPU ops whose launch is a runtime call (cuda*, not the driver's cu*) that
+        # starts before the last ProfilerStep
         last_start = int(t.ts_ns[steps].max())
         launch = t.launch_of[gpu]
-        keep = (launch >= 0) & (t.ts_ns[np.maximum(launch, 0)] < last_start)
+        runtime_api = np.zeros(len(t.names), dtype=bool)
+        runtime_api[t.name_ids_matching(lambda s: s.startswith("cuda"))] = True
+        lr = np.maximum(launch, 0)
+        keep = (launch >= 0) & (t.ts_ns[lr] < last_start) & runtime_api[t.name[lr]]
         gpu = gpu[keep]
     if gpu.size == 0:
         return None
