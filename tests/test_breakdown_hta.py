@@ -44,3 +44,29 @@ def test_temporal_breakdown_matches_hta(case: str, tmp_path: Path) -> None:
         assert mine["kernel_us"] == pytest.approx(span, rel=0.01)
         for key in ("idle", "compute", "non_compute"):
             assert abs(mine[f"{key}_us"] - float(row[f"{key}_time(us)"])) <= 0.01 * span, (key, mine, row)
+
+
+def test_hta_agrees_on_the_synthetic_gpu_stand_in(tmp_path: Path) -> None:
+    """Until the GPU fixtures exist: a real CPU trace given one launch + kernel per short op
+    (bench/diagnose_speed_synth.py) exercises the same scoping and interval arithmetic."""
+    import subprocess
+    import sys
+
+    from tests.diagnose_traces import ROOT, cpu_plain_trace
+
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    subprocess.run([sys.executable, str(ROOT / "bench/diagnose_speed_synth.py"), str(cpu_plain_trace()),
+                    str(folder / "rank0.json"), "3"], check=True, capture_output=True, timeout=120)
+    logging.disable(logging.WARNING)
+    try:
+        df = hta.TraceAnalysis(trace_dir=str(folder)).get_temporal_breakdown(visualize=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    (row,) = df.to_dict(orient="records")
+    mine = hta_temporal(load_context(folder).ranks[0])
+    assert mine is not None
+    span = float(row["kernel_time(us)"])
+    assert mine["kernel_us"] == pytest.approx(span, rel=0.01)
+    for key in ("idle", "compute", "non_compute"):
+        assert abs(mine[f"{key}_us"] - float(row[f"{key}_time(us)"])) <= 0.01 * span, (key, mine, row)
