@@ -39,27 +39,30 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
-    """Whole-run per-step wall times from rank 0's steps.csv (steps outside the trace window
-    when there are at least 3 of them, since the window runs under the profiler's overhead)."""
+    """Whole-run per-step wall times from the first rank's steps.csv, leaving out the warm-up
+    steps before the trace window (``meta.yaml`` window.skip) and the window's own steps (they
+    run under the profiler's overhead) as long as at least 3 steps remain."""
+    window = (ctx.meta or {}).get("window") or {}
+    skip = window.get("skip") if isinstance(window, dict) and isinstance(window.get("skip"), int) else 0
     for rd in ctx.ranks:
         tel = rd.telemetry
         if not tel or "wall_ms" not in tel:
             continue
         try:
             wall = np.asarray(tel["wall_ms"], dtype=np.float64)
+            inw = np.asarray(tel.get("in_window", np.zeros(wall.size)), dtype=np.float64)
+            step = np.asarray(tel.get("step", np.arange(wall.size)), dtype=np.float64)
         except (TypeError, ValueError):
             continue
         ok = np.isfinite(wall)
-        if "in_window" in tel:
-            try:
-                inw = np.asarray(tel["in_window"], dtype=np.float64)
-                outside = ok & (inw == 0)
-                if outside.sum() >= 3:
-                    return [float(x) for x in wall[outside]], f"telemetry (rank {rd.rank} steps.csv, steps outside the trace window)"
-            except (TypeError, ValueError):
-                pass
-        if ok.any():
-            return [float(x) for x in wall[ok]], f"telemetry (rank {rd.rank} steps.csv, all steps)"
+        choices = (
+            (ok & (inw == 0) & (step >= skip), f"steps outside the trace window and after the {skip} warm-up steps"),
+            (ok & (inw == 0), "steps outside the trace window"),
+            (ok, "all steps"),
+        )
+        for mask, why in choices:
+            if mask.sum() >= 3 or (why == "all steps" and mask.any()):
+                return [float(x) for x in wall[mask]], f"telemetry (rank {rd.rank} steps.csv, {why})"
     return None
 
 
