@@ -23,6 +23,7 @@ from analyzers.model import AnalysisContext, Kind
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0
 LOW_PCT = 1.0
+DEFAULT_LAUNCH_US = 5.0
 _LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
                  "cudaLaunchCooperativeKernel", "cudaMemcpyAsync", "cudaMemsetAsync")
 
@@ -72,14 +73,15 @@ class HostBound(Analyzer):
             "kernels_per_step": float(ks.size) / steps,
         }
         tiny = False
+        # the CPU cost of one launch as measured in this trace; 5 us (the low end of current
+        # GPUs' launch cost) when the trace has no runtime calls
+        launch_cost = float(np.median(ls)) if ls.size else DEFAULT_LAUNCH_US
+        evidence["launch_cost_us"] = launch_cost
+        evidence["launch_cost_source"] = "median runtime launch call" if ls.size else "assumed"
         if ks.size:
             evidence["median_kernel_us"] = float(np.median(ks))
-        if ls.size:
-            evidence["median_launch_us"] = float(np.median(ls))
-        if ks.size and ls.size:
-            med_launch = float(np.median(ls))
-            evidence["kernels_shorter_than_launch_pct"] = 100.0 * float((ks < med_launch).mean())
-            tiny = float(np.median(ks)) < med_launch
+            evidence["kernels_shorter_than_launch_pct"] = 100.0 * float((ks < launch_cost).mean())
+            tiny = float(np.median(ks)) < launch_cost
         title = ("GPU idle while the CPU launches kernels shorter than their launch cost" if tiny
                  else "GPU idle while the CPU prepares and launches work")
         return [
