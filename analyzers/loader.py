@@ -753,6 +753,10 @@ def _parallel_workers(path: Path) -> int:
         return int(env) if env.isdigit() else 0
     if (os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return 0
+    import threading
+
+    if threading.active_count() > 1:  # forking a threaded process can deadlock: parse here
+        return 0
     return 1 if _trace_bytes(path) >= PARALLEL_MIN_BYTES else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -73,6 +74,8 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
         return max(1, int(env)) if env.isdigit() else 1
     events = sum(len(r.events) for r in ctx.ranks)
     if events < PARALLEL_MIN_EVENTS or jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if threading.active_count() > 1:  # forking a threaded process (e.g. inside `profile`) can deadlock
         return 1
     return max(1, min(os.cpu_count() or 1, jobs, 4))
 
