@@ -57,7 +57,7 @@ EXPOSED_MEDIUM_PCT = 5.0
 EXPOSED_HIGH_PCT = 20.0
 
 # Measured bus-bandwidth peaks of a link (GB/s); see bench/results/distributed.yaml for how.
-LINK_PEAK_BUSBW_GBPS = {"NVIDIA H200": 340.0}
+LINK_PEAK_BUSBW_GBPS = {"NVIDIA H200": 317.6}  # 2x H200 of one host, all-reduce at 1 GiB
 
 _DTYPE_BYTES = {"float": 4, "float32": 4, "Float": 4, "half": 2, "float16": 2, "Half": 2, "bfloat16": 2,
                 "BFloat16": 2, "double": 8, "Double": 8, "int": 4, "Int": 4, "long": 8, "Long": 8,
@@ -321,10 +321,10 @@ def _sm_clock(rd: RankData) -> tuple[float | None, int]:
     clk = np.asarray(nv["sm_clock_mhz"], dtype=float)
     util = np.asarray(nv.get("gpu_util_pct", np.full(clk.shape, 100.0)), dtype=float)
     busy = clk[np.isfinite(clk) & (util >= 50)]
-    reasons = np.asarray(nv.get("clock_event_reasons", np.zeros(0)), dtype=float)
+    reasons = [_reason_bits(v) for v in nv.get("clock_event_reasons", [])]
     # Bits that mean the GPU slowed itself down (not idle / app-clock settings): see gpu_health.
     slow_bits = 0x8 | 0x20 | 0x40 | 0x80 | 0x4
-    throttled = int(np.sum((reasons[np.isfinite(reasons)].astype(np.int64) & slow_bits) != 0)) if reasons.size else 0
+    throttled = sum(1 for bits in reasons if bits is not None and bits & slow_bits)
     return (float(np.median(busy)) if busy.size else None), throttled
 
 
@@ -333,6 +333,16 @@ def late_by_chance_p(late: int, instances: int, world: int) -> float:
     ranks were equally likely to be last: the one-sided binomial tail."""
     p = 1.0 / max(world, 1)
     return float(sum(math.comb(instances, k) * p**k * (1 - p) ** (instances - k) for k in range(late, instances + 1)))
+
+
+def _reason_bits(value: Any) -> int | None:
+    """NVML clock-event reasons as written in nvml.csv: hex text (``0x20``), a number, or empty."""
+    try:
+        if isinstance(value, str):
+            return int(value, 0) if value.strip() else None
+        return None if value is None or value != value else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _cause(ctx: AnalysisContext, who: int, wait_ms: float) -> tuple[str, dict[str, Any], float]:

@@ -23,8 +23,14 @@ EXPECTED = {"none": "healthy", "compute": "communication", "data": "communicatio
 
 
 class SlowDataset(torch.utils.data.Dataset):
+    POOL = 1024
+
     def __init__(self, n: int, dim: int, extra_ms: float) -> None:
         self.n, self.dim, self.extra_ms = n, dim, extra_ms
+        g = torch.Generator().manual_seed(0)
+        # A pool made once: a healthy loader costs almost nothing per sample.
+        self.x = torch.randn(self.POOL, dim, generator=g)
+        self.y = torch.randint(0, 10, (self.POOL,), generator=g)
 
     def __len__(self) -> int:
         return self.n
@@ -34,8 +40,7 @@ class SlowDataset(torch.utils.data.Dataset):
             end = time.perf_counter() + self.extra_ms / 1000.0
             while time.perf_counter() < end:
                 pass
-        g = torch.Generator().manual_seed(i)
-        return torch.randn(self.dim, generator=g), torch.randint(0, 10, (), generator=g)
+        return self.x[i % self.POOL], self.y[i % self.POOL]
 
 
 def main() -> None:

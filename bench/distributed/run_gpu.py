@@ -116,7 +116,7 @@ def main() -> None:
     import torch
 
     result = {"date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "gpus": torch.cuda.device_count(), "torch": str(torch.__version__), "cuda": str(torch.version.cuda),
               "command": "PYTHONPATH=. python3 bench/distributed/run_gpu.py", "busbw": measure_busbw(out), "scenarios": {}}
     try:
         result["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
