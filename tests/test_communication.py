@@ -14,7 +14,7 @@ from analyzers.loader import load_context
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "distributed" / "ddp_train.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+NEEDS_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 
 
 def _profile(tmp_path: Path, plant: str, factor: float) -> Path:
@@ -39,6 +39,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {plant: _profile(tmp, plant, factor) for plant, factor in (("none", 1.0), ("compute", 3.0), ("data", 8.0))}
 
 
+@NEEDS_TORCHRUN
 def test_collectives_match_across_ranks(runs: dict[str, Path]) -> None:
     ctx = load_context(runs["none"])
     per_rank = {rd.rank: collectives_of(rd, 2) for rd in ctx.ranks}
@@ -48,6 +49,7 @@ def test_collectives_match_across_ranks(runs: dict[str, Path]) -> None:
     assert all(c.name == "allreduce" and c.nbytes > 0 for i in inst for c in i.values())
 
 
+@NEEDS_TORCHRUN
 def test_compute_straggler_is_named_with_its_cause(runs: dict[str, Path]) -> None:
     f = _findings(runs["compute"])["comm-straggler"]
     assert f.evidence["straggler_rank"] == 1
@@ -56,6 +58,7 @@ def test_compute_straggler_is_named_with_its_cause(runs: dict[str, Path]) -> Non
     assert f.severity.value in ("medium", "high")
 
 
+@NEEDS_TORCHRUN
 def test_data_straggler_is_named_with_its_cause(runs: dict[str, Path]) -> None:
     f = _findings(runs["data"])["comm-straggler"]
     assert f.evidence["straggler_rank"] == 1
@@ -63,6 +66,7 @@ def test_data_straggler_is_named_with_its_cause(runs: dict[str, Path]) -> None:
     assert "dataloader-workers" in f.fixes
 
 
+@NEEDS_TORCHRUN
 def test_healthy_run_names_no_straggler(runs: dict[str, Path]) -> None:
     found = _findings(runs["none"])
     assert "comm-straggler" not in found
@@ -81,3 +85,42 @@ def test_chance_lateness_is_not_significant() -> None:
     assert late_by_chance_p(6, 8, 2) > 0.1
     assert late_by_chance_p(8, 8, 2) < 0.01
     assert late_by_chance_p(3, 8, 8) > late_by_chance_p(6, 8, 8)
+
+
+H200_DDP = ROOT / "tests" / "fixtures" / "gpu" / "ddp_h200"
+
+
+@pytest.mark.parametrize(("scenario", "cause"), [("straggler_compute", "compute"), ("straggler_data", "data")])
+def test_h200_straggler_and_cause(scenario: str, cause: str) -> None:
+    found = _findings(H200_DDP / scenario)
+    f = found["comm-straggler"]
+    assert (f.evidence["straggler_rank"], f.evidence["cause"]) == (1, cause)
+    assert f.evidence["late_by_chance_p"] < 0.01
+
+
+def test_h200_healthy_ddp_names_no_straggler() -> None:
+    assert "comm-straggler" not in _findings(H200_DDP / "healthy")
+
+
+def test_a_collective_stuck_for_longer_than_the_hang_threshold_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyzers.builtin.communication as comm
+
+    assert "comm-hang-risk" not in _findings(H200_DDP / "straggler_compute")
+    # Rank 0's all-reduces wait ~30 ms for the straggler: with the threshold below that they count as stuck.
+    monkeypatch.setattr(comm, "HANG_MIN_NS", 20_000_000)
+    f = _findings(H200_DDP / "straggler_compute")["comm-hang-risk"]
+    assert 0 in f.evidence["stuck_collectives_by_rank"] and 1 not in f.evidence["stuck_collectives_by_rank"]
+
+
+def test_flight_recorder_dump_with_pending_entries_is_hang_evidence(tmp_path: Path) -> None:
+    import json as _json
+
+    for r in (0, 1):
+        src = H200_DDP / "healthy" / f"rank{r}.pt.trace.json.gz"
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    dump = {"version": "2.4", "entries": [{"profiling_name": "nccl:all_reduce", "state": "completed"},
+                                         {"profiling_name": "nccl:all_reduce", "state": "scheduled"}]}
+    (tmp_path / "flight_recorder").mkdir()
+    (tmp_path / "flight_recorder" / "nccl_trace_rank_1.json").write_text(_json.dumps(dump))
+    f = _findings(tmp_path)["comm-hang-risk"]
+    assert f.evidence["flight_recorder_unfinished"] == {"nccl_trace_rank_1.json": 1}

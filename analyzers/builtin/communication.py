@@ -24,9 +24,12 @@ Thresholds and why:
 * **Communication-slow** (C4's class for a slow link rather than a slow rank): large collectives
   (>= 1 MiB, where bandwidth rather than latency dominates) whose bus bandwidth is below half of
   the link's measured peak, group-wide, with no straggler to blame.
-* **Hang evidence**: a collective that some ranks entered and others never did, or one that
-  never finished within the trace; and PyTorch NCCL flight-recorder JSON dumps in the run
-  directory with entries not completed.
+* **Hang evidence**: a collective that waited 10 s or more (no step of a healthy job waits that
+  long for its peers; NCCL's own watchdog gives up at 10 minutes, so a trace that ends before it
+  shows the hang only as such a wait), and PyTorch NCCL flight-recorder JSON dumps
+  (``TORCH_NCCL_TRACE_BUFFER_SIZE``, ``TORCH_NCCL_DEBUG_INFO_TEMP_FILE``) in the run directory
+  with entries not completed. Different collective counts per rank inside the window are not
+  evidence: the window's edges cut ranks at different points of the same step.
 
 Bus bandwidth follows nccl-tests: algbw = bytes / time, busbw = algbw x 2(n-1)/n for all-reduce,
 (n-1)/n for all-gather, reduce-scatter and all-to-all, 1 for broadcast / reduce / send / recv.
@@ -55,6 +58,7 @@ LARGE_MSG_BYTES = 1 << 20
 SLOW_LINK_FRACTION = 0.5
 EXPOSED_MEDIUM_PCT = 5.0
 EXPOSED_HIGH_PCT = 20.0
+HANG_MIN_NS = 10 * 1_000_000_000
 
 # Measured bus-bandwidth peaks of a link (GB/s); see bench/results/distributed.yaml for how.
 LINK_PEAK_BUSBW_GBPS = {"NVIDIA H200": 317.6}  # 2x H200 of one host, all-reduce at 1 GiB
@@ -412,11 +416,12 @@ def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
 
 
 def _hangs(ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instances: list[dict[int, Collective]]) -> list[Finding]:
-    counts = {r: len(cs) for r, cs in per_rank.items()}
     evidence: dict[str, Any] = {}
-    if counts and max(counts.values()) != min(counts.values()):
-        evidence["collectives_by_rank"] = counts
-        evidence["missing_on_ranks"] = [r for r, n in counts.items() if n < max(counts.values())]
+    stuck = {r: [c.name for c in cs if c.dur_ns >= HANG_MIN_NS] for r, cs in per_rank.items()}
+    stuck = {r: names for r, names in stuck.items() if names}
+    if stuck:
+        evidence["stuck_collectives_by_rank"] = {r: len(v) for r, v in stuck.items()}
+        evidence["stuck_threshold_s"] = HANG_MIN_NS / 1e9
     dumps = _flight_recorder(ctx)
     if dumps:
         evidence["flight_recorder_unfinished"] = dumps
@@ -424,9 +429,9 @@ def _hangs(ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instance
         return []
     return [Finding(
         id="comm-hang-risk", category="communication",
-        title="Collectives entered on some ranks but not all (hang evidence)",
-        severity="high" if dumps else "medium", impact=Impact(0.0, 0.0), evidence=evidence,
-        where={"ranks": evidence.get("missing_on_ranks", [])}, confidence=0.5 if not dumps else 0.8,
+        title="Collectives that waited for seconds or never finished (hang evidence)",
+        severity="high", impact=Impact(0.0, 0.0), evidence=evidence,
+        where={"ranks": sorted(stuck)}, confidence=0.8 if dumps else 0.6,
         fixes=["exclude-host"], analyzer="communication",
         advice="a rank that never joins a collective hangs the job: compare the ranks' last collectives; "
                "set TORCH_NCCL_TRACE_BUFFER_SIZE to record the flight recorder",
