@@ -64,7 +64,9 @@ class Session:
         self.meta.write()
         cfg = runtime.Config(run_dir=self.run_dir, skip=self.skip, steps=self.steps, sample_hz=self.sample_hz,
                              stack=self.stack, memory=self.memory, nvml=os.environ.get("STALLSCOPE_NVML", "1") != "0")
-        rank = int(os.environ.get("RANK", "0") or 0)
+        from profiler.runtime import RANK_VARS, env_int
+
+        rank = env_int(RANK_VARS, 0)
         self.recorder = runtime.attach(cfg, rank_dir=self.run_dir / f"rank{rank}", origin="api")
         return self
 

@@ -158,6 +158,21 @@ def _dump_yaml(data: Any) -> str:
         return json.dumps(data, indent=1)
 
 
+# torchrun sets the first; SLURM's srun and Open MPI's mpirun set the others for each task.
+RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
+WORLD_SIZE_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def env_int(names: tuple, default: int) -> int:
+    """The first of ``names`` set to an integer in the environment, else ``default``."""
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.strip().isdigit():
+            return int(value)
+    return default
+
+
 def is_launcher_process() -> bool:
     """True for torchrun / torch.distributed.launch itself (it spawns the ranks, it is not one)."""
     main = sys.modules.get("__main__")
@@ -192,9 +207,9 @@ class Recorder:
         self.finished = False
         self.origin_ns = time.time_ns()
         self.rank_dir = rank_dir
-        self.rank = int(os.environ.get("RANK", "0") or 0)
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = env_int(RANK_VARS, 0)
+        self.local_rank = env_int(LOCAL_RANK_VARS, 0)
+        self.world_size = env_int(WORLD_SIZE_VARS, 1)
         self.notices: List[str] = list(cfg.notices)
         self._notice_set = set(self.notices)
         self.rows: List[list] = []  # steps not yet appended to steps.csv (last field: settled)
