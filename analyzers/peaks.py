@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -329,19 +330,55 @@ def _op_info(ev: "EventTable", op_row: int) -> tuple[str, float | None, int | No
     return name, flops, nbytes, _dtype_class(types)
 
 
+def _ops_info(ev: "EventTable", op_rows: np.ndarray) -> list[tuple[str, float | None, int | None, str]]:
+    """:func:`_op_info` of each row (-1: no op), computed once per distinct (name, flops, args):
+    the loader shares one args dict between ops with the same shapes and dtypes."""
+    none = ("", None, None, "fp32")
+    seen: dict[tuple[int, float, int], tuple[str, float | None, int | None, str]] = {}
+    extra = ev.extra
+    out = []
+    for o in op_rows.tolist():
+        if o < 0:
+            out.append(none)
+            continue
+        fl = float(ev.flops[o])
+        key = (int(ev.name[o]), fl if fl > 0 else 0.0, id(extra.get(o)))
+        hit = seen.get(key)
+        if hit is None:
+            hit = seen[key] = _op_info(ev, o)
+        out.append(hit)
+    return out
+
+
+_ROOFLINES: dict[tuple[int, int, str | None], tuple[Any, list[KernelRoofline]]] = {}
+
+
 def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[KernelRoofline]:
     """Every kernel name of one rank, with FLOPs, bytes, achieved rates and class; longest first.
 
     A kernel's FLOPs and bytes are those of the CPU op that launched it (``op_of``); when an
     op launches several kernels the op's work is split across them in proportion to time,
-    which keeps the achieved rates of the op as a whole.
+    which keeps the achieved rates of the op as a whole. Computed once per event table and
+    GPU (the report and the memory-bound analyzer both ask); callers must not mutate it.
     """
-    from analyzers.model import Kind
-
     if not ctx.ranks or rank_index >= len(ctx.ranks):
         return []
     ev = ctx.ranks[rank_index].events
-    peaks = peaks_for(ctx.device_name)
+    key = (id(ev), len(ev), ctx.device_name)
+    cached = _ROOFLINES.get(key)
+    if cached is not None and cached[0]() is ev:
+        return list(cached[1])
+    out = _kernel_rooflines(ev, ctx.device_name)
+    for k in [k for k, (ref, _) in _ROOFLINES.items() if ref() is None]:
+        del _ROOFLINES[k]
+    _ROOFLINES[key] = (weakref.ref(ev), out)
+    return list(out)
+
+
+def _kernel_rooflines(ev: "EventTable", device_name: str | None) -> list[KernelRoofline]:
+    from analyzers.model import Kind
+
+    peaks = peaks_for(device_name)
     krows = ev.rows_of_kind(Kind.KERNEL)
     if not len(krows):
         return []
@@ -355,7 +392,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
     has_op = ops >= 0
     uops, oinv = np.unique(np.where(has_op, ops, -1), return_inverse=True)
     op_time = np.bincount(oinv, weights=dur, minlength=len(uops))
-    info = [_op_info(ev, int(o)) if o >= 0 else ("", None, None, "fp32") for o in uops]
+    info = _ops_info(ev, uops)
     op_fl = np.array([i[1] if i[1] is not None else np.nan for i in info], dtype=np.float64)
     op_nb = np.array([i[2] if i[2] is not None else np.nan for i in info], dtype=np.float64)
     share = np.where(op_time[oinv] > 0, dur / np.maximum(op_time[oinv], 1.0), 0.0)

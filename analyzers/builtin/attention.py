@@ -61,12 +61,11 @@ def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
     if not len(ops):
         return []
     ops = ops[np.lexsort((ev.ts_ns[ops], ev.tid[ops]))]
-    names = [ev.name_of(int(r)) for r in ops]
+    op_names = ev.name[ops]
+    is_matmul = np.isin(op_names, ev.name_ids_matching(lambda s: s in _MATMUL))
     blocks = []
     seen: set[tuple[int, int]] = set()
-    for i, name in enumerate(names):
-        if name not in _SOFTMAX:
-            continue
+    for i in map(int, np.flatnonzero(np.isin(op_names, ev.name_ids_matching(lambda s: s in _SOFTMAX)))):
         d = _dims(ev, ops[i])
         if not d or len(d[0]) < 3 or d[0][-1] < MIN_TOKENS:
             continue
@@ -76,7 +75,7 @@ def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
         for j in range(i - 1, max(-1, i - LOOKAROUND_OPS), -1):
             if ev.tid[ops[j]] != tid:
                 break
-            if names[j] in _MATMUL:
+            if is_matmul[j]:
                 dd = _dims(ev, ops[j])
                 if len(dd) >= 2 and dd[1] and dd[1][-1] == s:
                     first = j
@@ -84,7 +83,7 @@ def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
         for j in range(i + 1, min(len(ops), i + LOOKAROUND_OPS)):
             if ev.tid[ops[j]] != tid:
                 break
-            if names[j] in _MATMUL:
+            if is_matmul[j]:
                 dd = _dims(ev, ops[j])
                 if dd and dd[0] and dd[0][-1] == s:
                     last = j
@@ -201,15 +200,18 @@ class Attention(Analyzer):
 
     def _fused_ns(self, ev: "EventTable") -> int:
         if c.has_gpu(ev):
-            k = c.gpu_rows(ev, (Kind.KERNEL,))
-            k = k[np.fromiter((bool(_FUSED_KERNEL.search(ev.name_of(int(r)))) for r in k), bool, len(k))]
+            k = self._fused_kernel_rows(ev)
             return c.covered_ns(ev.ts_ns[k], ev.ts_ns[k] + ev.dur_ns[k])
         ops = c.in_window(ev, ev.rows_named(lambda s: bool(_FUSED_OP.search(s)), Kind.CPU_OP))
         return c.covered_ns(ev.ts_ns[ops], ev.ts_ns[ops] + ev.dur_ns[ops])
 
     def _fused_names(self, ev: "EventTable") -> list[str]:
+        return c.top_counts(ev.name_of(int(r)) for r in self._fused_kernel_rows(ev))
+
+    @staticmethod
+    def _fused_kernel_rows(ev: "EventTable") -> np.ndarray:
         k = c.gpu_rows(ev, (Kind.KERNEL,))
-        return c.top_counts(ev.name_of(int(r)) for r in k if _FUSED_KERNEL.search(ev.name_of(int(r))))
+        return k[np.isin(ev.name[k], ev.name_ids_matching(lambda s: bool(_FUSED_KERNEL.search(s))))]
 
     def _busy_ns(self, ev: "EventTable") -> int:
         if c.has_gpu(ev):

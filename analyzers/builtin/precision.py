@@ -74,18 +74,8 @@ class Precision(Analyzer):
         kernels = c.gpu_rows(ev, (Kind.KERNEL,))
         if not len(kernels) or not total_ns:
             return []
-        hits = []
-        names = np.array([ev.name_of(int(r)) for r in kernels], dtype=object)
-        mean_us: dict[str, float] = {}
-        for n in set(names):
-            mean_us[n] = float(ev.dur_ns[kernels[names == n]].mean()) / 1e3
-        for r, name in zip(kernels, names):
-            if _TENSOR_CORE.search(name) or _NOT_TENSOR_CORE_WORK.search(name) or mean_us[name] < LATENCY_BOUND_US:
-                continue
-            op = int(ev.op_of[r]) if len(ev.op_of) else -1
-            if (_GEMM.search(name) and _SIMT.search(name)) or (_GEMM.search(name) and _fp32_op(ev, op)):
-                hits.append(int(r))
-        if not hits:
+        hits = self._fp32_kernel_rows(ev, kernels)
+        if not len(hits):
             return []
         spent = int(ev.dur_ns[hits].sum())
         share = 100.0 * spent / total_ns
@@ -117,3 +107,27 @@ class Precision(Analyzer):
                 "(or torch.set_float32_matmul_precision('high')), or train under torch.autocast('cuda', torch.bfloat16).",
             )
         ]
+
+    @staticmethod
+    def _fp32_kernel_rows(ev, kernels: np.ndarray) -> list[int]:  # type: ignore[no-untyped-def]
+        """Kernel rows (in ``kernels`` order) that are fp32 GEMMs/convs off the tensor cores.
+
+        Name tests run once per distinct kernel name; only rows whose name is a GEMM without a
+        SIMT marker look at their owning op."""
+        ids, inverse = np.unique(ev.name[kernels], return_inverse=True)
+        mean_us = np.bincount(inverse, weights=ev.dur_ns[kernels]) / np.bincount(inverse) / 1e3
+        simt = np.zeros(len(ids), dtype=bool)
+        gemm_only = np.zeros(len(ids), dtype=bool)
+        for i, name_id in enumerate(ids):
+            name = ev.names[int(name_id)]
+            if _TENSOR_CORE.search(name) or _NOT_TENSOR_CORE_WORK.search(name) or mean_us[i] < LATENCY_BOUND_US:
+                continue
+            if _GEMM.search(name):
+                simt[i] = bool(_SIMT.search(name))
+                gemm_only[i] = not simt[i]
+        hit = simt[inverse]
+        has_ops = len(ev.op_of) > 0
+        for k in np.flatnonzero(gemm_only[inverse]):
+            r = kernels[k]
+            hit[k] = _fp32_op(ev, int(ev.op_of[r]) if has_ops else -1)
+        return [int(r) for r in kernels[hit]]
