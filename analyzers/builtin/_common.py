@@ -32,9 +32,19 @@ def grade(share_pct: float, medium: float = MEDIUM_PCT, high: float = HIGH_PCT) 
 
 
 def window_ns(rank: "RankData") -> tuple[int, int]:
-    """(total nanoseconds of the analysed steps, number of steps); the trace span if no steps."""
+    """(total nanoseconds of the analysed steps, number of steps); the trace span if no steps.
+
+    The steps' span ends at the later of the last step marker and the end of the GPU work the
+    steps launched: a loop that never synchronizes runs its CPU side ahead of the GPU, so CPU
+    step markers alone would undercount the time (and shares would exceed 100 %)."""
     if rank.steps:
-        return int(sum(s.end_ns - s.start_ns for s in rank.steps)), len(rank.steps)
+        ev = rank.events
+        start, end = rank.steps[0].start_ns, rank.steps[-1].end_ns
+        cpu_ns = int(sum(s.end_ns - s.start_ns for s in rank.steps))
+        gpu = np.flatnonzero(np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0)) if len(ev) else []
+        if len(gpu):
+            end = max(end, int((ev.ts_ns[gpu] + ev.dur_ns[gpu]).max()))
+        return max(cpu_ns, int(end - start)), len(rank.steps)
     ev = rank.events
     if not len(ev):
         return 0, 0
