@@ -213,7 +213,8 @@ def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
 def compute_breakdowns(ctx: "AnalysisContext") -> None:
     """Fill ``rank.breakdown`` for every rank of the context."""
     for rd in ctx.ranks:
-        rd.breakdown = rank_breakdown(rd)
+        if not rd.meta.get("compacted"):  # compacted ranks got theirs from the full table
+            rd.breakdown = rank_breakdown(rd)
 
 
 def breakdown_totals(items: list[StepBreakdown]) -> dict[str, float]:
@@ -249,16 +250,16 @@ def hta_temporal(rd: RankData) -> dict[str, float] | None:
     """
     t = rd.events
     gpu = np.flatnonzero(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)))
-    steps = t.rows_named(lambda s: s.startswith("ProfilerStep#"), Kind.CPU_OP, Kind.ANNOTATION)
-    if steps.size >= 2:
-        # HTA keeps GPU ops whose launch is a runtime call (cuda*, not the driver's cu*) that
-        # starts before the last ProfilerStep
+    if t.name_ids_matching(lambda s: "ProfilerStep" in s).size >= 2:
+        # HTA keeps the GPU ops launched (same correlation id: runtime or driver call) before
+        # the last ProfilerStep starts; the GPU-side ProfilerStep ranges count as host rows
+        # there, so the last start is often the GPU annotation's, after the CPU's
+        gpu_op = np.zeros(len(t), dtype=bool)
+        gpu_op[gpu] = t.correlation[gpu] >= 0
+        steps = np.flatnonzero(~gpu_op & np.isin(t.name, t.name_ids_matching(lambda s: "ProfilerStep" in s)))
         last_start = int(t.ts_ns[steps].max())
         launch = t.launch_of[gpu]
-        runtime_api = np.zeros(len(t.names), dtype=bool)
-        runtime_api[t.name_ids_matching(lambda s: s.startswith("cuda"))] = True
-        lr = np.maximum(launch, 0)
-        keep = (launch >= 0) & (t.ts_ns[lr] < last_start) & runtime_api[t.name[lr]]
+        keep = (launch >= 0) & (t.ts_ns[np.maximum(launch, 0)] < last_start)
         gpu = gpu[keep]
     if gpu.size == 0:
         return None
