@@ -86,7 +86,7 @@ def breakdown_chart(report: dict[str, Any]) -> str | None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of step wall time")
     ax.invert_yaxis()
-    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(rows) < 3 else -0.15), frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.98), frameon=False)
     return _svg(fig)
 
 
