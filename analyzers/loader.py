@@ -175,6 +175,7 @@ class _Columns:
         self.thread_names: dict[tuple[Any, Any], str] = {}
         self._ids: dict[Any, int] = {}
         self._shapes: dict[Any, dict[str, Any]] = {}  # identical shape args share one (read-only) dict
+        self._launches: dict[Any, dict[str, Any]] = {}  # same for kernel launch configs
 
     def _intern(self, name: str) -> int:
         i = self.name_ids.get(name)
@@ -352,6 +353,8 @@ class _Columns:
         nan = math.nan
         row = self.rows
         K_CPU, K_RT, K_PY, K_OTHER = int(Kind.CPU_OP), int(Kind.RUNTIME), int(Kind.PYTHON), int(Kind.OTHER)
+        K_KERNEL = int(Kind.KERNEL)
+        launches = self._launches
         gpu_kinds = _GPU_ARG_INTS
         for e in events:
             ph = e.ph
@@ -441,8 +444,13 @@ class _Columns:
             else:
                 stream.append(-1)
                 device.append(-1)
-            if k != K_RT and (a.grid is not None or a.input_dims is not None or a.coll_name is not None
-                              or a.total_allocated is not None or a.device_id is not None):
+            if k == K_KERNEL and a.input_dims is None and a.coll_name is None and nm != "record_param_comms":
+                if a.grid is not None:  # kernels repeat their launch config: one dict per config
+                    launch = _kernel_launch_args(a, launches)
+                    if launch:
+                        extra[row] = launch
+            elif k != K_RT and (a.grid is not None or a.input_dims is not None or a.coll_name is not None
+                                or a.total_allocated is not None or a.device_id is not None):
                 sparse = _sparse_args(k, nm, args_dict(a))
                 if sparse:
                     extra[row] = _share(shapes, sparse)  # kernels repeat their launch config
@@ -500,6 +508,25 @@ def _share(cache: dict[Any, dict[str, Any]], sparse: dict[str, Any]) -> dict[str
         return cache.setdefault(_dumps(sparse), sparse)
     except (TypeError, ValueError, OverflowError):
         return sparse
+
+
+def _kernel_launch_args(a: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """What :func:`_sparse_args` keeps of a kernel's msgspec ``Args`` that has a grid and no
+    shapes or collective, without building the args dict; one shared dict per launch config."""
+    grid, block, regs, smem, occ = a.grid, a.block, a.registers, a.shared_memory, a.occupancy
+    try:
+        key = (tuple(grid) if type(grid) is list else grid, tuple(block) if type(block) is list else block, regs, smem, occ)
+        hit = cache.get(key)
+    except TypeError:  # unhashable oddities: the generic path
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    out = _sparse_args(int(Kind.KERNEL), "", {k: v for k, v in (("grid", grid), ("block", block), ("registers per thread", regs),
+                                                              ("shared memory", smem), ("est. achieved occupancy %", occ))
+                                              if v is not None})
+    if out is not None and key is not None:
+        cache[key] = out
+    return out
 
 
 def _sparse_args(kind: int, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
