@@ -784,7 +784,18 @@ def _parallel_workers(path: Path) -> int:
 
     if threading.active_count() > 1:  # forking a threaded process can deadlock: parse here
         return 0
+    if idle_cores() < 2:  # a helper on a busy core only adds its copying to our time
+        return 0
     return 1 if _trace_bytes(path) >= PARALLEL_MIN_BYTES else 0
+
+
+def idle_cores() -> float:
+    """Cores not busy by the 1-minute load average (this process counts as one of the busy ones
+    only once it has run a while): forked helpers pay off only on idle cores."""
+    try:
+        return (os.cpu_count() or 1) - os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return float(os.cpu_count() or 1)
 
 
 def _read_parallel(path: Path, workers: int) -> tuple[_Columns, dict[str, Any]]:

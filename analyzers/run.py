@@ -77,7 +77,12 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
         return 1
     if threading.active_count() > 1:  # forking a threaded process (e.g. inside `profile`) can deadlock
         return 1
-    return max(1, min(os.cpu_count() or 1, jobs, 4))
+    from analyzers.loader import idle_cores
+
+    idle = int(idle_cores())
+    if idle < 2:  # on a busy machine the workers only add fork and copy costs
+        return 1
+    return max(1, min(idle, jobs, 4))
 
 
 def run_analyzers(ctx: AnalysisContext, names: Iterable[str] | None = None, debug: bool = False) -> AnalyzerRun:
