@@ -36,7 +36,7 @@ def _findings(run: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("ddp")
-    return {plant: _profile(tmp, plant, factor) for plant, factor in (("none", 1.0), ("compute", 3.0), ("data", 8.0))}
+    return {plant: _profile(tmp, plant, factor) for plant, factor in (("none", 1.0), ("compute", 3.0), ("data", 8.0), ("buckets", 1.0))}
 
 
 @NEEDS_TORCHRUN
@@ -70,6 +70,14 @@ def test_data_straggler_is_named_with_its_cause(runs: dict[str, Path]) -> None:
 def test_healthy_run_names_no_straggler(runs: dict[str, Path]) -> None:
     found = _findings(runs["none"])
     assert "comm-straggler" not in found
+
+
+@NEEDS_TORCHRUN
+def test_manual_all_reduce_after_backward_is_exposed_communication(runs: dict[str, Path]) -> None:
+    found = _findings(runs["buckets"])
+    assert "comm-straggler" not in found
+    f = found["comm-exposed"]
+    assert f.severity.value in ("medium", "high") and f.evidence["comm_exposed_pct"] >= 5.0
 
 
 def test_bus_bandwidth_factors_follow_nccl_tests() -> None:
@@ -124,3 +132,17 @@ def test_flight_recorder_dump_with_pending_entries_is_hang_evidence(tmp_path: Pa
     (tmp_path / "flight_recorder" / "nccl_trace_rank_1.json").write_text(_json.dumps(dump))
     f = _findings(tmp_path)["comm-hang-risk"]
     assert f.evidence["flight_recorder_unfinished"] == {"nccl_trace_rank_1.json": 1}
+
+
+def test_slow_link_is_reported_when_bus_bandwidth_is_far_under_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analyzers.builtin.communication as comm
+
+    assert "comm-slow-link" not in _findings(H200_DDP / "healthy")
+    # The measured ~300 GB/s link looks slow against a peak 10x higher: C4's communication-slow class.
+    monkeypatch.setitem(comm.LINK_PEAK_BUSBW_GBPS, "NVIDIA H200", 3176.0)
+    found = _findings(H200_DDP / "healthy")
+    if "comm-slow-link" not in found:
+        pytest.skip("no collective of >= 1 MiB in the trimmed healthy window")
+    f = found["comm-slow-link"]
+    assert f.evidence["c4_class"] == "communication-slow"
+    assert all(v < 0.5 * 3176.0 for v in f.evidence["busbw_gbps_by_collective"].values())
