@@ -14,7 +14,7 @@ try:
 except ImportError:  # pragma: no cover - optional dependency
     msgspec = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "decode_events", "args_dict"]
+__all__ = ["AVAILABLE", "decode_events", "args_dict", "raw_value"]
 
 AVAILABLE = msgspec is not None
 
@@ -59,8 +59,8 @@ if AVAILABLE:
     class Args(msgspec.Struct, rename=ARG_KEYS):  # type: ignore[call-arg,misc]
         external_id: Any = None
         correlation: Any = None
-        input_dims: Any = None
-        input_type: Any = None
+        input_dims: msgspec.Raw = None  # type: ignore[assignment]  # raw JSON: decoded once per distinct value
+        input_type: msgspec.Raw = None  # type: ignore[assignment]
         flops: Any = None
         nbytes: Any = None
         nbytes_mem: Any = None
@@ -111,4 +111,15 @@ def decode_events(blob: bytes) -> list[Any]:
 
 def args_dict(args: Any) -> dict[str, Any]:
     """The Kineto ``args`` keys that were set, as a plain dict (for the rare sparse rows)."""
-    return {key: getattr(args, attr) for attr, key in ARG_KEYS.items() if getattr(args, attr) is not None}
+    out = {}
+    for attr, key in ARG_KEYS.items():
+        value = getattr(args, attr)
+        if value is not None and (type(value) is not msgspec.Raw or (value := raw_value(value)) is not None):
+            out[key] = value
+    return out
+
+
+def raw_value(raw: Any) -> Any:
+    """The value of a ``msgspec.Raw`` field (``input_dims`` / ``input_type`` are kept raw: the
+    loader decodes each distinct one once)."""
+    return msgspec.json.decode(raw) if raw is not None else None

@@ -329,7 +329,7 @@ class _Columns:
 
     def add_structs(self, events: list[Any]) -> None:
         """Like :meth:`add`, for ``analyzers.kineto_structs.Event`` objects (msgspec)."""
-        from analyzers.kineto_structs import args_dict
+        from analyzers.kineto_structs import args_dict, raw_value
 
         kind: list[int] = []
         name: list[int] = []
@@ -422,15 +422,17 @@ class _Columns:
                     if sparse:
                         extra[row] = sparse
                 elif a.input_dims is not None:
-                    dims, types = a.input_dims, a.input_type
-                    try:
-                        key = _dumps((dims, types))
-                    except (TypeError, ValueError, OverflowError):
-                        key = object()
+                    raw_types = a.input_type
+                    key = (bytes(a.input_dims), bytes(raw_types) if raw_types is not None else None)
                     sparse = shapes.get(key)
                     if sparse is None:
-                        sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
-                    extra[row] = sparse
+                        dims, types = raw_value(a.input_dims), raw_value(raw_types)
+                        if dims is None:
+                            sparse = shapes[key] = {}
+                        else:
+                            sparse = shapes[key] = {"input_dims": dims} if types is None else {"input_dims": dims, "input_types": types}
+                    if sparse:
+                        extra[row] = sparse
                 row += 1
                 continue
             flops.append(nan)
@@ -444,7 +446,8 @@ class _Columns:
             else:
                 stream.append(-1)
                 device.append(-1)
-            if k == K_KERNEL and a.input_dims is None and a.coll_name is None and nm != "record_param_comms":
+            if k == K_KERNEL and (a.input_dims is None or raw_value(a.input_dims) is None) and a.coll_name is None \
+                    and nm != "record_param_comms":
                 if a.grid is not None:  # kernels repeat their launch config: one dict per config
                     launch = _kernel_launch_args(a, launches)
                     if launch:

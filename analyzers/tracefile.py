@@ -120,9 +120,7 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
         buf += piece
         if eof:
             break
-        cut = None
-        for cut in _BOUNDARY.finditer(buf, max(0, len(buf) - len(piece) - 16)):
-            pass
+        cut = _last_boundary(buf, max(0, len(buf) - len(piece) - 16))
         if cut is None:
             continue
         segment = buf[: cut.start() + 1]
@@ -135,6 +133,20 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
     doc = _parse_whole(head + buf, path)
     events, meta = _split_whole(doc, path)
     yield events, meta
+
+
+def _last_boundary(buf: bytes, start: int) -> "re.Match[bytes] | None":
+    """The last ``}, {`` in ``buf[start:]``: looked for in the tail first (events are short),
+    the whole range only when the tail has none."""
+    for lo in (max(start, len(buf) - (64 << 10)), start):
+        cut = None
+        for cut in _BOUNDARY.finditer(buf, lo):
+            pass
+        if cut is not None:
+            return cut
+        if lo == start:
+            break
+    return None
 
 
 def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
@@ -169,9 +181,7 @@ def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Ite
             if not piece:
                 break
             buf += piece
-            cut = None
-            for cut in _BOUNDARY.finditer(buf, max(0, len(buf) - len(piece) - 16)):
-                pass
+            cut = _last_boundary(buf, max(0, len(buf) - len(piece) - 16))
             if cut is None:
                 continue
             yield b"[" + buf[: cut.start() + 1] + b"]", False
