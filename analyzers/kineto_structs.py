@@ -56,7 +56,7 @@ ARG_KEYS = {
 
 if AVAILABLE:
 
-    class Args(msgspec.Struct, rename=ARG_KEYS):  # type: ignore[call-arg,misc]
+    class Args(msgspec.Struct, rename=ARG_KEYS, gc=False):  # type: ignore[call-arg,misc]
         external_id: Any = None
         correlation: Any = None
         input_dims: msgspec.Raw = None  # type: ignore[assignment]  # raw JSON: decoded once per distinct value
@@ -90,7 +90,7 @@ if AVAILABLE:
         addr: Any = None
         meta_name: Any = None
 
-    class Event(msgspec.Struct):
+    class Event(msgspec.Struct, gc=False):  # no cycles: the collector need not track them
         ph: Any = None
         cat: Any = None
         name: Any = None

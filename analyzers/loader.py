@@ -848,7 +848,24 @@ def load_trace(path: str | Path, rank: int | None = None) -> tuple[EventTable, d
     (``STALLSCOPE_PARSE_WORKERS=0`` turns that off); any doubt (a cut inside a string, a worker
     error) falls back to the one-process parse.
     """
-    path = Path(path)
+    with _gc_paused():
+        return _load_trace(Path(path))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic collector off while parsing: the parse allocates millions of acyclic objects,
+    and the collector's passes over them cost ~10 % of the parse time for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_trace(path: Path) -> tuple[EventTable, dict[str, Any]]:
     cols: _Columns | None = None
     meta: dict[str, Any] = {}
     workers = _parallel_workers(path) if path.is_file() else 0
