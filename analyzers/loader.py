@@ -20,13 +20,15 @@ values as read-only).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import math
 import os
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
