@@ -157,6 +157,23 @@ def test_gpu_fixture_report() -> None:
     assert sum(k["pct"] for k in report["top_kernels"]) <= 100.01
 
 
+def test_gpu_fixture_ddp_folder_and_stepless_trace() -> None:
+    """Real H200 traces: two DDP ranks read as a folder; a trace without steps becomes one step."""
+    ddp, nosteps = gpu_fixture("ddp"), gpu_fixture("nosteps.pt.trace.json.gz")
+    if ddp is None or nosteps is None:
+        pytest.skip("GPU fixtures ddp/ and nosteps.pt.trace.json.gz not recorded yet (tests/fixtures/make_gpu_traces.py)")
+    report = build_report(ddp)
+    validate_report(report)
+    assert report["source"]["ranks"] == [0, 1] and report["summary"]["steps"] >= 2
+    for rank in report["per_rank"]:
+        assert rank["steps"] == report["summary"]["steps"]
+        assert sum(rank["breakdown_pct"].values()) == pytest.approx(100.0, abs=1.0)
+    report = build_report(nosteps)
+    validate_report(report)
+    assert report["source"]["steps_from"] == "whole-trace" and report["summary"]["steps"] == 1
+    assert any("whole trace" in n for n in report["notices"])
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
