@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from analyzers.compact import FULL_RANKS, compact_rank
 from analyzers.model import AnalysisContext, EventTable, Kind, RankData
 from analyzers.tracefile import iter_trace_batches
 
@@ -1014,6 +1015,8 @@ def _load_run_dir(root: Path) -> AnalysisContext:
             rank_meta = read_yaml(d / "rank.yaml")
             if isinstance(rank_meta, dict):
                 rd.meta["rank"] = rank_meta
+        if len(ranks) >= FULL_RANKS:
+            compact_rank(rd)
         ranks.append(rd)
     if not ranks:
         raise ToolError(f"{root}: a run directory without rank folders; pass a trace file or re-run stallscope profile")
@@ -1071,7 +1074,15 @@ def load_context(target: str | Path) -> AnalysisContext:
                         "pass a run directory, a trace file or a folder of per-rank traces")
     notices = []
     traces = _pick_traces(traces, notices)
-    ranks = [_rank_data(p, None, notices) for p in traces]
+    ranks = []
+    for i, p in enumerate(traces):
+        rd = _rank_data(p, None, notices)
+        if i >= FULL_RANKS:
+            compact_rank(rd)
+        ranks.append(rd)
+    if len(ranks) > FULL_RANKS:
+        notices.append(f"{len(ranks)} ranks: per-rank analyzers looked at the first {FULL_RANKS}; the breakdown and the "
+                       "communication analysis cover every rank (docs/distributed.md, Scale)")
     seen: dict[int, Path] = {}
     for rd in ranks:
         if rd.rank >= 0 and rd.rank in seen:
