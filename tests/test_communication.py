@@ -146,3 +146,13 @@ def test_slow_link_is_reported_when_bus_bandwidth_is_far_under_the_peak(monkeypa
     f = found["comm-slow-link"]
     assert f.evidence["c4_class"] == "communication-slow"
     assert all(v < 0.5 * 3176.0 for v in f.evidence["busbw_gbps_by_collective"].values())
+
+
+def test_bandwidth_table_reports_bus_bandwidth_per_collective() -> None:
+    f = _findings(H200_DDP / "healthy")["comm-bandwidth"]
+    row = f.evidence["by_collective"]["allreduce"]
+    assert row["count"] > 0 and row["median_msg_mb"] > 1
+    # Two ranks: busbw == algbw for all-reduce (2(n-1)/n = 1); below the measured link peak.
+    assert row["median_busbw_gbps"] == pytest.approx(row["median_algbw_gbps"])
+    assert 0 < row["max_busbw_gbps"] <= f.evidence["link_peak_busbw_gbps"] * 1.05
+    assert f.severity.value == "info"

@@ -198,11 +198,11 @@ class Communication(Analyzer):
             findings.append(straggler)
             # Peers' waits for the straggler show up as exposed communication: count them once.
             findings += _exposed(ctx, float(straggler.evidence["peer_wait_ms_per_step"]))
-            return findings
+            return findings + _bandwidth(ctx, instances)
         slow = _slow_link(ctx, instances)
         if slow is not None:
             findings.append(slow)
-        return findings + _exposed(ctx, 0.0)
+        return findings + _exposed(ctx, 0.0) + _bandwidth(ctx, instances)
 
 
 def _step_ms(ctx: AnalysisContext) -> float:
@@ -413,6 +413,42 @@ def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
         where={"ranks": sorted(instances[0])}, confidence=0.6, fixes=["grad-compression", "exclude-host"],
         analyzer="communication", advice="check the link (NCCL_DEBUG=INFO topology, NVLink/PCIe state) or send fewer bytes",
     )
+
+
+def bandwidth_table(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> dict[str, dict[str, float]]:
+    """Per collective type: count, median message, and the median algbw / busbw of the last arriver."""
+    peak = LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")
+    rows: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for inst in instances:
+        c = min(inst.values(), key=lambda x: x.dur_ns)
+        if c.nbytes <= 0 or c.dur_ns <= 0:
+            continue
+        algbw = c.nbytes / c.dur_ns
+        rows[c.name].append((c.nbytes, algbw, algbw * _bus_factor(c.name, c.group_size)))
+    table: dict[str, dict[str, float]] = {}
+    for name, vals in rows.items():
+        arr = np.asarray(vals, dtype=float)
+        entry = {"count": float(len(vals)), "median_msg_mb": float(np.median(arr[:, 0])) / 2**20,
+                 "median_algbw_gbps": float(np.median(arr[:, 1])), "median_busbw_gbps": float(np.median(arr[:, 2])),
+                 "max_busbw_gbps": float(arr[:, 2].max())}
+        if peak:
+            entry["max_busbw_pct_of_link_peak"] = 100.0 * entry["max_busbw_gbps"] / peak
+        table[name] = entry
+    return table
+
+
+def _bandwidth(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> list[Finding]:
+    """An info finding that carries the per-collective bandwidth table (no action implied)."""
+    table = bandwidth_table(ctx, instances)
+    if not table:
+        return []
+    return [Finding(
+        id="comm-bandwidth", category="communication",
+        title="Collective bandwidth (nccl-tests bus bandwidth of the last arriver)",
+        severity="info", impact=Impact(0.0, 0.0),
+        evidence={"by_collective": table, "link_peak_busbw_gbps": LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")},
+        where={"ranks": sorted(instances[0])}, confidence=0.9, analyzer="communication",
+    )]
 
 
 def _hangs(ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instances: list[dict[int, Collective]]) -> list[Finding]:
