@@ -38,6 +38,8 @@ def test_bleu_in_the_step_is_a_cpu_metric_with_tensorbleu(tmp_path):
     assert f.category == "cpu-metric" and f.fixes == ["tensorbleu"]
     assert f.evidence["metric"] == "BLEU"
     assert any("sentence_bleu" in p for p in f.where["python"])
+    # The finding prints the code change: one batched TensorBLEU call, said to be token-ID BLEU.
+    assert "sentence_bleu_batch" in f.advice and "NOT SacreBLEU" in f.advice
     # the loop calling the metric is not counted as the metric: the share stays below the step
     assert 5 < f.impact.step_time_pct < 100
 

@@ -198,6 +198,14 @@ class CpuMetric(Analyzer):
             where=where,
             confidence=0.85 if frames and stacks else 0.5,
             fixes=["tensorbleu"] if bleu or not frames else [],
-            advice="Compute the metric on the GPU over the whole batch (TensorBLEU for token-id BLEU), "
-            "or move it off the training loop (every N steps, another process).",
+            advice=_bleu_suggestion() if bleu else (
+                "Compute the metric on the GPU over the whole batch (TensorBLEU for token-id BLEU), "
+                "or move it off the training loop (every N steps, another process)."),
         )
+
+
+def _bleu_suggestion() -> str:
+    """The code change the finding prints for a per-sentence BLEU loop (fixes/tensorbleu; no torch import)."""
+    from fixes.tensorbleu.batch import SUGGESTION
+
+    return SUGGESTION
