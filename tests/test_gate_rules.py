@@ -82,7 +82,7 @@ def _mutate(report: dict, path: str, value: object) -> dict:
     node: object = report
     for part in parts[:-1]:
         if isinstance(node, list):
-            node = node[int(part)] if int(part) < len(node) else None
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
         else:
             node = node.get(part) if isinstance(node, dict) else None
         if node is None:
