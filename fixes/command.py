@@ -16,7 +16,7 @@ from profiler.common import ToolError, read_yaml
 
 __all__ = ["Plan", "PlanItem", "build_plan", "plan_command", "run_command"]
 
-BOOT_DIR = Path(__file__).resolve().parent / "_patchboot"
+BOOT_DIR = Path(__file__).resolve().parents[1] / "profiler" / "boot"  # the one stallscope bootstrap
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Arms the profiler in a target process: attach right after ``import torch`` completes.
+"""Arms stallscope in a target process: run callbacks right after ``import torch`` completes.
 
-Stdlib only. Processes that never import torch are not touched beyond this finder.
+Used by the one bootstrap (``profiler/boot/sitecustomize.py``) for both ``stallscope profile``
+(attach the profiler) and ``stallscope run --patch-from`` (apply kept patches). Stdlib only.
+Processes that never import torch are not touched beyond this finder.
 """
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import importlib.abc
 import importlib.util
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
-__all__ = ["arm"]
+__all__ = ["arm", "attach_patches", "attach_profiler"]
+
+_callbacks: List[Callable[[], None]] = []
 
 
 class _TorchImportWatcher(importlib.abc.MetaPathFinder):
@@ -30,13 +34,19 @@ class _TorchImportWatcher(importlib.abc.MetaPathFinder):
 
         def exec_module(module: Any) -> None:
             original(module)
-            _attach()
+            _run_callbacks()
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-def _attach() -> None:
+def _run_callbacks() -> None:
+    for fn in _callbacks:
+        fn()
+
+
+def attach_profiler() -> None:
+    """Attach the profiler (``STALLSCOPE_RUN_DIR`` and friends configure it)."""
     try:
         from profiler import runtime
 
@@ -45,10 +55,21 @@ def _attach() -> None:
         sys.stderr.write(f"stallscope: profiler not attached in pid {os.getpid()}: {exc.__class__.__name__}: {exc}\n")
 
 
-def arm() -> None:
-    """Attach now if torch is already imported, else when it is."""
+def attach_patches() -> None:
+    """Apply the patches an earlier auto-patch run kept (``STALLSCOPE_PATCH_FROM``)."""
+    try:
+        from fixes import autopatch
+
+        autopatch.attach_from_report(os.environ["STALLSCOPE_PATCH_FROM"])
+    except Exception as exc:  # the target must run even if patching cannot
+        sys.stderr.write(f"stallscope: patches not applied in pid {os.getpid()}: {exc.__class__.__name__}: {exc}\n")
+
+
+def arm(callback: Callable[[], None] = attach_profiler) -> None:
+    """Run ``callback`` now if torch is already imported, else right after it is."""
     if "torch" in sys.modules:
-        _attach()
+        callback()
         return
+    _callbacks.append(callback)
     if not any(isinstance(f, _TorchImportWatcher) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchImportWatcher())

@@ -1,14 +1,17 @@
-"""stallscope bootstrap: injected on PYTHONPATH by `stallscope profile` (stdlib only, no torch).
+"""stallscope bootstrap: put on PYTHONPATH by `stallscope profile` and `stallscope run --patch-from`
+(stdlib only, no torch).
 
-It arms a hook that attaches the profiler right after the process imports torch, then hands
-over to any other ``sitecustomize`` that this one shadows.
+It arms a hook that, right after the process imports torch, attaches the profiler
+(``STALLSCOPE_RUN_DIR``) and/or applies kept patches (``STALLSCOPE_PATCH_FROM``), then hands over
+to any other ``sitecustomize`` that this one shadows.
 """
 import os
 import sys
 
 
 def _stallscope_boot():
-    if not os.environ.get("STALLSCOPE_RUN_DIR"):
+    profile, patch = os.environ.get("STALLSCOPE_RUN_DIR"), os.environ.get("STALLSCOPE_PATCH_FROM")
+    if not (profile or patch):
         return
     try:
         try:
@@ -20,7 +23,10 @@ def _stallscope_boot():
             if home not in sys.path:
                 sys.path.append(home)
             from profiler import _bootstrap
-        _bootstrap.arm()
+        if profile:
+            _bootstrap.arm(_bootstrap.attach_profiler)
+        if patch:
+            _bootstrap.arm(_bootstrap.attach_patches)
     except Exception as exc:  # never break the target
         sys.stderr.write("stallscope: bootstrap disabled in pid %d: %s: %s\n" % (os.getpid(), exc.__class__.__name__, exc))
 
