@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 from profiler.common import ToolError
 from profiler.live import LiveStatus
-from profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created
+from profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created, shared_out
 
 __all__ = ["profile_command", "resolve_command", "child_environment", "RunSummary", "print_summary", "diagnose_or_summarize"]
 
@@ -140,7 +140,7 @@ def profile_command(
     _check_options(skip, steps, sample_hz, patch_steps)
     exec_argv = resolve_command(argv)
     run_dir = Path(out) if out is not None else default_run_dir(argv)
-    created = prepare_run_dir(run_dir)
+    created = prepare_run_dir(run_dir, shared=shared_out())
     options = {"sample_hz": sample_hz, "stack": stack, "memory": memory, "auto_patch": auto_patch,
                "patch_steps": patch_steps, "deep": deep}
     meta = MetaWriter(run_dir, argv, skip, steps, options)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from profiler.common import ToolError, __version__, read_yaml, write_yaml
 
-__all__ = ["default_run_dir", "prepare_run_dir", "git_info", "utc_now", "MetaWriter", "collect_ranks"]
+__all__ = ["default_run_dir", "prepare_run_dir", "shared_out", "git_info", "utc_now", "MetaWriter", "collect_ranks"]
 
 SCHEMA_VERSION = 1
 
@@ -48,16 +48,32 @@ def default_run_dir(argv: List[str], base: Optional[Path] = None) -> Path:
     return candidate
 
 
-def prepare_run_dir(out: Path) -> List[Path]:
+def shared_out() -> bool:
+    """Whether this ``stallscope`` process is one of several that write one run directory: a task
+    of SLURM's srun / mpirun (their rank variables are set), or ``STALLSCOPE_SHARED_OUT=1``
+    (each node's ``stallscope profile -- torchrun`` of a multi-node job)."""
+    from profiler.runtime import WORLD_SIZE_VARS, env_int
+
+    return os.environ.get("STALLSCOPE_SHARED_OUT") == "1" or env_int(WORLD_SIZE_VARS, 1) > 1
+
+
+def _is_run_dir_entry(p: Path) -> bool:
+    return re.fullmatch(r"rank\d+|meta\.yaml|patches\.yaml|\..*", p.name) is not None
+
+
+def prepare_run_dir(out: Path, shared: bool = False) -> List[Path]:
     """Create ``out`` (empty) and return the folders this created, for cleanup on failure.
 
     Refuses a non-empty folder or a file (nothing the user had is touched) and an unwritable place.
+    With ``shared`` (see :func:`shared_out`) a folder holding only other ranks' run-directory
+    entries is accepted: the tasks of one job write their rank folders side by side.
     """
     out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise ToolError(f"--out {out}: exists and is not a folder; choose a new run directory path")
-        if any(out.iterdir()):
+        entries = list(out.iterdir())
+        if entries and not (shared and all(_is_run_dir_entry(e) for e in entries)):
             raise ToolError(f"--out {out}: folder exists and is not empty; choose a new run directory path")
     created: List[Path] = []
     p = out.absolute()
@@ -67,7 +83,12 @@ def prepare_run_dir(out: Path) -> List[Path]:
         p = p.parent
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:
+                if not (shared and d.is_dir()):  # another task of the same job made it first
+                    raise
+                continue
             created.append(d)
         probe = out / ".stallscope-write-probe"
         probe.write_bytes(b"")
