@@ -42,6 +42,12 @@ class Tolerance:
     # zero by structure (the bias of a layer feeding BatchNorm) holds only rounding noise;
     # judged against its own noise it would fail any reordering fix.
     floor: float = 1e-3
+    # Precision-changing fixes (TF32): when set, a gradient that misses the elementwise bound
+    # still passes if it points the same way (cosine >= this) with the same norm (within
+    # grad_rtol). Rounding flips a few ReLU/dropout/max decisions near zero; each flipped
+    # element's gradient changes completely, so the largest elementwise error is set by a
+    # handful of elements while the update direction barely moves (docs/auto-patch.md).
+    grad_min_cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +57,7 @@ class Tolerance:
             "grad_atol": self.grad_atol,
             "scale": self.scale,
             "floor": self.floor,
+            "grad_min_cosine": self.grad_min_cosine,
             "note": self.note,
         }
 

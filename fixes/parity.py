@@ -48,6 +48,7 @@ class ParityResult:
     max_rel_err_out: float = 0.0
     max_abs_err_grad: float = 0.0
     max_rel_err_grad: float = 0.0
+    min_grad_cosine: float | None = None
     tensors_compared: int = 0
     worst: str = ""
     reason: str = ""
@@ -61,6 +62,7 @@ class ParityResult:
             "max_rel_err_out": _num(self.max_rel_err_out),
             "max_abs_err_grad": _num(self.max_abs_err_grad),
             "max_rel_err_grad": _num(self.max_rel_err_grad),
+            "min_grad_cosine": None if self.min_grad_cosine is None else _num(self.min_grad_cosine),
             "tensors_compared": self.tensors_compared,
             "worst": self.worst,
             "reason": self.reason,
@@ -81,6 +83,7 @@ def merge_results(results: list[ParityResult], tolerance: Tolerance) -> ParityRe
         max_rel_err_out=worst_out.max_rel_err_out,
         max_abs_err_grad=max(r.max_abs_err_grad for r in results),
         max_rel_err_grad=worst_grad.max_rel_err_grad,
+        min_grad_cosine=min((r.min_grad_cosine for r in results if r.min_grad_cosine is not None), default=None),
         tensors_compared=sum(r.tensors_compared for r in results),
         worst=(failed[0] if failed else worst_grad if worst_grad.max_rel_err_grad > 0 else worst_out).worst,
         reason=failed[0].reason if failed else f"{len(results)} module(s) within tolerance",
@@ -259,6 +262,11 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
                 ok = abs_err <= atol + rtol * scale
             else:
                 ok = bool((diff <= atol + rtol * mag).all())
+            if kind == "grad" and tol.grad_min_cosine is not None:
+                cosine, norm_ratio = _direction(a64, b64)
+                result.min_grad_cosine = cosine if result.min_grad_cosine is None else min(result.min_grad_cosine, cosine)
+                if not ok and cosine >= tol.grad_min_cosine and abs(norm_ratio - 1.0) <= rtol:
+                    ok = True
         rel_err = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
         result.tensors_compared += 1
         if kind == "grad":
@@ -276,6 +284,18 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
             result.worst = name
             result.reason = (f"{name}: max abs err {abs_err:.3g} (rel {rel_err:.3g}) exceeds "
                              f"atol {atol:g} + rtol {rtol:g} ({tol.scale} scale)")
+            if kind == "grad" and tol.grad_min_cosine is not None:
+                cosine, norm_ratio = _direction(a64, b64)
+                result.reason += (f", and its direction/norm differ too (cosine {cosine:.6f}, needs >= "
+                                  f"{tol.grad_min_cosine:g}; norm ratio {norm_ratio:.4f}, needs 1 +- {rtol:g})")
+
+
+def _direction(a, b) -> tuple[float, float]:
+    """(cosine between two tensors, norm of b over norm of a); (1, 1) for two zero tensors."""
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0.0 or nb == 0.0:
+        return (1.0, 1.0) if na == nb else (0.0, float("inf"))
+    return float((a * b).sum()) / (na * nb), nb / na
 
 
 def check_parity(module: Any, args: tuple, kwargs: dict | None, original: Callable[[], ContextManager[Any]],

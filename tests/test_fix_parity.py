@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 
 import numpy as np
@@ -125,3 +126,70 @@ def test_nothing_to_compare_is_not_a_pass():
 
     r = check_parity(Argmax(), (torch.randn(3, 4),), {}, contextlib.nullcontext, Tolerance())
     assert not r.passed and "no floating-point tensor" in r.reason
+
+
+def _tf32_round(t: torch.Tensor) -> torch.Tensor:
+    """Round float32 to TF32's 10 mantissa bits (nearest), as the tensor cores read GEMM inputs."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+class _EmulatedTF32Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return _tf32_round(x) @ _tf32_round(w).t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return _tf32_round(g) @ _tf32_round(w), _tf32_round(g).t() @ _tf32_round(x), g.sum(0)
+
+
+class _ReluMLP(nn.Module):
+    """fp32 ReLU MLP whose GEMMs run either in fp32 or with TF32 rounding emulated (``mode``)."""
+
+    def __init__(self, width: int = 512, depth: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.head = nn.Linear(width, 10)
+        self.mode = "tf32"
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in [*self.layers, self.head]:
+            if self.mode == "tf32":
+                h = _EmulatedTF32Linear.apply(h, layer.weight, layer.bias)
+            elif self.mode == "broken":  # a wrong fix: right forward, gradient 5 % too large
+                h = _EmulatedTF32Linear.apply(h, layer.weight * 1.05, layer.bias) - h @ (0.05 * layer.weight).detach().t()
+            else:
+                h = torch.nn.functional.linear(h, layer.weight, layer.bias)
+            if layer is not self.head:
+                h = torch.relu(h)
+        return h
+
+
+@contextlib.contextmanager
+def _fp32(m: _ReluMLP):
+    mode, m.mode = m.mode, "fp32"
+    try:
+        yield
+    finally:
+        m.mode = mode
+
+
+def test_tf32_rounding_passes_by_gradient_direction_where_elementwise_bounds_fail():
+    from fixes.tf32.fix import TF32
+
+    m = _ReluMLP()
+    x = torch.randn(512, 512)
+    elementwise = dataclasses.replace(TF32.tolerance, grad_min_cosine=None)
+    strict = check_parity(m, (x,), {}, lambda: _fp32(m), elementwise)
+    assert not strict.passed and strict.max_rel_err_grad > 2e-2  # ReLU decisions flipped by rounding
+    r = check_parity(m, (x,), {}, lambda: _fp32(m), TF32.tolerance)
+    assert r.passed, r.reason
+    assert r.max_rel_err_out < 1e-2
+    assert 0.99 <= r.min_grad_cosine < 1.0
+    m.mode = "broken"
+    bad = check_parity(m, (x,), {}, lambda: _fp32(m), TF32.tolerance)
+    assert not bad.passed and "norm ratio" in bad.reason

@@ -11,8 +11,18 @@ each GEMM input is rounded with unit roundoff u = 2^-11 ~ 4.9e-4 and a product c
 2u ~ 1e-3 relative error; accumulation stays fp32. For a length-K dot product with mixed
 signs the error is ~1e-3 * sqrt(K) * |a||b| and the output scale is ~sqrt(K) * |a||b|, so one
 GEMM lands near 1e-3 of its output's largest magnitude. Errors of stacked GEMMs add (a dozen
-layers: a few 1e-3), hence 1e-2 for outputs. Backward runs two GEMMs per forward GEMM and sums
-parameter gradients over the batch, hence 2e-2 for gradients.
+layers: a few 1e-3), hence 1e-2 for outputs.
+
+Gradients are judged by direction and norm (``grad_min_cosine``), not elementwise: the forward's
+~1e-3 rounding flips the ReLU/dropout/max decisions of the few pre-activations that lie within
+1e-3 of zero (a fraction ~1e-4), and each flipped element's gradient changes completely. The
+largest elementwise error of a weight gradient is then set by a handful of elements: 4-11 % of
+the tensor's scale in a 4-layer ReLU MLP with TF32 emulated on the CPU (tests/test_fix_parity.py),
+5.5-6 % on the H200 (bench/results/autopatch.yaml), while the gradient as a whole keeps its
+norm to 1e-4 and its direction to 1 - cosine ~ 5e-4. A gradient passes when its cosine with the
+original is >= 0.99 (8 degrees: ~20x the 4-layer figure, which grows about linearly with depth)
+and its norm is within 2 % (``grad_rtol``). A wrong gradient (a dropped term, a wrong scale)
+misses one of the two.
 """
 from __future__ import annotations
 
@@ -53,9 +63,10 @@ class TF32(Fix):
     id = "tf32"
     answers = ("fp32-matmul-off-tensor-cores", "precision")
     description = "Run fp32 matmuls/convolutions in TF32 on the tensor cores (torch.set_float32_matmul_precision('high'))."
-    tolerance = Tolerance(rtol=1e-2, atol=1e-6, grad_rtol=2e-2, grad_atol=1e-6, scale="tensor",
+    tolerance = Tolerance(rtol=1e-2, atol=1e-6, grad_rtol=2e-2, grad_atol=1e-6, scale="tensor", grad_min_cosine=0.99,
                           note="TF32 rounds GEMM inputs to 10 mantissa bits (u = 4.9e-4): ~1e-3 of the output scale per GEMM, "
-                               "1e-2 leaves room for a dozen stacked layers; gradients pass twice as many GEMMs")
+                               "1e-2 leaves room for a dozen stacked layers; gradients: the rounding flips a few ReLU/dropout "
+                               "decisions near zero, so they are judged by direction (cosine >= 0.99) and norm (2 %)")
     scope = "process"
     requires_cuda = True
 
