@@ -2,8 +2,9 @@
 # Run several GPU scripts in one device call. Usage (from the repo root, on the GPU machine):
 #   OUT=/some/dir bash bench/gpu_batch.sh "name1:seconds:command ..." "name2:seconds:command ..."
 # Each command runs with its own time limit and its own log; results written under $OUT/<name>/
-# by the command (it sees OUT=$OUT/<name>) are packed into $OUT/batch.tar.gz at the end, because
-# the device tool returns at most 8 files.
+# by the command (it sees OUT=$OUT/<name>) are packed into $OUT/<name>.tar.gz, split into 15 MB
+# parts (<name>.tar.gz.partaa, ...; join with cat) when larger, because the device tool returns
+# at most 8 files of 16 MiB each.
 set -u
 root_out=${OUT:?set OUT}
 export PYTHONUNBUFFERED=1 PYTHONPATH=".:${PYTHONPATH:-}"
@@ -22,6 +23,12 @@ for spec in "$@"; do
   echo "$name rc=$rc $(( $(date +%s) - start ))s" | tee -a "$summary"
   tail -n 15 "$root_out/$name/log.txt" | sed "s/^/  [$name] /"
 done
-tar -czf "$root_out/batch.tar.gz" -C "$root_out" --exclude=batch.tar.gz . 2>/dev/null
-find "$root_out" -mindepth 1 -maxdepth 1 ! -name batch.tar.gz ! -name summary.txt ! -name env.txt -exec rm -rf {} +
+for spec in "$@"; do
+  name=${spec%%:*}
+  tar -czf "$root_out/$name.tar.gz" -C "$root_out" "$name" 2>/dev/null && rm -rf "${root_out:?}/$name"
+  if [ "$(stat -c %s "$root_out/$name.tar.gz")" -gt 15000000 ]; then
+    split -b 15000000 "$root_out/$name.tar.gz" "$root_out/$name.tar.gz.part" && rm "$root_out/$name.tar.gz"
+  fi
+done
+ls -la "$root_out"
 cat "$summary"
