@@ -38,7 +38,8 @@ WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
 
 
-def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: int, small: bool, sample_hz: float) -> dict:
+def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: int, small: bool, sample_hz: float,
+             extra_env: dict | None = None) -> dict:
     out_json = work / f"{tag}.json"
     run_dir = work / f"run-{tag}"
     cmd = [sys.executable, str(WORKLOAD), "--model", model, "--warmup", str(warmup), "--measure", str(measure), "--json", str(out_json)]
@@ -54,6 +55,7 @@ def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: 
                                 auto_patch=False, patch_steps=20)
         env["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + str(ROOT)
         MetaWriter(run_dir, cmd, skip, measure).write()
+    env.update(extra_env or {})
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:

@@ -40,6 +40,7 @@ STEP_FIELDS = ["step", "start_ns", "end_ns", "wall_ms", "gpu_ms", "data_wait_ms"
 SOURCE_RANK = {"module": 1, "optimizer": 2, "profiler_step": 3, "api": 4}
 FLUSH_PERIOD_S = 5.0
 STATUS_PERIOD_S = 0.5
+WINDOW_WARMUP_STEPS = 1
 PHASE_PREFIX = "stallscope.phase/"
 CLOCK_MARK = "stallscope.clock_sync"
 LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch", "torch.distributed.elastic")
@@ -508,9 +509,12 @@ class Recorder:
         self.step_data_ns = 0
         self.forward_in_step = False
         # never start (or stop) Kineto inside a CUDA graph capture: the window moves to the next step
-        if self.window_state == "pending" and self.index >= self.cfg.skip and not self._capturing:
+        # Kineto starts one step early (a warmup step, as torch.profiler's schedule has): the first
+        # traced step carries the profiler's start-up cost on the host, which would show as GPU gaps.
+        if (self.window_state == "pending" and self.index >= self.cfg.skip - WINDOW_WARMUP_STEPS
+                and not self._capturing):
             self._start_window()
-        if self.window_state == "active":
+        if self.window_state == "active" and self.index >= self.cfg.skip:
             self.step_rf = self.torch.autograd.profiler.record_function(f"ProfilerStep#{self.index}")
             self.step_rf.__enter__()
         if self.open_event is None:
@@ -744,11 +748,14 @@ class Recorder:
             pass
 
     def window_slowdown(self) -> dict:
-        """Median wall time of window steps vs the other steps (first step and the export step excluded)."""
+        """Median wall time of window steps vs the other steps (the first step, the profiler's warmup
+        step and the export step excluded)."""
         walls, flags = self.walls, self.window_flags
         inside = [w for w, f in zip(walls, flags) if f]
         after_export = (self.window_last + 1) if self.window_last is not None else None
-        outside = [w for i, (w, f) in enumerate(zip(walls, flags)) if not f and i != 0 and i != after_export]
+        warmup = range(self.window_first - WINDOW_WARMUP_STEPS, self.window_first) if self.window_first else range(0)
+        outside = [w for i, (w, f) in enumerate(zip(walls, flags))
+                   if not f and i != 0 and i != after_export and i not in warmup]
         out = {"window_steps": len(inside), "baseline_steps": len(outside)}
         if inside and outside:
             med_in, med_out = statistics.median(inside), statistics.median(outside)

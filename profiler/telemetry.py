@@ -2,7 +2,8 @@
 
 One daemon thread samples at ``sample_hz``. Every metric the driver refuses is disabled after
 its first failure and reported once as a notice; the cells stay empty ("unavailable").
-PCIe throughput takes NVML ~20 ms per direction, so it is read at most twice a second.
+PCIe throughput takes NVML ~20 ms per direction, so it is read at most twice a second
+(``STALLSCOPE_PCIE_PERIOD_S`` sets the period; 0 turns PCIe sampling off).
 """
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ NVML_FIELDS = [
 HOST_FIELDS = ["t_ns", "proc_cpu_pct", "workers", "workers_cpu_pct", "max_worker_cpu_pct", "rss_mb"]
 PCIE_PERIOD_S = 0.5
 CHILD_RESCAN_S = 1.0
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def nvml_handle_for(pynvml: Any, uuid: Optional[str], index: int) -> Any:
@@ -56,6 +64,7 @@ class Sampler:
         self._dead: set = set()
         self._static: Dict[str, Any] = {}
         self._last_pcie = 0.0
+        self._pcie_period = _env_float("STALLSCOPE_PCIE_PERIOD_S", PCIE_PERIOD_S)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._psutil: Any = None
@@ -221,7 +230,7 @@ class Sampler:
             None,
         ]
         now = time.monotonic()
-        if now - self._last_pcie >= PCIE_PERIOD_S:
+        if self._pcie_period > 0 and now - self._last_pcie >= self._pcie_period:
             self._last_pcie = now
             row[12] = self._read("pcie_tx_kbps", lambda: nv.nvmlDeviceGetPcieThroughput(h, nv.NVML_PCIE_UTIL_TX_BYTES))
             row[13] = self._read("pcie_rx_kbps", lambda: nv.nvmlDeviceGetPcieThroughput(h, nv.NVML_PCIE_UTIL_RX_BYTES))

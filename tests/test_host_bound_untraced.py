@@ -1,0 +1,59 @@
+"""host-bound compares the trace with the steps the profiler did not trace (H200 run directories
+recorded by ``bench/scenarios/run.py --keep-runs``: the scenarios healthy_cnn, before it moved to
+NCHW, and memory_near_capacity)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyzers.base import Severity
+from analyzers.builtin.host_bound import untraced_share
+from analyzers.loader import load_context as load
+from tests.analyzer_traces import run
+
+RUNS = Path(__file__).parent / "fixtures" / "gpu" / "runs"
+
+
+def _ctx(name: str):  # type: ignore[no-untyped-def]
+    return load(RUNS / name)
+
+
+def test_gaps_only_in_the_trace_are_not_a_host_bound_stall():
+    ctx = _ctx("healthy_cnn")
+    tel = ctx.ranks[0].telemetry
+    out = (tel["in_window"] == 0) & (tel["step"] > 0)
+    assert np.median(tel["wall_ms"][out]) < 0.6 * np.median(tel["gpu_ms"][out])  # the host is far ahead untraced
+    found = run("host-bound", ctx)
+    assert len(found) == 1
+    f = found[0]
+    assert f.evidence["trace_host_idle_pct"] > 20  # what the trace alone shows
+    assert f.evidence["host_ahead"] is True
+    assert f.severity == Severity.INFO and f.impact.est_saving_ms_per_step == 0
+    assert "profiler" in f.title
+
+
+def test_host_that_keeps_pace_keeps_what_the_profiler_did_not_add():
+    ctx = _ctx("memory_near_capacity")
+    found = run("host-bound", ctx)
+    assert len(found) == 1
+    f = found[0]
+    added = f.evidence["profiler_added_ms_per_step"]
+    assert added > 0 and "host_ahead" not in f.evidence
+    trace_idle = f.evidence["trace_host_idle_pct"]
+    assert 0 < f.impact.step_time_pct < trace_idle
+    rd = ctx.ranks[0]
+    step_ms = sum(b.wall_ms for b in rd.breakdown) / len(rd.breakdown)
+    idle_ms = sum(b.launch_overhead_ms + b.host_other_ms for b in rd.breakdown) / len(rd.breakdown)
+    keep, _ = untraced_share(rd, step_ms, idle_ms)
+    assert f.impact.est_saving_ms_per_step == pytest.approx(max(0.0, idle_ms - added), rel=1e-6)
+    assert keep == pytest.approx(f.impact.est_saving_ms_per_step / idle_ms, rel=1e-6)
+
+
+def test_a_plain_trace_has_nothing_to_compare_with():
+    from tests.analyzer_traces import gpu_fixture
+
+    ctx = gpu_fixture("sync_item_per_layer")
+    keep, evidence = untraced_share(ctx.ranks[0], 10.0, 2.0)
+    assert keep == 1.0 and evidence == {}
