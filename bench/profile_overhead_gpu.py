@@ -126,7 +126,10 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=70)
     ap.add_argument("--sample-hz", type=float, default=25.0)
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("--models", default="transformer,mlp", help="comma-separated: transformer, mlp")
+    ap.add_argument("--no-tests", action="store_true", help="skip the GPU pytest run at the end")
     args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
     if args.smoke:
         args.rounds, args.warmup, args.measure = 1, 3, 5
     out_dir = Path(os.environ.get("OUT") or (tempfile.mkdtemp(prefix="stallscope-bench-")))
@@ -134,10 +137,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="overhead-", dir=out_dir if args.smoke else None))
     t_start = time.perf_counter()
 
-    samples: dict = {(m, mode): [] for m in ("transformer", "mlp") for mode in MODES}
+    samples: dict = {(m, mode): [] for m in models for mode in MODES}
     checks: dict = {}
     for r in range(args.rounds):
-        for model in ("transformer", "mlp"):
+        for model in models:
             order = MODES[r % 3:] + MODES[: r % 3]
             for mode in order:
                 data = run_once(model, mode, work, f"{model}-{mode}-{r}", args.warmup, args.measure, args.smoke, args.sample_hz)
@@ -151,7 +154,7 @@ def main() -> None:
 
     result: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "PYTHONPATH=. python3 bench/profile_overhead_gpu.py" + (" --smoke" if args.smoke else ""),
+        "command": "PYTHONPATH=. python3 bench/profile_overhead_gpu.py " + " ".join(sys.argv[1:]),
     }
     try:
         import torch
@@ -161,21 +164,21 @@ def main() -> None:
         result["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:
         pass
-    light = checks.get("transformer_light", {})
+    light = checks.get(f"{models[0]}_light", {})
     result["driver"] = light.get("driver")
     result["rounds"] = args.rounds
     result["steps_per_mode"] = {f"{m}_{mode}": len(v) for (m, mode), v in samples.items()}
-    for model in ("transformer", "mlp"):
+    for model in models:
         base = statistics.median(samples[(model, "unprofiled")])
         result[f"{model}_step_ms_unprofiled"] = round(base, 4)
         for mode in ("light", "window"):
             med = statistics.median(samples[(model, mode)])
             result[f"{model}_step_ms_{mode}"] = round(med, 4)
             result[f"{mode}_overhead_pct_{model}"] = round((med / base - 1) * 100, 3)
-    result["target_light_overhead_pct_transformer_max"] = 1.0
-    result["target_light_overhead_pct_mlp_max"] = 3.0
-    result["light_target_met_transformer"] = result["light_overhead_pct_transformer"] <= 1.0
-    result["light_target_met_mlp"] = result["light_overhead_pct_mlp"] <= 3.0
+    for model, target in (("transformer", 1.0), ("mlp", 3.0)):
+        if model in models:
+            result[f"target_light_overhead_pct_{model}_max"] = target
+            result[f"light_target_met_{model}"] = result[f"light_overhead_pct_{model}"] <= target
     result["checks"] = checks
     nv = [c for c in checks.values() if c.get("nvml_samples")]
     result["nvml_samples_present"] = bool(nv)
@@ -200,7 +203,7 @@ def main() -> None:
                 result["demo_check"] = check_run(demo_dir)
             except Exception as exc:
                 result["demo_check"] = {"error": f"{exc.__class__.__name__}: {exc}"}
-    if not args.smoke:
+    if not args.smoke and not args.no_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_profile_gpu.py"], cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                                capture_output=True, text=True, timeout=300)

@@ -2,8 +2,10 @@
 
 One daemon thread samples at ``sample_hz``. Every metric the driver refuses is disabled after
 its first failure and reported once as a notice; the cells stay empty ("unavailable").
-PCIe throughput takes NVML ~20 ms per direction, so it is read at most twice a second
-(``STALLSCOPE_PCIE_PERIOD_S`` sets the period; 0 turns PCIe sampling off).
+PCIe throughput takes NVML ~20 ms per direction (the driver samples the counter over that
+interval), so it is read every 5 s: on a launch-bound step (~1.3 ms, H200) reading it twice a
+second cost the training loop several percent (bench/results/overhead-probe.yaml);
+``STALLSCOPE_PCIE_PERIOD_S`` sets the period, 0 turns PCIe sampling off.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ NVML_FIELDS = [
     "power_limit_w", "temp_c", "mem_used_mb", "mem_total_mb", "clock_event_reasons", "pcie_tx_kbps", "pcie_rx_kbps",
 ]
 HOST_FIELDS = ["t_ns", "proc_cpu_pct", "workers", "workers_cpu_pct", "max_worker_cpu_pct", "rss_mb"]
-PCIE_PERIOD_S = 0.5
+PCIE_PERIOD_S = 5.0
 CHILD_RESCAN_S = 1.0
 
 
