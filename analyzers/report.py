@@ -40,8 +40,9 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
     """Whole-run per-step wall times from the first rank's steps.csv, leaving out the warm-up
-    steps before the trace window (``meta.yaml`` window.skip) and the window's own steps (they
-    run under the profiler's overhead) as long as at least 3 steps remain."""
+    steps before the trace window (``meta.yaml`` window.skip), the window's own steps and the step
+    after it (they run under the profiler's overhead, the latter writes the trace) as long as at
+    least 3 steps remain."""
     window = (ctx.meta or {}).get("window") or {}
     skip = window.get("skip") if isinstance(window, dict) and isinstance(window.get("skip"), int) else 0
     for rd in ctx.ranks:
@@ -55,6 +56,9 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         except (TypeError, ValueError):
             continue
         ok = np.isfinite(wall)
+        last = ((rd.meta.get("rank") or {}).get("window") or {}).get("last_step")
+        if isinstance(last, int):
+            ok &= step != last + 1
         choices = (
             (ok & (inw == 0) & (step >= skip), f"steps outside the trace window and after the {skip} warm-up steps"),
             (ok & (inw == 0), "steps outside the trace window"),
