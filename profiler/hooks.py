@@ -12,6 +12,7 @@ its own errors and reports them once as a notice.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
@@ -153,7 +154,7 @@ class _ModuleHooks:
             self.outermost_calls += 1
             inference = not (module.training and self.torch.is_grad_enabled())
             rec.on_forward_begin(inference)
-            if self.global_handles and self.outermost_calls >= GLOBAL_HOOK_CALLS:
+            if self.global_handles and self.outermost_calls >= GLOBAL_HOOK_CALLS and not compiled_code_present(module):
                 self._switch_to_instances()
 
     def _post(self, rec: Any, module: Any, args: Any, output: Any) -> None:
@@ -203,6 +204,23 @@ class _ModuleHooks:
         except TypeError:
             post = module.register_forward_hook(_guard("forward_post", self._post))
         self.instance_handles[id(module)] = (pre, post)
+
+
+def compiled_code_present(module: Any) -> bool:
+    """Whether torch.compile has compiled anything (or ``module`` is a compiled module).
+
+    Dynamo guards on the number of global module hooks: removing ours after a graph was
+    compiled makes every compiled graph recompile (seconds each) at its next call, so once
+    anything is compiled the global hooks stay."""
+    if hasattr(module, "_orig_mod") or getattr(module, "_compiled_call_impl", None) is not None:
+        return True
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return False
+    try:
+        return bool(utils.counters["stats"]["unique_graphs"])
+    except Exception:  # dynamo loaded but its counters moved: keep the hooks, the safe side
+        return True
 
 
 def _wrap(owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:

@@ -1,0 +1,30 @@
+"""Profiling a torch.compile'd model must not make it recompile (dynamo guards on global hooks)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_profile import profile, steps_csv
+
+TRAIN = """
+import torch, torch.nn as nn, torch.nn.functional as F
+from torch._dynamo.utils import counters
+torch.manual_seed(0)
+model = torch.compile(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), backend="eager")
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+for _ in range(20):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+print("graphs", counters["stats"]["unique_graphs"])
+"""
+
+
+def test_compiled_model_is_not_recompiled_when_the_step_hooks_retire(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    res = profile(tmp_path / "run", ["python", str(script)], "--skip", "3", "--steps", "3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    graphs = [line for line in res.stdout.splitlines() if line.startswith("graphs")]
+    assert graphs == ["graphs 1"], res.stdout[-2000:]  # one graph, compiled once, through 20 steps
+    assert len(steps_csv(tmp_path / "run" / "rank0")) >= 19
