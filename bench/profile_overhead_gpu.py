@@ -118,6 +118,34 @@ def check_run(run_dir: Path) -> dict:
     return out
 
 
+def pin_cpus(spec: str) -> list[int] | None:
+    """Pin this process (and so every run it starts) to the given cores; the cores used, or None."""
+    if spec == "none" or not hasattr(os, "sched_setaffinity"):
+        return None
+    if spec == "auto":
+        if (os.cpu_count() or 0) < 8:
+            return None
+        spec = "2-5"
+    cpus: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += list(range(int(lo), int(hi or lo) + 1))
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def ratio_ci(base: list[float], other: list[float], reps: int = 2000) -> tuple[float, float]:
+    """95 % bootstrap interval of median(other) / median(base) over per-process medians."""
+    import random
+
+    if len(base) < 2 or len(other) < 2:
+        return float("nan"), float("nan")
+    rng = random.Random(0)
+    ratios = sorted(statistics.median(rng.choices(other, k=len(other))) / statistics.median(rng.choices(base, k=len(base)))
+                    for _ in range(reps))
+    return ratios[int(0.025 * reps)], ratios[int(0.975 * reps) - 1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="CPU-sized smoke run (1 round, few steps)")
@@ -128,7 +156,11 @@ def main() -> None:
     ap.add_argument("--no-demo", action="store_true")
     ap.add_argument("--models", default="transformer,mlp", help="comma-separated: transformer, mlp")
     ap.add_argument("--no-tests", action="store_true", help="skip the GPU pytest run at the end")
+    ap.add_argument("--pin", default="auto",
+                    help="CPU cores for every run, e.g. 2-5 ('auto': 2-5 on hosts with >= 8 cores; 'none'): unpinned, "
+                         "fresh processes of the same mode differed by +-13 %% on the launch-bound MLP")
     args = ap.parse_args()
+    pinned = pin_cpus(args.pin)
     models = [m for m in args.models.split(",") if m]
     if args.smoke:
         args.rounds, args.warmup, args.measure = 1, 3, 5
@@ -138,6 +170,7 @@ def main() -> None:
     t_start = time.perf_counter()
 
     samples: dict = {(m, mode): [] for m in models for mode in MODES}
+    process_medians: dict = {(m, mode): [] for m in models for mode in MODES}
     checks: dict = {}
     for r in range(args.rounds):
         for model in models:
@@ -145,6 +178,7 @@ def main() -> None:
             for mode in order:
                 data = run_once(model, mode, work, f"{model}-{mode}-{r}", args.warmup, args.measure, args.smoke, args.sample_hz)
                 samples[(model, mode)].extend(data["step_ms"])
+                process_medians[(model, mode)].append(statistics.median(data["step_ms"]))
                 if data["run_dir"] and r == 0:
                     try:
                         checks[f"{model}_{mode}"] = check_run(Path(data["run_dir"]))
@@ -175,6 +209,12 @@ def main() -> None:
             med = statistics.median(samples[(model, mode)])
             result[f"{model}_step_ms_{mode}"] = round(med, 4)
             result[f"{mode}_overhead_pct_{model}"] = round((med / base - 1) * 100, 3)
+    result["pinned_cpus"] = pinned
+    result["process_medians_ms"] = {f"{m}_{mode}": [round(v, 4) for v in vs] for (m, mode), vs in process_medians.items()}
+    for model in models:
+        for mode in ("light", "window"):
+            lo, hi = ratio_ci(process_medians[(model, "unprofiled")], process_medians[(model, mode)])
+            result[f"{mode}_overhead_pct_{model}_ci95_over_processes"] = [round((lo - 1) * 100, 2), round((hi - 1) * 100, 2)]
     for model, target in (("transformer", 1.0), ("mlp", 3.0)):
         if model in models:
             result[f"target_light_overhead_pct_{model}_max"] = target
