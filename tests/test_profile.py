@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,7 +86,10 @@ def interrupted(out: Path, sig: int) -> subprocess.CompletedProcess:
     """Profile a slow loop, send `sig` to stallscope once step 4 is printed."""
     argv = [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
             sys.executable, str(WL / "train_tiny.py"), "--steps", "200", "--sleep-ms", "50", "--print"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and children inherit that; a user's
+    # Ctrl-C reaches a foreground run, so the run starts with the default disposition.
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 180

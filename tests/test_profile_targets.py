@@ -86,7 +86,7 @@ def test_no_nvml_one_notice_no_crash(runs: dict) -> None:
 @pytest.mark.parametrize("name, code, signame", [("sigint", 130, "SIGINT"), ("sigterm", 143, "SIGTERM")])
 def test_signal_mid_run_leaves_loadable_run(runs: dict, name: str, code: int, signame: str) -> None:
     run, res = runs[name]
-    assert res.returncode == code, res.stderr
+    assert res.returncode == code, res.stdout[:1500] + "\n---\n" + res.stderr
     m = assert_loadable(run)
     assert m["exit"]["signal"] == signame and m["exit"]["status"] == "signal" and m["exit"]["code"] == code
     rows = steps_csv(run / "rank0")
