@@ -42,6 +42,7 @@ CATEGORIES = (
     "memory-capacity",
     "cpu-metric",
     "attention",
+    "compile",
 )
 
 # What an analyzer may ask for. The context answers ``ctx.has(req)``; an analyzer whose

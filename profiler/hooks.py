@@ -138,6 +138,12 @@ class _ModuleHooks:
         self.prune_pending = False
 
     def start(self) -> None:
+        import warnings
+
+        # torch warns on every call of a compiled module while global hooks exist; these are ours
+        # (the user registered nothing) and they handle the extra call (depth counting)
+        warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks",
+                                category=UserWarning)
         mod = self.torch.nn.modules.module
         self.global_handles.append(mod.register_module_forward_pre_hook(_guard("forward_pre", self._pre)))
         try:

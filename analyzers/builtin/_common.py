@@ -26,6 +26,15 @@ HIGH_PCT = 20.0
 LOW_PCT = 1.0
 
 
+# torch.compile's own work as the trace records it (dynamo_timed record_function ranges): a
+# frame's compile, and the AOT/inductor stages under it. Names seen on torch 2.11-2.13.
+COMPILE_EVENT = re.compile(
+    r"^(entire_frame_compile|_compile\.compile_inner|compile_fx_inner|inductor_compile|backend_compile|"
+    r"create_aot_dispatcher_function|OutputGraph\.call_user_compiler|compile_attempt_\d+|CompiledFunction\.backward_compile)"
+    r"( \(dynamo_timed\))?$"
+)
+
+
 def grade(share_pct: float, medium: float = MEDIUM_PCT, high: float = HIGH_PCT) -> Severity:
     """Severity of a share of step time with the common cut points."""
     return severity_from_share(share_pct, medium, high, LOW_PCT)

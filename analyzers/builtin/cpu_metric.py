@@ -106,7 +106,11 @@ class CpuMetric(Analyzer):
         gs, ge = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
         tid = self._main_tid(ev)
         torch_ops = ev.rows_named(lambda s: s.startswith("aten::"), Kind.CPU_OP)
-        torch_idx = c.IntervalIndex.of_rows(ev, torch_ops[ev.tid[torch_ops] == tid])
+        # torch.compile's compile ranges, on any thread (a backward graph compiles on the autograd
+        # thread), count as torch work: the compile analyzer owns that gap
+        compiling = ev.rows_named(lambda s: bool(c.COMPILE_EVENT.match(s)), Kind.CPU_OP, Kind.ANNOTATION)
+        torch_ops = np.concatenate([torch_ops[ev.tid[torch_ops] == tid], compiling])
+        torch_idx = c.IntervalIndex.of_rows(ev, torch_ops)
         data_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION))
         readback_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP))
         d2h = ev.rows_named(lambda s: "DtoH" in s, Kind.MEMCPY)

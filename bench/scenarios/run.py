@@ -37,7 +37,7 @@ from profiler.common import atomic_write_text, read_yaml, write_yaml  # noqa: E4
 
 BLOCKING = {"high", "medium"}
 CATEGORIES_OK = {"healthy", "memory-bound", "input-pipeline", "communication", "host-bound", "synchronization",
-                 "memory-copy", "precision", "gpu-health", "memory-capacity", "cpu-metric", "attention"}
+                 "memory-copy", "precision", "gpu-health", "memory-capacity", "cpu-metric", "attention", "compile"}
 
 
 def scenario_header(path: Path) -> dict[str, Any]:
