@@ -136,6 +136,7 @@ class _ModuleHooks:
         self.outermost_calls = 0
         self.active = True
         self.prune_pending = False
+        self.keep_global = False
 
     def start(self) -> None:
         import warnings
@@ -160,8 +161,11 @@ class _ModuleHooks:
             self.outermost_calls += 1
             inference = not (module.training and self.torch.is_grad_enabled())
             rec.on_forward_begin(inference)
-            if self.global_handles and self.outermost_calls >= GLOBAL_HOOK_CALLS and not compiled_code_present(module):
-                self._switch_to_instances()
+            if self.global_handles and self.outermost_calls >= GLOBAL_HOOK_CALLS and not self.keep_global:
+                if compiled_code_present(module):
+                    self.keep_global = True  # for good: compiled graphs guard on these hooks
+                else:
+                    self._switch_to_instances()
 
     def _post(self, rec: Any, module: Any, args: Any, output: Any) -> None:
         depth = getattr(_depth, "n", 1) - 1
