@@ -112,8 +112,20 @@ def _remember_loader(loader: Any) -> None:
             pass
 
 
+def _not_compiling() -> bool:
+    return False
+
+
+_compiling: Callable[[], bool] = _not_compiling  # torch.compiler.is_compiling once torch is imported
+
+
 def _guard(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        # Inside code that torch.compile traces (a module compiled in place, a compiled optimizer
+        # step) the hook does nothing: traced, our state would become guards and every step would
+        # recompile. Checked first, before any state is read.
+        if _compiling():
+            return None
         rec = _recorder
         if rec is None or not rec.live():
             return None
@@ -247,12 +259,14 @@ def _wrap(owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[.
 
 def install(recorder: Any) -> None:
     """Attach ``recorder`` and install the torch hooks (once per process; later calls just re-point)."""
-    global _recorder, _installed
+    global _recorder, _installed, _compiling
     _recorder = recorder
     if _installed:
         return
     _installed = True
     import torch
+
+    _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or _not_compiling
     import torch.utils.data.dataloader as dl
 
     # Optimizer steps: the training step boundary.

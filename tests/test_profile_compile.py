@@ -28,3 +28,31 @@ def test_compiled_model_is_not_recompiled_when_the_step_hooks_retire(tmp_path: P
     graphs = [line for line in res.stdout.splitlines() if line.startswith("graphs")]
     assert graphs == ["graphs 1"], res.stdout[-2000:]  # one graph, compiled once, through 20 steps
     assert len(steps_csv(tmp_path / "run" / "rank0")) >= 19
+
+
+INPLACE = """
+import torch, torch.nn as nn, torch.nn.functional as F
+from torch._dynamo.utils import counters
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+for i in range(30):
+    if i == 10:
+        model.compile(backend="eager")  # in place, after an eager warm-up: the hooks run inside it
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+print("frames", counters["frames"]["total"])
+"""
+
+
+def test_hooks_inside_an_in_place_compiled_module_are_not_traced(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(INPLACE)
+    res = profile(tmp_path / "run", ["python", str(script)], "--skip", "14", "--steps", "4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    frames = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("frames")]
+    # traced, the hook's counters became guards and its frames recompiled each step (16 frames)
+    assert frames and frames[0] <= 2, res.stdout[-2000:]
+    assert len(steps_csv(tmp_path / "run" / "rank0")) >= 29
