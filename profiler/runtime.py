@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from profiler import hooks
-from profiler.telemetry import HOST_FIELDS, NVML_FIELDS, Sampler
+from profiler.telemetry import HOST_FIELDS, NVML_FIELDS, PCIE_PERIOD_S, Sampler
 
 __all__ = ["Config", "Recorder", "STEP_FIELDS", "SOURCE_RANK", "attach_from_env", "active"]
 
@@ -66,6 +66,7 @@ class Config:
     nvml: bool = True
     autopatch: bool = False
     patch_steps: int = 20
+    pcie_period_s: float = PCIE_PERIOD_S
     notices: List[str] = field(default_factory=list)
 
     @classmethod
@@ -88,6 +89,7 @@ class Config:
             nvml=env.get("STALLSCOPE_NVML", "1") != "0",
             autopatch=env.get("STALLSCOPE_AUTOPATCH") == "1",
             patch_steps=max(2, num("STALLSCOPE_PATCH_STEPS", 20, int)),
+            pcie_period_s=max(0.0, num("STALLSCOPE_PCIE_PERIOD_S", PCIE_PERIOD_S, float)),
         )
 
 
@@ -318,7 +320,8 @@ class Recorder:
             self.disabled = True
             sys.stderr.write(f"stallscope: cannot write to {self.cfg.run_dir} ({exc}); profiling disabled in pid {self.pid}\n")
             return
-        self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml, worker_pids=hooks.worker_pids)
+        self.sampler = Sampler(self.cfg.sample_hz, self.notice_once, nvml_enabled=self.cfg.nvml, worker_pids=hooks.worker_pids,
+                               pcie_period_s=self.cfg.pcie_period_s)
         self.sampler.on_tick(self._tick)
         if self._cuda() and self.gpu_props is not None:
             self.sampler.device = (self.gpu_props["index"], self.gpu_props.get("uuid"))

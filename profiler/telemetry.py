@@ -5,7 +5,8 @@ its first failure and reported once as a notice; the cells stay empty ("unavaila
 PCIe throughput takes NVML ~20 ms per direction (the driver samples the counter over that
 interval), so it is read every 5 s: on a launch-bound step (~1.3 ms, H200) reading it twice a
 second cost the training loop several percent (bench/results/overhead-probe.yaml);
-``STALLSCOPE_PCIE_PERIOD_S`` sets the period, 0 turns PCIe sampling off.
+``pcie_period_s`` sets the period (a profiled child reads it from ``STALLSCOPE_PCIE_PERIOD_S``),
+0 turns PCIe sampling off.
 """
 from __future__ import annotations
 
@@ -23,13 +24,6 @@ NVML_FIELDS = [
 HOST_FIELDS = ["t_ns", "proc_cpu_pct", "workers", "workers_cpu_pct", "max_worker_cpu_pct", "rss_mb"]
 PCIE_PERIOD_S = 5.0
 CHILD_RESCAN_S = 1.0
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
 
 
 def nvml_handle_for(pynvml: Any, uuid: Optional[str], index: int) -> Any:
@@ -52,7 +46,7 @@ class Sampler:
     """Samples host and (once a device is known) NVML metrics into row lists."""
 
     def __init__(self, sample_hz: float, notice: Callable[[str], None], nvml_enabled: bool = True,
-                 worker_pids: Optional[Callable[[], List[int]]] = None) -> None:
+                 worker_pids: Optional[Callable[[], List[int]]] = None, pcie_period_s: float = PCIE_PERIOD_S) -> None:
         self.period = 1.0 / max(sample_hz, 0.1)
         self.notice = notice
         self.host_rows: List[list] = []
@@ -66,7 +60,7 @@ class Sampler:
         self._dead: set = set()
         self._static: Dict[str, Any] = {}
         self._last_pcie = 0.0
-        self._pcie_period = _env_float("STALLSCOPE_PCIE_PERIOD_S", PCIE_PERIOD_S)
+        self._pcie_period = pcie_period_s
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._psutil: Any = None
