@@ -167,6 +167,25 @@ class RankData:
     meta: dict[str, Any] = field(default_factory=dict)
     trace_path: str | None = None
 
+    def untraced_step_mask(self) -> np.ndarray | None:
+        """Rows of ``telemetry`` timed without the trace: outside the window, and neither step 0,
+        the profiler's warmup step before the window nor the export step after it (each carries a
+        one-off cost). None for a plain trace."""
+        tel = self.telemetry
+        if not tel or "wall_ms" not in tel:
+            return None
+        wall = np.asarray(tel["wall_ms"], dtype=np.float64)
+        step = np.asarray(tel.get("step", np.arange(wall.size)), dtype=np.float64)
+        in_window = np.asarray(tel.get("in_window", np.zeros(wall.size)), dtype=np.float64)
+        window = (self.meta.get("rank") or {}).get("window") or {}
+        mask = np.isfinite(wall) & (in_window == 0) & (step != 0)
+        first, last = window.get("first_step"), window.get("last_step")
+        if isinstance(first, int):
+            mask &= step != first - 1
+        if isinstance(last, int):
+            mask &= step != last + 1
+        return mask
+
 
 @dataclass
 class AnalysisContext:

@@ -137,20 +137,13 @@ def untraced_share(rd, trace_step_ms: float, trace_idle_ms: float) -> tuple[floa
     """(fraction of the trace's host idle that also exists without the profiler, evidence).
 
     (1.0, {}) when the run has no untraced steps to compare with (a plain trace)."""
-    tel = rd.telemetry
-    if not tel or "wall_ms" not in tel or "in_window" not in tel or trace_idle_ms <= 0:
+    out = rd.untraced_step_mask()
+    if out is None or trace_idle_ms <= 0:
         return 1.0, {}
-    window = (rd.meta.get("rank") or {}).get("window") or {}
-    first, last = window.get("first_step"), window.get("last_step")
-    index = np.asarray(tel.get("step", np.arange(len(tel["wall_ms"]))), dtype=float)
-    out = (np.asarray(tel["in_window"], dtype=float) == 0) & (index != 0)
-    if isinstance(first, int):
-        out &= index != first - 1
-    if isinstance(last, int):
-        out &= index != last + 1
+    tel = rd.telemetry
     wall = np.asarray(tel["wall_ms"], dtype=float)[out]
-    gpu = np.asarray(tel.get("gpu_ms", np.full(len(index), np.nan)), dtype=float)[out]
-    wall, gpu = wall[np.isfinite(wall)], gpu[np.isfinite(gpu)]
+    gpu = np.asarray(tel.get("gpu_ms", np.full(out.size, np.nan)), dtype=float)[out]
+    gpu = gpu[np.isfinite(gpu)]
     if wall.size < MIN_UNTRACED_STEPS:
         return 1.0, {"untraced_steps": int(wall.size)}
     host_ms = float(np.median(wall))
