@@ -252,6 +252,7 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
         a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
         same = (a64 == b64) | (torch.isnan(a64) & torch.isnan(b64))
         diff = torch.where(same, torch.zeros_like(a64), (b64 - a64).abs())
+        direction = None
         if not bool(torch.isfinite(diff).all()):
             abs_err, scale, ok = float("inf"), 1.0, False
         else:
@@ -263,7 +264,7 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
             else:
                 ok = bool((diff <= atol + rtol * mag).all())
             if kind == "grad" and tol.grad_min_cosine is not None:
-                cosine, norm_ratio = _direction(a64, b64)
+                direction = cosine, norm_ratio = _direction(a64, b64)
                 result.min_grad_cosine = cosine if result.min_grad_cosine is None else min(result.min_grad_cosine, cosine)
                 if not ok and cosine >= tol.grad_min_cosine and abs(norm_ratio - 1.0) <= rtol:
                     ok = True
@@ -284,8 +285,8 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
             result.worst = name
             result.reason = (f"{name}: max abs err {abs_err:.3g} (rel {rel_err:.3g}) exceeds "
                              f"atol {atol:g} + rtol {rtol:g} ({tol.scale} scale)")
-            if kind == "grad" and tol.grad_min_cosine is not None:
-                cosine, norm_ratio = _direction(a64, b64)
+            if direction is not None:
+                cosine, norm_ratio = direction
                 result.reason += (f", and its direction/norm differ too (cosine {cosine:.6f}, needs >= "
                                   f"{tol.grad_min_cosine:g}; norm ratio {norm_ratio:.4f}, needs 1 +- {rtol:g})")
 
