@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from analyzers.base import Severity, severity_from_share
+from analyzers.base import Analyzer, Severity, severity_from_share
 from analyzers.model import GPU_KINDS, Kind
 
 if TYPE_CHECKING:
@@ -228,6 +228,18 @@ def worst_rank(ctx: "AnalysisContext", analyze_one) -> list:  # type: ignore[no-
         f.where = dict(f.where)
         f.where["ranks"] = seen[fid]
     return list(best.values())
+
+
+class PerRank(Analyzer):
+    """An analyzer that reads one rank at a time: ``_analyze_rank`` gets a context holding that
+    rank alone, and across ranks each finding is kept from the rank where it costs the most
+    (:func:`worst_rank`)."""
+
+    def analyze(self, ctx: "AnalysisContext") -> list:
+        return worst_rank(ctx, self._analyze_rank)
+
+    def _analyze_rank(self, ctx: "AnalysisContext") -> list:
+        raise NotImplementedError
 
 
 def python_lines_of(ev: "EventTable", gpu_or_cpu_rows: np.ndarray, limit: int = 50) -> list[str]:

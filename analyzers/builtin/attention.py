@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -121,15 +121,13 @@ def _iterations(rank: "RankData") -> int:
 
 
 @register
-class Attention(Analyzer):
+class Attention(c.PerRank):
     """Unfused attention; attention-dominated iterative sampling (diffusion)."""
 
     name = "attention"
     requires = frozenset({"trace"})
     description = "unfused attention (bmm+softmax over [B,H,N,N]); attention-dominated diffusion sampling"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -33,15 +33,13 @@ _FRAME = ("entire_frame_compile", "_compile.compile_inner", "_compile.compile_in
 
 
 @register
-class CompileInStep(Analyzer):
+class CompileInStep(c.PerRank):
     """torch.compile compiling (recompiling) inside the analysed steps."""
 
     name = "compile"
     requires = frozenset({"trace"})
     description = "torch.compile compiling inside the measured steps (recompilations)"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]

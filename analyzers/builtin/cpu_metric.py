@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -71,15 +71,13 @@ def _is_metric_frame(name: str) -> bool:
 
 
 @register
-class CpuMetric(Analyzer):
+class CpuMetric(c.PerRank):
     """GPU-idle gaps inside the step spent in CPU-side metric code (e.g. per-sentence BLEU)."""
 
     name = "cpu-metric"
     requires = frozenset({"trace"})
     description = "CPU-side metric computation (per-sentence BLEU, rewards) leaving the GPU idle in the step"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]

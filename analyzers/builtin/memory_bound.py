@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -224,15 +224,13 @@ def _generic_finding(ctx: "AnalysisContext", exclude: set[str]) -> Finding | Non
 
 
 @register
-class MemoryBound(Analyzer):
+class MemoryBound(c.PerRank):
     """Kernels held by memory traffic; GR-KAN atomic backward (fix flashkat)."""
 
     name = "memory-bound"
     requires = frozenset({"trace"})
     description = "memory-bound kernels by roofline; the GR-KAN per-element atomic backward"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         if not ctx.ranks:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, Severity, register
+from analyzers.base import Finding, Impact, Severity, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -62,15 +62,13 @@ def _nv(rank: "RankData", key: str) -> np.ndarray | None:
 
 
 @register
-class MemoryCapacity(Analyzer):
+class MemoryCapacity(c.PerRank):
     """Peak GPU memory against capacity; allocator churn and fragmentation."""
 
     name = "memory-capacity"
     requires = frozenset({"trace"})
     description = "peak GPU memory vs capacity, allocator churn, fragmentation, OOM risk"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]

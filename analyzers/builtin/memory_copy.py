@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -51,15 +51,13 @@ def _bytes(ev: "EventTable", rows: np.ndarray) -> int:
 
 
 @register
-class MemoryCopy(Analyzer):
+class MemoryCopy(c.PerRank):
     """Pageable, tiny, many and device-to-host copies in the step."""
 
     name = "memory-copy"
     requires = frozenset({"trace", "gpu"})
     description = "pageable, tiny or many memory copies; device-to-host copies inside the step"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]

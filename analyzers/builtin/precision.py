@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 from analyzers.peaks import LATENCY_BOUND_US
@@ -54,15 +54,13 @@ def _fp32_op(ev, op: int) -> bool:  # type: ignore[no-untyped-def]
 
 
 @register
-class Precision(Analyzer):
+class Precision(c.PerRank):
     """fp32 GEMM/conv kernels that could run on tensor cores (TF32/AMP)."""
 
     name = "precision"
     requires = frozenset({"trace", "gpu"})
     description = "fp32 matmuls/convolutions off the tensor cores on a GPU that has them"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         peaks = c.peaks(ctx)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
+from analyzers.base import Finding, Impact, register
 from analyzers.builtin import _common as c
 from analyzers.model import Kind
 
@@ -90,15 +90,13 @@ def _cause(ev: "EventTable", row: int, ops: np.ndarray) -> str:
 
 
 @register
-class Synchronization(Analyzer):
+class Synchronization(c.PerRank):
     """Blocking syncs per step, the GPU bubble they cause, and the Python line."""
 
     name = "synchronization"
     requires = frozenset({"trace", "gpu"})
     description = "blocking host-device syncs (.item(), .cpu(), synchronize) inside the step"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
-        return c.worst_rank(ctx, self._analyze_rank)
 
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
