@@ -20,14 +20,20 @@ print("graphs", counters["stats"]["unique_graphs"])
 """
 
 
-def test_compiled_model_is_not_recompiled_when_the_step_hooks_retire(tmp_path: Path) -> None:
+def _profiled_count(tmp_path: Path, source: str, label: str, *opts: str) -> tuple[int | None, int]:
+    """Profile ``source``; (the number it printed after ``label``, steps recorded)."""
     script = tmp_path / "train.py"
-    script.write_text(TRAIN)
-    res = profile(tmp_path / "run", ["python", str(script)], "--skip", "3", "--steps", "3")
+    script.write_text(source)
+    res = profile(tmp_path / "run", ["python", str(script)], *opts)
     assert res.returncode == 0, res.stderr[-2000:]
-    graphs = [line for line in res.stdout.splitlines() if line.startswith("graphs")]
-    assert graphs == ["graphs 1"], res.stdout[-2000:]  # one graph, compiled once, through 20 steps
-    assert len(steps_csv(tmp_path / "run" / "rank0")) >= 19
+    counts = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith(label + " ")]
+    return (counts[0] if counts else None), len(steps_csv(tmp_path / "run" / "rank0"))
+
+
+def test_compiled_model_is_not_recompiled_when_the_step_hooks_retire(tmp_path: Path) -> None:
+    graphs, steps = _profiled_count(tmp_path, TRAIN, "graphs", "--skip", "3", "--steps", "3")
+    assert graphs == 1  # one graph, compiled once, through 20 steps
+    assert steps >= 19
 
 
 INPLACE = """
@@ -48,11 +54,7 @@ print("frames", counters["frames"]["total"])
 
 
 def test_hooks_inside_an_in_place_compiled_module_are_not_traced(tmp_path: Path) -> None:
-    script = tmp_path / "train.py"
-    script.write_text(INPLACE)
-    res = profile(tmp_path / "run", ["python", str(script)], "--skip", "14", "--steps", "4")
-    assert res.returncode == 0, res.stderr[-2000:]
-    frames = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("frames")]
+    frames, steps = _profiled_count(tmp_path, INPLACE, "frames", "--skip", "14", "--steps", "4")
     # traced, the hook's counters became guards and its frames recompiled each step (16 frames)
-    assert frames and frames[0] <= 2, res.stdout[-2000:]
-    assert len(steps_csv(tmp_path / "run" / "rank0")) >= 29
+    assert frames is not None and frames <= 2
+    assert steps >= 29
