@@ -54,7 +54,7 @@ class CompileInStep(c.PerRank):
             return []
         frames = rows[np.fromiter((ev.name_of(int(r)) in _FRAME for r in rows), bool, len(rows))]
         # nested ranges of one frame compile (entire_frame_compile > compile_inner) count once
-        starts, _ = c.merge(ev.ts_ns[frames], ev.ts_ns[frames] + ev.dur_ns[frames]) if len(frames) else ([], [])
+        starts, _ = c.merge(ev.ts_ns[frames], ev.ts_ns[frames] + ev.dur_ns[frames])
         steps = sorted({int(s) for s in ev.step[rows] if s >= 0})
         evidence = {
             "compile_ms_per_step": c.ms(spent) / n_steps,
