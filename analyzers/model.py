@@ -168,9 +168,10 @@ class RankData:
     trace_path: str | None = None
 
     def untraced_step_mask(self) -> np.ndarray | None:
-        """Rows of ``telemetry`` timed without the trace: outside the window, and neither step 0,
-        the profiler's warmup step before the window nor the export step after it (each carries a
-        one-off cost). None for a plain trace."""
+        """Rows of ``telemetry`` in the steady state the trace did not see: after the trace window,
+        leaving out the export step right after it (it writes the trace). Steps before the window
+        are the run's warm-up (``--skip``: compilation, autotuning, allocator growth) and never
+        count. None for a plain trace."""
         tel = self.telemetry
         if not tel or "wall_ms" not in tel:
             return None
@@ -181,7 +182,7 @@ class RankData:
         mask = np.isfinite(wall) & (in_window == 0) & (step != 0)
         first, last = window.get("first_step"), window.get("last_step")
         if isinstance(first, int):
-            mask &= step != first - 1
+            mask &= step >= first
         if isinstance(last, int):
             mask &= step != last + 1
         return mask

@@ -59,8 +59,10 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         last = ((rd.meta.get("rank") or {}).get("window") or {}).get("last_step")
         if isinstance(last, int):
             ok &= step != last + 1
+        steady = rd.untraced_step_mask()
         choices = (
-            (ok & (inw == 0) & (step >= skip), f"steps outside the trace window and after the {skip} warm-up steps"),
+            (steady if steady is not None else ok & (inw == 0) & (step >= skip),
+             f"steps outside the trace window and after the {skip} warm-up steps"),
             (ok & (inw == 0), "steps outside the trace window"),
             (ok, "all steps"),
         )

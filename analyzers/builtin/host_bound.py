@@ -16,9 +16,9 @@ than a single kernel optimisation could ever recover).
 **The profiler's own cost.** Kineto slows the host (every op is recorded with its shapes and
 FLOPs; 30-100 % longer host time per step was measured on an H200), so a loop whose host
 keeps well ahead of the GPU can show host gaps inside the trace only. A run directory also has
-the steps outside the window, timed by the light telemetry (wall time on the host, GPU time
-between CUDA events): step 0, the profiler's warmup step and the export step left out, at
-least 3 needed. When the host's median step there is under 90 % of the GPU's, the host issues
+the steady-state steps after the window, timed by the light telemetry (wall time on the host,
+GPU time between CUDA events; ``RankData.untraced_step_mask``: the export step and the warm-up
+steps before the window, which compile and autotune, left out), at least 3 needed. When the host's median step there is under 90 % of the GPU's, the host issues
 work faster than the GPU runs it, so without the profiler the GPU does not wait for it: the
 finding is kept as ``info`` with no saving (90 %: the two medians each carry a few percent of
 noise; a host that merely keeps pace stays in the next case). Otherwise the saving is the
