@@ -134,7 +134,8 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     if report_path.is_file():
         report = read_yaml(report_path) or {}
         findings = list(report.get("findings") or [])
-        row["step_ms"] = (report.get("summary") or {}).get("step_ms_mean") if isinstance(report.get("summary"), dict) else None
+        summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+        row["step_ms_median"] = (summary.get("step_time_ms") or {}).get("median")
         row["notices"] = list(report.get("notices") or [])[:5]
     if findings:
         top = top_finding(findings)
