@@ -1,9 +1,18 @@
 """Workload for bench/profile_overhead_gpu.py: time training steps, write the per-step times as JSON.
 
     python bench/profile_overhead_workload.py --model transformer|mlp --warmup W --measure M --json OUT
+    python bench/profile_overhead_workload.py --model mlp --paired 12 --block 600 --json OUT
 
 Each step ends with ``torch.cuda.synchronize()`` (the same in every mode), so the host-side
 cost of any instrumentation is fully exposed in the step time: a pessimistic measure.
+
+``--paired N``: one process runs N pairs of blocks, each pair one block without and one with
+the light telemetry (a ``profiler.Session`` whose window never starts; the same recorder,
+hooks and sampler thread that ``stallscope profile`` injects), the order alternating. Fresh
+processes of the same launch-bound workload differ by more than the effect measured (their
+medians spread over +-25 % on the H200 host), so the comparison is made inside one process.
+A first block runs before any Session ("pristine"): after a Session the hooks stay installed
+and return at once, and the pristine block measures what that residue costs.
 """
 from __future__ import annotations
 
@@ -51,6 +60,60 @@ def mlp(device: str, small: bool):
     return step
 
 
+def timed_steps(step, sync, n: int) -> list:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def hook_cost_us(work: str, reps: int = 5, n: int = 20000) -> list:
+    """Host microseconds the light telemetry adds to one optimizer step: an optimizer over one
+    tiny CPU tensor stepped ``n`` times without and inside a Session (the step hooks, the step
+    bookkeeping and, once CUDA is initialised, one CUDA event per step)."""
+    from profiler import Session
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    opt = torch.optim.SGD([p], lr=0.0)
+
+    def per_step() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.step()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    per_step()
+    added = []
+    for r in range(reps):
+        off = per_step()
+        with Session(out=f"{work}/hooks-{r}", skip=10**9, steps=1, command=["hook-cost"]):
+            per_step()
+            on = per_step()
+        added.append(on - off)
+    return added
+
+
+def paired(step, sync, pairs: int, block: int, settle: int, sample_hz: float, work: str) -> dict:
+    """Per-block step times: a pristine block, then ``pairs`` (off, light) pairs in alternating order."""
+    from profiler import Session
+
+    out: dict = {"pristine": timed_steps(step, sync, block)[settle:], "pairs": []}
+    for p in range(pairs):
+        pair = {}
+        for mode in (("off", "light") if p % 2 == 0 else ("light", "off")):
+            if mode == "light":
+                with Session(out=f"{work}/session-{p}", skip=10**9, steps=1, sample_hz=sample_hz, command=["paired"]):
+                    pair[mode] = timed_steps(step, sync, block)[settle:]
+            else:
+                pair[mode] = timed_steps(step, sync, block)[settle:]
+        out["pairs"].append(pair)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["transformer", "mlp"], required=True)
@@ -58,11 +121,26 @@ def main() -> None:
     ap.add_argument("--measure", type=int, default=70)
     ap.add_argument("--json", required=True)
     ap.add_argument("--small", action="store_true", help="tiny sizes for a CPU smoke run")
+    ap.add_argument("--paired", type=int, default=0, help="pairs of (off, light) blocks in this one process")
+    ap.add_argument("--block", type=int, default=600, help="steps per block with --paired")
+    ap.add_argument("--settle", type=int, default=50, help="first steps of each block not counted (--paired)")
+    ap.add_argument("--sample-hz", type=float, default=25.0)
+    ap.add_argument("--work", default=None, help="folder for the Sessions' run directories (--paired)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     step = (transformer if args.model == "transformer" else mlp)(device, args.small)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if args.paired:
+        import tempfile
+
+        timed_steps(step, sync, args.warmup)
+        work = args.work or tempfile.mkdtemp(prefix="paired-")
+        result = paired(step, sync, args.paired, args.block, args.settle, args.sample_hz, work)
+        result["hook_cost_us"] = hook_cost_us(work)
+        with open(args.json, "w") as fh:
+            json.dump({"model": args.model, "device": device, **result}, fh)
+        return
     times_ms, epochs = [], []
     for i in range(args.warmup + args.measure):
         t0 = time.perf_counter()
