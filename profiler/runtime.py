@@ -492,16 +492,25 @@ class Recorder:
             self._query_lock.release()
 
     def _poll_events_locked(self, wait: bool) -> None:
+        # One query for the newest event: when it is done, so is everything recorded before it on
+        # its stream, and each step costs one CUDA call (elapsed_time) here instead of two.
+        newest_done = False
+        if not wait and self.pending_events:
+            try:
+                newest_done = bool(self.pending_events[-1][2].query())
+            except Exception:
+                newest_done = False
         while self.pending_events:
             row, start, end = self.pending_events[0]
             try:
                 if wait:
                     end.synchronize()
-                elif not end.query():
+                elif not newest_done and not end.query():
                     return
                 row[4] = start.elapsed_time(end)
             except Exception:
-                pass
+                if newest_done and not _event_done(end):
+                    return  # recorded on another stream that is still busy: next poll
             row[8] = True
             self.pending_events.popleft()
             if not self.pending_events or self.pending_events[0][1] is not start:
@@ -944,6 +953,13 @@ def _sigterm_handler(rec: Recorder) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def _event_done(event: Any) -> bool:
+    try:
+        return bool(event.query())
+    except Exception:
+        return True  # a broken event never completes: settle its row without gpu_ms
 
 
 def attach(cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstrap") -> Recorder:
