@@ -73,6 +73,13 @@ def main() -> None:
 
         res["cuda_event_record_us"] = per_call_us(record)
         res["cuda_current_stream_us"] = per_call_us(torch.cuda.current_stream)
+        stream = torch.cuda.current_stream()
+
+        def record_on_known_stream() -> None:
+            i[0] ^= 1
+            evs[i[0]].record(stream)
+
+        res["cuda_event_record_given_stream_us"] = per_call_us(record_on_known_stream)
         torch.cuda.synchronize()
         res["cuda_event_query_us"] = per_call_us(evs[0].query)
         res["cuda_event_elapsed_time_us"] = per_call_us(lambda: evs[0].elapsed_time(evs[1]))
@@ -81,6 +88,8 @@ def main() -> None:
         with Session(out=work / label, skip=10**9, steps=1, sample_hz=hz, command=["components"]) as s:
             res[f"optimizer_step_light_{label}_us"] = per_call_us(opt.step)
             rec = s.recorder
+            if cuda and rec is not None:
+                res[f"recorder_current_stream_{label}_us"] = per_call_us(rec._current_stream)
             if label == "sampler_25hz" and rec is not None and rec.sampler is not None:
                 res["sampler_sample_once_us"] = per_call_us(rec.sampler.sample_once, n=200)
                 res["sampler_tick_us"] = per_call_us(rec._tick, n=200)
