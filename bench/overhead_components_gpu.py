@@ -90,6 +90,21 @@ def main() -> None:
             rec = s.recorder
             if cuda and rec is not None:
                 res[f"recorder_current_stream_{label}_us"] = per_call_us(rec._current_stream)
+            if label == "sampler_25hz" and rec is not None:
+                res["recorder_boundary_us"] = per_call_us(lambda: rec.boundary("optimizer"))
+
+                def record_and_return() -> None:
+                    ev = rec._record_event()
+                    if ev is not None:
+                        rec._event_pool.append(ev)
+
+                res["recorder_record_event_pooled_us"] = per_call_us(record_and_return)
+                boundary = rec.boundary
+                rec.boundary = lambda *a, **k: None  # the hooks and their guards alone
+                try:
+                    res["optimizer_step_light_hooks_only_us"] = per_call_us(opt.step)
+                finally:
+                    rec.boundary = boundary
             if label == "sampler_25hz" and rec is not None and rec.sampler is not None:
                 res["sampler_sample_once_us"] = per_call_us(rec.sampler.sample_once, n=200)
                 res["sampler_tick_us"] = per_call_us(rec._tick, n=200)
