@@ -20,7 +20,7 @@ NEEDS_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None, reason="to
 def _profile(tmp_path: Path, plant: str, factor: float) -> Path:
     out = tmp_path / f"run-{plant}"
     cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "-q", "--no-diagnose", "-o", str(out), "--skip", "3",
-           "--steps", "4", "--", "torchrun", "--nproc-per-node", "2", str(SCRIPT), "--steps", "10", "--dim", "256",
+           "--steps", "4", "--", "torchrun", "--nproc-per-node", "2", str(SCRIPT), "--pin", "--steps", "10", "--dim", "256",
            "--plant", plant, "--slow-factor", str(factor)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

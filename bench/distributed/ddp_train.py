@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--plant", choices=sorted(EXPECTED), default="none")
     ap.add_argument("--slow-rank", type=int, default=1)
     ap.add_argument("--slow-factor", type=float, default=1.0, help="extra work on the slow rank, in units of its step")
+    ap.add_argument("--pin", action="store_true", help="pin each rank to its own CPU core (LOCAL_RANK): on a CPU "
+                                                       "machine with few cores an unpinned rank that shares a core "
+                                                       "with the launcher becomes a real, unplanted straggler")
     args = ap.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -59,6 +62,9 @@ def main() -> None:
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", 0))
+    if args.pin and hasattr(os, "sched_getaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[local % len(cores)]})
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
