@@ -76,3 +76,18 @@ def test_warm_up_steps_before_the_window_are_not_the_steady_state():
     assert all(f.severity.rank <= Severity.LOW.rank for f in found)
     everything = run_analyzers(ctx, debug=True).findings
     assert [f.id for f in everything if f.severity.rank >= Severity.MEDIUM.rank] == []  # healthy reads healthy
+
+
+def test_a_host_running_ahead_does_not_shorten_the_reported_step():
+    """The compiled CNN's host issues a step in ~7.8 ms while the GPU takes 8.8 ms: the step time
+    is the GPU's, not the host's."""
+    from analyzers.report import build_report
+
+    report = build_report(RUNS / "healthy_cnn_compiled")
+    rd = _ctx("healthy_cnn_compiled").ranks[0]
+    steady = rd.untraced_step_mask()
+    wall, gpu = rd.telemetry["wall_ms"][steady], rd.telemetry["gpu_ms"][steady]
+    assert np.median(wall) < 0.95 * np.median(gpu)
+    samples = report["summary"]["step_time_ms"]["samples"]
+    assert samples == pytest.approx(list(np.maximum(wall, gpu)))
+    assert report["summary"]["step_time_ms"]["median"] == pytest.approx(float(np.median(np.maximum(wall, gpu))), rel=1e-3)
