@@ -36,6 +36,7 @@ from profiler.rundir import MetaWriter  # noqa: E402
 
 WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
+WORKLOAD_FLAGS: list[str] = []  # passed to every workload run (--no-sync)
 
 
 def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: int, small: bool, sample_hz: float,
@@ -45,6 +46,7 @@ def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: 
     cmd = [sys.executable, str(WORKLOAD), "--model", model, "--warmup", str(warmup), "--measure", str(measure), "--json", str(out_json)]
     if small:
         cmd.append("--small")
+    cmd += WORKLOAD_FLAGS
     if mode == "unprofiled":
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -160,6 +162,7 @@ def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, smal
                "--work", str(work / f"paired-{model}-{i}")]
         if small:
             cmd += ["--small", "--settle", "2"]
+        cmd += WORKLOAD_FLAGS
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         t0 = time.perf_counter()
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -215,11 +218,14 @@ def main() -> None:
     ap.add_argument("--paired", type=int, default=0, help="also measure light vs none inside each process: pairs per process")
     ap.add_argument("--paired-procs", type=int, default=3, help="processes for --paired")
     ap.add_argument("--block", type=int, default=600, help="steps per block for --paired")
+    ap.add_argument("--no-sync", action="store_true", help="the workload does not synchronize every step")
     ap.add_argument("--pin", default="auto",
                     help="CPU cores for every run, e.g. 2-5 ('auto': 2-5 on hosts with >= 8 cores; 'none'): unpinned, "
                          "fresh processes of the same mode differed by +-13 %% on the launch-bound MLP")
     args = ap.parse_args()
     pinned = pin_cpus(args.pin)
+    if args.no_sync:
+        WORKLOAD_FLAGS.append("--no-sync")
     models = [m for m in args.models.split(",") if m]
     modes = tuple(m for m in MODES if m in args.modes.split(",") or m == "unprofiled") if args.rounds else ()
     if args.smoke:

@@ -4,7 +4,9 @@
     python bench/profile_overhead_workload.py --model mlp --paired 12 --block 600 --json OUT
 
 Each step ends with ``torch.cuda.synchronize()`` (the same in every mode), so the host-side
-cost of any instrumentation is fully exposed in the step time: a pessimistic measure.
+cost of any instrumentation is fully exposed in the step time: a pessimistic measure. With
+``--no-sync`` the host runs ahead as a real loop does (a launch-bound step is then the host's
+issue time alone, without the GPU's idle clock changes between synchronised steps).
 
 ``--paired N``: one process runs N pairs of blocks, each pair one block without and one with
 the light telemetry (a ``profiler.Session`` whose window never starts; the same recorder,
@@ -60,12 +62,15 @@ def mlp(device: str, small: bool):
     return step
 
 
-def timed_steps(step, sync, n: int) -> list:
+def timed_steps(step, sync, n: int, drain=None) -> list:
+    """Per-step wall times (ms); ``drain`` (a final synchronize) is charged to the last step."""
     times = []
-    for _ in range(n):
+    for i in range(n):
         t0 = time.perf_counter()
         step()
         sync()
+        if drain is not None and i == n - 1:
+            drain()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -97,19 +102,19 @@ def hook_cost_us(work: str, reps: int = 5, n: int = 20000) -> list:
     return added
 
 
-def paired(step, sync, pairs: int, block: int, settle: int, sample_hz: float, work: str) -> dict:
+def paired(step, sync, pairs: int, block: int, settle: int, sample_hz: float, work: str, drain=None) -> dict:
     """Per-block step times: a pristine block, then ``pairs`` (off, light) pairs in alternating order."""
     from profiler import Session
 
-    out: dict = {"pristine": timed_steps(step, sync, block)[settle:], "pairs": []}
+    out: dict = {"pristine": timed_steps(step, sync, block, drain)[settle:], "pairs": []}
     for p in range(pairs):
         pair = {}
         for mode in (("off", "light") if p % 2 == 0 else ("light", "off")):
             if mode == "light":
                 with Session(out=f"{work}/session-{p}", skip=10**9, steps=1, sample_hz=sample_hz, command=["paired"]):
-                    pair[mode] = timed_steps(step, sync, block)[settle:]
+                    pair[mode] = timed_steps(step, sync, block, drain)[settle:]
             else:
-                pair[mode] = timed_steps(step, sync, block)[settle:]
+                pair[mode] = timed_steps(step, sync, block, drain)[settle:]
         out["pairs"].append(pair)
     return out
 
@@ -126,17 +131,23 @@ def main() -> None:
     ap.add_argument("--settle", type=int, default=50, help="first steps of each block not counted (--paired)")
     ap.add_argument("--sample-hz", type=float, default=25.0)
     ap.add_argument("--work", default=None, help="folder for the Sessions' run directories (--paired)")
+    ap.add_argument("--no-sync", action="store_true",
+                    help="no synchronize per step (the host runs ahead, as a real loop does; one at the end of each "
+                         "block or run, charged to its last step)")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     step = (transformer if args.model == "transformer" else mlp)(device, args.small)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    drain = None
+    if args.no_sync:
+        sync, drain = (lambda: None), sync
     if args.paired:
         import tempfile
 
         timed_steps(step, sync, args.warmup)
         work = args.work or tempfile.mkdtemp(prefix="paired-")
-        result = paired(step, sync, args.paired, args.block, args.settle, args.sample_hz, work)
+        result = paired(step, sync, args.paired, args.block, args.settle, args.sample_hz, work, drain)
         result["hook_cost_us"] = hook_cost_us(work)
         with open(args.json, "w") as fh:
             json.dump({"model": args.model, "device": device, **result}, fh)
@@ -146,6 +157,8 @@ def main() -> None:
         t0 = time.perf_counter()
         step()
         sync()
+        if drain is not None and i == args.warmup + args.measure - 1:
+            drain()
         dt = (time.perf_counter() - t0) * 1e3
         if i >= args.warmup:
             times_ms.append(dt)
