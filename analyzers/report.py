@@ -65,10 +65,8 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         last = ((rd.meta.get("rank") or {}).get("window") or {}).get("last_step")
         if isinstance(last, int):
             ok &= step != last + 1
-        steady = rd.untraced_step_mask()
         choices = (
-            (steady if steady is not None else ok & (inw == 0) & (step >= skip),
-             f"steps outside the trace window and after the {skip} warm-up steps"),
+            (rd.untraced_step_mask(), f"steps outside the trace window and after the {skip} warm-up steps"),
             (ok & (inw == 0), "steps outside the trace window"),
             (ok, "all steps"),
         )

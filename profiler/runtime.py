@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from profiler import hooks
 from profiler.telemetry import HOST_FIELDS, NVML_FIELDS, PCIE_PERIOD_S, Sampler
@@ -101,10 +101,9 @@ def _step_lines(rows: List[list]) -> str:
         for r in rows)
 
 
-def _csv_text(header: List[str], rows: List[list]) -> str:
+def _csv_lines(rows: List[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
     for r in rows:
         w.writerow(["" if v is None else v for v in r])
     return buf.getvalue()
@@ -145,9 +144,7 @@ class CsvSink:
         self.created = False
 
     def _text(self, rows: List[list]) -> str:
-        if self.lines is not None:
-            return self.lines(rows)
-        return _csv_text(self.header, rows).split("\n", 1)[1]
+        return (self.lines or _csv_lines)(rows)
 
     def append(self, rows: List[list]) -> None:
         if not self.created:
