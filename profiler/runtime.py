@@ -265,6 +265,7 @@ class Recorder:
         # gpu
         self._cuda_ready = False
         self._cuda_checked_at = -1
+        self._no_cuda = torch.version.cuda is None and getattr(torch.version, "hip", None) is None  # a CPU-only build
         self.cuda_device: Optional[int] = None
         self.gpu_props: Optional[dict] = None
         self.open_event: Any = None
@@ -484,7 +485,7 @@ class Recorder:
                 self._query_lock.release()
 
     def _record_event(self) -> Any:
-        if self._capturing:
+        if self._capturing or self._no_cuda:
             return None
         if not (self._cuda_ready or self._cuda_check_at_boundary()):
             return None
@@ -560,14 +561,13 @@ class Recorder:
 
     def boundary(self, source: str, t_ns: Optional[int] = None) -> None:
         """End the current step (called by hooks and by the public ``step()``)."""
-        if not self.live():
+        if self.disabled or self.finished:
             return
-        rank = SOURCE_RANK[source]
-        if self.source is not None and rank < SOURCE_RANK[self.source]:
-            return
-        if self.source is not None and rank > SOURCE_RANK[self.source]:
-            self._reset_for(source)
-        if self.source != source:
+        if source != self.source:  # rare: every step after the first has the same source
+            if self.source is not None:
+                if SOURCE_RANK[source] < SOURCE_RANK[self.source]:
+                    return
+                self._reset_for(source)
             self.source = source
             self._update_module_hooks()
         t = time.time_ns() if t_ns is None else t_ns
