@@ -30,6 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
+from analyzers.gate.stats import bootstrap_quantile_ratio  # noqa: E402
 from profiler.command import child_environment  # noqa: E402
 from profiler.common import write_yaml  # noqa: E402
 from profiler.rundir import MetaWriter  # noqa: E402
@@ -136,16 +139,12 @@ def pin_cpus(spec: str) -> list[int] | None:
     return cpus
 
 
-def ratio_ci(base: list[float], other: list[float], reps: int = 2000) -> tuple[float, float]:
-    """95 % bootstrap interval of median(other) / median(base) over per-process medians."""
-    import random
-
+def ratio_ci(base: list[float], other: list[float]) -> tuple[float, float]:
+    """95 % bootstrap interval of median(other) / median(base) over per-process medians (the gate's bootstrap)."""
     if len(base) < 2 or len(other) < 2:
         return float("nan"), float("nan")
-    rng = random.Random(0)
-    ratios = sorted(statistics.median(rng.choices(other, k=len(other))) / statistics.median(rng.choices(base, k=len(base)))
-                    for _ in range(reps))
-    return ratios[int(0.025 * reps)], ratios[int(0.975 * reps) - 1]
+    lo, hi = np.percentile(bootstrap_quantile_ratio(np.asarray(base), np.asarray(other)), [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, small: bool, sample_hz: float, work: Path) -> dict:

@@ -128,7 +128,6 @@ class Attention(c.PerRank):
     requires = frozenset({"trace"})
     description = "unfused attention (bmm+softmax over [B,H,N,N]); attention-dominated diffusion sampling"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events

@@ -40,7 +40,6 @@ class CompileInStep(c.PerRank):
     requires = frozenset({"trace"})
     description = "torch.compile compiling inside the measured steps (recompilations)"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events

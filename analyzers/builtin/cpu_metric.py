@@ -78,7 +78,6 @@ class CpuMetric(c.PerRank):
     requires = frozenset({"trace"})
     description = "CPU-side metric computation (per-sentence BLEU, rewards) leaving the GPU idle in the step"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events

@@ -231,7 +231,6 @@ class MemoryBound(c.PerRank):
     requires = frozenset({"trace"})
     description = "memory-bound kernels by roofline; the GR-KAN per-element atomic backward"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         if not ctx.ranks:
             return []

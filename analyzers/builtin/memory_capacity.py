@@ -69,7 +69,6 @@ class MemoryCapacity(c.PerRank):
     requires = frozenset({"trace"})
     description = "peak GPU memory vs capacity, allocator churn, fragmentation, OOM risk"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         used = _nv(rank, "mem_used_mb")

@@ -58,7 +58,6 @@ class MemoryCopy(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "pageable, tiny or many memory copies; device-to-host copies inside the step"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events

@@ -61,7 +61,6 @@ class Precision(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "fp32 matmuls/convolutions off the tensor cores on a GPU that has them"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         peaks = c.peaks(ctx)
         if peaks is not None and not peaks.has_tensor_cores_fp32:

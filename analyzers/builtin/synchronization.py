@@ -97,7 +97,6 @@ class Synchronization(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "blocking host-device syncs (.item(), .cpu(), synchronize) inside the step"
 
-
     def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
