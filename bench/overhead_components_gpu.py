@@ -40,14 +40,19 @@ def per_call_us(fn: Callable[[], Any], n: int = 20000, reps: int = 5) -> float:
     return round(statistics.median(out), 3)
 
 
+def tiny_optimizer() -> torch.optim.Optimizer:
+    """An optimizer over one tiny CPU tensor: its step is almost only the step hooks' path."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    return torch.optim.SGD([p], lr=0.0)
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.init()
         torch.zeros(1, device="cuda")
-    p = torch.nn.Parameter(torch.zeros(1))
-    p.grad = torch.zeros(1)
-    opt = torch.optim.SGD([p], lr=0.0)
+    opt = tiny_optimizer()
     work = Path(tempfile.mkdtemp(prefix="components-"))
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

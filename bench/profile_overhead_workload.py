@@ -75,30 +75,19 @@ def timed_steps(step, sync, n: int, drain=None) -> list:
     return times
 
 
-def hook_cost_us(work: str, reps: int = 5, n: int = 20000) -> list:
-    """Host microseconds the light telemetry adds to one optimizer step: an optimizer over one
-    tiny CPU tensor stepped ``n`` times without and inside a Session (the step hooks, the step
-    bookkeeping and, once CUDA is initialised, one CUDA event per step)."""
+def hook_cost_us(work: str, reps: int = 5) -> list:
+    """Host microseconds the light telemetry adds to one optimizer step, per repetition: a tiny
+    optimizer stepped without and inside a Session (the step hooks, the step bookkeeping and,
+    once CUDA is initialised, one CUDA event per step)."""
+    from overhead_components_gpu import per_call_us, tiny_optimizer
     from profiler import Session
 
-    p = torch.nn.Parameter(torch.zeros(1))
-    p.grad = torch.zeros(1)
-    opt = torch.optim.SGD([p], lr=0.0)
-
-    def per_step() -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            opt.step()
-        return (time.perf_counter() - t0) / n * 1e6
-
-    per_step()
+    opt = tiny_optimizer()
     added = []
     for r in range(reps):
-        off = per_step()
+        off = per_call_us(opt.step, reps=1)
         with Session(out=f"{work}/hooks-{r}", skip=10**9, steps=1, command=["hook-cost"]):
-            per_step()
-            on = per_step()
-        added.append(on - off)
+            added.append(per_call_us(opt.step, reps=1) - off)
     return added
 
 
