@@ -52,9 +52,11 @@ def main() -> None:
     ap.add_argument("--plant", choices=sorted(EXPECTED), default="none")
     ap.add_argument("--slow-rank", type=int, default=1)
     ap.add_argument("--slow-factor", type=float, default=1.0, help="extra work on the slow rank, in units of its step")
-    ap.add_argument("--pin", action="store_true", help="pin each rank to its own CPU core (LOCAL_RANK): on a CPU "
-                                                       "machine with few cores an unpinned rank that shares a core "
-                                                       "with the launcher becomes a real, unplanted straggler")
+    ap.add_argument("--pin", action="store_true", help="pin each rank to its own CPU core (LOCAL_RANK)")
+    ap.add_argument("--pace-ms", type=float, default=0.0,
+                    help="start step k no earlier than k * PACE ms after a common start (input arriving at a fixed "
+                         "rate): on a CPU machine with few cores the other processes slow the ranks unevenly, and "
+                         "an unpaced healthy run can have a real, unplanted straggler")
     args = ap.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -86,9 +88,13 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler, num_workers=0)
     burn = torch.randn(2 * args.dim, 2 * args.dim, device=device)
 
+    dist.barrier()
+    start = time.perf_counter()
     for step, (x, y) in enumerate(loader):
         if step >= args.steps:
             break
+        if args.pace_ms:
+            time.sleep(max(0.0, start + step * args.pace_ms / 1000.0 - time.perf_counter()))
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if args.plant == "compute" and slow:
             for _ in range(max(1, int(4 * args.slow_factor))):
