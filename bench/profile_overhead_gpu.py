@@ -147,10 +147,13 @@ def ratio_ci(base: list[float], other: list[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, small: bool, sample_hz: float, work: Path) -> dict:
+def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, small: bool, sample_hz: float, work: Path,
+               variants: tuple = ("light",)) -> dict:
     """Light telemetry against none inside one process (see the workload's ``--paired``), in
-    ``procs`` fresh processes; the overhead of each pair is light / off - 1 of block medians."""
-    pcts: list[float] = []
+    ``procs`` fresh processes; the overhead of each pair is light / off - 1 of block medians.
+    Other ``variants`` (the workload's VARIANTS) attribute that overhead: each against the same
+    round's unprofiled block."""
+    pcts: dict = {v: [] for v in variants}
     residue: list[float] = []
     hook_us: list[float] = []
     off_ms: list[float] = []
@@ -158,7 +161,7 @@ def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, smal
         out_json = work / f"paired-{model}-{i}.json"
         cmd = [sys.executable, str(WORKLOAD), "--model", model, "--warmup", str(warmup), "--paired", str(pairs),
                "--block", str(block), "--sample-hz", str(sample_hz), "--json", str(out_json),
-               "--work", str(work / f"paired-{model}-{i}")]
+               "--work", str(work / f"paired-{model}-{i}"), "--variants", ",".join(variants)]
         if small:
             cmd += ["--small", "--settle", "2"]
         cmd += WORKLOAD_FLAGS
@@ -169,26 +172,32 @@ def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, smal
             raise SystemExit(f"paired {model} {i} failed ({res.returncode}):\n{res.stderr[-3000:]}")
         data = json.loads(out_json.read_text())
         offs = [statistics.median(p["off"]) for p in data["pairs"]]
-        pcts += [(statistics.median(p["light"]) / statistics.median(p["off"]) - 1) * 100 for p in data["pairs"]]
+        for v in variants:
+            pcts[v] += [(statistics.median(p[v]) / statistics.median(p["off"]) - 1) * 100 for p in data["pairs"]]
         residue.append((statistics.median(offs) / statistics.median(data["pristine"]) - 1) * 100)
         hook_us += data["hook_cost_us"]
         off_ms += offs
-        print(f"paired {model} process {i}: light overhead per pair (%) {[round(x, 2) for x in pcts[-pairs:]]} "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        summary = ", ".join(f"{v} {statistics.median(pcts[v][-pairs:]):+.2f} %" for v in variants)
+        print(f"paired {model} process {i}: median overhead per round: {summary} ({time.perf_counter() - t0:.1f} s)",
+              flush=True)
     step_ms = statistics.median(off_ms)
-    lo, hi = median_ci(pcts)
-    return {
+    out: dict = {
         f"{model}_paired_processes": procs,
-        f"{model}_paired_pairs": len(pcts),
+        f"{model}_paired_pairs": len(off_ms),
         f"{model}_paired_steps_per_block": block,
         f"{model}_paired_step_ms_off": round(step_ms, 4),
-        f"light_overhead_pct_{model}_paired": round(statistics.median(pcts), 3),
-        f"light_overhead_pct_{model}_paired_ci95": [round(lo, 3), round(hi, 3)],
-        f"light_overhead_pct_{model}_paired_per_pair": [round(x, 3) for x in pcts],
         f"{model}_hooks_left_after_session_pct": [round(x, 3) for x in residue],
         f"{model}_hook_cost_us_per_step": round(statistics.median(hook_us), 3),
         f"{model}_hook_cost_pct_of_step": round(statistics.median(hook_us) / (step_ms * 1e3) * 100, 3),
     }
+    for v, values in pcts.items():
+        lo, hi = median_ci(values)
+        key = f"{v}_overhead_pct_{model}_paired"
+        out[key] = round(statistics.median(values), 3)
+        out[f"{key}_ci95"] = [round(lo, 3), round(hi, 3)]
+        out[f"{key}_us_per_step"] = round(statistics.median(values) / 100 * step_ms * 1e3, 1)
+        out[f"{key}_per_pair"] = [round(x, 3) for x in values]
+    return out
 
 
 def median_ci(values: list[float], reps: int = 2000) -> tuple[float, float]:
@@ -217,6 +226,8 @@ def main() -> None:
     ap.add_argument("--paired", type=int, default=0, help="also measure light vs none inside each process: pairs per process")
     ap.add_argument("--paired-procs", type=int, default=3, help="processes for --paired")
     ap.add_argument("--block", type=int, default=600, help="steps per block for --paired")
+    ap.add_argument("--variants", default="light", help="with --paired: Session variants to attribute the cost "
+                                                         "(light, light_no_events, light_sampler_idle, light_hooks_only)")
     ap.add_argument("--no-sync", action="store_true", help="the workload does not synchronize every step")
     ap.add_argument("--pin", default="auto",
                     help="CPU cores for every run, e.g. 2-5 ('auto': 2-5 on hosts with >= 8 cores; 'none'): unpinned, "
@@ -284,7 +295,7 @@ def main() -> None:
     if args.paired:
         for model in models:
             result.update(paired_run(model, args.paired_procs, args.paired, args.block, args.warmup, args.smoke,
-                                     args.sample_hz, work))
+                                     args.sample_hz, work, tuple(v for v in args.variants.split(",") if v)))
     for model, target in (("transformer", 1.0), ("mlp", 3.0)):
         # inside one process when measured so (fresh processes differ by more than the target)
         basis = next((k for k in (f"light_overhead_pct_{model}_paired", f"light_overhead_pct_{model}") if k in result), None)
@@ -292,6 +303,9 @@ def main() -> None:
             result[f"target_light_overhead_pct_{model}_max"] = target
             result[f"light_target_basis_{model}"] = basis
             result[f"light_target_met_{model}"] = result[basis] <= target
+            ci = result.get(f"{basis}_ci95") or result.get(f"{basis}_ci95_over_processes")
+            if ci:
+                result[f"light_target_met_{model}_at_ci95_upper"] = ci[1] <= target
     result["checks"] = checks
     nv = [c for c in checks.values() if c.get("nvml_samples")]
     result["nvml_samples_present"] = bool(nv)
@@ -327,11 +341,14 @@ def main() -> None:
     path = write_yaml(out_dir / "profile-overhead.yaml", result)
     print()
     print(f"{'figure':42s} value")
-    for key in ("transformer_step_ms_unprofiled", "light_overhead_pct_transformer", "window_overhead_pct_transformer",
+    printed = ("transformer_step_ms_unprofiled", "light_overhead_pct_transformer", "window_overhead_pct_transformer",
                 "mlp_step_ms_unprofiled", "light_overhead_pct_mlp", "window_overhead_pct_mlp",
                 "light_overhead_pct_mlp_paired", "light_overhead_pct_mlp_paired_ci95", "mlp_hook_cost_us_per_step",
                 "tool_window_slowdown_pct_transformer", "nvml_samples_present", "nvml_on_step_clock", "demo_wall_s",
-                "gpu_tests_exit_code"):
+                "gpu_tests_exit_code")
+    for key in printed:
+        print(f"{key:42s} {result.get(key)}")
+    for key in sorted(k for k in result if "_paired" in k and not k.endswith("_per_pair") and k not in printed):
         print(f"{key:42s} {result.get(key)}")
     print(f"written: {path}")
 

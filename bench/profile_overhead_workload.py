@@ -8,7 +8,7 @@ cost of any instrumentation is fully exposed in the step time: a pessimistic mea
 ``--no-sync`` the host runs ahead as a real loop does (a launch-bound step is then the host's
 issue time alone, without the GPU's idle clock changes between synchronised steps).
 
-``--paired N``: one process runs N pairs of blocks, each pair one block without and one with
+``--paired N``: one process runs N rounds of blocks, each round one block without and one with
 the light telemetry (a ``profiler.Session`` whose window never starts; the same recorder,
 hooks and sampler thread that ``stallscope profile`` injects), the order alternating. Fresh
 processes of the same launch-bound workload differ by more than the effect measured (their
@@ -91,19 +91,47 @@ def hook_cost_us(work: str, reps: int = 5) -> list:
     return added
 
 
-def paired(step, sync, pairs: int, block: int, settle: int, sample_hz: float, work: str, drain=None) -> dict:
-    """Per-block step times: a pristine block, then ``pairs`` (off, light) pairs in alternating order."""
+VARIANTS = {
+    # name: (sample_hz override or None, what to switch off in the Session's recorder)
+    "light": (None, None),
+    "light_no_events": (None, "events"),      # no CUDA event per step (and so no polling of them)
+    "light_sampler_idle": (0.1, None),        # the sampler thread (NVML, psutil, event polling) nearly never runs
+    "light_hooks_only": (None, "boundary"),   # the hooks fire, the recorder's step bookkeeping does not
+}
+
+
+def _light_block(step, sync, block: int, settle: int, sample_hz: float, out: str, variant: str, drain=None) -> list:
     from profiler import Session
 
+    hz, off = VARIANTS[variant]
+    with Session(out=out, skip=10**9, steps=1, sample_hz=hz or sample_hz, command=["paired", variant]) as s:
+        rec = s.recorder
+        if off == "events" and rec is not None:
+            rec._no_cuda = True
+        if off == "boundary" and rec is not None:
+            rec.boundary = lambda *a, **k: None
+        try:
+            return timed_steps(step, sync, block, drain)[settle:]
+        finally:
+            if rec is not None:
+                rec.__dict__.pop("boundary", None)
+
+
+def paired(step, sync, pairs: int, block: int, settle: int, sample_hz: float, work: str, drain=None,
+           variants: tuple = ("light",)) -> dict:
+    """Per-block step times: a pristine block, then ``pairs`` rounds of one block per mode ("off" and
+    each variant), the order rotating from round to round."""
+    modes = ("off",) + tuple(variants)
     out: dict = {"pristine": timed_steps(step, sync, block, drain)[settle:], "pairs": []}
     for p in range(pairs):
         pair = {}
-        for mode in (("off", "light") if p % 2 == 0 else ("light", "off")):
-            if mode == "light":
-                with Session(out=f"{work}/session-{p}", skip=10**9, steps=1, sample_hz=sample_hz, command=["paired"]):
-                    pair[mode] = timed_steps(step, sync, block, drain)[settle:]
-            else:
+        k = p % len(modes)
+        order = modes[k:] + modes[:k]
+        for mode in order:
+            if mode == "off":
                 pair[mode] = timed_steps(step, sync, block, drain)[settle:]
+            else:
+                pair[mode] = _light_block(step, sync, block, settle, sample_hz, f"{work}/session-{p}-{mode}", mode, drain)
         out["pairs"].append(pair)
     return out
 
@@ -119,6 +147,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=600, help="steps per block with --paired")
     ap.add_argument("--settle", type=int, default=50, help="first steps of each block not counted (--paired)")
     ap.add_argument("--sample-hz", type=float, default=25.0)
+    ap.add_argument("--variants", default="light",
+                    help=f"comma-separated Session variants measured against off with --paired: {', '.join(VARIANTS)}")
     ap.add_argument("--work", default=None, help="folder for the Sessions' run directories (--paired)")
     ap.add_argument("--no-sync", action="store_true",
                     help="no synchronize per step (the host runs ahead, as a real loop does; one at the end of each "
@@ -136,7 +166,11 @@ def main() -> None:
 
         timed_steps(step, sync, args.warmup)
         work = args.work or tempfile.mkdtemp(prefix="paired-")
-        result = paired(step, sync, args.paired, args.block, args.settle, args.sample_hz, work, drain)
+        variants = tuple(v for v in args.variants.split(",") if v)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
+        result = paired(step, sync, args.paired, args.block, args.settle, args.sample_hz, work, drain, variants)
         result["hook_cost_us"] = hook_cost_us(work)
         with open(args.json, "w") as fh:
             json.dump({"model": args.model, "device": device, **result}, fh)

@@ -52,6 +52,8 @@ TRAIN_FORWARDS_BEFORE_MODULE_STEPS = 16
 def add_step_listener(fn: Callable[[StepEvent], None]) -> None:
     """Call ``fn(event)`` at the end of every step in this process (errors in ``fn`` are reported once)."""
     _listeners.append(fn)
+    if _recorder is not None:
+        _recorder._fast_until = 0  # steps take the path that notifies listeners
 
 
 def remove_step_listener(fn: Callable[[StepEvent], None]) -> None:
@@ -136,6 +138,31 @@ def _guard(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             return None
 
     return guarded
+
+
+def _optimizer_pre(opt: Any, args: Any, kwargs: Any) -> None:
+    # Run every training step: the guard is written out here, without _guard's extra frames.
+    if _compiling():
+        return
+    rec = _recorder
+    if rec is None or rec.disabled or rec.finished:
+        return
+    try:
+        rec.on_optimizer_begin(opt)
+    except Exception as exc:
+        rec.notice_once(f"hook optimizer_pre failed and was skipped: {exc.__class__.__name__}: {exc}")
+
+
+def _optimizer_post(opt: Any, args: Any, kwargs: Any) -> None:
+    if _compiling():
+        return
+    rec = _recorder
+    if rec is None or rec.disabled or rec.finished:
+        return
+    try:
+        rec.on_optimizer_end(opt)
+    except Exception as exc:
+        rec.notice_once(f"hook optimizer_post failed and was skipped: {exc.__class__.__name__}: {exc}")
 
 
 class _ModuleHooks:
@@ -272,8 +299,8 @@ def install(recorder: Any) -> None:
     # Optimizer steps: the training step boundary.
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    register_optimizer_step_pre_hook(_guard("optimizer_pre", lambda rec, opt, a, k: rec.on_optimizer_begin(opt)))
-    register_optimizer_step_post_hook(_guard("optimizer_post", lambda rec, opt, a, k: rec.on_optimizer_end(opt)))
+    register_optimizer_step_pre_hook(_optimizer_pre)
+    register_optimizer_step_post_hook(_optimizer_post)
 
     recorder.module_hooks = _ModuleHooks(torch)
     recorder.module_hooks.start()
@@ -318,7 +345,7 @@ def install(recorder: Any) -> None:
     def make_backward(original: Callable[..., Any]) -> Callable[..., Any]:
         def backward(*args: Any, **kwargs: Any) -> Any:
             rec = _recorder
-            if rec is None or not rec.live():
+            if rec is None or not rec.phases_on or not rec.live():
                 return original(*args, **kwargs)
             try:
                 token = rec.phase_begin("backward")

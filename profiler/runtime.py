@@ -270,6 +270,10 @@ class Recorder:
         self.gpu_props: Optional[dict] = None
         self.open_event: Any = None
         self.pending_events: deque = deque()
+        # Steady-state steps (see boundary) are recorded as marks and become rows in _drain_marks:
+        # (index, start_ns, end_ns, data_ns, start event, end event).
+        self._marks: List[tuple] = []
+        self._fast_until = 0  # boundary takes the short path while index < this
         # CUDA graph capture (global mode) forbids event queries from any thread: the sampler
         # polls only while holding this lock, and a capture holds it from begin to end.
         self._capturing = 0
@@ -282,6 +286,9 @@ class Recorder:
         # NVTX calls only matter when a tool listens (Nsight Systems sets NVTX_INJECTION64_PATH).
         self.nvtx_on = bool(os.environ.get("NVTX_INJECTION64_PATH") or os.environ.get("NVTX_INJECTION32_PATH")
                             or os.environ.get("STALLSCOPE_NVTX") == "1")
+        # Phase ranges (NVTX, Kineto) are made only while someone reads them; one flag, so the
+        # hooks on the hot path test one attribute (kept in step with window_state).
+        self.phases_on = self.nvtx_on
 
     # ------------------------------------------------------------------ basics
     def live(self) -> bool:
@@ -405,7 +412,7 @@ class Recorder:
     def on_optimizer_begin(self, opt: Any) -> None:
         if self.step_open_ns is None:
             self._activity(time.time_ns())
-        if self.nvtx_on or self.window_state == "active":
+        if self.phases_on:
             self.optimizer_tokens.append(self.phase_begin("optimizer"))
 
     def on_optimizer_end(self, opt: Any) -> None:
@@ -441,7 +448,7 @@ class Recorder:
         return self._nvtx
 
     def phase_begin(self, name: str) -> Any:
-        if not self.nvtx_on and self.window_state != "active":
+        if not self.phases_on:
             return None
         nv = None
         if self.nvtx_on and (self._cuda_ready or self._cuda()):
@@ -474,6 +481,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ steps
     def on_capture_begin(self) -> None:
+        self._fast_until = 0
         if self._capturing == 0:
             self._query_lock.acquire()
         self._capturing += 1
@@ -491,24 +499,22 @@ class Recorder:
             return None
         try:
             ev = self._event_pool.pop() if self._event_pool else self.torch.cuda.Event(enable_timing=True)
-            ev.record(self._current_stream())
+            # The current stream by its key, not torch.cuda.current_stream(): that builds a new
+            # Stream object per call (two thirds of an event record's 7.5 us on the H200 host).
+            C = self.torch._C
+            try:
+                key = C._cuda_getCurrentStream(C._cuda_getDevice())
+            except AttributeError:  # a torch without these: Event.record asks for the stream itself
+                ev.record()
+                return ev
+            if key != self._stream_key:
+                self._stream = self.torch.cuda.Stream(stream_id=key[0], device_index=key[1], device_type=key[2])
+                self._stream_key = key
+            ev.record(self._stream)
             return ev
         except Exception as exc:
             self.notice_once(f"CUDA events unavailable ({exc.__class__.__name__}); gpu_ms left empty")
             return None
-
-    def _current_stream(self) -> Any:
-        """torch.cuda.current_stream(), without building a new Stream object every step (that
-        was two thirds of an event record's 7.5 us on the H200 host)."""
-        C = self.torch._C
-        try:
-            key = C._cuda_getCurrentStream(C._cuda_getDevice())
-        except Exception:
-            return None  # Event.record(None) asks torch for the current stream itself
-        if key != self._stream_key:
-            self._stream_key = key
-            self._stream = self.torch.cuda.Stream(stream_id=key[0], device_index=key[1], device_type=key[2])
-        return self._stream
 
     def _poll_events(self, wait: bool = False) -> None:
         if not self._query_lock.acquire(blocking=False):
@@ -563,6 +569,21 @@ class Recorder:
         """End the current step (called by hooks and by the public ``step()``)."""
         if self.disabled or self.finished:
             return
+        if self.index < self._fast_until and source == self.source:
+            # The steady state (same source, no window near, no capture, no listener): one mark per
+            # step, made into a row off the hot path. Every bytecode here costs: on a host busy
+            # with the step itself, the full path below took ~20 us, this one a few.
+            t = time.time_ns() if t_ns is None else t_ns
+            end_ev = None if self._no_cuda else self._record_event()
+            index = self.index
+            self._marks.append((index, self.step_open_ns, t, self.step_data_ns, self.open_event, end_ev))
+            self.open_event = end_ev
+            self.index = index + 1
+            self.step_open_ns = t
+            self.step_data_ns = 0
+            self.forward_in_step = False
+            return
+        self._drain_marks()
         if source != self.source:  # rare: every step after the first has the same source
             if self.source is not None:
                 if SOURCE_RANK[source] < SOURCE_RANK[self.source]:
@@ -581,6 +602,40 @@ class Recorder:
                 and self.index >= self.window_first + self.cfg.steps and not self._capturing):
             self._stop_window(keep=True)
         self._open_step(t)
+        self._fast_until = self._short_path_until()
+
+    def _short_path_until(self) -> int:
+        """The step index up to which boundary may take its short path from here."""
+        if (self.window_state == "active" or self._capturing or hooks._listeners or self.step_open_ns is None
+                or self._cut_step >= self.index or not (self._no_cuda or self._cuda_ready)):
+            return 0
+        if self.window_state == "pending":
+            return self.cfg.skip - WINDOW_WARMUP_STEPS - 1  # _open_step starts the window at the step after
+        return sys.maxsize
+
+    def _drain_marks(self) -> None:
+        """Make the marks of short-path steps into rows (any thread). Always under the lock: a
+        caller about to append a row itself waits for a drain in progress, so rows stay in order."""
+        with self._lock:
+            marks = self._marks
+            batch = marks[:len(marks)]
+            del marks[:len(batch)]  # one C-level operation: a concurrent append is kept
+            if not batch:
+                return
+            rows, walls, flags, pending, source = self.rows, self.walls, self.window_flags, self.pending_events, self.source
+            wall_ms = None
+            for index, start, t, data_ns, start_ev, end_ev in batch:
+                wall_ms = (t - start) / 1e6
+                row = [index, start, t, wall_ms, None, data_ns / 1e6, 0, source, True]
+                rows.append(row)
+                walls.append(wall_ms)
+                flags.append(0)
+                if start_ev is not None and end_ev is not None:
+                    row[8] = False
+                    pending.append((row, start_ev, end_ev))
+            self.step_count += len(batch)
+            self.last_wall_ms = wall_ms
+            self._dirty = True
 
     def _close_step(self, t: int, source: str) -> None:
         in_window = self.step_rf is not None or self.index == self._cut_step
@@ -685,6 +740,7 @@ class Recorder:
             return
         self.prof = prof
         self.window_state = "active"
+        self.phases_on = True
         self._update_module_hooks()
         before = time.time_ns()
         with self.torch.autograd.profiler.record_function(CLOCK_MARK):
@@ -703,6 +759,7 @@ class Recorder:
                 pass
             self.step_rf = None
         self.window_state = "done"
+        self.phases_on = self.nvtx_on
         self._update_module_hooks()
         if prof is None:
             return
@@ -762,6 +819,7 @@ class Recorder:
     # ------------------------------------------------------------------ files
     def _tick(self) -> None:
         """Sampler-thread housekeeping: read finished CUDA events, heartbeat, periodic flush."""
+        self._drain_marks()
         if self.pending_events:
             self._poll_events()  # off the training thread: query() and elapsed_time() cost it nothing
         now = time.monotonic()
@@ -788,6 +846,7 @@ class Recorder:
     def window_slowdown(self) -> dict:
         """Median wall time of window steps vs the other steps (the first step, the profiler's warmup
         step and the export step excluded)."""
+        self._drain_marks()
         walls, flags = self.walls, self.window_flags
         inside = [w for w, f in zip(walls, flags) if f]
         after_export = (self.window_last + 1) if self.window_last is not None else None
@@ -805,6 +864,7 @@ class Recorder:
         return out
 
     def rank_info(self, final: bool = True) -> dict:
+        self._drain_marks()
         torch = self.torch
         info: dict = {
             "schema_version": SCHEMA_VERSION,
@@ -870,6 +930,7 @@ class Recorder:
         """
         if self.rank_dir is None:
             return
+        self._drain_marks()
         with self._lock:
             self._last_flush = time.monotonic()
             self._dirty = False
@@ -902,6 +963,7 @@ class Recorder:
         """Close the open step, stop the window, write every file. Safe to call more than once."""
         if self.finished or self.disabled or os.getpid() != self.pid:
             return
+        self._drain_marks()
         if error and not self.error:
             self.error = error
         if self.step_open_ns is None and not self.step_count and not self.started:

@@ -1,0 +1,98 @@
+"""The recorder's short path for steady-state steps: each step is one mark on the training thread,
+made into its row later. Driven by a scripted clock (every boundary gets its end time), so the
+rows can be checked exactly against the steps that were run."""
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+from profiler import hooks
+from profiler.runtime import Config, Recorder
+
+MS = 1_000_000
+
+
+def recorder(tmp_path: Path, skip: int, steps: int = 3) -> Recorder:
+    # the sampler thread ticks every 10 s: the marks wait for a reader the test controls
+    rec = Recorder(Config(run_dir=tmp_path, skip=skip, steps=steps, nvml=False, sample_hz=0.1),
+                   rank_dir=tmp_path / "rank0", origin="api")
+    rec.origin_ns = 1  # the scripted clock starts here
+    rec._no_cuda = True  # the CPU path on every build: no CUDA event per step
+    return rec
+
+
+def run_steps(rec: Recorder, n: int, first_end_ms: int = 10) -> list[int]:
+    """Steps of 10, 11, 12, ... ms after the open one began; returns their end times (ns)."""
+    ends, t = [], rec.step_open_ns or rec.origin_ns
+    for i in range(n):
+        t += (first_end_ms + i) * MS
+        rec.boundary("api", t_ns=t)
+        ends.append(t)
+    return ends
+
+
+def steps_csv(rec: Recorder) -> list[dict]:
+    rec.finish()
+    with open(rec.rank_dir / "steps.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_steady_state_steps_take_the_short_path_and_keep_every_field(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, skip=10**6)
+    ends = run_steps(rec, 50)
+    assert rec._fast_until > rec.index and len(rec._marks) == 49  # all but the first went the short way
+    rows = steps_csv(rec)
+    assert [int(r["step"]) for r in rows] == list(range(50))
+    assert [int(r["end_ns"]) for r in rows] == ends
+    assert [int(r["start_ns"]) for r in rows[1:]] == ends[:-1]  # each step starts where the last ended
+    assert [float(r["wall_ms"]) for r in rows] == [10.0 + i for i in range(50)]
+    assert {r["source"] for r in rows} == {"api"} and {r["in_window"] for r in rows} == {"0"}
+    assert list(rec.walls) == [10.0 + i for i in range(50)] and rec.step_count == 50 and rec.last_wall_ms == 59.0
+
+
+def test_the_window_still_holds_exactly_its_steps(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, skip=8, steps=3)
+    run_steps(rec, 30)
+    rows = steps_csv(rec)
+    assert [int(r["step"]) for r in rows if r["in_window"] == "1"] == [8, 9, 10]
+    assert (rec.rank_dir / "trace.json.gz").is_file()
+    assert rec._fast_until > rec.index  # back on the short path after the window
+
+
+def test_a_listener_added_mid_run_hears_every_later_step(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, skip=10**6)
+    old = hooks._recorder
+    hooks._recorder = rec
+    heard: list = []
+    try:
+        run_steps(rec, 20)
+        hooks.add_step_listener(heard.append)
+        run_steps(rec, 15, first_end_ms=1000)
+    finally:
+        hooks.remove_step_listener(heard.append)
+        hooks._recorder = old
+    assert [e.index for e in heard] == list(range(20, 35))
+    assert [e.wall_ms for e in heard] == [1000.0 + i for i in range(15)]
+
+
+def test_rows_stay_in_order_while_another_thread_drains(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, skip=10**6)
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            rec._drain_marks()
+
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        for _ in range(50):
+            run_steps(rec, 100, first_end_ms=1)
+            rec._fast_until = 0  # the next step takes the full path and appends its own row
+            run_steps(rec, 1, first_end_ms=1)
+    finally:
+        stop.set()
+        t.join()
+    rows = steps_csv(rec)
+    assert [int(r["step"]) for r in rows] == list(range(5050))
