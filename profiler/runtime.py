@@ -41,6 +41,13 @@ SOURCE_RANK = {"module": 1, "optimizer": 2, "profiler_step": 3, "api": 4}
 FLUSH_PERIOD_S = 5.0
 STATUS_PERIOD_S = 0.5
 WINDOW_WARMUP_STEPS = 1
+# Finished CUDA events are read on the training thread at most this often, in one batch. Read from
+# the sampler thread instead, every elapsed_time() (which releases the GIL) handed the GIL back and
+# forth with the busy training thread; here the batch runs while its code and data are warm.
+POLL_PERIOD_NS = 40_000_000
+# The sampler thread reads them only when the training thread has not for this long (a long step,
+# a stall, the end of the run), so steps.csv never waits on a paused loop.
+POLL_STALE_NS = 1_000_000_000
 PHASE_PREFIX = "stallscope.phase/"
 CLOCK_MARK = "stallscope.clock_sync"
 LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch", "torch.distributed.elastic")
@@ -274,6 +281,7 @@ class Recorder:
         # (index, start_ns, end_ns, data_ns, start event, end event).
         self._marks: List[tuple] = []
         self._fast_until = 0  # boundary takes the short path while index < this
+        self._polled_ns = 0  # when the training thread last read finished events
         # CUDA graph capture (global mode) forbids event queries from any thread: the sampler
         # polls only while holding this lock, and a capture holds it from begin to end.
         self._capturing = 0
@@ -582,6 +590,9 @@ class Recorder:
             self.step_open_ns = t
             self.step_data_ns = 0
             self.forward_in_step = False
+            if t - self._polled_ns > POLL_PERIOD_NS and end_ev is not None:
+                self._polled_ns = t
+                self._settle_events()
             return
         self._drain_marks()
         if source != self.source:  # rare: every step after the first has the same source
@@ -612,6 +623,18 @@ class Recorder:
         if self.window_state == "pending":
             return self.cfg.skip - WINDOW_WARMUP_STEPS - 1  # _open_step starts the window at the step after
         return sys.maxsize
+
+    def _settle_events(self) -> None:
+        """Rows for the marks so far, then the GPU time of every finished step (training thread;
+        skipped when the sampler thread holds the lock for a flush: no wait on its file writes)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._drain_marks()
+        finally:
+            self._lock.release()
+        if self.pending_events:
+            self._poll_events()
 
     def _drain_marks(self) -> None:
         """Make the marks of short-path steps into rows (any thread). Always under the lock: a
@@ -820,8 +843,8 @@ class Recorder:
     def _tick(self) -> None:
         """Sampler-thread housekeeping: read finished CUDA events, heartbeat, periodic flush."""
         self._drain_marks()
-        if self.pending_events:
-            self._poll_events()  # off the training thread: query() and elapsed_time() cost it nothing
+        if self.pending_events and time.time_ns() - self._polled_ns > POLL_STALE_NS:
+            self._poll_events()
         now = time.monotonic()
         if now - self._last_status >= STATUS_PERIOD_S:
             self._last_status = now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import time
 from pathlib import Path
 
 from profiler import hooks
@@ -96,3 +97,39 @@ def test_rows_stay_in_order_while_another_thread_drains(tmp_path: Path) -> None:
         t.join()
     rows = steps_csv(rec)
     assert [int(r["step"]) for r in rows] == list(range(5050))
+
+
+class DoneEvent:
+    """A CUDA event stand-in that is finished at once: elapsed_time is the scripted time between two."""
+
+    def __init__(self, t_ms: float, reads: list) -> None:
+        self.t_ms, self.reads = t_ms, reads
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end: "DoneEvent") -> float:
+        self.reads.append(threading.current_thread().name)
+        return end.t_ms - self.t_ms
+
+
+def test_finished_events_are_read_in_batches_on_the_training_thread(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, skip=10**6)
+    rec._no_cuda, rec._cuda_ready = False, True
+    reads: list = []
+    made = iter(range(10**6))
+    rec._record_event = lambda: DoneEvent(2.0 * next(made), reads)
+    settles: list = []
+    settle = rec._settle_events
+    rec._settle_events = lambda: (settles.append(rec.index), settle())
+    run_steps(rec, 40, first_end_ms=1)  # 1-40 ms steps: a read every 40 ms of wall time
+    assert set(reads) == {threading.current_thread().name}
+    assert 5 <= len(settles) < 30  # in batches, not per step
+    settled = [row for row in rec.rows if row[8]]
+    assert len(settled) == len(reads) < 40 and all(row[4] == 2.0 for row in settled)  # each step its own pair
+    rec._polled_ns = time.time_ns()  # (the scripted clock is not the wall clock the sampler reads)
+    rec._tick()  # the sampler thread leaves fresh events to the training thread
+    assert len(reads) < 40
+    rec._polled_ns -= 2 * 10**9  # ... unless the training thread has not read them for a while
+    rec._tick()
+    assert len(reads) == 40 and all(row[4] == 2.0 for row in rec.rows)
