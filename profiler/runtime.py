@@ -283,8 +283,8 @@ class Recorder:
         self._marks: List[tuple] = []
         self._fast_until = 0  # boundary takes the short path while index < this
         self._polled_ns = 0  # when the training thread last read finished events
-        # CUDA graph capture (global mode) forbids event queries from any thread: the sampler
-        # polls only while holding this lock, and a capture holds it from begin to end.
+        # CUDA graph capture (global mode) forbids event queries from any thread: events are read
+        # (by either thread) only while holding this lock, and a capture holds it from begin to end.
         self._capturing = 0
         self._query_lock = threading.Lock()
         self._event_pool: List[Any] = []
