@@ -14,7 +14,9 @@ hooks and sampler thread that ``stallscope profile`` injects), the order alterna
 processes of the same launch-bound workload differ by more than the effect measured (their
 medians spread over +-25 % on the H200 host), so the comparison is made inside one process.
 A first block runs before any Session ("pristine"): after a Session the hooks stay installed
-and return at once, and the pristine block measures what that residue costs.
+and return at once, and the pristine block measures what that residue costs. ``--variants``
+adds Session variants to each round (VARIANTS: without the CUDA event, with the sampler idle,
+hooks only) to attribute the cost; the order of a round's blocks rotates.
 """
 from __future__ import annotations
 
