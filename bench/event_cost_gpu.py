@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from profile_overhead_workload import mlp  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from overhead_components_gpu import write_figures  # noqa: E402
 
 
 class EventRecorder:
@@ -156,11 +155,7 @@ def main() -> None:
         rec.close()
     if wanted("light_session_training_thread"):
         res["light_session_training_thread"] = session_alternating(step, args.steps)
-    out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="stallscope-bench-"))
-    path = write_yaml(out / "event-cost.yaml", res)
-    for k, v in res.items():
-        print(f"{k:40s} {v}")
-    print(f"written: {path}")
+    write_figures(res, "event-cost.yaml")
 
 
 if __name__ == "__main__":

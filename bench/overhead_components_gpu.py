@@ -122,11 +122,17 @@ def main() -> None:
     bare = res["optimizer_step_bare_us"]
     res["light_added_us_per_step_sampler_off"] = round(res["optimizer_step_light_sampler_off_us"] - bare, 3)
     res["light_added_us_per_step_sampler_25hz"] = round(res["optimizer_step_light_sampler_25hz_us"] - bare, 3)
+    write_figures(res, "overhead-components.yaml")
+
+
+def write_figures(res: dict, name: str) -> Path:
+    """Write ``res`` as $OUT/``name`` (a temp folder without $OUT) and print it, a figure a line."""
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="stallscope-bench-"))
-    path = write_yaml(out / "overhead-components.yaml", res)
+    path = write_yaml(out / name, res)
     for k, v in res.items():
         print(f"{k:48s} {v}")
     print(f"written: {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -140,29 +140,22 @@ def _guard(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def _optimizer_pre(opt: Any, args: Any, kwargs: Any) -> None:
-    # Run every training step: the guard is written out here, without _guard's extra frames.
-    if _compiling():
-        return
-    rec = _recorder
-    if rec is None or rec.disabled or rec.finished:
-        return
-    try:
-        rec.on_optimizer_begin(opt)
-    except Exception as exc:
-        rec.notice_once(f"hook optimizer_pre failed and was skipped: {exc.__class__.__name__}: {exc}")
+def _optimizer_hook(name: str, method: str) -> Callable[[Any, Any, Any], None]:
+    """An optimizer-step hook calling ``recorder.<method>(opt)``. It runs every training step, so
+    the guard is written out here, without _guard's extra frames."""
 
+    def hook(opt: Any, args: Any, kwargs: Any) -> None:
+        if _compiling():
+            return
+        rec = _recorder
+        if rec is None or rec.disabled or rec.finished:
+            return
+        try:
+            getattr(rec, method)(opt)
+        except Exception as exc:
+            rec.notice_once(f"hook {name} failed and was skipped: {exc.__class__.__name__}: {exc}")
 
-def _optimizer_post(opt: Any, args: Any, kwargs: Any) -> None:
-    if _compiling():
-        return
-    rec = _recorder
-    if rec is None or rec.disabled or rec.finished:
-        return
-    try:
-        rec.on_optimizer_end(opt)
-    except Exception as exc:
-        rec.notice_once(f"hook optimizer_post failed and was skipped: {exc.__class__.__name__}: {exc}")
+    return hook
 
 
 class _ModuleHooks:
@@ -299,8 +292,8 @@ def install(recorder: Any) -> None:
     # Optimizer steps: the training step boundary.
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    register_optimizer_step_pre_hook(_optimizer_pre)
-    register_optimizer_step_post_hook(_optimizer_post)
+    register_optimizer_step_pre_hook(_optimizer_hook("optimizer_pre", "on_optimizer_begin"))
+    register_optimizer_step_post_hook(_optimizer_hook("optimizer_post", "on_optimizer_end"))
 
     recorder.module_hooks = _ModuleHooks(torch)
     recorder.module_hooks.start()
