@@ -77,6 +77,12 @@ class EventRecorder:
         self.poll()
 
 
+def medians(plain: list, plus: list) -> dict:
+    """Median plain step, median step with the added work, and their difference (us)."""
+    a, b = statistics.median(plain), statistics.median(plus)
+    return {"plain_us": round(a, 2), "with_us": round(b, 2), "added_us": round(b - a, 2)}
+
+
 def alternate(step, steps: int, extra, period: int = 2) -> dict:
     """Median host time (us) of plain steps and of the steps followed by ``extra()`` (every ``period``-th)."""
     plain, plus = [], []
@@ -89,8 +95,7 @@ def alternate(step, steps: int, extra, period: int = 2) -> dict:
         dt_us = (time.perf_counter() - t0) * 1e6
         (plus if with_extra else plain).append(dt_us)
     torch.cuda.synchronize()
-    return {"plain_us": round(statistics.median(plain), 2), "with_us": round(statistics.median(plus), 2),
-            "added_us": round(statistics.median(plus) - statistics.median(plain), 2)}
+    return medians(plain, plus)
 
 
 def session_alternating(step, steps: int) -> dict:
@@ -108,8 +113,7 @@ def session_alternating(step, steps: int) -> dict:
             step()
             (plus if i % 2 else plain).append((time.perf_counter() - t0) * 1e6)
         rec.disabled = False
-    return {"plain_us": round(statistics.median(plain), 2), "with_us": round(statistics.median(plus), 2),
-            "added_us": round(statistics.median(plus) - statistics.median(plain), 2)}
+    return medians(plain, plus)
 
 
 def main() -> None:
