@@ -128,6 +128,8 @@ def main() -> None:
 def write_figures(res: dict, name: str) -> Path:
     """Write ``res`` as $OUT/``name`` (a temp folder without $OUT) and print it, a figure a line."""
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="stallscope-bench-"))
+    if os.environ.get("BENCH_REV"):
+        res["code"] = os.environ["BENCH_REV"]  # the commit measured (the device copy has no .git)
     path = write_yaml(out / name, res)
     for k, v in res.items():
         print(f"{k:48s} {v}")
