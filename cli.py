@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from profiler.common import EXIT_USAGE, ToolError, __version__
+from stallscope.profiler.common import EXIT_USAGE, ToolError, __version__
 
 app = typer.Typer(
     name="stallscope",
@@ -104,7 +104,7 @@ def profile(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status."),
 ) -> None:
     """Run CMD (after `--`) under the profiler and write a run directory."""
-    from profiler.command import profile_command
+    from stallscope.profiler.command import profile_command
 
     code = profile_command(
         list(ctx.args),
@@ -129,7 +129,7 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for the demo."),
 ) -> None:
     """Profile and diagnose a small bundled workload with a real bottleneck."""
-    from profiler.demo import run_demo
+    from stallscope.profiler.demo import run_demo
 
     raise typer.Exit(run_demo(out=out))
 
@@ -144,7 +144,7 @@ def diagnose(
     annotated_trace: Optional[Path] = typer.Option(None, "--annotated-trace", help="Write the trace with findings on the timeline."),
 ) -> None:
     """Diagnose a run directory or torch.profiler trace(s): findings ranked by impact."""
-    from analyzers.command import diagnose_command
+    from stallscope.analyzers.command import diagnose_command
 
     raise typer.Exit(diagnose_command(target, output=output, fmt=fmt, deep=deep, annotated_trace=annotated_trace))
 
@@ -180,7 +180,7 @@ def gate_check(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No console table."),
 ) -> None:
     """Compare CURRENT with the baseline: exit 1 on a real regression, not on noise (the default subcommand)."""
-    from analyzers.gate.command import gate_command
+    from stallscope.analyzers.gate.command import gate_command
 
     raise typer.Exit(gate_command(current, baseline, config=config, output=output, junit=junit, allow_env_change=allow_env_change, update=update_baseline, quiet=quiet))
 
@@ -200,7 +200,7 @@ def gate_ab(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines or console table."),
 ) -> None:
     """Paired mode: run base and head interleaved (A B A B ...) in this job, then gate head against base."""
-    from analyzers.gate.paired import ab_command
+    from stallscope.analyzers.gate.paired import ab_command
 
     raise typer.Exit(ab_command(base_cmd, head_cmd, rounds=rounds, warmup=warmup, config=config, output=output, junit=junit, workdir=workdir, profile_args=profile_args, quiet=quiet))
 
@@ -212,7 +212,7 @@ def patch_plan(
     fmt: str = typer.Option("console", "--format", "-f", help="console | yaml"),
 ) -> None:
     """Print which fixes the report's findings call for, why, and what an earlier auto-patch run decided."""
-    from fixes.command import plan_command
+    from stallscope.fixes.command import plan_command
 
     raise typer.Exit(plan_command(report, fmt=fmt))
 
@@ -224,7 +224,7 @@ def run(
     patch_from: Path = typer.Option(..., "--patch-from", help="Report, run directory or patches.yaml of an earlier --auto-patch run."),
 ) -> None:
     """Run CMD (after `--`) with the fixes an earlier auto-patch run kept; no profiling, parity checked on the first batch."""
-    from fixes.command import run_command
+    from stallscope.fixes.command import run_command
 
     raise typer.Exit(run_command(list(ctx.args), patch_from))
 
@@ -236,7 +236,7 @@ def report(
     html_out: Path = typer.Option(..., "--html", help="Write a self-contained HTML report here."),
 ) -> None:
     """Write an offline HTML report with charts (breakdown, NVML timeline, roofline)."""
-    from analyzers.present import report_command
+    from stallscope.analyzers.present import report_command
 
     raise typer.Exit(report_command(target, html_out))
 
@@ -250,7 +250,7 @@ def compare(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the comparison (.md or .yaml)."),
 ) -> None:
     """Compare two runs: step time with the gate's statistics, breakdown, kernels, findings."""
-    from analyzers.present import compare_command
+    from stallscope.analyzers.present import compare_command
 
     raise typer.Exit(compare_command(a, b, fmt=fmt, output=output))
 

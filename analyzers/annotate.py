@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from profiler.common import ToolError, atomic_write_bytes
+from stallscope.profiler.common import ToolError, atomic_write_bytes
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["FINDINGS_PID", "annotate_trace", "write_annotated_trace"]
 

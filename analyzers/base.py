@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 __all__ = [
     "CATEGORIES",
@@ -210,17 +210,17 @@ def registered_analyzers(names: Iterable[str] | None = None) -> dict[str, type[A
     """All analyzers by name (importing ``analyzers.builtin`` once), or only those named."""
     global _DISCOVERED
     if not _DISCOVERED:
-        import analyzers.builtin as builtin
+        import stallscope.analyzers.builtin as builtin
 
         for info in pkgutil.iter_modules(builtin.__path__):
             if not info.name.startswith("_"):
-                importlib.import_module(f"analyzers.builtin.{info.name}")
+                importlib.import_module(f"stallscope.analyzers.builtin.{info.name}")
         _DISCOVERED = True
     if names is None:
         return dict(sorted(_REGISTRY.items()))
     missing = [n for n in names if n not in _REGISTRY]
     if missing:
-        from profiler.common import ToolError
+        from stallscope.profiler.common import ToolError
 
         raise ToolError(f"unknown analyzer(s) {', '.join(missing)}; known: {', '.join(sorted(_REGISTRY))}")
     return {n: _REGISTRY[n] for n in names}

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown
+from stallscope.analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["LAUNCH_GAP_NS", "Intervals", "compute_breakdowns", "rank_breakdown", "breakdown_totals", "union"]
 
@@ -102,7 +102,7 @@ def _name_mask(t: EventTable, predicate) -> np.ndarray:  # type: ignore[no-untyp
 
 
 def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
-    from analyzers.loader import is_comm_kernel, is_data_wait, is_sync_call
+    from stallscope.analyzers.loader import is_comm_kernel, is_data_wait, is_sync_call
 
     kernel = t.kind == Kind.KERNEL
     comm = kernel & _name_mask(t, is_comm_kernel)
@@ -139,7 +139,7 @@ def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
 
 
 def _cpu_sets(t: EventTable) -> dict[str, Intervals]:
-    from analyzers.loader import is_comm_op, is_data_wait
+    from stallscope.analyzers.loader import is_comm_op, is_data_wait
 
     ops = (t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)
     data = ops & _name_mask(t, is_data_wait)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from profiler.common import ToolError, atomic_write_text
+from stallscope.profiler.common import ToolError, atomic_write_text
 
 __all__ = ["diagnose_command", "format_report"]
 
@@ -24,7 +24,7 @@ def format_report(report: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report, indent=2, sort_keys=False) + "\n"
     if fmt == "md":
-        from analyzers.render import to_markdown
+        from stallscope.analyzers.render import to_markdown
 
         return to_markdown(report)
     import yaml
@@ -63,19 +63,19 @@ def diagnose_command(
     target = Path(target)
     if not debug:
         try:
-            import cli
+            from stallscope import cli
 
             debug = bool(cli._state.get("debug"))
         except Exception:  # noqa: BLE001 - cli is optional when called as a library
             debug = False
     ctx = None
     if _is_report(target) and target.is_file():
-        from analyzers.report import load_report
+        from stallscope.analyzers.report import load_report
 
         report = load_report(target)
     else:
-        from analyzers.loader import load_context
-        from analyzers.report import report_from_context
+        from stallscope.analyzers.loader import load_context
+        from stallscope.analyzers.report import report_from_context
 
         ctx = load_context(target)
         report = report_from_context(ctx, debug=debug)
@@ -84,11 +84,11 @@ def diagnose_command(
         if ctx is None:
             raise ToolError(f"{target}: --deep and --annotated-trace need the trace; pass the run directory or trace, not a report")
         if deep:
-            from analyzers.deep import deepen_report
+            from stallscope.analyzers.deep import deepen_report
 
             extra += deepen_report(ctx, report)
         if annotated_trace is not None:
-            from analyzers.annotate import write_annotated_trace
+            from stallscope.analyzers.annotate import write_annotated_trace
 
             written = write_annotated_trace(ctx, report, annotated_trace)
             extra.append(f"annotated trace written to {written} (open it in Perfetto: ui.perfetto.dev)")
@@ -102,7 +102,7 @@ def diagnose_command(
     if fmt == "console":
         from rich.console import Console
 
-        from analyzers.render import ReportView
+        from stallscope.analyzers.render import ReportView
 
         console = Console()
         console.print(ReportView(report))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyzers.model import EventTable, Kind, RankData
+from stallscope.analyzers.model import EventTable, Kind, RankData
 
 __all__ = ["FULL_RANKS", "compact_rank", "take_rows"]
 
@@ -41,8 +41,8 @@ def take_rows(t: EventTable, rows: np.ndarray) -> EventTable:
 
 def compact_rank(rd: RankData) -> None:
     """Compute the rank's breakdown (if not yet done), then keep only the cross-rank rows."""
-    from analyzers.breakdown import rank_breakdown
-    from analyzers.loader import is_comm_kernel, is_sync_call
+    from stallscope.analyzers.breakdown import rank_breakdown
+    from stallscope.analyzers.loader import is_comm_kernel, is_sync_call
 
     if not rd.breakdown:
         rd.breakdown = rank_breakdown(rd)

@@ -20,15 +20,15 @@ SIGNIFICANT_P = 0.01
 
 def load_any(target: str | Path) -> tuple[dict[str, Any], Any]:
     """(report, context or None): a report file is read as is; anything else is diagnosed."""
-    from analyzers.command import _is_report
+    from stallscope.analyzers.command import _is_report
 
     path = Path(target)
     if path.is_file() and _is_report(path):
-        from analyzers.report import load_report
+        from stallscope.analyzers.report import load_report
 
         return load_report(path), None
-    from analyzers.loader import load_context
-    from analyzers.report import report_from_context
+    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.report import report_from_context
 
     ctx = load_context(path)
     return report_from_context(ctx), ctx
@@ -108,7 +108,7 @@ class Comparison:
 
 def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
     """Compare report ``a`` (before) with ``b`` (after)."""
-    from analyzers.gate.stats import compare_samples
+    from stallscope.analyzers.stats import compare_samples
 
     sa = a.get("summary", {}).get("step_time_ms", {})
     sb = b.get("summary", {}).get("step_time_ms", {})

@@ -27,8 +27,8 @@ import subprocess
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
-    from analyzers.base import Finding
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.base import Finding
+    from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["deepen", "deepen_report", "find_ncu", "kernel_function_name", "ncu_command", "parse_ncu_csv", "profile_kernels"]
 
@@ -139,7 +139,7 @@ def parse_ncu_csv(text: str) -> dict[str, Any] | None:
 
 def _targets(ctx: "AnalysisContext", findings: Iterable[Any], top_n: int) -> list[tuple[str, int]]:
     """(kernel, launches per step) of the kernels to profile: named by findings first."""
-    from analyzers.peaks import kernel_rooflines
+    from stallscope.analyzers.peaks import kernel_rooflines
 
     rl = {k.kernel: k for k in kernel_rooflines(ctx)}
     n_steps = max(1, len(ctx.ranks[0].steps)) if ctx.ranks else 1
@@ -230,7 +230,7 @@ def deepen_report(ctx: "AnalysisContext | str | os.PathLike[str]", report: dict[
 
     Wiring into ``diagnose --deep``: ``report["notices"] += deepen_report(target, report)``."""
     if not hasattr(ctx, "ranks"):
-        from analyzers.loader import load_context
+        from stallscope.analyzers.loader import load_context
 
         ctx = load_context(ctx)  # type: ignore[arg-type]
     findings = report.get("findings") or []

@@ -14,10 +14,10 @@ import io
 import re
 from typing import TYPE_CHECKING, Any
 
-from profiler.common import ToolError
+from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["render_html"]
 
@@ -146,7 +146,7 @@ def _kernel_points(report: dict[str, Any], ctx: "AnalysisContext | None") -> lis
     points = []
     if ctx is not None:
         try:
-            from analyzers.peaks import kernel_rooflines
+            from stallscope.analyzers.peaks import kernel_rooflines
 
             for k in kernel_rooflines(ctx)[:25]:
                 if k.flops and k.bytes and k.achieved_tflops:
@@ -164,7 +164,7 @@ def roofline_chart(report: dict[str, Any], ctx: "AnalysisContext | None") -> str
     points = _kernel_points(report, ctx)
     if not points:
         return None
-    from analyzers.peaks import peaks_for
+    from stallscope.analyzers.peaks import peaks_for
 
     device = (ctx.device_name if ctx is not None else None) or report.get("environment", {}).get("gpu")
     peaks = peaks_for(device)

@@ -32,9 +32,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from analyzers.compact import FULL_RANKS, compact_rank
-from analyzers.model import AnalysisContext, EventTable, Kind, RankData
-from analyzers.tracefile import iter_trace_batches
+from stallscope.analyzers.compact import FULL_RANKS, compact_rank
+from stallscope.analyzers.model import AnalysisContext, EventTable, Kind, RankData
+from stallscope.analyzers.tracefile import iter_trace_batches
 
 try:
     from orjson import dumps as _dumps
@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover
 
     def _dumps(value: Any) -> str:
         return _json.dumps(value, separators=(",", ":"))
-from profiler.common import ToolError, read_yaml
+from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = [
     "load_context",
@@ -332,7 +332,7 @@ class _Columns:
 
     def add_structs(self, events: list[Any]) -> None:
         """Like :meth:`add`, for ``analyzers.kineto_structs.Event`` objects (msgspec)."""
-        from analyzers.kineto_structs import args_dict, raw_value
+        from stallscope.analyzers.kineto_structs import args_dict, raw_value
 
         kind: list[int] = []
         name: list[int] = []
@@ -667,7 +667,7 @@ _STEP_RE = re.compile(r"^(?:ProfilerStep|stallscope\.step)#(\d+)$")
 def find_steps(t: EventTable) -> tuple[list[Any], str | None]:
     """Steps: ``ProfilerStep#N`` ranges, else ``stallscope.step#N`` markers, else the whole trace
     (with a notice). Returns ``(steps, notice)``."""
-    from analyzers.model import Step
+    from stallscope.analyzers.model import Step
 
     cpu_like = np.asarray([Kind.CPU_OP, Kind.ANNOTATION], dtype=np.int8)
     for prefix, source in (("ProfilerStep#", "ProfilerStep"), ("stallscope.step#", "stallscope")):
@@ -737,8 +737,8 @@ PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it
 def _add_blob(cols: _Columns, blob: bytes, final: bool, path: str) -> dict[str, Any] | None:
     """Parse one blob of ``iter_trace_segments`` into ``cols``; returns the trace metadata with
     the final blob. Typed decoding (msgspec) when available, else the generic parse."""
-    from analyzers import kineto_structs
-    from analyzers.tracefile import parse_segment
+    from stallscope.analyzers import kineto_structs
+    from stallscope.analyzers.tracefile import parse_segment
 
     if not final and kineto_structs.AVAILABLE:
         try:
@@ -810,7 +810,7 @@ def _read_parallel(path: Path, workers: int) -> tuple[_Columns, dict[str, Any]]:
     import multiprocessing
     from collections import deque
 
-    from analyzers import tracefile
+    from stallscope.analyzers import tracefile
 
     cols = _Columns()
     meta: dict[str, Any] = {}
@@ -833,7 +833,7 @@ def _read_parallel(path: Path, workers: int) -> tuple[_Columns, dict[str, Any]]:
 
 
 def _read_segments(path: Path) -> tuple[_Columns, dict[str, Any]]:
-    from analyzers import tracefile
+    from stallscope.analyzers import tracefile
 
     cols = _Columns()
     meta: dict[str, Any] = {}
@@ -961,7 +961,7 @@ def _rank_data(path: Path, rank: int | None, notices: list[str]) -> RankData:
 
 
 def _finish(ctx: AnalysisContext) -> AnalysisContext:
-    from analyzers.breakdown import compute_breakdowns
+    from stallscope.analyzers.breakdown import compute_breakdowns
 
     ranks = ctx.ranks
     used = {r.rank for r in ranks if r.rank >= 0}

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.model import AnalysisContext, EventTable
 
 __all__ = [
     "GpuPeaks",
@@ -376,7 +376,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
 
 
 def _kernel_rooflines(ev: "EventTable", device_name: str | None) -> list[KernelRoofline]:
-    from analyzers.model import Kind
+    from stallscope.analyzers.model import Kind
 
     peaks = peaks_for(device_name)
     krows = ev.rows_of_kind(Kind.KERNEL)

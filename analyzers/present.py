@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from profiler.common import ToolError, atomic_write_text
+from stallscope.profiler.common import ToolError, atomic_write_text
 
 __all__ = ["compare_command", "report_command"]
 
@@ -13,8 +13,8 @@ COMPARE_FORMATS = ("console", "md", "yaml")
 
 def report_command(target: str | Path, html_path: str | Path) -> int:
     """Write the self-contained HTML report of ``target`` (run directory, trace or report)."""
-    from analyzers.compare import load_any
-    from analyzers.html import render_html
+    from stallscope.analyzers.compare import load_any
+    from stallscope.analyzers.html import render_html
 
     out = Path(html_path)
     if out.is_dir():
@@ -29,7 +29,7 @@ def compare_command(a: str | Path, b: str | Path, fmt: str = "console", output: 
     """Compare A (before) with B (after); print in ``fmt``; write YAML/markdown to ``output``."""
     if fmt not in COMPARE_FORMATS:
         raise ToolError(f"--format {fmt!r}: unknown format; use one of {', '.join(COMPARE_FORMATS)}")
-    from analyzers.compare import compare_reports, load_any
+    from stallscope.analyzers.compare import compare_reports, load_any
 
     comparison = compare_reports(load_any(a)[0], load_any(b)[0])
     if output is not None:
@@ -37,7 +37,7 @@ def compare_command(a: str | Path, b: str | Path, fmt: str = "console", output: 
         if out.suffix.lower() in (".md", ".markdown"):
             atomic_write_text(out, comparison.to_markdown())
         else:
-            from profiler.common import write_yaml
+            from stallscope.profiler.common import write_yaml
 
             write_yaml(out, comparison.to_dict())
     if fmt == "console":

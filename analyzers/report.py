@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.breakdown import breakdown_pct, breakdown_totals
-from analyzers.model import AnalysisContext, Kind, StepBreakdown
-from profiler.common import ToolError, __version__
+from stallscope.analyzers.breakdown import breakdown_pct, breakdown_totals
+from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown
+from stallscope.profiler.common import ToolError, __version__
 
 __all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "build_report", "report_from_context", "load_report", "validate_report", "schema"]
 
@@ -138,7 +138,7 @@ def _top_kernels(ctx: AnalysisContext) -> list[dict[str, Any]]:
     classes: dict[str, str] = {}
     if totals:
         try:
-            from analyzers import peaks  # the analyzers agent's roofline classes
+            from stallscope.analyzers import peaks  # the analyzers agent's roofline classes
 
             classes = dict(peaks.classify_kernels(ctx))
         except ImportError:
@@ -180,7 +180,7 @@ def _per_rank(ctx: AnalysisContext) -> list[dict[str, Any]]:
 
 def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, Any]:
     """Run the analyzers on a loaded context and assemble the report dict."""
-    from analyzers.run import run_analyzers
+    from stallscope.analyzers.run import run_analyzers
 
     result = run_analyzers(ctx, debug=debug)
     all_bd: list[StepBreakdown] = [b for rd in ctx.ranks for b in rd.breakdown]
@@ -233,7 +233,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
 
 def build_report(target: str | Path, debug: bool = False) -> dict[str, Any]:
     """Load ``target`` (run directory, trace file, folder of traces) and return the report dict."""
-    from analyzers.loader import load_context
+    from stallscope.analyzers.loader import load_context
 
     return report_from_context(load_context(target), debug=debug)
 
@@ -264,7 +264,7 @@ def validate_report(report: dict[str, Any]) -> None:
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read a report (YAML or JSON); unknown ``schema_version`` is a :class:`ToolError` (exit 2)."""
-    from profiler.common import read_yaml
+    from stallscope.profiler.common import read_yaml
 
     p = Path(path)
     if not p.is_file():

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from analyzers.base import Finding, registered_analyzers
-from analyzers.model import AnalysisContext
+from stallscope.analyzers.base import Finding, registered_analyzers
+from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["AnalyzerRun", "run_analyzers", "rank_findings"]
 
@@ -77,7 +77,7 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
         return 1
     if threading.active_count() > 1:  # forking a threaded process (e.g. inside `profile`) can deadlock
         return 1
-    from analyzers.loader import idle_cores
+    from stallscope.analyzers.loader import idle_cores
 
     idle = int(idle_cores())
     if idle < 2:  # on a busy machine the workers only add fork and copy costs

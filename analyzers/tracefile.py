@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from profiler.common import ToolError
+from stallscope.profiler.common import ToolError
 
 try:  # orjson is ~5x faster than json on Kineto traces
     import orjson

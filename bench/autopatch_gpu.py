@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiler.common import read_yaml, write_yaml  # noqa: E402
+from stallscope.profiler.common import read_yaml, write_yaml  # noqa: E402
 
 PY = sys.executable
 PATCH_STEPS = int(os.environ.get("AUTOPATCH_STEPS", "10"))
@@ -77,7 +77,7 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
 
 def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     run_dir = out / "runs" / name
-    cmd = [PY, "cli.py", "profile", "--auto-patch", "--patch-steps", str(PATCH_STEPS), "--skip", "3", "--steps", "2",
+    cmd = [PY, "-m", "stallscope.cli", "profile", "--auto-patch", "--patch-steps", str(PATCH_STEPS), "--skip", "3", "--steps", "2",
            "-q", "-o", str(run_dir), "--", *spec["cmd"]]
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
 def replay(run_dir: Path, target: list[str], env: dict[str, str]) -> dict[str, Any]:
     """``stallscope run --patch-from RUN`` on a short run: what it applied, and parity lines."""
     short = [*target[:-1], "6"] if target[-2] == "--steps" else target
-    cmd = [PY, "cli.py", "run", "--patch-from", str(run_dir / "rank0" / "patches.yaml"), "--", *short]
+    cmd = [PY, "-m", "stallscope.cli", "run", "--patch-from", str(run_dir / "rank0" / "patches.yaml"), "--", *short]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -32,15 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
-from fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
-from fixes.bottleneck_sampling.schedule import (  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.schedule import (  # noqa: E402
     PAPER_SCHEDULE,
     TUNED_SCHEDULE,
     BottleneckSchedule,
     Stage,
 )
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 QUADRATIC_SHARE = 0.5
 

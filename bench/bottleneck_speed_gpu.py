@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
-from fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
-from fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 TRACE_LIMIT_BYTES = 5 * 1024 * 1024
 ATTENTION_KERNEL = ("flash", "fmha", "attention", "sdpa", "_attn_", "cudnn_mha")

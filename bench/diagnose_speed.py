@@ -169,8 +169,8 @@ def concatenate_steps(src: Path, dest: Path, target_bytes: float) -> dict[str, f
 
 
 def crosscheck(trace: Path, hta_json: Path) -> dict[str, float] | None:
-    from analyzers.breakdown import hta_temporal
-    from analyzers.loader import load_context
+    from stallscope.analyzers.breakdown import hta_temporal
+    from stallscope.analyzers.loader import load_context
 
     if not hta_json.exists():
         return None
@@ -202,7 +202,7 @@ def main() -> int:
         hta_dir.mkdir()
         suffix = ".json.gz" if args.trace.name.endswith(".gz") else ".json"
         os.symlink(args.trace.resolve(), hta_dir / f"rank0{suffix}")
-        ours_cmd = [sys.executable, "-m", "cli", "diagnose", str(args.trace), "-f", "yaml", "-o", str(work / "report.yaml")]
+        ours_cmd = [sys.executable, "-m", "stallscope.cli", "diagnose", str(args.trace), "-f", "yaml", "-o", str(work / "report.yaml")]
         hta_cmd = [sys.executable, "-c", HTA_SCRIPT, str(hta_dir), str(work / "hta.json")]
         ours, hta = [], []
         load_before = os.getloadavg()[0]
@@ -252,7 +252,7 @@ def main() -> int:
         for gb in sorted(x for x in args.big_gb if x > 0):
             big = work / "big.json"
             figures = concatenate_steps(args.trace, big, gb * 1e9)
-            wall, rss, code, _, cpu = measure([sys.executable, "-m", "cli", "diagnose", str(big), "-f", "yaml", "-o", str(work / "big.yaml")], env)
+            wall, rss, code, _, cpu = measure([sys.executable, "-m", "stallscope.cli", "diagnose", str(big), "-f", "yaml", "-o", str(work / "big.yaml")], env)
             scaling.append({**figures, "ours_wall_s": round(wall, 2), "ours_peak_pss_mb": round(rss, 1), "ours_cpu_s": round(cpu, 1), "exit_code": code,
                             "pss_growth_mb_per_json_gb": round((rss - result["ours_peak_pss_mb"])
                                                                / max((figures["json_mb"] - result["trace_json_mb"]) / 1000.0, 1e-9), 1)})
@@ -262,7 +262,7 @@ def main() -> int:
             result["scaling"] = [{"json_mb": result["trace_json_mb"], "events": result["trace_events"],
                                   "ours_peak_pss_mb": result["ours_peak_pss_mb"], "ours_wall_s": result["ours_wall_s"]}] + [
                 {k: x[k] for k in ("json_mb", "events", "ours_peak_pss_mb", "ours_wall_s")} for x in scaling]
-        from profiler.common import write_yaml
+        from stallscope.profiler.common import write_yaml
 
         write_yaml(args.out, result)
     finally:

@@ -102,7 +102,7 @@ def session_alternating(step, steps: int) -> dict:
     """A light Session whose recorder is live on odd steps only: the hooks' and the step
     bookkeeping's cost on the training thread (the sampler thread runs throughout, so its share
     falls on both halves and is not in this figure)."""
-    from profiler import Session
+    from stallscope.profiler import Session
 
     plain, plus = [], []
     with Session(out=tempfile.mkdtemp(prefix="event-cost-"), skip=10**9, steps=1, command=["event-cost"]) as s:

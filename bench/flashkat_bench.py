@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fixes.flashkat import baseline as B  # noqa: E402
-from fixes.flashkat import kernels as K  # noqa: E402
-from fixes.flashkat.modules import INIT_COEFFICIENTS  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.fixes.flashkat import baseline as B  # noqa: E402
+from stallscope.fixes.flashkat import kernels as K  # noqa: E402
+from stallscope.fixes.flashkat.modules import INIT_COEFFICIENTS  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 L = 197
 GROUPS = 8
@@ -128,7 +128,7 @@ def kernel_shape(batch: int, width: int, copy: float, baseline_budget_s: float, 
         rec["bwd_speedup_vs_baseline"] = round(base_bwd_ms / bwd_ms, 1)
         rec["baseline_bwd_over_fwd"] = round(base_bwd_ms / base_fwd_ms, 1)
         if n <= 40_000_000:  # coefficient-gradient error against float64 (section 5c)
-            from fixes.flashkat import reference as R
+            from stallscope.fixes.flashkat import reference as R
 
             _, dn64, dd64 = R.reference_grads_fp64(x, num, den, g)
             mn, md = R.coefficient_mass_fp64(x, num, den, g)

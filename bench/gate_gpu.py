@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 GATE_YAML = {
     "alpha": 0.01,
@@ -59,7 +59,7 @@ def _environment() -> dict:
 
 def _gate_ab(name: str, base: str, head: str, rounds: int, out: Path, work: Path, config: Path) -> dict:
     verdict_path, junit_path = out / f"{name}.yaml", out / f"{name}.xml"
-    argv = [sys.executable, str(ROOT / "cli.py"), "gate", "ab", "--base-cmd", base, "--head-cmd", head, "--rounds", str(rounds),
+    argv = [sys.executable, "-m", "stallscope.cli", "gate", "ab", "--base-cmd", base, "--head-cmd", head, "--rounds", str(rounds),
             "--config", str(config), "--workdir", str(work / name), "--output", str(verdict_path), "--junit", str(junit_path)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     start = time.monotonic()

@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analyzers.gate.stats import DEFAULT_ALPHA, median_rule_decisions  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.analyzers.stats import DEFAULT_ALPHA, median_rule_decisions  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 TRIALS = 10_000
 THRESHOLD_PCT = 3.0

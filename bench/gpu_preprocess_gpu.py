@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, collate_encoded
-from fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, torchvision_available
+from stallscope.fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, collate_encoded
+from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, torchvision_available
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HAVE_TV, TV_WHY = torchvision_available()
@@ -97,7 +97,7 @@ class _Standin:
             self.size, self.interpolation, self.max_size = size, "bilinear", None
 
         def __call__(self, img):
-            from fixes.gpu_preprocess.pipeline import _resize_size
+            from stallscope.fixes.gpu_preprocess.pipeline import _resize_size
 
             h, w = _resize_size(img.size[1], img.size[0], self.size)
             return img.resize((w, h), 2)
@@ -107,7 +107,7 @@ class _Standin:
             self.size = (size, size)
 
         def __call__(self, img):
-            from fixes.gpu_preprocess.pipeline import _center_offset
+            from stallscope.fixes.gpu_preprocess.pipeline import _center_offset
 
             t, l = _center_offset(img.size[1], self.size[0]), _center_offset(img.size[0], self.size[1])
             return img.crop((l, t, l + self.size[1], t + self.size[0]))
@@ -117,7 +117,7 @@ class _Standin:
             self.size, self.scale, self.ratio, self.interpolation = (size, size), (0.08, 1.0), (3 / 4, 4 / 3), "bilinear"
 
         def __call__(self, img):
-            from fixes.gpu_preprocess.pipeline import random_resized_crop_params
+            from stallscope.fixes.gpu_preprocess.pipeline import random_resized_crop_params
 
             t, l, h, w = random_resized_crop_params(img.size[1], img.size[0], self.scale, self.ratio)
             return img.crop((l, t, l + w, t + h)).resize((self.size[1], self.size[0]), 2)
@@ -169,7 +169,7 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         if self.decode:  # CPU decode only (PIL), uint8 HWC out; resize etc. on the GPU
-            from fixes.gpu_preprocess.pipeline import pil_decode_hwc
+            from stallscope.fixes.gpu_preprocess.pipeline import pil_decode_hwc
 
             return pil_decode_hwc(self.blobs[i]), i % 1000
         if self.transform is None:
@@ -346,8 +346,8 @@ def equivalence(blobs: list[bytes], device: torch.device, n: int) -> dict:
     gpu_decoded = pipe.transform_decoded(decode_images(blobs[:n], device), normalize=False).double().cpu()
     exact_out = None
     try:
-        from fixes.gpu_preprocess.pipeline import geometry_for
-        from fixes.gpu_preprocess.resample import pad_batch, resample_batch
+        from stallscope.fixes.gpu_preprocess.pipeline import geometry_for
+        from stallscope.fixes.gpu_preprocess.resample import pad_batch, resample_batch
 
         geo = geometry_for(pipe.plan, [tuple(u.shape[-2:]) for u in as_u8])
         exact_out = resample_batch(pad_batch([u.to(device) for u in as_u8]), geo, compute_dtype=torch.float64).cpu()
@@ -391,7 +391,7 @@ def fix_apply_check(blobs: list[bytes], device: torch.device, n: int) -> dict:
     epoch with the unpatched loader, revert, compare again."""
     import tempfile
 
-    from fixes.base import registered_fixes
+    from stallscope.fixes.base import registered_fixes
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -582,7 +582,7 @@ def main() -> int:
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from profiler.common import write_yaml
+    from stallscope.profiler.common import write_yaml
 
     write_yaml(out / "gpu-preprocess.yaml", result)
     print(f"\n{'configuration':<34} {'images/s':>10} {'cores busy':>10}")

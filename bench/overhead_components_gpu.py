@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from profiler import Session  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler import Session  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 
 def per_call_us(fn: Callable[[], Any], n: int = 20000, reps: int = 5) -> float:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.profile_overhead_gpu import run_once  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
 
 VARIANTS = {
     "unprofiled": ("unprofiled", 25.0, {}),

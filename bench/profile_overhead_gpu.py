@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from analyzers.gate.stats import bootstrap_quantile_ratio  # noqa: E402
-from profiler.command import child_environment  # noqa: E402
-from profiler.common import write_yaml  # noqa: E402
-from profiler.rundir import MetaWriter  # noqa: E402
+from stallscope.analyzers.stats import bootstrap_quantile_ratio  # noqa: E402
+from stallscope.profiler.command import child_environment  # noqa: E402
+from stallscope.profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler.rundir import MetaWriter  # noqa: E402
 
 WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
@@ -319,7 +319,7 @@ def main() -> None:
     if args.no_demo:
         demo_dir = None
     if demo_dir is not None:
-        demo = subprocess.run([sys.executable, "-m", "cli", "demo", "--out", str(demo_dir)], cwd=ROOT,
+        demo = subprocess.run([sys.executable, "-m", "stallscope.cli", "demo", "--out", str(demo_dir)], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                               capture_output=True, text=True, timeout=300)
         result["demo_exit_code"] = demo.returncode

@@ -82,7 +82,7 @@ def hook_cost_us(work: str, reps: int = 5) -> list:
     optimizer stepped without and inside a Session (the step hooks, the step bookkeeping and,
     once CUDA is initialised, one CUDA event per step)."""
     from overhead_components_gpu import per_call_us, tiny_optimizer
-    from profiler import Session
+    from stallscope.profiler import Session
 
     opt = tiny_optimizer()
     added = []
@@ -103,7 +103,7 @@ VARIANTS = {
 
 
 def _light_block(step, sync, block: int, settle: int, sample_hz: float, out: str, variant: str, drain=None) -> list:
-    from profiler import Session
+    from stallscope.profiler import Session
 
     hz, off = VARIANTS[variant]
     with Session(out=out, skip=10**9, steps=1, sample_hz=hz or sample_hz, command=["paired", variant]) as s:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fixes.tensorbleu import sentence_bleu
+from stallscope.fixes.tensorbleu import sentence_bleu
 
 VOCAB = 50257
 
@@ -175,7 +175,7 @@ def main() -> int:
     result["max_abs_diff_vs_nltk"] = max(c["max_abs_diff_vs_nltk"] for c in cases)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from profiler.common import write_yaml
+    from stallscope.profiler.common import write_yaml
 
     write_yaml(out / "tensorbleu.yaml", result)
     print(f"\n{'B':>5} {'L':>5} {'nltk_ms':>10} {'tensorbleu_ms':>14} {'speedup':>8}")

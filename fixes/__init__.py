@@ -12,7 +12,7 @@ __all__ = ["apply", "revert"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from fixes import api
+        from stallscope.fixes import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'fixes' has no attribute {name!r}")

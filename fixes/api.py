@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Iterable, Sequence
 
-from fixes.base import PatchHandle, registered_fixes
+from stallscope.fixes.base import PatchHandle, registered_fixes
 
 __all__ = ["NoEffectWarning", "apply", "revert"]
 
@@ -26,7 +26,7 @@ def apply(model: Any, ids: Sequence[str] | None = None, *, loaders: Iterable[Any
     has the layers they help. Refused targets are skipped; with explicit ``ids`` a fix that
     patched nothing emits :class:`NoEffectWarning` with the reasons.
     """
-    from fixes.parity import unwrap_model
+    from stallscope.fixes.parity import unwrap_model
 
     registry = registered_fixes([i.replace("_", "-") for i in ids] if ids is not None else None)
     model = unwrap_model(model)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fixes.base import Fix, PatchHandle, Target, registered_fixes
-from fixes.startup import attach_from_report, load_kept_fixes
+from stallscope.fixes.base import Fix, PatchHandle, Target, registered_fixes
+from stallscope.fixes.startup import attach_from_report, load_kept_fixes
 
 __all__ = ["ALPHA", "MIN_GAIN_PCT", "AutoPatcher", "FixRecord", "attach", "attach_from_report", "load_kept_fixes",
            "p_faster"]
@@ -50,7 +50,7 @@ _SCOPE_ORDER = {"module": 0, "process": 1, "dataloader": 2}
 def p_faster(before: Sequence[float], after: Sequence[float]) -> float:
     """One-sided Mann-Whitney U p-value for "steps after the patch tend to be shorter"."""
     try:
-        from analyzers.gate.stats import mann_whitney_greater
+        from stallscope.analyzers.stats import mann_whitney_greater
 
         return float(mann_whitney_greater(list(after), list(before)))
     except ImportError:  # pragma: no cover - the gate's module is the shared implementation
@@ -247,7 +247,7 @@ class AutoPatcher:
 
     # -- diagnosis -----------------------------------------------------------------------
     def _roots(self) -> list[Any]:
-        from fixes.parity import unwrap_model
+        from stallscope.fixes.parity import unwrap_model
 
         roots, seen = [], set()
         for m in list(self.hooks.root_modules()):
@@ -346,7 +346,7 @@ class AutoPatcher:
         self._write()
 
     def _start_parity(self, rec: FixRecord, fix: Fix) -> None:
-        from fixes.parity import ParityProbe
+        from stallscope.fixes.parity import ParityProbe
 
         for h in rec.handles:
             own = fix.verify(h)
@@ -369,8 +369,8 @@ class AutoPatcher:
             self._rollback(rec, f"parity failed on {result.module or probe.name}: {result.reason}", advance=False)
 
     def _close_parity(self, rec: FixRecord) -> None:
-        from fixes.base import Tolerance
-        from fixes.parity import ParityResult, merge_results
+        from stallscope.fixes.base import Tolerance
+        from stallscope.fixes.parity import ParityResult, merge_results
 
         for p in self._probes:
             p.cancel()
@@ -492,7 +492,7 @@ class AutoPatcher:
     def _write(self, note: str | None = None) -> None:
         if self.rank_dir is None:
             return
-        from profiler.common import write_yaml
+        from stallscope.profiler.common import write_yaml
 
         try:
             doc = self.document(note)
@@ -514,7 +514,7 @@ def _suspender(fix: Fix, handle: PatchHandle) -> Callable[[], Any]:
 
 
 def _load_hooks(hooks: Any) -> Any:
-    return hooks if hooks is not None else importlib.import_module("profiler.hooks")
+    return hooks if hooks is not None else importlib.import_module("stallscope.profiler.hooks")
 
 
 def attach(rank_dir: Path, patch_steps: int, *, hooks: Any = None, skip: int | None = None,

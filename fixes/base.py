@@ -184,21 +184,21 @@ def registered_fixes(ids: Iterable[str] | None = None) -> dict[str, type[Fix]]:
     """All fixes by id (importing each ``fixes/<name>/fix.py`` once), or only those named."""
     global _DISCOVERED
     if not _DISCOVERED:
-        import fixes
+        from stallscope import fixes
 
         for info in pkgutil.iter_modules(fixes.__path__):
             if info.ispkg and not info.name.startswith("_"):
                 try:
-                    importlib.import_module(f"fixes.{info.name}.fix")
+                    importlib.import_module(f"stallscope.fixes.{info.name}.fix")
                 except ModuleNotFoundError as exc:
-                    if exc.name != f"fixes.{info.name}.fix":
+                    if exc.name != f"stallscope.fixes.{info.name}.fix":
                         raise
         _DISCOVERED = True
     if ids is None:
         return dict(sorted(_REGISTRY.items()))
     missing = [i for i in ids if i not in _REGISTRY]
     if missing:
-        from profiler.common import ToolError
+        from stallscope.profiler.common import ToolError
 
         raise ToolError(f"unknown fix id(s) {', '.join(missing)}; known: {', '.join(sorted(_REGISTRY))}")
     return {i: _REGISTRY[i] for i in ids}

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from profiler.common import ToolError, read_yaml
+from stallscope.profiler._bootstrap import inject
+from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = ["Plan", "PlanItem", "build_plan", "plan_command", "run_command"]
 
-BOOT_DIR = Path(__file__).resolve().parents[1] / "profiler" / "boot"  # the one stallscope bootstrap
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _load_report(path: Path) -> dict[str, Any]:
     if path.is_dir():
         if (path / "report.yaml").is_file():
             return read_yaml(path / "report.yaml")
-        from analyzers.report import build_report
+        from stallscope.analyzers.report import build_report
 
         return build_report(path)
     if not path.exists():
@@ -98,7 +98,7 @@ def _load_report(path: Path) -> dict[str, Any]:
 
 
 def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
-    from fixes.startup import _patch_entries
+    from stallscope.fixes.startup import _patch_entries
 
     out: dict[str, str] = {}
     for e in _patch_entries(report.get("patches") or {}):
@@ -109,7 +109,7 @@ def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
 
 def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
     """The plan for a report dict: fixes named by its findings, joined with the registry."""
-    from fixes.base import registered_fixes
+    from stallscope.fixes.base import registered_fixes
 
     registry = registered_fixes()
     findings = report.get("findings")
@@ -160,16 +160,14 @@ def plan_command(report: Path, fmt: str = "console") -> int:
 
 def run_command(cmd: Sequence[str], patch_from: Path) -> int:
     """Run ``cmd`` with the fixes an earlier auto-patch run kept, applied at start-up."""
-    from fixes.autopatch import load_kept_fixes
+    from stallscope.fixes.autopatch import load_kept_fixes
 
     if not cmd:
         raise ToolError("no command given; put it after `--`, e.g. stallscope run --patch-from report.yaml -- python train.py")
     source = Path(patch_from).resolve()
     kept = load_kept_fixes(source)
-    env = dict(os.environ)
+    env = inject(dict(os.environ))
     env["STALLSCOPE_PATCH_FROM"] = str(source)
-    env["STALLSCOPE_HOME"] = str(BOOT_DIR.parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([str(BOOT_DIR), str(BOOT_DIR.parents[1])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     names = ", ".join(kept) if kept else "none (the earlier run kept no fix)"
     print(f"stallscope: applying the fixes kept in {patch_from}: {names}; parity is checked on the first batch", file=sys.stderr)
     try:

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator
 
-from fixes.base import Tolerance
+from stallscope.fixes.base import Tolerance
 
 __all__ = ["ParityProbe", "ParityResult", "check_parity", "in_parity_check", "unwrap_model"]
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fixes.base import Fix, PatchHandle, registered_fixes
+from stallscope.fixes.base import Fix, PatchHandle, registered_fixes
 
 __all__ = ["attach_from_report", "load_kept_fixes"]
 
@@ -28,7 +28,7 @@ def _suspender(fix: Fix, handle: PatchHandle) -> Callable[[], Any]:
 def load_kept_fixes(path: Path) -> list[str]:
     """Fix ids an earlier auto-patch run kept, from a run directory, a report (its ``patches``
     section) or a ``patches.yaml``. A fix counts as kept when every rank that decided kept it."""
-    from profiler.common import ToolError, read_yaml
+    from stallscope.profiler.common import ToolError, read_yaml
 
     path = Path(path)
     if path.is_dir():
@@ -98,7 +98,7 @@ class _StartupPatcher:
         self.depth = max(0, self.depth - 1)
 
     def _pre(self, module: Any, args: tuple) -> None:
-        from fixes.parity import in_parity_check
+        from stallscope.fixes.parity import in_parity_check
 
         if in_parity_check():
             return None
@@ -115,7 +115,7 @@ class _StartupPatcher:
         return None
 
     def _patch_root(self, root: Any, args: tuple) -> None:
-        from fixes.parity import ParityProbe, check_parity, unwrap_model
+        from stallscope.fixes.parity import ParityProbe, check_parity, unwrap_model
 
         model = unwrap_model(root)
         names = _module_names(model)
@@ -176,7 +176,7 @@ def attach_from_report(report: Path, *, fixes: Mapping[str, Any] | None = None, 
         h = hooks
         if h is None:
             try:
-                h = importlib.import_module("profiler.hooks")
+                h = importlib.import_module("stallscope.profiler.hooks")
             except ImportError:
                 h = None
         seen = list(h.dataloaders()) if h is not None and hasattr(h, "dataloaders") else []

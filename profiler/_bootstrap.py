@@ -12,7 +12,10 @@ import os
 import sys
 from typing import Any, Callable, List, Optional
 
-__all__ = ["arm", "attach_patches", "attach_profiler"]
+__all__ = ["arm", "attach_patches", "attach_profiler", "inject"]
+
+BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _callbacks: List[Callable[[], None]] = []
 
@@ -48,7 +51,7 @@ def _run_callbacks() -> None:
 def attach_profiler() -> None:
     """Attach the profiler (``STALLSCOPE_RUN_DIR`` and friends configure it)."""
     try:
-        from profiler import runtime
+        from stallscope.profiler import runtime
 
         runtime.attach_from_env()
     except Exception as exc:  # the target must run even if profiling cannot
@@ -58,7 +61,7 @@ def attach_profiler() -> None:
 def attach_patches() -> None:
     """Apply the patches an earlier auto-patch run kept (``STALLSCOPE_PATCH_FROM``)."""
     try:
-        from fixes import autopatch
+        from stallscope.fixes import autopatch
 
         autopatch.attach_from_report(os.environ["STALLSCOPE_PATCH_FROM"])
     except Exception as exc:  # the target must run even if patching cannot
@@ -73,3 +76,16 @@ def arm(callback: Callable[[], None] = attach_profiler) -> None:
     _callbacks.append(callback)
     if not any(isinstance(f, _TorchImportWatcher) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchImportWatcher())
+
+
+def inject(env: dict) -> dict:
+    """``env`` with the bootstrap first on PYTHONPATH and the package's folder as STALLSCOPE_HOME.
+
+    Only the bootstrap's folder goes on the path: the target imports ``stallscope`` under that one
+    name (a fallback in the bootstrap loads it from STALLSCOPE_HOME), never our subpackages as
+    top-level modules that could shadow the target's own ``profiler`` or ``cli``.
+    """
+    old = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = BOOT_DIR + (os.pathsep + old if old else "")
+    env["STALLSCOPE_HOME"] = PACKAGE_DIR
+    return env

@@ -1,6 +1,6 @@
 """Python API: profile code that cannot be started from the shell (notebooks, custom launchers).
 
-    from profiler import Session
+    from stallscope.profiler import Session
     with Session(out="runs/nb1", skip=5, steps=5) as s:
         for batch in loader:
             train_step(batch)
@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir
+from stallscope.profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir
 
 __all__ = ["Session", "step"]
 
 
 def step() -> None:
     """Mark the end of a step in the current process (no-op when nothing is being profiled)."""
-    runtime = sys.modules.get("profiler.runtime")
+    runtime = sys.modules.get("stallscope.profiler.runtime")
     rec = runtime.active() if runtime is not None else None
     if rec is not None and rec.live():
         rec.boundary("api")
@@ -35,7 +35,7 @@ class Session:
 
     def __init__(self, out: Optional[os.PathLike] = None, skip: int = 5, steps: int = 5, sample_hz: float = 25.0,
                  stack: bool = False, memory: bool = False, command: Optional[List[str]] = None) -> None:
-        from profiler.command import _check_options
+        from stallscope.profiler.command import _check_options
 
         _check_options(skip, steps, sample_hz, 2)
         self.out = Path(out) if out is not None else None
@@ -49,7 +49,7 @@ class Session:
         self.result: Optional[dict] = None
 
     def __enter__(self) -> "Session":
-        from profiler import runtime
+        from stallscope.profiler import runtime
 
         existing = runtime.active()
         if existing is not None and existing.live() and existing.origin == "bootstrap":
@@ -64,7 +64,7 @@ class Session:
         self.meta.write()
         cfg = runtime.Config(run_dir=self.run_dir, skip=self.skip, steps=self.steps, sample_hz=self.sample_hz,
                              stack=self.stack, memory=self.memory, nvml=os.environ.get("STALLSCOPE_NVML", "1") != "0")
-        from profiler.runtime import RANK_VARS, env_int
+        from stallscope.profiler.runtime import RANK_VARS, env_int
 
         rank = env_int(RANK_VARS, 0)
         self.recorder = runtime.attach(cfg, rank_dir=self.run_dir / f"rank{rank}", origin="api")
@@ -78,7 +78,7 @@ class Session:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         if self.nested or self.recorder is None:
             return False
-        from profiler import hooks, runtime
+        from stallscope.profiler import hooks, runtime
 
         error = None
         if exc_type is not None:

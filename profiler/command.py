@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from profiler.common import ToolError
-from profiler.live import LiveStatus
-from profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created, shared_out
+from stallscope.profiler._bootstrap import inject
+from stallscope.profiler.common import ToolError
+from stallscope.profiler.live import LiveStatus
+from stallscope.profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created, shared_out
 
 __all__ = ["profile_command", "resolve_command", "child_environment", "RunSummary", "print_summary", "diagnose_or_summarize"]
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-BOOT_DIR = Path(__file__).resolve().parent / "boot"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -56,9 +55,7 @@ def resolve_command(argv: List[str]) -> List[str]:
 def child_environment(run_dir: Path, *, skip: int, steps: int, sample_hz: float, stack: bool, memory: bool,
                       auto_patch: bool, patch_steps: int, base: Optional[dict] = None) -> dict:
     """The target's environment: the bootstrap first on PYTHONPATH plus the STALLSCOPE_* config."""
-    env = dict(os.environ if base is None else base)
-    old = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = str(BOOT_DIR) + (os.pathsep + old if old else "")
+    env = inject(dict(os.environ if base is None else base))
     env.update({
         "STALLSCOPE_RUN_DIR": str(run_dir.absolute()),
         "STALLSCOPE_SKIP": str(skip),
@@ -68,7 +65,6 @@ def child_environment(run_dir: Path, *, skip: int, steps: int, sample_hz: float,
         "STALLSCOPE_MEMORY": "1" if memory else "0",
         "STALLSCOPE_AUTOPATCH": "1" if auto_patch else "0",
         "STALLSCOPE_PATCH_STEPS": str(patch_steps),
-        "STALLSCOPE_HOME": str(PACKAGE_ROOT),
     })
     return env
 
@@ -202,7 +198,7 @@ def _diagnosis_available() -> bool:
     import importlib.util
 
     try:
-        return importlib.util.find_spec("analyzers.command") is not None
+        return importlib.util.find_spec("stallscope.analyzers.command") is not None
     except (ImportError, ValueError):
         return False
 
@@ -210,7 +206,7 @@ def _diagnosis_available() -> bool:
 def diagnose_or_summarize(run_dir: Path, deep: bool = False) -> None:
     """Print the diagnosis when the analyzers are installed (the summary is already printed)."""
     try:
-        from analyzers.command import diagnose_command
+        from stallscope.analyzers.command import diagnose_command
     except ImportError:
         return
     try:

@@ -24,7 +24,7 @@ DEMO_WINDOW = 5
 
 def run_demo(out: Optional[Path] = None, quiet: bool = False, diagnose: bool = True) -> int:
     """Profile the bundled workload (through ``profile``) and print the diagnosis or the summary."""
-    from profiler.command import profile_command
+    from stallscope.profiler.command import profile_command
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run", "--steps", str(DEMO_STEPS)]
     return profile_command(cmd, out=out, skip=DEMO_SKIP, steps=DEMO_WINDOW, diagnose=diagnose, quiet=quiet)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from profiler.common import ToolError, __version__, read_yaml, write_yaml
+from stallscope.profiler.common import ToolError, __version__, read_yaml, write_yaml
 
 __all__ = ["default_run_dir", "prepare_run_dir", "shared_out", "git_info", "utc_now", "MetaWriter", "collect_ranks"]
 
@@ -52,7 +52,7 @@ def shared_out() -> bool:
     """Whether this ``stallscope`` process is one of several that write one run directory: a task
     of SLURM's srun / mpirun (their rank variables are set), or ``STALLSCOPE_SHARED_OUT=1``
     (each node's ``stallscope profile -- torchrun`` of a multi-node job)."""
-    from profiler.runtime import WORLD_SIZE_VARS, env_int
+    from stallscope.profiler.runtime import WORLD_SIZE_VARS, env_int
 
     return os.environ.get("STALLSCOPE_SHARED_OUT") == "1" or env_int(WORLD_SIZE_VARS, 1) > 1
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from profiler import hooks
-from profiler.telemetry import HOST_FIELDS, NVML_FIELDS, PCIE_PERIOD_S, Sampler
+from stallscope.profiler import hooks
+from stallscope.profiler.telemetry import HOST_FIELDS, NVML_FIELDS, PCIE_PERIOD_S, Sampler
 
 __all__ = ["Config", "Recorder", "STEP_FIELDS", "SOURCE_RANK", "attach_from_env", "active"]
 
@@ -358,7 +358,7 @@ class Recorder:
         self.sampler.start()
         if self.cfg.autopatch:
             try:
-                from fixes import autopatch  # type: ignore[attr-defined]
+                from stallscope.fixes import autopatch  # type: ignore[attr-defined]
 
                 autopatch.attach(self.rank_dir, self.cfg.patch_steps)
             except (ImportError, AttributeError) as exc:
@@ -936,7 +936,7 @@ class Recorder:
         return sink
 
     def _rank_clock(self) -> dict:
-        mod = sys.modules.get("profiler.distclock")
+        mod = sys.modules.get("stallscope.profiler.distclock")
         res = mod.result() if mod is not None else {}
         if not res:
             return {}
@@ -1020,7 +1020,7 @@ class Recorder:
             start = self.step_open_ns or self.origin_ns
             self.step_open_ns = start
             self.notice_once(
-                "no step found (no optimizer step, inference module call, prof.step() or profiler.step()): the run is one step"
+                "no step found (no optimizer step, inference module call, prof.step() or stallscope.step()): the run is one step"
             )
             self._close_step(time.time_ns(), "whole-run")
         elif self.source == "module" and self.forward_in_step and self.step_open_ns is not None:
@@ -1080,7 +1080,7 @@ def attach(cfg: Config, rank_dir: Optional[Path] = None, origin: str = "bootstra
     _active = rec
     hooks.install(rec)
     try:  # ranks' clock offsets, measured right after init_process_group (profiler/distclock.py)
-        from profiler import distclock
+        from stallscope.profiler import distclock
 
         distclock.install()
     except Exception as exc:

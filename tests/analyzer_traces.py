@@ -30,13 +30,13 @@ def record(path: Path, step_fn: Callable[[int], None], steps: int = 3, stacks: b
 
 
 def context(path: Path):  # -> AnalysisContext
-    from analyzers.loader import load_context
+    from stallscope.analyzers.loader import load_context
 
     return load_context(path)
 
 
 def run(name: str, ctx) -> list:  # type: ignore[no-untyped-def]
-    from analyzers.base import registered_analyzers
+    from stallscope.analyzers.base import registered_analyzers
 
     cls = registered_analyzers([name])[name]
     return cls().analyze(ctx)

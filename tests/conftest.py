@@ -3,8 +3,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 try:  # CI runs the same hypothesis examples every time (derandomized); local runs keep exploring.

@@ -61,7 +61,7 @@ class ConvNet(nn.Module):
 
 def kat_like_mlp() -> nn.Module:
     """Two GR-KAN activations (our KAT_Group drop-in on the baseline kernels) in an MLP block."""
-    from fixes.flashkat.modules import BaselineKATGroup
+    from stallscope.fixes.flashkat.modules import BaselineKATGroup
 
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(16, 32), BaselineKATGroup(num_groups=4, mode="swish"), nn.Linear(32, 16),

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 
-from fixes.flashkat import reference as R  # noqa: E402
+from stallscope.fixes.flashkat import reference as R  # noqa: E402
 
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run through tests/test_flashkat_triton_interp.py (needs TRITON_INTERPRET=1 before triton loads)", allow_module_level=True)
 
-from fixes.flashkat import baseline as _baseline  # noqa: E402
-from fixes.flashkat import kernels as _kernels  # noqa: E402
+from stallscope.fixes.flashkat import baseline as _baseline  # noqa: E402
+from stallscope.fixes.flashkat import kernels as _kernels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_identity_init_denominator_moves_through_kernels(kern):
 
 
 def test_module_paths_through_interpreter(kern):
-    from fixes.flashkat.modules import BaselineKATGroup, KATGroup, restore, use_fast_kernels
+    from stallscope.fixes.flashkat.modules import BaselineKATGroup, KATGroup, restore, use_fast_kernels
 
     torch.manual_seed(0)
     base = BaselineKATGroup(num_groups=4, mode="swish")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.base import Severity
-from analyzers.loader import load_context
+from stallscope.analyzers.base import Severity
+from stallscope.analyzers.loader import load_context
 from tests.analyzer_traces import run
 from tests.test_profile import profile
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from analyzers.base import CATEGORIES, Analyzer, Finding, registered_analyzers
-from analyzers.loader import load_context
-from analyzers.report import schema
-from analyzers.run import run_analyzers
+from stallscope.analyzers.base import CATEGORIES, Analyzer, Finding, registered_analyzers
+from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.report import schema
+from stallscope.analyzers.run import run_analyzers
 from tests.diagnose_traces import cpu_steps_trace, ddp_folder, empty_trace, gpu_fixture
 
 ANALYZERS = sorted(registered_analyzers())
@@ -49,7 +49,7 @@ def test_gpu_trace_present_or_skip() -> None:
 
 
 def test_runner_skips_and_isolates_failures(tmp_path: Path) -> None:
-    from analyzers import base
+    from stallscope.analyzers import base
 
     @base.register
     class Boom(Analyzer):
@@ -71,7 +71,7 @@ def test_runner_skips_and_isolates_failures(tmp_path: Path) -> None:
 
 
 def test_forked_workers_give_the_same_findings(monkeypatch) -> None:
-    from analyzers import base
+    from stallscope.analyzers import base
 
     @base.register
     class Boom(Analyzer):

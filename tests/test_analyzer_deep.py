@@ -1,11 +1,11 @@
-"""analyzers.deep: ncu command, CSV parsing, and the one-notice behaviour without ncu."""
+"""stallscope.analyzers.deep: ncu command, CSV parsing, and the one-notice behaviour without ncu."""
 from __future__ import annotations
 
 import subprocess
 
 import torch
 
-from analyzers import deep
+from stallscope.analyzers import deep
 from tests.analyzer_traces import context, gpu_fixture, record
 
 # The layout `ncu --csv --page raw` prints: a header of metric names, a units row, one row per kernel.
@@ -58,7 +58,7 @@ def test_plain_trace_has_no_command_to_replay(tmp_path, monkeypatch):
 
 
 def test_counters_land_in_the_finding_that_names_the_kernel(monkeypatch):
-    from analyzers.run import run_analyzers
+    from stallscope.analyzers.run import run_analyzers
 
     ctx = gpu_fixture("grkan_baseline")
     ctx.meta = {"command": ["python3", "train.py"], "cwd": ".", "window": {"skip": 1}}

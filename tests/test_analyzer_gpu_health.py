@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyzers.base import Severity
+from stallscope.analyzers.base import Severity
 from tests.analyzer_traces import context, record, run
 
 

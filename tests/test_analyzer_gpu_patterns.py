@@ -2,7 +2,7 @@
 (tests/fixtures/gpu, recorded by tests/fixtures/make_analyzer_traces_gpu.py; skipped until then)."""
 from __future__ import annotations
 
-from analyzers.base import Severity
+from stallscope.analyzers.base import Severity
 from tests.analyzer_traces import gpu_fixture, run
 
 
@@ -57,7 +57,7 @@ def test_memory_near_capacity_from_allocator_samples():
 
 
 def test_healthy_gpu_trace_has_no_medium_findings():
-    from analyzers.run import run_analyzers
+    from stallscope.analyzers.run import run_analyzers
 
     result = run_analyzers(gpu_fixture("healthy_bf16_mlp"))
     loud = [(f.id, f.severity.value) for f in result.findings if f.severity.rank >= Severity.MEDIUM.rank]

@@ -1,11 +1,11 @@
-"""analyzers.peaks: peak table lookup, FLOP formulas checked against the profiler's own
+"""stallscope.analyzers.peaks: peak table lookup, FLOP formulas checked against the profiler's own
 counts on real CPU traces, minimum bytes, and kernel classes on GPU fixtures."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from analyzers.peaks import classify_kernels, dtype_bytes, kernel_rooflines, op_flops, op_min_bytes, peaks_for
+from stallscope.analyzers.peaks import classify_kernels, dtype_bytes, kernel_rooflines, op_flops, op_min_bytes, peaks_for
 from tests.analyzer_traces import gpu_fixture
 
 
@@ -20,7 +20,7 @@ def test_peak_table_keys_on_device_names():
     assert peaks_for("Tesla T4").has_tensor_cores_fp32 is False
     assert peaks_for("NVIDIA GH200 480GB").name == "NVIDIA GH200"
     assert peaks_for("Some Unknown GPU") is None and peaks_for(None) is None
-    for _, p in __import__("analyzers.peaks", fromlist=["PEAKS"]).PEAKS:
+    for _, p in __import__("stallscope.analyzers.peaks", fromlist=["PEAKS"]).PEAKS:
         assert p.source in ("measured", "datasheet")
 
 

@@ -14,7 +14,7 @@ RECORD = r'''
 import sys, torch, torch.nn as nn
 from torch.profiler import profile, ProfilerActivity, schedule
 sys.path.insert(0, sys.argv[3])
-from fixes.bottleneck_sampling import bottleneck_sample, euler_sample, TUNED_SCHEDULE
+from stallscope.fixes.bottleneck_sampling import bottleneck_sample, euler_sample, TUNED_SCHEDULE
 torch.manual_seed(0)
 class Denoiser(nn.Module):
     def __init__(self, c=4, d=32):
@@ -41,8 +41,8 @@ prof.export_chrome_trace(sys.argv[1])
 
 
 def _findings(tmp_path: Path, mode: str) -> dict:
-    from analyzers.builtin.attention import Attention
-    from analyzers.loader import load_context
+    from stallscope.analyzers.builtin.attention import Attention
+    from stallscope.analyzers.loader import load_context
 
     path = tmp_path / f"{mode}.json"
     proc = subprocess.run([sys.executable, "-c", RECORD, str(path), mode, str(ROOT)], capture_output=True, text=True, timeout=180)

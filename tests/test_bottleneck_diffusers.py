@@ -20,10 +20,10 @@ except Exception as exc:  # ImportError, or diffusers' own missing-backend error
     pytest.skip(f"diffusers (with transformers) is not installed: {exc}; pip install -e .[diffusers]",
                 allow_module_level=True)
 
-from fixes.base import Target, registered_fixes
-from fixes.bottleneck_sampling.diffusers_adapter import is_patched, patch_pipeline, unpatch_pipeline, why_not
-from fixes.bottleneck_sampling.sampler import BottleneckRefused
-from fixes.bottleneck_sampling.schedule import TUNED_SCHEDULE, BottleneckSchedule, Stage
+from stallscope.fixes.base import Target, registered_fixes
+from stallscope.fixes.bottleneck_sampling.diffusers_adapter import is_patched, patch_pipeline, unpatch_pipeline, why_not
+from stallscope.fixes.bottleneck_sampling.sampler import BottleneckRefused
+from stallscope.fixes.bottleneck_sampling.schedule import TUNED_SCHEDULE, BottleneckSchedule, Stage
 
 
 @pytest.fixture(autouse=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixes.bottleneck_sampling.analytic import GaussianField, exact_power_ratio, exact_quality
-from fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample
-from fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE, BottleneckSchedule
+from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_power_ratio, exact_quality
+from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample
+from stallscope.fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE, BottleneckSchedule
 
 FIELD = GaussianField()
 

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from fixes.bottleneck_sampling.resample import KERNELS, resize
-from fixes.bottleneck_sampling.sampler import (
+from stallscope.fixes.bottleneck_sampling.resample import KERNELS, resize
+from stallscope.fixes.bottleneck_sampling.sampler import (
     BottleneckRefused,
     bottleneck_sample,
     euler_sample,
     plan_stages,
 )
-from fixes.bottleneck_sampling.schedule import (
+from stallscope.fixes.bottleneck_sampling.schedule import (
     DEFAULT_SCHEDULE,
     TUNED_SCHEDULE,
     BottleneckSchedule,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.breakdown import breakdown_pct, hta_temporal
-from analyzers.loader import load_context
-from analyzers.model import StepBreakdown
+from stallscope.analyzers.breakdown import breakdown_pct, hta_temporal
+from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.model import StepBreakdown
 from tests.diagnose_traces import cpu_nosteps_trace, cpu_plain_trace, cpu_steps_trace, ddp_folder, gpu_fixture
 
 

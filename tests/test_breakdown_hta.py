@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.breakdown import hta_temporal
-from analyzers.loader import load_context
+from stallscope.analyzers.breakdown import hta_temporal
+from stallscope.analyzers.loader import load_context
 from tests.diagnose_traces import GPU_FIXTURES
 
 hta = pytest.importorskip("hta.trace_analysis", reason="HolisticTraceAnalysis is not installed")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.builtin.communication import Communication, _bus_factor, match_instances, collectives_of
-from analyzers.loader import load_context
+from stallscope.analyzers.builtin.communication import Communication, _bus_factor, match_instances, collectives_of
+from stallscope.analyzers.loader import load_context
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "distributed" / "ddp_train.py"
@@ -19,7 +19,7 @@ NEEDS_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None, reason="to
 
 def _profile(tmp_path: Path, plant: str, factor: float, pace_ms: float = 0.0) -> Path:
     out = tmp_path / f"run-{plant}"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "-q", "--no-diagnose", "-o", str(out), "--skip", "3",
+    cmd = [sys.executable, "-m", "stallscope.cli", "profile", "-q", "--no-diagnose", "-o", str(out), "--skip", "3",
            "--steps", "4", "--", "torchrun", "--nproc-per-node", "2", str(SCRIPT), "--pin", "--steps", "10", "--dim", "256",
            "--plant", plant, "--slow-factor", str(factor), "--pace-ms", str(pace_ms)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -96,7 +96,7 @@ def test_bus_bandwidth_factors_follow_nccl_tests() -> None:
 
 
 def test_chance_lateness_is_not_significant() -> None:
-    from analyzers.builtin.communication import late_by_chance_p
+    from stallscope.analyzers.builtin.communication import late_by_chance_p
 
     assert late_by_chance_p(6, 8, 2) > 0.1
     assert late_by_chance_p(8, 8, 2) < 0.01
@@ -119,7 +119,7 @@ def test_h200_healthy_ddp_names_no_straggler() -> None:
 
 
 def test_a_collective_stuck_for_longer_than_the_hang_threshold_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import analyzers.builtin.communication as comm
+    import stallscope.analyzers.builtin.communication as comm
 
     assert "comm-hang-risk" not in _findings(H200_DDP / "straggler_compute")
     # Rank 0's all-reduces wait ~30 ms for the straggler: with the threshold below that they count as stuck.
@@ -143,7 +143,7 @@ def test_flight_recorder_dump_with_pending_entries_is_hang_evidence(tmp_path: Pa
 
 
 def test_slow_link_is_reported_when_bus_bandwidth_is_far_under_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
-    import analyzers.builtin.communication as comm
+    import stallscope.analyzers.builtin.communication as comm
 
     assert "comm-slow-link" not in _findings(H200_DDP / "healthy")
     # The measured ~300 GB/s link looks slow against a peak 10x higher: C4's communication-slow class.

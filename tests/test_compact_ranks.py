@@ -5,9 +5,9 @@ import gzip
 import json
 from pathlib import Path
 
-from analyzers.builtin.communication import collectives_of
-from analyzers.compact import FULL_RANKS
-from analyzers.loader import load_context
+from stallscope.analyzers.builtin.communication import collectives_of
+from stallscope.analyzers.compact import FULL_RANKS
+from stallscope.analyzers.loader import load_context
 
 SRC = Path(__file__).resolve().parent / "fixtures" / "gpu" / "ddp_h200" / "straggler_data"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analyzers.command import diagnose_command
-from analyzers.render import ReportView, to_markdown
-from analyzers.report import build_report, load_report, validate_report
-from profiler.common import ToolError
+from stallscope.analyzers.command import diagnose_command
+from stallscope.analyzers.render import ReportView, to_markdown
+from stallscope.analyzers.report import build_report, load_report, validate_report
+from stallscope.profiler.common import ToolError
 from tests.diagnose_traces import ROOT, cpu_nosteps_trace, cpu_steps_trace, ddp_folder, empty_trace, gpu_fixture
 
 
@@ -175,5 +175,5 @@ def test_gpu_fixture_ddp_folder_and_stepless_trace() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "stallscope.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.builtin.host_bound import HostBound
-from analyzers.builtin.input_pipeline import InputPipeline
-from analyzers.loader import load_context
+from stallscope.analyzers.builtin.host_bound import HostBound
+from stallscope.analyzers.builtin.input_pipeline import InputPipeline
+from stallscope.analyzers.loader import load_context
 from tests.diagnose_traces import cpu_plain_trace, cpu_steps_trace, gpu_fixture
 
 

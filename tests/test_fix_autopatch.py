@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from fixes.autopatch import AutoPatcher, attach, load_kept_fixes, p_faster
-from fixes.base import Fix, PatchHandle, Target, Tolerance
-from profiler.common import read_yaml
-from profiler.hooks import StepEvent
+from stallscope.fixes.autopatch import AutoPatcher, attach, load_kept_fixes, p_faster
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance
+from stallscope.profiler.common import read_yaml
+from stallscope.profiler.hooks import StepEvent
 
 DELAY_S = 0.010
 STEPS = 50  # skip 2 + clock start 1 + baseline 12 + two fixes x (parity 1 + warm-up 1 + 12 measured) = 43

@@ -10,13 +10,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import fixes
-from cli import app
+from stallscope import fixes
+from stallscope.cli import app
 from fix_settings import GemmNet, kat_like_mlp
-from fixes.api import NoEffectWarning
-from fixes.autopatch import attach_from_report, load_kept_fixes
-from fixes.command import build_plan
-from profiler.common import ToolError
+from stallscope.fixes.api import NoEffectWarning
+from stallscope.fixes.autopatch import attach_from_report, load_kept_fixes
+from stallscope.fixes.command import build_plan
+from stallscope.profiler.common import ToolError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_run_patch_from_applies_kept_fixes_at_startup(tmp_path):
         "print('workers', loader.num_workers, 'precision', torch.get_float32_matmul_precision())\n"
         "sys.exit(3)\n"
     )
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", "--patch-from", str(tmp_path / "patches.yaml"), "--",
+    out = subprocess.run([sys.executable, "-m", "stallscope.cli", "run", "--patch-from", str(tmp_path / "patches.yaml"), "--",
                           sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 3, out.stderr  # the target's exit code
     assert "fast [True, True]" in out.stdout

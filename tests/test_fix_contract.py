@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fix_settings import SETTINGS, Advisory, FixSetting
-from fixes.base import Fix, registered_fixes
-from fixes.parity import check_parity
+from stallscope.fixes.base import Fix, registered_fixes
+from stallscope.fixes.parity import check_parity
 
 RUNNABLE = sorted(i for i, s in SETTINGS.items() if isinstance(s, FixSetting))
 
@@ -131,7 +131,7 @@ def _epoch(loader) -> list:
 
 @pytest.mark.parametrize("fix_id", [i for i in RUNNABLE if "loader" in SETTINGS[i].build()])
 def test_dataloader_fix_contract(fix_id: str):
-    from fixes.dataloader_workers.loader import equal_samples
+    from stallscope.fixes.dataloader_workers.loader import equal_samples
 
     setting = SETTINGS[fix_id]
     built = setting.build()

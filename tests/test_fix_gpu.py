@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fix_settings import ConvNet, GemmNet, kat_like_mlp
-from fixes.base import registered_fixes
-from fixes.parity import check_parity
+from stallscope.fixes.base import registered_fixes
+from stallscope.fixes.parity import check_parity
 
 pytestmark = pytest.mark.gpu
 

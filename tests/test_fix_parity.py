@@ -1,4 +1,4 @@
-"""fixes.parity: the comparison is right, and the program cannot notice that it ran."""
+"""stallscope.fixes.parity: the comparison is right, and the program cannot notice that it ran."""
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from fixes.base import Tolerance
-from fixes.parity import ParityProbe, check_parity, in_parity_check
+from stallscope.fixes.base import Tolerance
+from stallscope.fixes.parity import ParityProbe, check_parity, in_parity_check
 
 
 def model() -> nn.Module:
@@ -179,7 +179,7 @@ def _fp32(m: _ReluMLP):
 
 
 def test_tf32_rounding_passes_by_gradient_direction_where_elementwise_bounds_fail():
-    from fixes.tf32.fix import TF32
+    from stallscope.fixes.tf32.fix import TF32
 
     m = _ReluMLP()
     x = torch.randn(512, 512)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from profiler.common import read_yaml
+from stallscope.profiler.common import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = [sys.executable, str(ROOT / "bench" / "workloads" / "slow_loader_epochs.py"), "--epochs", "5"]
@@ -19,7 +19,7 @@ WORKLOAD = [sys.executable, str(ROOT / "bench" / "workloads" / "slow_loader_epoc
 
 def test_profile_auto_patch_keeps_dataloader_workers(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--auto-patch", "--patch-steps", "8", "--skip", "2",
+    cmd = [sys.executable, "-m", "stallscope.cli", "profile", "--auto-patch", "--patch-steps", "8", "--skip", "2",
            "--steps", "2", "--no-diagnose", "-q", "-o", str(run), "--", *WORKLOAD]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -10,10 +10,10 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # pragma: no cover - CPU machines deselect these anyway
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from fixes.flashkat import baseline as B  # noqa: E402
-from fixes.flashkat import kernels as K  # noqa: E402
-from fixes.flashkat import reference as R  # noqa: E402
-from fixes.flashkat.modules import BaselineKATGroup, KATGroup, restore, use_fast_kernels  # noqa: E402
+from stallscope.fixes.flashkat import baseline as B  # noqa: E402
+from stallscope.fixes.flashkat import kernels as K  # noqa: E402
+from stallscope.fixes.flashkat import reference as R  # noqa: E402
+from stallscope.fixes.flashkat.modules import BaselineKATGroup, KATGroup, restore, use_fast_kernels  # noqa: E402
 
 DEV = "cuda"
 

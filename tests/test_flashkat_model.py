@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.models.kat_vit import kat_tiny
-from fixes.flashkat.modules import is_grkan_module, restore, use_fast_kernels
+from stallscope.fixes.flashkat.modules import is_grkan_module, restore, use_fast_kernels
 
 
 def test_kat_tiny_structure_and_keys():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixes.flashkat import reference as R
-from fixes.flashkat.modules import (
+from stallscope.fixes.flashkat import reference as R
+from stallscope.fixes.flashkat.modules import (
     INIT_COEFFICIENTS,
     BaselineKATGroup,
     KATGroup,
@@ -102,7 +102,7 @@ def test_module_matches_kat_parameter_contract():
     assert act.order == (5, 4) and act.num_groups == 8 and callable(act.rational)
     assert "num_groups=8, order=(5, 4)" in repr(act)
     with pytest.warns(UserWarning):
-        import fixes.flashkat.modules as m
+        import stallscope.fixes.flashkat.modules as m
 
         m._gelu_warned = False
         KATGroup(num_groups=2, mode="gelu")

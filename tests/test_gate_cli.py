@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import app
+from stallscope.cli import app
 
 ENV = {"gpu": {"name": "NVIDIA H200", "uuid": "GPU-1"}, "gpu_count": 1, "driver": "570.86", "cuda": "13.0", "torch": "2.11.0", "host": "ci-1"}
 
@@ -72,7 +72,7 @@ def reports(tmp_path: Path) -> dict[str, Path]:
 
 def test_simulated_reports_follow_the_diagnose_report_schema() -> None:
     pytest.importorskip("jsonschema")
-    from analyzers.report import validate_report
+    from stallscope.analyzers.report import validate_report
 
     validate_report(make_report(findings=[{"id": "a", "severity": "high"}]))
 
@@ -113,7 +113,7 @@ def test_environment_change_is_inconclusive_unless_allowed(tmp_path: Path, repor
 
 
 def test_configured_clock_differs_but_resting_clock_is_only_a_note(tmp_path: Path) -> None:
-    from analyzers.gate.fingerprint import compare_environments
+    from stallscope.analyzers.gate.fingerprint import compare_environments
 
     a = dict(ENV, clocks={"sm_clock_max_mhz": 1980.0, "sm_clock_at_rest_mhz": 345.0, "power_limit_w": 700.0})
     b = dict(ENV, clocks={"sm_clock_max_mhz": 1980.0, "sm_clock_at_rest_mhz": 1980.0, "power_limit_w": 700.0})

@@ -10,8 +10,8 @@ import pytest
 import typer.main
 import yaml
 
-from analyzers.gate.rules import parse_config
-from cli import app
+from stallscope.analyzers.gate.rules import parse_config
+from stallscope.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ci.md"
 

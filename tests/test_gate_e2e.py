@@ -30,12 +30,12 @@ GATE_YAML = {"min_samples": 20, "rules": [{"metric": "step_time_median", "max_re
 
 
 def _stallscope(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+    return subprocess.run([sys.executable, "-m", "stallscope.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
 
 
 def test_paired_mode_catches_a_real_slowdown_and_report_mode_reads_run_dirs(tmp_path: Path) -> None:
-    pytest.importorskip("analyzers.report")
-    pytest.importorskip("profiler.command")
+    pytest.importorskip("stallscope.analyzers.report")
+    pytest.importorskip("stallscope.profiler.command")
     (tmp_path / "train.py").write_text(TRAIN)
     (tmp_path / "gate.yaml").write_text(yaml.safe_dump(GATE_YAML))
     py = sys.executable
@@ -65,8 +65,8 @@ def test_paired_mode_catches_a_real_slowdown_and_report_mode_reads_run_dirs(tmp_
 
 
 def test_paired_mode_same_code_passes(tmp_path: Path) -> None:
-    pytest.importorskip("analyzers.report")
-    pytest.importorskip("profiler.command")
+    pytest.importorskip("stallscope.analyzers.report")
+    pytest.importorskip("stallscope.profiler.command")
     (tmp_path / "train.py").write_text(TRAIN)
     (tmp_path / "gate.yaml").write_text(yaml.safe_dump(GATE_YAML))
     cmd = f"{sys.executable} train.py 0.04"
@@ -75,7 +75,7 @@ def test_paired_mode_same_code_passes(tmp_path: Path) -> None:
 
 
 def test_paired_mode_failed_command_is_exit_2_with_the_log(tmp_path: Path) -> None:
-    pytest.importorskip("profiler.command")
+    pytest.importorskip("stallscope.profiler.command")
     (tmp_path / "boom.py").write_text("raise SystemExit(5)\n")
     res = _stallscope("gate", "ab", "--base-cmd", f"{sys.executable} boom.py", "--head-cmd", f"{sys.executable} boom.py", "--workdir", "runs", "-q", cwd=tmp_path)
     assert res.returncode == 2

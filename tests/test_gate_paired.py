@@ -8,9 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from analyzers.gate.paired import ab_command, pool_reports
-from cli import app
-from profiler.common import ToolError
+from stallscope.analyzers.gate.paired import ab_command, pool_reports
+from stallscope.cli import app
+from stallscope.profiler.common import ToolError
 from tests.test_gate_cli import make_report
 
 

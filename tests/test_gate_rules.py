@@ -4,10 +4,10 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from analyzers.gate.fingerprint import compare_environments, fingerprint
-from analyzers.gate.evaluate import evaluate_findings, resolve
-from analyzers.gate.rules import ALIASES, FindingRule, normalize_path, parse_config
-from profiler.common import ToolError
+from stallscope.analyzers.gate.fingerprint import compare_environments, fingerprint
+from stallscope.analyzers.gate.evaluate import evaluate_findings, resolve
+from stallscope.analyzers.gate.rules import ALIASES, FindingRule, normalize_path, parse_config
+from stallscope.profiler.common import ToolError
 from tests.test_gate_cli import finding, make_report
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=12),
@@ -102,7 +102,7 @@ def _mutate(report: dict, path: str, value: object) -> dict:
 @given(st.lists(st.tuples(st.sampled_from(REPORT_PATHS), st.one_of(st.just("<delete>"), scalars, st.lists(scalars, max_size=3))), min_size=1, max_size=3),
        st.booleans())
 def test_damaged_reports_give_a_verdict_or_one_clear_error(mutations: list, on_current: bool) -> None:
-    from analyzers.gate.command import judge
+    from stallscope.analyzers.gate.command import judge
 
     config = parse_config({"rules": [
         {"metric": "step_time_median", "max_regression_pct": 3}, {"metric": "step_time_p90", "max_regression_pct": 10},

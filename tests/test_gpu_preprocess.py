@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixes.gpu_preprocess.pipeline import (
+from stallscope.fixes.gpu_preprocess.pipeline import (
     GpuPipeline,
     Unsupported,
     _center_offset,
@@ -20,7 +20,7 @@ from fixes.gpu_preprocess.pipeline import (
     plan_from_transform,
     torchvision_available,
 )
-from fixes.gpu_preprocess.resample import pad_batch, resample_batch
+from stallscope.fixes.gpu_preprocess.resample import pad_batch, resample_batch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -208,7 +208,7 @@ def folder_loader(tmp_path, jpegs):
 
 
 def test_fix_patches_a_dataloader_equivalently_and_reverts_exactly(folder_loader):
-    from fixes.base import registered_fixes
+    from stallscope.fixes.base import registered_fixes
 
     fix = registered_fixes(["gpu-preprocess"])["gpu-preprocess"]()
     fix.device = "cpu"
@@ -233,7 +233,7 @@ def test_fix_patches_a_dataloader_equivalently_and_reverts_exactly(folder_loader
 
 
 def test_fix_refuses_what_it_cannot_match(folder_loader, tmp_path):
-    from fixes.base import registered_fixes
+    from stallscope.fixes.base import registered_fixes
 
     fix = registered_fixes(["gpu-preprocess"])["gpu-preprocess"]()
     if not torch.cuda.is_available():
@@ -286,8 +286,8 @@ def test_cuda_pipeline_matches_cpu_and_decoder_difference_is_small(jpegs):
 
 
 def test_packed_batches_survive_worker_processes_and_prefetch_falls_back_on_cpu(jpegs):
-    from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_encoded
-    from fixes.gpu_preprocess.pipeline import PackedJpegs
+    from stallscope.fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_encoded
+    from stallscope.fixes.gpu_preprocess.pipeline import PackedJpegs
 
     class Bytes(torch.utils.data.Dataset):
         def __len__(self):
@@ -309,8 +309,8 @@ def test_packed_batches_survive_worker_processes_and_prefetch_falls_back_on_cpu(
 
 
 def test_cpu_decode_gpu_resize_mode_is_pil_exact(tmp_path, jpegs):
-    from fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, read_decoded
-    from fixes.gpu_preprocess.pipeline import PackedImages
+    from stallscope.fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, read_decoded
+    from stallscope.fixes.gpu_preprocess.pipeline import PackedImages
 
     paths = []
     for i, data in enumerate(jpegs):

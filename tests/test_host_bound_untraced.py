@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyzers.base import Severity
-from analyzers.builtin.host_bound import untraced_share
-from analyzers.loader import load_context as load
+from stallscope.analyzers.base import Severity
+from stallscope.analyzers.builtin.host_bound import untraced_share
+from stallscope.analyzers.loader import load_context as load
 from tests.analyzer_traces import run
 
 RUNS = Path(__file__).parent / "fixtures" / "gpu" / "runs"
@@ -62,7 +62,7 @@ def test_a_plain_trace_has_nothing_to_compare_with():
 def test_warm_up_steps_before_the_window_are_not_the_steady_state():
     """The compiled CNN compiles and autotunes in its first steps (one takes 447 ms); compared
     with them, the trace's host time looked cheap and 5.6 % of GPU idle stayed a medium finding."""
-    from analyzers.run import run_analyzers
+    from stallscope.analyzers.run import run_analyzers
 
     ctx = _ctx("healthy_cnn_compiled")
     rd = ctx.ranks[0]
@@ -81,7 +81,7 @@ def test_warm_up_steps_before_the_window_are_not_the_steady_state():
 def test_a_host_running_ahead_does_not_shorten_the_reported_step():
     """The compiled CNN's host issues a step in ~7.8 ms while the GPU takes 8.8 ms: the step time
     is the GPU's, not the host's."""
-    from analyzers.report import build_report
+    from stallscope.analyzers.report import build_report
 
     report = build_report(RUNS / "healthy_cnn_compiled")
     rd = _ctx("healthy_cnn_compiled").ranks[0]

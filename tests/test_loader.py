@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analyzers.loader import load_context, load_trace
-from analyzers.model import Kind
-from analyzers.tracefile import iter_trace_batches
-from profiler.common import ToolError
+from stallscope.analyzers.loader import load_context, load_trace
+from stallscope.analyzers.model import Kind
+from stallscope.analyzers.tracefile import iter_trace_batches
+from stallscope.profiler.common import ToolError
 from tests.diagnose_traces import cpu_nosteps_trace, cpu_plain_trace, cpu_steps_trace, ddp_folder, empty_trace, tb_folder
 
 
@@ -206,7 +206,7 @@ def test_fuzz_mutated_and_truncated_traces(tmp_path_factory, data) -> None:
     d = tmp_path_factory.mktemp("fuzz")
     p = d / ("t.json.gz" if action == "gzip-truncate" else "t.json")
     p.write_bytes(blob)
-    import analyzers.tracefile as tracefile
+    import stallscope.analyzers.tracefile as tracefile
 
     chunk = data.draw(st.sampled_from([tracefile.CHUNK_BYTES, 2048]))  # 2048: the segmented, typed path
     saved, tracefile.CHUNK_BYTES = tracefile.CHUNK_BYTES, chunk
@@ -239,7 +239,7 @@ def test_stub_last_step_left_out(tmp_path: Path) -> None:
 
 
 def test_parallel_parse_equals_one_process(monkeypatch) -> None:
-    import analyzers.tracefile as tracefile
+    import stallscope.analyzers.tracefile as tracefile
 
     src = cpu_steps_trace()
     monkeypatch.setenv("STALLSCOPE_PARSE_WORKERS", "0")
@@ -255,8 +255,8 @@ def test_parallel_parse_equals_one_process(monkeypatch) -> None:
 
 @pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0]])
 def test_typed_decoding_equals_generic_parse(monkeypatch, make) -> None:
-    import analyzers.kineto_structs as ks
-    import analyzers.tracefile as tracefile
+    import stallscope.analyzers.kineto_structs as ks
+    import stallscope.analyzers.tracefile as tracefile
 
     if not ks.AVAILABLE:
         pytest.skip("msgspec is not installed: only the generic parse exists")

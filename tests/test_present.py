@@ -52,7 +52,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "stallscope.cli", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_html_report_is_self_contained_with_charts(traces: dict[str, Path], tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_html_report_opens_in_headless_chromium(traces: dict[str, Path], tmp_pat
 
 
 def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> None:
-    from analyzers.compare import compare_reports, load_any
+    from stallscope.analyzers.compare import compare_reports, load_any
 
     before, _ = load_any(traces["slow"])
     after, _ = load_any(traces["fast"])
@@ -106,9 +106,9 @@ def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> 
 
 
 def test_annotated_trace_is_valid_chrome_trace(traces: dict[str, Path], tmp_path: Path) -> None:
-    from analyzers.annotate import FINDINGS_PID, write_annotated_trace
-    from analyzers.loader import load_context
-    from analyzers.report import report_from_context
+    from stallscope.analyzers.annotate import FINDINGS_PID, write_annotated_trace
+    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.report import report_from_context
 
     ctx = load_context(traces["slow"])
     report = report_from_context(ctx)

@@ -32,7 +32,7 @@ def free_port() -> int:
 
 def env_for(extra_pythonpath: str | None = None) -> dict:
     env = dict(os.environ)
-    parts = [p for p in (extra_pythonpath, str(ROOT), env.get("PYTHONPATH")) if p]
+    parts = [p for p in (extra_pythonpath, env.get("PYTHONPATH")) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.pop("STALLSCOPE_RUN_DIR", None)
@@ -40,7 +40,7 @@ def env_for(extra_pythonpath: str | None = None) -> dict:
 
 
 def stallscope(args: list, cwd: Path = ROOT, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env or env_for(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stallscope.cli", *args], cwd=cwd, env=env or env_for(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -74,7 +74,7 @@ def assert_loadable(run: Path) -> dict:
             assert "traceEvents" in trace(d)
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
     try:
-        from analyzers.report import build_report
+        from stallscope.analyzers.report import build_report
     except ImportError:
         return m
     report = build_report(run)
@@ -84,7 +84,7 @@ def assert_loadable(run: Path) -> dict:
 
 def interrupted(out: Path, sig: int) -> subprocess.CompletedProcess:
     """Profile a slow loop, send `sig` to stallscope once step 4 is printed."""
-    argv = [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
+    argv = [sys.executable, "-m", "stallscope.cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
             sys.executable, str(WL / "train_tiny.py"), "--steps", "200", "--sleep-ms", "50", "--print"]
     # A shell starts background jobs with SIGINT ignored and children inherit that; a user's
     # Ctrl-C reaches a foreground run, so the run starts with the default disposition.
@@ -283,7 +283,7 @@ def test_profile_ends_with_the_diagnosis(runs: dict) -> None:
     assert "diagnosis failed" not in res.stderr and "diagnosis skipped" not in res.stderr
     assert "TRAIN_DONE" in res.stdout
     try:
-        import analyzers.command  # noqa: F401
+        import stallscope.analyzers.command  # noqa: F401
     except ImportError:
         return
     assert "data" in (res.stdout + res.stderr).lower()  # the diagnosis of a run that waits on data says so

@@ -30,7 +30,7 @@ def test_demo_profiles_a_data_bound_workload(tmp_path: Path) -> None:
 def test_group_rational_matches_its_formula() -> None:
     import torch
 
-    from profiler.demo import GroupRational
+    from stallscope.profiler.demo import GroupRational
 
     layer = GroupRational(8, groups=4, m=5, n=4)
     with torch.no_grad():

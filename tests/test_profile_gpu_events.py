@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-from profiler.runtime import Config, Recorder
+from stallscope.profiler.runtime import Config, Recorder
 
 
 class ScriptedEvent:

@@ -22,7 +22,7 @@ def test_live_status_on_a_terminal_keeps_target_lines_intact(tmp_path: Path) -> 
     env.update(TERM="xterm", COLUMNS="100", LINES="24")
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
+        [sys.executable, "-m", "stallscope.cli", "profile", "--out", str(out), "--no-diagnose", "--skip", "1", "--steps", "2", "--",
          sys.executable, str(WL / "train_tiny.py"), "--steps", "40", "--sleep-ms", "40", "--print"],
         cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
     )

@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from profiler import hooks
-from profiler.runtime import Config, Recorder
+from stallscope.profiler import hooks
+from stallscope.profiler.runtime import Config, Recorder
 
 MS = 1_000_000
 

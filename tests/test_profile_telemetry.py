@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from profiler.telemetry import NVML_FIELDS, Sampler
+from stallscope.profiler.telemetry import NVML_FIELDS, Sampler
 
 
 class NVMLError(Exception):

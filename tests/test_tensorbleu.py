@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 nltk_bleu = pytest.importorskip("nltk.translate.bleu_score", reason="nltk is the reference; pip install nltk")
 
-from fixes.tensorbleu import corpus_bleu, corpus_bleu_batch, sentence_bleu, sentence_bleu_batch, suggestion  # noqa: E402
+from stallscope.fixes.tensorbleu import corpus_bleu, corpus_bleu_batch, sentence_bleu, sentence_bleu_batch, suggestion  # noqa: E402
 
 SMOOTH = nltk_bleu.SmoothingFunction()
 
@@ -135,7 +135,7 @@ def test_batch_shim_accepts_string_tokens_and_nltk_smoothing_functions():
 def test_suggestion_says_token_id_bleu_not_sacrebleu_and_fix_is_advisory():
     text = suggestion()
     assert "token-ID BLEU" in text and "NOT SacreBLEU" in text and "sentence_bleu_batch" in text
-    from fixes.base import registered_fixes
+    from stallscope.fixes.base import registered_fixes
 
     fix = registered_fixes(["tensorbleu"])["tensorbleu"]()
     assert fix.scope == "callable" and "cpu-metric" in fix.answers

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyzers.builtin._common import window_ns
-from analyzers.loader import load_context
-from analyzers.model import GPU_KINDS
+from stallscope.analyzers.builtin._common import window_ns
+from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.model import GPU_KINDS
 
 TRAIN = Path(__file__).resolve().parent / "fixtures" / "gpu" / "train.pt.trace.json.gz"
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from analyzers.base import Analyzer, Severity, severity_from_share
-from analyzers.model import GPU_KINDS, Kind
+from stallscope.analyzers.base import Analyzer, Severity, severity_from_share
+from stallscope.analyzers.model import GPU_KINDS, Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable, RankData
+    from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
 
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0
@@ -195,7 +195,7 @@ def top_counts(items: Iterable[Any], n: int = 5) -> list[Any]:
 
 
 def peaks(ctx: "AnalysisContext"):  # -> GpuPeaks | None
-    from analyzers.peaks import peaks_for
+    from stallscope.analyzers.peaks import peaks_for
 
     return peaks_for(ctx.device_name)
 

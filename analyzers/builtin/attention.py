@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable, RankData
+    from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
 
 MIN_TOKENS = 64
 MIN_ITERATIONS = 20

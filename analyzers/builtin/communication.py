@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register
-from analyzers.builtin._common import covered_ns, grade
-from analyzers.model import AnalysisContext, Kind, RankData
+from stallscope.analyzers.base import Analyzer, Finding, Impact, register
+from stallscope.analyzers.builtin._common import covered_ns, grade
+from stallscope.analyzers.model import AnalysisContext, Kind, RankData
 
 STRAGGLER_WAIT_PCT = 10.0
 LATE_MAJORITY = 0.5

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 _FRAME = ("entire_frame_compile", "_compile.compile_inner", "_compile.compile_inner (dynamo_timed)")
 

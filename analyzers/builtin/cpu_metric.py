@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.model import AnalysisContext, EventTable
 
 GAP_MIN_MS = 5.0
 GAP_MIN_PCT = 10.0
@@ -207,6 +207,6 @@ class CpuMetric(c.PerRank):
 
 def _bleu_suggestion() -> str:
     """The code change the finding prints for a per-sentence BLEU loop (fixes/tensorbleu; no torch import)."""
-    from fixes.tensorbleu.batch import SUGGESTION
+    from stallscope.fixes.tensorbleu.batch import SUGGESTION
 
     return SUGGESTION

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, Severity, register
-from analyzers.builtin import _common as c
+from stallscope.analyzers.base import Analyzer, Finding, Impact, Severity, register
+from stallscope.analyzers.builtin import _common as c
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 BUSY_UTIL_PCT = 50.0
 HW_SLOWDOWN, SW_POWER_CAP, APP_CLOCKS = 0x8, 0x4, 0x2

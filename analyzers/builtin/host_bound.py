@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
-from analyzers.model import AnalysisContext, Kind
+from stallscope.analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
+from stallscope.analyzers.model import AnalysisContext, Kind
 
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0

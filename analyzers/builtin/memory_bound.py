@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.model import AnalysisContext, EventTable
 
 BYTES_PER_ELEMENT_BWD = 12
 GRKAN_BW_PCT_MAX = 10.0
@@ -175,7 +175,7 @@ def _grkan_finding(ctx: "AnalysisContext") -> Finding | None:
 
 
 def _generic_finding(ctx: "AnalysisContext", exclude: set[str]) -> Finding | None:
-    from analyzers.peaks import kernel_rooflines
+    from stallscope.analyzers.peaks import kernel_rooflines
 
     peaks = c.peaks(ctx)
     rank = ctx.ranks[0]

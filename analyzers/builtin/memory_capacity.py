@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, Severity, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, Severity, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, RankData
+    from stallscope.analyzers.model import AnalysisContext, RankData
 
 MEDIUM_PCT_OF_CAPACITY = 90.0
 HIGH_PCT_OF_CAPACITY = 97.0

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.model import AnalysisContext, EventTable
 
 TINY_BYTES = 64 * 1024
 MANY_COPIES_PER_STEP = 32

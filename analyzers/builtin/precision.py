@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzers.base import Finding, Impact, register
-from analyzers.builtin import _common as c
-from analyzers.model import Kind
-from analyzers.peaks import LATENCY_BOUND_US
+from stallscope.analyzers.base import Finding, Impact, register
+from stallscope.analyzers.builtin import _common as c
+from stallscope.analyzers.model import Kind
+from stallscope.analyzers.peaks import LATENCY_BOUND_US
 
 if TYPE_CHECKING:
-    from analyzers.model import AnalysisContext
+    from stallscope.analyzers.model import AnalysisContext
 
 _GEMM = re.compile(r"gemm|gemv|conv|wgrad|dgrad|fprop|cutlass|xmma|nvjet", re.I)
 _TENSOR_CORE = re.compile(

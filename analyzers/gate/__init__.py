@@ -1,6 +1,6 @@
 """CI performance gate: decide on per-step samples whether a report regressed against a baseline.
 
-Modules: :mod:`~analyzers.gate.stats` (Mann-Whitney U, bootstrap, numpy only),
+Modules: :mod:`~analyzers.stats` (Mann-Whitney U, bootstrap, numpy only),
 :mod:`~analyzers.gate.evaluate` (judging rules on two reports),
 :mod:`~analyzers.gate.rules` (gate.yaml schema and validation),
 :mod:`~analyzers.gate.fingerprint` (environment comparison), :mod:`~analyzers.gate.verdict`

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from profiler.common import ToolError, atomic_write_bytes, read_yaml, write_yaml
+from stallscope.profiler.common import ToolError, atomic_write_bytes, read_yaml, write_yaml
 
 __all__ = ["SUPPORTED_REPORT_SCHEMA", "gate_command", "judge", "load_report", "update_baseline"]
 
@@ -23,12 +23,12 @@ def load_report(target: Path, side: str) -> dict[str, Any]:
         raise ToolError(f"{side} {target}: no such file or folder; pass a report (.yaml/.json) or a run directory")
     if target.is_dir():
         try:
-            from analyzers.report import build_report
+            from stallscope.analyzers.report import build_report
         except ImportError as exc:
             raise ToolError(f"{side} {target}: cannot diagnose run directories here ({exc}); pass a report file from stallscope diagnose -o") from None
         report: Any = build_report(target)
         if isinstance(report, dict) and isinstance(report.get("environment"), dict):
-            from analyzers.gate.fingerprint import clocks_from_run
+            from stallscope.analyzers.gate.fingerprint import clocks_from_run
 
             clocks = clocks_from_run(target)
             if clocks:
@@ -57,9 +57,9 @@ def _check_schemas(base: dict[str, Any], current: dict[str, Any], names: tuple[s
 
 def judge(base: dict[str, Any], current: dict[str, Any], config: Any, *, baseline_name: str, current_name: str, allow_env_change: bool = False, mode: str = "reports", extra: Optional[dict[str, Any]] = None) -> Any:
     """Evaluate every rule of ``config`` (a :class:`GateConfig`) on two report dicts: a Verdict."""
-    from analyzers.gate.fingerprint import compare_environments
-    from analyzers.gate.evaluate import evaluate_findings, evaluate_metric
-    from analyzers.gate.verdict import Verdict
+    from stallscope.analyzers.gate.fingerprint import compare_environments
+    from stallscope.analyzers.gate.evaluate import evaluate_findings, evaluate_metric
+    from stallscope.analyzers.gate.verdict import Verdict
 
     names = ("baseline", "current")
     for side, report in zip(names, (base, current)):
@@ -117,7 +117,7 @@ def gate_command(
 
     With ``update``, CURRENT becomes the baseline (atomic copy) and the exit code is 0.
     """
-    from analyzers.gate.rules import load_config
+    from stallscope.analyzers.gate.rules import load_config
 
     if update:
         written = update_baseline(current, baseline)

@@ -2,7 +2,7 @@
 
 Metrics whose parent holds ``samples`` (``summary.step_time_ms.median``, ``.p90``, ``.mean``)
 are decided on the per-step samples (effect beyond the threshold *and* significant, see
-:mod:`analyzers.gate.stats`); other numbers have no samples and are judged by threshold alone.
+:mod:`analyzers.stats`); other numbers have no samples and are judged by threshold alone.
 Findings: a finding is new when its id is not in the baseline.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import difflib
 import math
 from typing import Any, Optional
 
-from analyzers.gate.rules import STATISTIC, GPU_IDLE, IDLE_PARTS, SEVERITY_RANK, FindingRule, GateConfig, MetricRule, RuleResult
-from profiler.common import ToolError
+from stallscope.analyzers.gate.rules import STATISTIC, GPU_IDLE, IDLE_PARTS, SEVERITY_RANK, FindingRule, GateConfig, MetricRule, RuleResult
+from stallscope.profiler.common import ToolError
 
 __all__ = ["evaluate_findings", "evaluate_metric", "resolve"]
 
@@ -86,7 +86,7 @@ def _beyond(rule: MetricRule, worse_pct: float, worse_abs: float) -> bool:
 
 
 def _evaluate_samples(rule: MetricRule, parent: str, statistic: str, base: dict[str, Any], current: dict[str, Any], config: GateConfig, names: tuple[str, str]) -> RuleResult:
-    from analyzers.gate.stats import compare_samples
+    from stallscope.analyzers.stats import compare_samples
 
     sides = [_samples(base, parent, names[0]), _samples(current, parent, names[1])]
     for side, samples in zip(names, sides):

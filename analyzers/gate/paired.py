@@ -21,11 +21,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from profiler.common import ToolError
+from stallscope.profiler.common import ToolError
 
 __all__ = ["ab_command", "pool_reports", "profile_run", "run_rounds"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 Runner = Callable[[Sequence[str], Path, Path], dict]
 
 
@@ -41,12 +40,9 @@ def _split(cmd: str, option: str) -> list[str]:
 
 def profile_run(cmd: Sequence[str], run_dir: Path, log: Path, profile_args: Sequence[str] = ()) -> dict:
     """Run CMD under ``stallscope profile --no-diagnose`` in a subprocess and diagnose the run."""
-    from analyzers.gate.command import load_report
+    from stallscope.analyzers.gate.command import load_report
 
-    # cli.py run as a script finds its packages next to it; the target's PYTHONPATH stays as the user set it.
-    cli = REPO_ROOT / "cli.py"
-    entry = [str(cli)] if cli.is_file() else ["-m", "cli"]
-    argv = [sys.executable, *entry, "profile", "--no-diagnose", "--quiet", *profile_args, "-o", str(run_dir), "--", *cmd]
+    argv = [sys.executable, "-m", "stallscope.cli", "profile", "--no-diagnose", "--quiet", *profile_args, "-o", str(run_dir), "--", *cmd]
     with open(log, "wb") as fh:
         code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT).returncode
     if code != 0:
@@ -134,8 +130,8 @@ def ab_command(
     runner: Optional[Runner] = None,
 ) -> int:
     """Paired gate: exit 0 pass, 1 regression, 3 inconclusive (2 for usage or a failed run)."""
-    from analyzers.gate.command import emit, judge
-    from analyzers.gate.rules import load_config
+    from stallscope.analyzers.gate.command import emit, judge
+    from stallscope.analyzers.gate.rules import load_config
 
     if rounds < 1:
         raise ToolError(f"--rounds must be at least 1, got {rounds}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from profiler.common import ToolError, read_yaml
+from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = [
     "ALIASES",

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from analyzers.gate.fingerprint import EnvironmentCheck
-from analyzers.gate.rules import RuleResult
-from profiler.common import __version__, atomic_write_text, write_yaml
+from stallscope.analyzers.gate.fingerprint import EnvironmentCheck
+from stallscope.analyzers.gate.rules import RuleResult
+from stallscope.profiler.common import __version__, atomic_write_text, write_yaml
 
 __all__ = ["EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_REGRESSION", "Verdict"]
 

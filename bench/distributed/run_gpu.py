@@ -70,7 +70,7 @@ def measure_busbw(out: Path) -> list[dict]:
 def run_scenario(name: str, extra: list[str], out: Path, quick: bool) -> dict:
     run = out / "runs" / name
     steps = "12" if quick else "40"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "-q", "--no-diagnose", "-o", str(run), "--skip", "5",
+    cmd = [sys.executable, "-m", "stallscope.cli", "profile", "-q", "--no-diagnose", "-o", str(run), "--skip", "5",
            "--steps", "5", "--", "torchrun", "--nproc-per-node", "2", str(ROOT / "bench/distributed/ddp_train.py"),
            "--steps", steps, "--dim", "4096", "--layers", "8", "--batch", "512", *extra]
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def run_scenario(name: str, extra: list[str], out: Path, quick: bool) -> dict:
     runtime = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": proc.stderr[-1500:], "runtime_s": runtime}
-    from analyzers.report import build_report
+    from stallscope.analyzers.report import build_report
 
     report = build_report(run)
     findings = report.get("findings", [])
@@ -139,7 +139,7 @@ def main() -> None:
             for p in sorted(healthy.glob("rank*/*")):
                 tar.add(p, arcname=str(p.relative_to(healthy)))
             tar.add(healthy / "meta.yaml", arcname="meta.yaml")
-    from profiler.common import write_yaml
+    from stallscope.profiler.common import write_yaml
 
     write_yaml(out / "distributed.yaml", result)
     print("busbw:", result["busbw"])

@@ -69,7 +69,7 @@ def build_folder(sources: list[Path], n: int, folder: Path) -> None:
 def diagnose(folder: Path, report: Path) -> tuple[float, float]:
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "diagnose", str(folder), "-f", "yaml", "-o", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "stallscope.cli", "diagnose", str(folder), "-f", "yaml", "-o", str(report)],
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -108,7 +108,7 @@ def main() -> None:
         "source_traces": [str(p) for p in sources],
         "rows": rows,
     }
-    from profiler.common import write_yaml
+    from stallscope.profiler.common import write_yaml
 
     write_yaml(args.out, result)
     print(f"wrote {args.out}")

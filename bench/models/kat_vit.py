@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fixes.flashkat.modules import KATGroup
+from stallscope.fixes.flashkat.modules import KATGroup
 
 __all__ = ["KAN", "Block", "KATVisionTransformer", "kat_tiny"]
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from profiler.common import atomic_write_text, read_yaml, write_yaml  # noqa: E402
+from stallscope.profiler.common import atomic_write_text, read_yaml, write_yaml  # noqa: E402
 
 BLOCKING = {"high", "medium"}
 CATEGORIES_OK = {"healthy", "memory-bound", "input-pipeline", "communication", "host-bound", "synchronization",
@@ -103,7 +103,7 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     target = [sys.executable, str(s["path"]), "--device", device]
     if steps:
         target += ["--steps", str(steps)]
-    prof = [sys.executable, str(ROOT / "cli.py"), "profile", "-o", str(run_dir), "--no-diagnose", "-q"]
+    prof = [sys.executable, "-m", "stallscope.cli", "profile", "-o", str(run_dir), "--no-diagnose", "-q"]
     if stack:
         prof.append("--stack")
     if window:
@@ -123,7 +123,7 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     if run_dir.is_dir():
         t1 = time.perf_counter()
         try:
-            d = subprocess.run([sys.executable, str(ROOT / "cli.py"), "diagnose", str(run_dir), "-f", "yaml", "-o", str(report_path)],
+            d = subprocess.run([sys.executable, "-m", "stallscope.cli", "diagnose", str(run_dir), "-f", "yaml", "-o", str(report_path)],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(30.0, timeout / 2))
             if d.returncode != 0:
                 row.setdefault("error", "diagnose failed: " + _tail(d.stderr or d.stdout))

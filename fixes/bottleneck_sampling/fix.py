@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fixes.base import Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, register
 
 MIN_QUALITY_RATIO = 0.9
 

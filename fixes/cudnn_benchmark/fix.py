@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
 
 _TF32 = Tolerance(rtol=1e-2, atol=1e-6, grad_rtol=2e-2, grad_atol=1e-6, scale="tensor",
                   note="other conv algorithm; cuDNN TF32 on: same bound as the tf32 fix")

@@ -26,8 +26,8 @@ import os
 import pickle
 from typing import Any, Mapping
 
-from fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
-from fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
+from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
                                              probe_sample, stop_observing)
 
 MAX_WORKERS = 8

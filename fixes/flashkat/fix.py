@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fixes.base import Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, register
 
 
 @register
@@ -32,23 +32,23 @@ class FlashKAT(Fix):
     def find_targets(self, root: Any) -> list[Target]:
         if not hasattr(root, "named_modules"):
             return []
-        from fixes.flashkat.modules import is_grkan_module
+        from stallscope.fixes.flashkat.modules import is_grkan_module
 
         return [Target(name or type(m).__name__, m, "module") for name, m in root.named_modules()
                 if is_grkan_module(m) and not getattr(m.__dict__.get("rational"), "stallscope_fast", False)]
 
     def why_not(self, target: Target) -> str | None:
-        from fixes.flashkat.modules import why_not_fast
+        from stallscope.fixes.flashkat.modules import why_not_fast
 
         return why_not_fast(target.obj)
 
     def apply(self, target: Target) -> PatchHandle:
-        from fixes.flashkat.modules import use_fast_kernels
+        from stallscope.fixes.flashkat.modules import use_fast_kernels
 
         return PatchHandle(self.id, target, {"handle": use_fast_kernels(target.obj)})
 
     def revert(self, handle: PatchHandle) -> None:
-        from fixes.flashkat.modules import restore
+        from stallscope.fixes.flashkat.modules import restore
 
         restore(handle.saved["handle"])
         handle.reverted = True

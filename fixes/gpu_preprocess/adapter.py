@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs
+from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs
 
 __all__ = ["read_bytes", "read_decoded", "collate_encoded", "collate_decoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
 
@@ -29,7 +29,7 @@ def read_bytes(path: str) -> torch.Tensor:
 
 def read_decoded(path: str) -> torch.Tensor:
     """The image decoded with PIL as an (H, W, 3) uint8 tensor (CPU decode, GPU resize mode)."""
-    from fixes.gpu_preprocess.pipeline import pil_decode_hwc
+    from stallscope.fixes.gpu_preprocess.pipeline import pil_decode_hwc
 
     with open(path, "rb") as f:
         return pil_decode_hwc(f.read())

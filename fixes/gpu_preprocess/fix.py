@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from fixes.base import Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, register
 
 
 def _looks_like_dataloader(obj: Any) -> bool:
@@ -64,7 +64,7 @@ class GpuPreprocessFix(Fix):
             path = str(samples[0][0]).lower()
             if not path.endswith((".jpg", ".jpeg")):
                 return f"files are not JPEG ({samples[0][0]}); the GPU decoder is for JPEG"
-        from fixes.gpu_preprocess.pipeline import Unsupported, plan_from_transform
+        from stallscope.fixes.gpu_preprocess.pipeline import Unsupported, plan_from_transform
 
         try:
             plan_from_transform(dataset.transform)
@@ -76,8 +76,8 @@ class GpuPreprocessFix(Fix):
         reason = self.why_not(target)
         if reason is not None:
             raise RuntimeError(f"gpu-preprocess cannot patch {target.name}: {reason}")
-        from fixes.gpu_preprocess.adapter import patch_loader
-        from fixes.gpu_preprocess.pipeline import GpuPipeline
+        from stallscope.fixes.gpu_preprocess.adapter import patch_loader
+        from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline
 
         pipeline = GpuPipeline.from_transform(target.obj.dataset.transform, self._device())
         saved = patch_loader(target.obj, pipeline)
@@ -86,7 +86,7 @@ class GpuPreprocessFix(Fix):
     def revert(self, handle: PatchHandle) -> None:
         if handle.reverted:
             return
-        from fixes.gpu_preprocess.adapter import unpatch_loader
+        from stallscope.fixes.gpu_preprocess.adapter import unpatch_loader
 
         unpatch_loader(handle.target.obj, handle.saved)
         handle.reverted = True

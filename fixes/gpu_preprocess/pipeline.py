@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from fixes.gpu_preprocess.resample import Geometry, pad_batch, resample_batch
+from stallscope.fixes.gpu_preprocess.resample import Geometry, pad_batch, resample_batch
 
 __all__ = ["PackedJpegs", "PackedImages", "Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
            "random_resized_crop_params", "torchvision_available"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
-from fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
+from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
                                              probe_sample, stop_observing)
 
 

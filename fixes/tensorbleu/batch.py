@@ -15,11 +15,11 @@ batched call (same numbers as NLTK sentence_bleu, |diff| <= 1e-6 in float64, smo
                for refs, hyp in zip(list_of_references, hypotheses)]
 
     # after: lists of token lists (ids or strings) ...
-    from fixes.tensorbleu import sentence_bleu_batch
+    from stallscope.fixes.tensorbleu import sentence_bleu_batch
     rewards = sentence_bleu_batch(list_of_references, hypotheses, smoothing=1)
 
     # ... or token-id tensors straight from generate(), without leaving the GPU
-    from fixes.tensorbleu import sentence_bleu
+    from stallscope.fixes.tensorbleu import sentence_bleu
     rewards = sentence_bleu(generated_ids, reference_ids, pad_id=tokenizer.pad_token_id,
                             smoothing=1, vocab_size=tokenizer.vocab_size)   # (B,) on the GPU
 
@@ -93,7 +93,7 @@ def _encode(list_of_references: Sequence[Sequence[Sequence[Hashable]]], hypothes
 def _run(fn_name: str, list_of_references, hypotheses, weights, smoothing, device, **kwargs):
     import torch
 
-    from fixes.tensorbleu import bleu
+    from stallscope.fixes.tensorbleu import bleu
 
     fn = getattr(bleu, fn_name)
     if isinstance(hypotheses, torch.Tensor):

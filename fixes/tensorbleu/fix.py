@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fixes.base import Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, register
 
 _NLTK_BLEU = {"sentence_bleu", "corpus_bleu"}
 _REASON = (
@@ -53,7 +53,7 @@ class TensorBleuFix(Fix):
 
     def suggestion(self) -> str:
         """The code suggestion text printed with the ``cpu-metric`` finding."""
-        from fixes.tensorbleu.batch import SUGGESTION
+        from stallscope.fixes.tensorbleu.batch import SUGGESTION
 
         return SUGGESTION
 

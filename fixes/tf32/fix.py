@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
 
 GEMM_CLASSES = ("Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
                 "ConvTranspose3d", "MultiheadAttention", "LSTM", "GRU", "RNN", "LazyLinear", "NonDynamicallyQuantizableLinear")

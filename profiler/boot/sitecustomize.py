@@ -15,14 +15,23 @@ def _stallscope_boot():
         return
     try:
         try:
-            from profiler import _bootstrap
+            from stallscope.profiler import _bootstrap
         except ImportError:
+            # A Python without stallscope installed (another venv): load the package from the
+            # folder `stallscope profile` ran from, under its one name.
             home = os.environ.get("STALLSCOPE_HOME")
             if not home:
                 raise
-            if home not in sys.path:
-                sys.path.append(home)
-            from profiler import _bootstrap
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location(
+                "stallscope", os.path.join(home, "__init__.py"), submodule_search_locations=[home])
+            if spec is None or spec.loader is None:
+                raise
+            pkg = importlib.util.module_from_spec(spec)
+            sys.modules["stallscope"] = pkg
+            spec.loader.exec_module(pkg)
+            from stallscope.profiler import _bootstrap
         if profile:
             _bootstrap.arm(_bootstrap.attach_profiler)
         if patch:

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from profiler import Session
+from stallscope.profiler import Session
 
 out = sys.argv[1]
 w = torch.randn(16, 16, requires_grad=True)

@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from profiler import hooks
+from stallscope.profiler import hooks
 
 events = []
 hooks.add_step_listener(events.append)

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from analyzers.gate.evaluate import evaluate_metric
-from analyzers.gate.rules import parse_config
-from analyzers.gate.stats import (
+from stallscope.analyzers.gate.evaluate import evaluate_metric
+from stallscope.analyzers.gate.rules import parse_config
+from stallscope.analyzers.stats import (
     average_ranks,
     bootstrap_quantile_ratio,
     compare_samples,

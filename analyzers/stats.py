@@ -1,4 +1,4 @@
-"""Two-sample statistics for the gate, in numpy only (no scipy at run time).
+"""Two-sample statistics shared by the gate, compare and auto-patch, in numpy only (no scipy at run time).
 
 The gate calls a change a regression only when two things hold (asv's rule, made explicit):
 
@@ -20,7 +20,7 @@ False-positive rate: on identical distributions with independent steps, the one-
 alone fires with probability ``alpha``; requiring the effect beyond the threshold as well can
 only lower that. Simulated at 5 % CV (``bench/gate_sim.py``, 10,000 trials, default rule:
 3 % threshold, ``alpha`` 0.01): 0.85 % with 20 samples per side, 0.36 % with 50, 0.03 % with
-100; ``tests/test_gate_stats.py`` holds it at or below 1 % over 1,000 trials. Steps
+100; ``tests/test_stats.py`` holds it at or below 1 % over 1,000 trials. Steps
 of one process are not independent (clock drift, thermal state), which makes the p-value
 over-confident across separate jobs; the threshold is the guard for that, and paired mode
 (``stallscope gate ab``) removes most of the drift by interleaving base and head runs.
