@@ -4,16 +4,19 @@ Every command imports its implementation lazily so ``stallscope --help`` starts 
 User errors are :class:`profiler.common.ToolError`: one line on stderr, its exit code (2 for
 usage), a traceback only with ``--debug``.
 """
+
 from __future__ import annotations
 
 import functools
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 
-from stallscope.profiler.common import EXIT_USAGE, ToolError, __version__
+from stallscope.profiler.common import EXIT_INTERNAL, EXIT_USAGE, ToolError, __version__
 
 app = typer.Typer(
     name="stallscope",
@@ -32,7 +35,7 @@ PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 class OneLineUsageErrors(typer.core.TyperCommand):
     """Bad option values as one line on stderr and exit 2 (instead of a usage panel)."""
 
-    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         usage_errors = []
         for mod in ("click.exceptions", "typer._click.exceptions"):  # typer >= 0.29 vendors click
             try:
@@ -54,7 +57,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
     """stallscope: profile, diagnose, auto-patch, gate."""
@@ -62,7 +67,9 @@ def main(
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ToolError (and unexpected errors without --debug) into one line and an exit code."""
+    """One line and a code that means one thing: a ToolError (bad input or use) exits with its code
+    (2 for usage), with or without --debug; an unexpected exception is a bug, exit 70. --debug adds
+    the traceback and changes no exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -70,57 +77,79 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ToolError as exc:
             if _state["debug"]:
-                raise
+                traceback.print_exc()
             typer.echo(f"stallscope: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             typer.echo("stallscope: interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:
             if _state["debug"]:
-                raise
-            typer.echo(f"stallscope: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-            raise typer.Exit(EXIT_USAGE)
+                traceback.print_exc()
+            typer.echo(
+                f"stallscope: internal error: {exc.__class__.__name__}: {exc}; this is a bug in stallscope: please "
+                "report it with the output of the same command run with --debug",
+                err=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
+
+
+def _diagnose_profiled(run_dir: Path, deep: bool) -> None:
+    """Diagnose a run that `profile` or `demo` just wrote. The exit code stays the target's: a
+    diagnosis that fails is one line on stderr, the run directory is there to diagnose again."""
+    from stallscope.analyzers.command import diagnose_command
+
+    try:
+        diagnose_command(run_dir, deep=deep, debug=_state["debug"])
+    except ToolError as exc:
+        typer.echo(f"stallscope: diagnosis skipped: {exc}", err=True)
+    except Exception as exc:
+        typer.echo(f"stallscope: diagnosis failed: {exc.__class__.__name__}: {exc}", err=True)
 
 
 @app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors)
 @user_errors
 def profile(
     ctx: typer.Context,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default ./stallscope-runs/<UTC time>-<script>/)."),
-    skip: int = typer.Option(5, "--skip", min=0, help="Steps before the full trace window."),
-    steps: int = typer.Option(5, "--steps", min=1, help="Steps in the full trace window."),
-    sample_hz: float = typer.Option(25.0, "--sample-hz", min=1.0, max=1000.0, help="NVML / host sampling rate."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (default ./stallscope-runs/<UTC time>-<script>/)."
+    ),
+    skip: int = typer.Option(5, "--skip", help="Steps before the full trace window (0 or more)."),
+    steps: int = typer.Option(5, "--steps", help="Steps in the full trace window (1 or more)."),
+    sample_hz: float = typer.Option(25.0, "--sample-hz", help="NVML / host sampling rate (0.1-1000)."),
     stack: bool = typer.Option(False, "--stack", help="Record Python stacks in the window."),
     memory: bool = typer.Option(False, "--memory", help="Record allocator events in the window."),
     no_diagnose: bool = typer.Option(False, "--no-diagnose", help="Do not diagnose the run at the end."),
-    auto_patch: bool = typer.Option(False, "--auto-patch", help="Apply the fixes the diagnosis calls for; keep what is faster."),
-    patch_steps: int = typer.Option(20, "--patch-steps", min=2, help="Steps measured before and after each patch."),
+    auto_patch: bool = typer.Option(
+        False, "--auto-patch", help="Apply the fixes the diagnosis calls for; keep what is faster."
+    ),
+    patch_steps: int = typer.Option(
+        20, "--patch-steps", help="Steps measured before and after each patch (2 or more)."
+    ),
     deep: bool = typer.Option(False, "--deep", help="Run Nsight Compute on the top kernels when available."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status."),
 ) -> None:
     """Run CMD (after `--`) under the profiler and write a run directory."""
     from stallscope.profiler.command import profile_command
+    from stallscope.profiler.options import ProfileOptions
 
-    code = profile_command(
-        list(ctx.args),
-        out=out,
+    options = ProfileOptions.from_user(
         skip=skip,
         steps=steps,
         sample_hz=sample_hz,
         stack=stack,
         memory=memory,
-        diagnose=not no_diagnose,
         auto_patch=auto_patch,
         patch_steps=patch_steps,
-        deep=deep,
-        quiet=quiet,
     )
-    raise typer.Exit(code)
+    result = profile_command(list(ctx.args), options, out=out, diagnose=not no_diagnose, deep=deep, quiet=quiet)
+    if result.diagnose:
+        _diagnose_profiled(result.run_dir, deep)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command(cls=OneLineUsageErrors)
@@ -131,7 +160,10 @@ def demo(
     """Profile and diagnose a small bundled workload with a real bottleneck."""
     from stallscope.profiler.demo import run_demo
 
-    raise typer.Exit(run_demo(out=out))
+    result = run_demo(out=out)
+    if result.diagnose:
+        _diagnose_profiled(result.run_dir, deep=False)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -141,18 +173,31 @@ def diagnose(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report here."),
     fmt: str = typer.Option("console", "--format", "-f", help="console | yaml | json | md"),
     deep: bool = typer.Option(False, "--deep", help="Run Nsight Compute on the top kernels when available."),
-    annotated_trace: Optional[Path] = typer.Option(None, "--annotated-trace", help="Write the trace with findings on the timeline."),
+    annotated_trace: Optional[Path] = typer.Option(
+        None, "--annotated-trace", help="Write the trace with findings on the timeline."
+    ),
 ) -> None:
     """Diagnose a run directory or torch.profiler trace(s): findings ranked by impact."""
     from stallscope.analyzers.command import diagnose_command
+    from stallscope.fixes import advice_for
 
-    raise typer.Exit(diagnose_command(target, output=output, fmt=fmt, deep=deep, annotated_trace=annotated_trace))
+    raise typer.Exit(
+        diagnose_command(
+            target,
+            output=output,
+            fmt=fmt,
+            deep=deep,
+            annotated_trace=annotated_trace,
+            debug=_state["debug"],
+            fix_advice=advice_for,
+        )
+    )
 
 
 class _GateGroup(typer.core.TyperGroup):
     """`stallscope gate --baseline B CURRENT` runs the default subcommand `check`; `gate ab` is paired mode."""
 
-    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["check", *args]
         return super().parse_args(ctx, args)
@@ -172,17 +217,37 @@ app.add_typer(gate_app, name="gate")
 def gate_check(
     current: Path = typer.Argument(..., help="The current report (.yaml/.json) or run directory."),
     baseline: Path = typer.Option(..., "--baseline", "-b", help="The baseline report or run directory."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gate.yaml with the rules (default: step time median 3 %, p90 10 %, no new high finding)."),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="gate.yaml with the rules (default: step time median 3 %, p90 10 %, no new high finding).",
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the verdict as YAML here."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per rule)."),
-    allow_env_change: bool = typer.Option(False, "--allow-env-change", help="Judge even if GPU, driver, torch, CUDA or clocks differ."),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="Accept CURRENT as the new baseline (atomic copy to --baseline) and exit 0."),
+    allow_env_change: bool = typer.Option(
+        False, "--allow-env-change", help="Judge even if GPU, driver, torch, CUDA or clocks differ."
+    ),
+    update_baseline: bool = typer.Option(
+        False, "--update-baseline", help="Accept CURRENT as the new baseline (atomic copy to --baseline) and exit 0."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No console table."),
 ) -> None:
     """Compare CURRENT with the baseline: exit 1 on a real regression, not on noise (the default subcommand)."""
     from stallscope.analyzers.gate.command import gate_command
 
-    raise typer.Exit(gate_command(current, baseline, config=config, output=output, junit=junit, allow_env_change=allow_env_change, update=update_baseline, quiet=quiet))
+    raise typer.Exit(
+        gate_command(
+            current,
+            baseline,
+            config=config,
+            output=output,
+            junit=junit,
+            allow_env_change=allow_env_change,
+            update=update_baseline,
+            quiet=quiet,
+        )
+    )
 
 
 @gate_app.command("ab")
@@ -195,14 +260,31 @@ def gate_ab(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gate.yaml with the rules."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the verdict as YAML here."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per rule)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the runs go (default ./stallscope-runs/gate-ab-<UTC time>/)."),
-    profile_args: str = typer.Option("", "--profile-args", help="Extra options for stallscope profile, quoted (e.g. '--skip 5 --steps 2')."),
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", help="Where the runs go (default ./stallscope-runs/gate-ab-<UTC time>/)."
+    ),
+    profile_args: str = typer.Option(
+        "", "--profile-args", help="Extra options for stallscope profile, quoted (e.g. '--skip 5 --steps 2')."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines or console table."),
 ) -> None:
     """Paired mode: run base and head interleaved (A B A B ...) in this job, then gate head against base."""
     from stallscope.analyzers.gate.paired import ab_command
 
-    raise typer.Exit(ab_command(base_cmd, head_cmd, rounds=rounds, warmup=warmup, config=config, output=output, junit=junit, workdir=workdir, profile_args=profile_args, quiet=quiet))
+    raise typer.Exit(
+        ab_command(
+            base_cmd,
+            head_cmd,
+            rounds=rounds,
+            warmup=warmup,
+            config=config,
+            output=output,
+            junit=junit,
+            workdir=workdir,
+            profile_args=profile_args,
+            quiet=quiet,
+        )
+    )
 
 
 @patch_app.command("plan")
@@ -221,7 +303,9 @@ def patch_plan(
 @user_errors
 def run(
     ctx: typer.Context,
-    patch_from: Path = typer.Option(..., "--patch-from", help="Report, run directory or patches.yaml of an earlier --auto-patch run."),
+    patch_from: Path = typer.Option(
+        ..., "--patch-from", help="Report, run directory or patches.yaml of an earlier --auto-patch run."
+    ),
 ) -> None:
     """Run CMD (after `--`) with the fixes an earlier auto-patch run kept; no profiling, parity checked on the first batch."""
     from stallscope.fixes.command import run_command
@@ -237,8 +321,9 @@ def report(
 ) -> None:
     """Write an offline HTML report with charts (breakdown, NVML timeline, roofline)."""
     from stallscope.analyzers.present import report_command
+    from stallscope.fixes import advice_for
 
-    raise typer.Exit(report_command(target, html_out))
+    raise typer.Exit(report_command(target, html_out, debug=_state["debug"], fix_advice=advice_for))
 
 
 @app.command()
@@ -252,7 +337,7 @@ def compare(
     """Compare two runs: step time with the gate's statistics, breakdown, kernels, findings."""
     from stallscope.analyzers.present import compare_command
 
-    raise typer.Exit(compare_command(a, b, fmt=fmt, output=output))
+    raise typer.Exit(compare_command(a, b, fmt=fmt, output=output, debug=_state["debug"]))
 
 
 if __name__ == "__main__":  # pragma: no cover

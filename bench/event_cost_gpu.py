@@ -1,6 +1,6 @@
 """What one CUDA event per step costs a launch-bound training loop (microseconds per step).
 
-    PYTHONPATH=. python3 bench/event_cost_gpu.py [--steps 20000]     # on the GPU machine; writes $OUT/event-cost.yaml
+    python3 bench/event_cost_gpu.py [--steps 20000]     # on the GPU machine, stallscope installed; writes $OUT/event-cost.yaml
 
 The small MLP of bench/profile_overhead_workload.py runs without a synchronize per step (the host
 runs ahead, as a real loop does). Steps alternate: even steps plain, odd steps plus one variant of
@@ -22,9 +22,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workloads next to this script
 
 import torch  # noqa: E402
 
@@ -135,7 +133,7 @@ def main() -> None:
     torch.cuda.synchronize()
     res: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "PYTHONPATH=. python3 bench/event_cost_gpu.py " + " ".join(sys.argv[1:]),
+        "command": "python3 bench/event_cost_gpu.py " + " ".join(sys.argv[1:]),
         "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0), "steps_per_variant": args.steps,
         "unit": "microseconds per step (host, no synchronize per step)",
     }

@@ -1,9 +1,9 @@
 """What one step of light telemetry costs the host, piece by piece (microseconds per call).
 
-    PYTHONPATH=. python3 bench/overhead_components_gpu.py     # on the GPU machine; writes $OUT/overhead-components.yaml
+    python3 bench/overhead_components_gpu.py     # on the GPU machine, stallscope installed; writes $OUT/overhead-components.yaml
 
 An optimizer over one tiny CPU tensor is stepped back to back (about 10-30 us a step), bare and
-inside a light ``profiler.Session`` (window never started), with the sampler at 25 Hz and
+inside a light ``stallscope.Session`` (window never started), with the sampler at 25 Hz and
 nearly off (0.1 Hz), so the step hooks' cost on the training thread and the sampler thread's
 share of the GIL separate; the CUDA calls the recorder makes per step are timed alone. Each
 figure is the median of 5 repetitions of 20000 calls.
@@ -13,19 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from stallscope.profiler import Session  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler import Session
+from stallscope.profiler.common import write_yaml
 
 
 def per_call_us(fn: Callable[[], Any], n: int = 20000, reps: int = 5) -> float:
@@ -56,7 +52,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="components-"))
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "PYTHONPATH=. python3 bench/overhead_components_gpu.py",
+        "command": "python3 bench/overhead_components_gpu.py",
         "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "unit": "microseconds per call",
     }
@@ -98,27 +94,28 @@ def main() -> None:
             if label == "sampler_25hz" and rec is not None:
                 res["recorder_boundary_us"] = per_call_us(lambda: rec.boundary("optimizer"))
 
+                gpu = rec.gpu
+
                 def record_and_return() -> None:
-                    ev = rec._record_event()
+                    ev = gpu.record()
                     if ev is not None:
-                        rec._event_pool.append(ev)
+                        gpu.pool.append(ev)
 
                 res["recorder_record_event_pooled_us"] = per_call_us(record_and_return)
-                no_cuda = rec._no_cuda
-                rec._no_cuda = True  # the same path without the per-step CUDA event
+                record_event = rec.record_event
+                rec.record_event = None  # the same path without the per-step CUDA event
                 try:
                     res["optimizer_step_light_no_events_us"] = per_call_us(opt.step)
                 finally:
-                    rec._no_cuda = no_cuda
-                boundary = rec.boundary
+                    rec.record_event = record_event
                 rec.boundary = lambda *a, **k: None  # the hooks and their guards alone
                 try:
                     res["optimizer_step_light_hooks_only_us"] = per_call_us(opt.step)
                 finally:
-                    rec.boundary = boundary
+                    del rec.boundary  # the class's method again
             if label == "sampler_25hz" and rec is not None and rec.sampler is not None:
                 res["sampler_sample_once_us"] = per_call_us(rec.sampler.sample_once, n=200)
-                res["sampler_tick_us"] = per_call_us(rec._tick, n=200)
+                res["sampler_tick_us"] = per_call_us(rec.tick, n=200)
     bare = res["optimizer_step_bare_us"]
     res["light_added_us_per_step_sampler_off"] = round(res["optimizer_step_light_sampler_off_us"] - bare, 3)
     res["light_added_us_per_step_sampler_25hz"] = round(res["optimizer_step_light_sampler_25hz_us"] - bare, 3)

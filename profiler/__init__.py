@@ -5,6 +5,7 @@ Importing this package is cheap (no torch). Public API:
 * ``Session`` — context manager that profiles the enclosed code (``stallscope.Session``).
 * ``step()`` — mark the end of a step in a custom loop (no-op when nothing is profiled).
 """
+
 from typing import Any
 
 from stallscope.profiler.common import __version__

@@ -4,20 +4,22 @@ Used by the one bootstrap (``profiler/boot/sitecustomize.py``) for both ``stalls
 (attach the profiler) and ``stallscope run --patch-from`` (apply kept patches). Stdlib only.
 Processes that never import torch are not touched beyond this finder.
 """
+
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
 import os
 import sys
-from typing import Any, Callable, List, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 __all__ = ["arm", "attach_patches", "attach_profiler", "inject"]
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_callbacks: List[Callable[[], None]] = []
+_callbacks: list[Callable[[], None]] = []
 
 
 class _TorchImportWatcher(importlib.abc.MetaPathFinder):

@@ -2,8 +2,10 @@
 
 Stages: validate (nothing is created on bad use) -> prepare the run directory -> spawn the
 target in its own session with the bootstrap on PYTHONPATH -> live status and signal
-forwarding -> finalize ``meta.yaml`` -> summary -> diagnosis. No torch in this process.
+forwarding -> finalize ``meta.yaml`` -> summary. The caller (the CLI) diagnoses the run
+afterwards when :class:`ProfileResult` says so. No torch in this process.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,20 +14,24 @@ import signal
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
+from stallscope.profiler import runformat
 from stallscope.profiler._bootstrap import inject
 from stallscope.profiler.common import ToolError
 from stallscope.profiler.live import LiveStatus
+from stallscope.profiler.options import ProfileOptions
 from stallscope.profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created, shared_out
+from stallscope.profiler.window import CUPTI_TEARDOWN_OURS
 
-__all__ = ["profile_command", "resolve_command", "child_environment", "RunSummary", "print_summary", "diagnose_or_summarize"]
+__all__ = ["ProfileResult", "profile_command", "resolve_command", "child_environment", "RunSummary", "print_summary"]
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def resolve_command(argv: List[str]) -> List[str]:
+def resolve_command(argv: list[str]) -> list[str]:
     """The argv to execute: bare ``x.py`` runs with this Python; missing or non-executable commands are errors."""
     if not argv:
         raise ToolError("no command given; put it after `--`, e.g. stallscope profile -- python train.py")
@@ -52,32 +58,18 @@ def resolve_command(argv: List[str]) -> List[str]:
     return [first, *argv[1:]]
 
 
-def child_environment(run_dir: Path, *, skip: int, steps: int, sample_hz: float, stack: bool, memory: bool,
-                      auto_patch: bool, patch_steps: int, base: Optional[dict] = None) -> dict:
-    """The target's environment: the bootstrap first on PYTHONPATH plus the STALLSCOPE_* config."""
+def child_environment(run_dir: Path, options: ProfileOptions, base: Optional[dict] = None) -> dict:
+    """The target's environment: the bootstrap first on PYTHONPATH plus the run directory and ``options``."""
     env = inject(dict(os.environ if base is None else base))
-    env.update({
-        "STALLSCOPE_RUN_DIR": str(run_dir.absolute()),
-        "STALLSCOPE_SKIP": str(skip),
-        "STALLSCOPE_STEPS": str(steps),
-        "STALLSCOPE_SAMPLE_HZ": repr(float(sample_hz)),
-        "STALLSCOPE_STACK": "1" if stack else "0",
-        "STALLSCOPE_MEMORY": "1" if memory else "0",
-        "STALLSCOPE_AUTOPATCH": "1" if auto_patch else "0",
-        "STALLSCOPE_PATCH_STEPS": str(patch_steps),
-    })
+    env["STALLSCOPE_RUN_DIR"] = str(run_dir.absolute())
+    env.update(options.to_env())
+    if "TEARDOWN_CUPTI" not in env:
+        # Kineto leaves CUPTI attached after the window unless this is 1; every later CUDA call then
+        # costs the host ~10 us more, which slows a launch-bound loop for the rest of the run
+        # (docs/overhead.md, "After the window"). The user's own value wins.
+        env["TEARDOWN_CUPTI"] = "1"
+        env[CUPTI_TEARDOWN_OURS] = "1"
     return env
-
-
-def _check_options(skip: int, steps: int, sample_hz: float, patch_steps: int) -> None:
-    if skip < 0:
-        raise ToolError(f"--skip {skip}: must be 0 or more")
-    if steps < 1:
-        raise ToolError(f"--steps {steps}: must be 1 or more")
-    if not (0.1 <= sample_hz <= 1000):
-        raise ToolError(f"--sample-hz {sample_hz}: must be between 0.1 and 1000")
-    if patch_steps < 2:
-        raise ToolError(f"--patch-steps {patch_steps}: must be 2 or more")
 
 
 class _Forwarder:
@@ -88,7 +80,7 @@ class _Forwarder:
         self.previous: dict = {}
         self.interrupts = 0
 
-    def __enter__(self) -> "_Forwarder":
+    def __enter__(self) -> _Forwarder:
         for sig in FORWARDED:
             try:
                 self.previous[sig] = signal.signal(sig, self._handle)
@@ -114,36 +106,45 @@ class _Forwarder:
                 pass
 
 
+@dataclass(frozen=True)
+class ProfileResult:
+    """What ``stallscope profile`` leaves for its caller.
+
+    ``exit_code`` is the target's (128+N for signal N); ``diagnose`` says whether the caller
+    should diagnose ``run_dir`` now (asked for, and at least one rank captured).
+    """
+
+    exit_code: int
+    run_dir: Path
+    diagnose: bool
+
+
 def profile_command(
-    cmd_argv: List[str],
+    cmd_argv: list[str],
+    options: ProfileOptions,
     *,
     out: Optional[Path] = None,
-    skip: int = 5,
-    steps: int = 5,
-    sample_hz: float = 25.0,
-    stack: bool = False,
-    memory: bool = False,
     diagnose: bool = True,
-    auto_patch: bool = False,
-    patch_steps: int = 20,
     deep: bool = False,
     quiet: bool = False,
-) -> int:
-    """Run ``cmd_argv`` under the profiler, write the run directory, return the target's exit code."""
+) -> ProfileResult:
+    """Run ``cmd_argv`` under the profiler and write the run directory; prints the summary.
+
+    ``options`` must be validated (``ProfileOptions.validate``). ``deep`` is recorded with the
+    options (the caller's diagnosis uses it). The diagnosis itself is the caller's: the capture
+    package does not depend on the analysis package.
+    """
     argv = list(cmd_argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    _check_options(skip, steps, sample_hz, patch_steps)
+    options.validate()
     exec_argv = resolve_command(argv)
     run_dir = Path(out) if out is not None else default_run_dir(argv)
     created = prepare_run_dir(run_dir, shared=shared_out())
-    options = {"sample_hz": sample_hz, "stack": stack, "memory": memory, "auto_patch": auto_patch,
-               "patch_steps": patch_steps, "deep": deep}
-    meta = MetaWriter(run_dir, argv, skip, steps, options)
+    meta = MetaWriter(run_dir, argv, options.skip, options.steps, {**options.meta(), "deep": deep})
     if exec_argv != argv:
         meta.meta["resolved_command"] = exec_argv
-    env = child_environment(run_dir, skip=skip, steps=steps, sample_hz=sample_hz, stack=stack, memory=memory,
-                            auto_patch=auto_patch, patch_steps=patch_steps)
+    env = child_environment(run_dir, options)
     try:
         meta.write()
         proc = subprocess.Popen(exec_argv, env=env, start_new_session=True)
@@ -168,12 +169,10 @@ def profile_command(
             live.stop()
     code, sig_name = _exit_code(rc)
     final = meta.finalize(code, sig_name, [])
-    will_diagnose = bool(diagnose and final["ranks"] and _diagnosis_available())
+    will_diagnose = bool(diagnose and final["ranks"])
     if not quiet:
-        print_summary(run_dir, final, notices=not will_diagnose)
-    if will_diagnose:
-        diagnose_or_summarize(run_dir, deep=deep)
-    return code
+        print_summary(run_dir, final, notices=not will_diagnose)  # the diagnosis shows the notices
+    return ProfileResult(code, run_dir, will_diagnose)
 
 
 def _clear(run_dir: Path) -> None:
@@ -194,42 +193,6 @@ def _exit_code(rc: int) -> tuple:
     return rc, None
 
 
-def _diagnosis_available() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("stallscope.analyzers.command") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def diagnose_or_summarize(run_dir: Path, deep: bool = False) -> None:
-    """Print the diagnosis when the analyzers are installed (the summary is already printed)."""
-    try:
-        from stallscope.analyzers.command import diagnose_command
-    except ImportError:
-        return
-    try:
-        try:
-            diagnose_command(run_dir, output=None, fmt="console", deep=deep)
-        except TypeError:
-            diagnose_command(run_dir, output=None, fmt="console")
-    except ToolError as exc:
-        sys.stderr.write(f"stallscope: diagnosis skipped: {exc}\n")
-    except Exception as exc:  # the profile itself succeeded; say why the diagnosis did not
-        sys.stderr.write(f"stallscope: diagnosis failed: {exc.__class__.__name__}: {exc}\n")
-
-
-def _read_steps(path: Path) -> List[dict]:
-    import csv
-
-    try:
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-    except OSError:
-        return []
-
-
 class RunSummary:
     """End-of-run summary: exit, steps per rank, step time, data wait share, window, notices."""
 
@@ -239,33 +202,44 @@ class RunSummary:
         self.notices = notices
 
     def __rich__(self) -> object:
+        from rich.console import Group
         from rich.table import Table
         from rich.text import Text
-        from rich.console import Group
 
         m = self.meta
         ex = m.get("exit") or {}
         style = {"ok": "green", "signal": "yellow"}.get(ex.get("status"), "red")
-        head = Text.assemble(("stallscope ", "bold"), ("run ", ""), (str(ex.get("status")), f"bold {style}"),
-                             (f"  exit {ex.get('code')}", ""), (f"  {ex.get('error')}" if ex.get("error") else "", "red"))
+        head = Text.assemble(
+            ("stallscope ", "bold"),
+            ("run ", ""),
+            (str(ex.get("status")), f"bold {style}"),
+            (f"  exit {ex.get('code')}", ""),
+            (f"  {ex.get('error')}" if ex.get("error") else "", "red"),
+        )
         table = Table(box=None, pad_edge=False, header_style="bold")
         for col in ("rank", "steps", "source", "median step ms", "GPU ms", "data wait %", "window"):
             table.add_column(col, justify="right" if col not in ("source", "window") else "left")
         for r in m.get("ranks") or []:
-            rows = _read_steps(self.run_dir / f"rank{r}" / "steps.csv")
+            rows = runformat.read_csv_rows(runformat.rank_dir(self.run_dir, r) / runformat.STEPS_CSV)
             walls = [float(x["wall_ms"]) for x in rows if x.get("wall_ms")]
             gpus = [float(x["gpu_ms"]) for x in rows if x.get("gpu_ms")]
             waits = [float(x["data_wait_ms"]) for x in rows if x.get("data_wait_ms")]
             info = (m.get("per_rank") or {}).get(r) or {}
             win = info.get("window") or {}
-            win_txt = (f"steps {win.get('first_step')}–{win.get('last_step')}" if win.get("first_step") is not None
-                       else str(win.get("state") or "-"))
+            win_txt = (
+                f"steps {win.get('first_step')}–{win.get('last_step')}"
+                if win.get("first_step") is not None
+                else str(win.get("state") or "-")
+            )
             share = 100 * sum(waits) / sum(walls) if walls and sum(walls) > 0 else None
             table.add_row(
-                str(r), str(len(rows)), str(info.get("step_source") or "-"),
+                str(r),
+                str(len(rows)),
+                str(info.get("step_source") or "-"),
                 f"{statistics.median(walls):.2f}" if walls else "-",
                 f"{statistics.median(gpus):.2f}" if gpus else "-",
-                f"{share:.1f}" if share is not None else "-", win_txt,
+                f"{share:.1f}" if share is not None else "-",
+                win_txt,
             )
         parts: list = [head, table]
         slow = (m.get("overhead") or {}).get("window_slowdown_pct")

@@ -2,6 +2,7 @@
 
 Kept free of torch and numpy imports so that `stallscope --help` and `diagnose` start fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "__version__",
+    "EXIT_INTERNAL",
     "EXIT_USAGE",
     "ToolError",
     "atomic_write_bytes",
@@ -22,6 +24,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 EXIT_USAGE = 2
+# An unexpected exception inside stallscope: a bug to report (BSD sysexits' EX_SOFTWARE).
+EXIT_INTERNAL = 70
 
 
 class ToolError(Exception):

@@ -7,6 +7,7 @@ GPU present the CNN also carries a Group-Rational (GR-KAN style) activation laye
 
 Run as a script (``python profiler/demo.py --run``) it is the workload itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,22 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["run_demo", "GroupRational", "main"]
+from stallscope.profiler.command import ProfileResult, profile_command
+from stallscope.profiler.options import ProfileOptions
+
+__all__ = ["run_demo", "main"]  # GroupRational is built lazily (module __getattr__)
 
 DEMO_STEPS = 24
 DEMO_SKIP = 6
 DEMO_WINDOW = 5
 
 
-def run_demo(out: Optional[Path] = None, quiet: bool = False, diagnose: bool = True) -> int:
-    """Profile the bundled workload (through ``profile``) and print the diagnosis or the summary."""
-    from stallscope.profiler.command import profile_command
-
+def run_demo(out: Optional[Path] = None, quiet: bool = False, diagnose: bool = True) -> ProfileResult:
+    """Profile the bundled workload (through ``profile``) and print the summary; the caller
+    diagnoses the run when the result says so."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run", "--steps", str(DEMO_STEPS)]
-    return profile_command(cmd, out=out, skip=DEMO_SKIP, steps=DEMO_WINDOW, diagnose=diagnose, quiet=quiet)
+    options = ProfileOptions.from_user(skip=DEMO_SKIP, steps=DEMO_WINDOW)
+    return profile_command(cmd, options, out=out, diagnose=diagnose, quiet=quiet)
 
 
 def _build(torch):  # noqa: ANN001 - torch passed in so that importing this module stays cheap
@@ -69,9 +73,18 @@ def _build(torch):  # noqa: ANN001 - torch passed in so that importing this modu
             super().__init__()
             act = (lambda c: GroupRational(c)) if rational else (lambda c: nn.ReLU())
             self.features = nn.Sequential(
-                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), act(8), nn.MaxPool2d(2),
-                nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), act(16), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), act(32), nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.BatchNorm2d(8),
+                act(8),
+                nn.MaxPool2d(2),
+                nn.Conv2d(8, 16, 3, padding=1),
+                nn.BatchNorm2d(16),
+                act(16),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.BatchNorm2d(32),
+                act(32),
+                nn.AdaptiveAvgPool2d(1),
             )
             self.head = nn.Linear(32, 10)
 

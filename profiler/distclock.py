@@ -10,14 +10,16 @@ rank 0's clock, so cross-rank timelines line up; the straggler analysis itself d
 The exchange runs on a separate gloo group, so it works for any backend (NCCL needs no device
 for it) and never touches the user's process group. ``STALLSCOPE_CLOCK_SYNC=0`` turns it off.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ROUNDS", "install", "measure_rank_offset", "result"]
+__all__ = ["ROUNDS", "clock_info", "install", "measure_rank_offset", "result"]
 
 ROUNDS = 5
 _result: dict[str, Any] = {}
@@ -26,6 +28,21 @@ _result: dict[str, Any] = {}
 def result() -> dict[str, Any]:
     """The last measurement: ``rank_offset_ns``, ``spread_ns``, ``rounds``, ``method`` (or empty)."""
     return dict(_result)
+
+
+def clock_info() -> dict[str, Any]:
+    """The rank-offset part of rank.yaml's ``clock`` section (empty before a measurement)."""
+    res = _result
+    if not res:
+        return {}
+    out = {
+        "rank_offset_ns": res.get("rank_offset_ns"),
+        "rank_offset_spread_ns": res.get("spread_ns"),
+        "rank_offset_method": res.get("method"),
+    }
+    if res.get("error"):
+        out["rank_offset_error"] = res["error"]
+    return out
 
 
 def measure_rank_offset(rounds: int = ROUNDS) -> dict[str, Any]:

@@ -7,19 +7,29 @@ Public seams (used by other parts of stallscope inside the target process):
 * :func:`dataloaders` — the ``DataLoader`` objects seen iterated.
 
 Everything here is installed once per process by :func:`install` and calls into the active
-recorder (``profiler.runtime.Recorder``). No hook may raise into the target: each one swallows
+recorder (``profiler.recorder.Recorder``), through its public methods only. No hook may raise into the target: each one swallows
 its own errors and reports them once as a notice.
 """
+
 from __future__ import annotations
 
 import sys
 import threading
-import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any
 
-__all__ = ["StepEvent", "add_step_listener", "remove_step_listener", "root_modules", "dataloaders", "install"]
+__all__ = [
+    "StepEvent",
+    "add_step_listener",
+    "remove_step_listener",
+    "root_modules",
+    "dataloaders",
+    "install",
+    "detach",
+    "step_listeners",
+]
 
 
 @dataclass(frozen=True)
@@ -32,12 +42,13 @@ class StepEvent:
     in_window: bool
 
 
-_listeners: List[Callable[[StepEvent], None]] = []
-_roots: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
-_root_order: List[int] = []
-_loaders: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
-_loader_order: List[int] = []
-_worker_iters: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# Called at the end of every step; the recorder tests this list before building a StepEvent.
+step_listeners: list[Callable[[StepEvent], None]] = []
+_roots: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_root_order: list[int] = []
+_loaders: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_loader_order: list[int] = []
+_worker_iters: weakref.WeakSet[Any] = weakref.WeakSet()
 _installed = False
 _recorder: Any = None
 _depth = threading.local()
@@ -51,15 +62,15 @@ TRAIN_FORWARDS_BEFORE_MODULE_STEPS = 16
 
 def add_step_listener(fn: Callable[[StepEvent], None]) -> None:
     """Call ``fn(event)`` at the end of every step in this process (errors in ``fn`` are reported once)."""
-    _listeners.append(fn)
+    step_listeners.append(fn)
     if _recorder is not None:
-        _recorder._fast_until = 0  # steps take the path that notifies listeners
+        _recorder.listeners_changed()
 
 
 def remove_step_listener(fn: Callable[[StepEvent], None]) -> None:
     """Stop calling ``fn``; unknown functions are ignored."""
     try:
-        _listeners.remove(fn)
+        step_listeners.remove(fn)
     except ValueError:
         pass
 
@@ -86,12 +97,15 @@ def worker_pids() -> list:
 
 
 def notify_step(event: StepEvent) -> None:
-    for fn in list(_listeners):
+    """Call every step listener with ``event`` (a failing listener is reported once, never raised)."""
+    for fn in list(step_listeners):
         try:
             fn(event)
         except Exception as exc:  # a listener must never break the target
             if _recorder is not None:
-                _recorder.notice_once(f"step listener {getattr(fn, '__qualname__', fn)!s} failed: {exc.__class__.__name__}: {exc}")
+                _recorder.notice_once(
+                    f"step listener {getattr(fn, '__qualname__', fn)!s} failed: {exc.__class__.__name__}: {exc}"
+                )
 
 
 def _remember_root(module: Any) -> None:
@@ -175,8 +189,9 @@ class _ModuleHooks:
 
         # torch warns on every call of a compiled module while global hooks exist; these are ours
         # (the user registered nothing) and they handle the extra call (depth counting)
-        warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks", category=UserWarning
+        )
         mod = self.torch.nn.modules.module
         self.global_handles.append(mod.register_module_forward_pre_hook(_guard("forward_pre", self._pre)))
         try:
@@ -275,6 +290,13 @@ def _wrap(owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[.
     wrapped.__name__ = getattr(original, "__name__", attr)
     wrapped.__doc__ = getattr(original, "__doc__", None)
     setattr(owner, attr, wrapped)
+
+
+def detach(recorder: Any) -> None:
+    """Stop calling ``recorder`` (the hooks stay installed and do nothing until the next install)."""
+    global _recorder
+    if _recorder is recorder:
+        _recorder = None
 
 
 def install(recorder: Any) -> None:
@@ -388,7 +410,9 @@ def install(recorder: Any) -> None:
         _wrap(CUDAGraph, "capture_begin", make_capture_begin)
         _wrap(CUDAGraph, "capture_end", make_capture_end)
     except (ImportError, AttributeError) as exc:
-        recorder.notice_once(f"CUDA graph capture not watched ({exc.__class__.__name__}); gpu_ms may be missing around captures")
+        recorder.notice_once(
+            f"CUDA graph capture not watched ({exc.__class__.__name__}); gpu_ms may be missing around captures"
+        )
 
     # A user's own torch.profiler: step from its prof.step(), never fight it for Kineto.
     import torch.profiler as tprof
@@ -437,12 +461,3 @@ def install(recorder: Any) -> None:
         return __enter__
 
     _wrap(legacy.profile, "__enter__", make_enter)
-
-
-def now_ns() -> int:
-    return time.time_ns()
-
-
-def current_recorder() -> Optional[Any]:
-    """The recorder attached in this process, or None."""
-    return _recorder

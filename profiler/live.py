@@ -5,35 +5,26 @@ does) keeps the target's output scrolling above it, and each refresh is a single
 saves and restores the cursor. Off a terminal (CI logs, pipes) nothing is drawn while the
 target runs; a single line says where the run goes instead.
 """
+
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO, Optional
+
+from stallscope.profiler.runformat import read_statuses
 
 __all__ = ["LiveStatus", "read_statuses"]
-
-
-def read_statuses(run_dir: Path) -> List[dict]:
-    """The ``.status.json`` heartbeat of every rank that has one (unreadable ones are skipped)."""
-    out = []
-    for p in sorted(run_dir.glob("rank*/.status.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            pass
-    return out
 
 
 class StatusLine:
     """The status as a rich renderable (elapsed, steps, last step time, GPU utilization)."""
 
-    def __init__(self, elapsed_s: float, statuses: List[dict], run_dir: Path) -> None:
+    def __init__(self, elapsed_s: float, statuses: list[dict], run_dir: Path) -> None:
         self.elapsed_s = elapsed_s
         self.statuses = statuses
         self.run_dir = run_dir
@@ -97,12 +88,14 @@ class LiveStatus:
         self._write(f"\n\0337\033[1;{rows - 1}r\0338\033[1A")
         self.active = True
 
-    def _render(self, statuses: List[dict]) -> str:
+    def _render(self, statuses: list[dict]) -> str:
         from rich.console import Console
 
         cols, _ = self._size()
         buf = io.StringIO()
-        console = Console(file=buf, force_terminal=True, width=max(cols - 1, 20), color_system="standard", highlight=False)
+        console = Console(
+            file=buf, force_terminal=True, width=max(cols - 1, 20), color_system="standard", highlight=False
+        )
         line = StatusLine(time.monotonic() - self.t0, statuses, self.run_dir)
         console.print(line, end="", overflow="ellipsis", no_wrap=True, crop=True)
         return buf.getvalue()

@@ -4,6 +4,7 @@ See docs/run-format.md. The parent process (``stallscope profile``) or the Pytho
 ``meta.yaml`` twice: once with ``status: running`` before the target starts, and once at the
 end with the exit status, every rank's environment and the notices of all ranks.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -14,20 +15,21 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
-from stallscope.profiler.common import ToolError, __version__, read_yaml, write_yaml
+from stallscope.profiler import runformat
+from stallscope.profiler.common import ToolError, __version__
+from stallscope.profiler.ranks import WORLD_SIZE_VARS, env_int
 
 __all__ = ["default_run_dir", "prepare_run_dir", "shared_out", "git_info", "utc_now", "MetaWriter", "collect_ranks"]
 
-SCHEMA_VERSION = 1
-
 
 def utc_now() -> str:
+    """Now, as ISO 8601 UTC with microseconds."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def script_name(argv: List[str]) -> str:
+def script_name(argv: list[str]) -> str:
     """A short name for the target: the script's stem, the -m module, or the program."""
     for i, a in enumerate(argv):
         if a == "-m" and i + 1 < len(argv):
@@ -37,7 +39,8 @@ def script_name(argv: List[str]) -> str:
     return Path(argv[0]).name if argv else "run"
 
 
-def default_run_dir(argv: List[str], base: Optional[Path] = None) -> Path:
+def default_run_dir(argv: list[str], base: Optional[Path] = None) -> Path:
+    """A new folder ``<base>/<UTC time>-<script>`` (``base``: ./stallscope-runs), not yet existing."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", script_name(argv))[:40] or "run"
     root = (base or Path.cwd() / "stallscope-runs") / f"{stamp}-{name}"
@@ -52,16 +55,10 @@ def shared_out() -> bool:
     """Whether this ``stallscope`` process is one of several that write one run directory: a task
     of SLURM's srun / mpirun (their rank variables are set), or ``STALLSCOPE_SHARED_OUT=1``
     (each node's ``stallscope profile -- torchrun`` of a multi-node job)."""
-    from stallscope.profiler.runtime import WORLD_SIZE_VARS, env_int
-
     return os.environ.get("STALLSCOPE_SHARED_OUT") == "1" or env_int(WORLD_SIZE_VARS, 1) > 1
 
 
-def _is_run_dir_entry(p: Path) -> bool:
-    return re.fullmatch(r"rank\d+|meta\.yaml|patches\.yaml|\..*", p.name) is not None
-
-
-def prepare_run_dir(out: Path, shared: bool = False) -> List[Path]:
+def prepare_run_dir(out: Path, shared: bool = False) -> list[Path]:
     """Create ``out`` (empty) and return the folders this created, for cleanup on failure.
 
     Refuses a non-empty folder or a file (nothing the user had is touched) and an unwritable place.
@@ -73,9 +70,9 @@ def prepare_run_dir(out: Path, shared: bool = False) -> List[Path]:
         if not out.is_dir():
             raise ToolError(f"--out {out}: exists and is not a folder; choose a new run directory path")
         entries = list(out.iterdir())
-        if entries and not (shared and all(_is_run_dir_entry(e) for e in entries)):
+        if entries and not (shared and all(runformat.is_run_dir_entry(e) for e in entries)):
             raise ToolError(f"--out {out}: folder exists and is not empty; choose a new run directory path")
-    created: List[Path] = []
+    created: list[Path] = []
     p = out.absolute()
     missing = []
     while not p.exists():
@@ -96,11 +93,14 @@ def prepare_run_dir(out: Path, shared: bool = False) -> List[Path]:
     except OSError as exc:
         remove_created(created)
         reason = exc.strerror or exc.__class__.__name__
-        raise ToolError(f"--out {out}: cannot write the run directory there ({reason}); choose a writable path") from None
+        raise ToolError(
+            f"--out {out}: cannot write the run directory there ({reason}); choose a writable path"
+        ) from None
     return created
 
 
-def remove_created(created: List[Path]) -> None:
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders :func:`prepare_run_dir` created (innermost first)."""
     for d in reversed(created):
         shutil.rmtree(d, ignore_errors=True)
         if d.exists():
@@ -113,15 +113,16 @@ def git_info(cwd: Path) -> Optional[dict]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _rank_key(p: Path) -> int:
-    m = re.fullmatch(r"rank(\d+)", p.name)
-    return int(m.group(1)) if m else 1 << 30
 
 
 def _steps_of(info: dict) -> int:
@@ -131,60 +132,54 @@ def _steps_of(info: dict) -> int:
         return 0
 
 
-def _read_rank(d: Path) -> dict:
-    try:
-        info = read_yaml(d / "rank.yaml")
-        return info if isinstance(info, dict) else {}
-    except ToolError:
-        return {}
-
-
 def collect_ranks(run_dir: Path) -> tuple:
     """Settle rank folders: where two processes claimed one rank, the one with more steps keeps it.
 
     Returns ``(ranks: {rank: info}, notices)``. Losers stay under ``extra-processes/``.
     """
-    notices: List[str] = []
-    procs = run_dir / ".procs"
+    notices: list[str] = []
+    procs = run_dir / runformat.PROCS
     if procs.is_dir():
         for extra in sorted(procs.iterdir()):
-            m = re.match(r"rank(\d+)-pid(\d+)$", extra.name)
-            if not m:
+            claim = runformat.parse_extra_process(extra)
+            if claim is None or not claim[1].isdigit():
                 continue
-            owner = run_dir / f"rank{m.group(1)}"
-            e_info, o_info = _read_rank(extra), _read_rank(owner)
+            rank = claim[0]
+            owner = runformat.rank_dir(run_dir, rank)
+            e_info, o_info = runformat.read_rank_info(extra), runformat.read_rank_info(owner)
             if _steps_of(e_info) > _steps_of(o_info):
                 tmp = run_dir / f".swap-{extra.name}"
                 os.replace(owner, tmp)
                 os.replace(extra, owner)
-                os.replace(tmp, extra.with_name(f"rank{m.group(1)}-pid{o_info.get('pid', 'unknown')}"))
+                os.replace(tmp, runformat.extra_process_dir(run_dir, rank, o_info.get("pid", "unknown")))
                 e_info, o_info = o_info, e_info
             notices.append(
-                f"rank {m.group(1)} was claimed by more than one process that imported torch; "
+                f"rank {rank} was claimed by more than one process that imported torch; "
                 f"pid {o_info.get('pid')} ({_steps_of(o_info)} steps) kept it, the others are in extra-processes/"
             )
         if any(procs.iterdir()):
-            os.replace(procs, run_dir / "extra-processes")
+            os.replace(procs, run_dir / runformat.EXTRA_PROCESSES)
         else:
             procs.rmdir()
-    ranks: Dict[int, dict] = {}
-    for d in sorted(run_dir.glob("rank*"), key=_rank_key):
-        if d.is_dir() and re.fullmatch(r"rank\d+", d.name):
-            info = _read_rank(d)
-            if not info:
-                notices.append(f"{d.name}: rank.yaml missing (the process was killed before it could flush)")
-            ranks[_rank_key(d)] = info
+    ranks: dict[int, dict] = {}
+    for rank, d in runformat.rank_dirs(run_dir):
+        info = runformat.read_rank_info(d)
+        if not info:
+            notices.append(f"{d.name}: {runformat.RANK_INFO} missing (the process was killed before it could flush)")
+        ranks[rank] = info
     return ranks, notices
 
 
 class MetaWriter:
     """Builds and writes ``meta.yaml``."""
 
-    def __init__(self, run_dir: Path, command: List[str], skip: int, steps: int, options: Optional[dict] = None) -> None:
+    def __init__(
+        self, run_dir: Path, command: list[str], skip: int, steps: int, options: Optional[dict] = None
+    ) -> None:
         self.run_dir = run_dir
-        self.meta: Dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "stallscope-run",
+        self.meta: dict[str, Any] = {
+            "schema_version": runformat.SCHEMA_VERSION,
+            "kind": runformat.RUN_KIND,
             "tool": {"name": "stallscope", "version": __version__},
             "command": list(command),
             "cwd": str(Path.cwd()),
@@ -204,11 +199,16 @@ class MetaWriter:
         }
 
     def write(self) -> Path:
-        return write_yaml(self.run_dir / "meta.yaml", self.meta)
+        """Write meta.yaml as it stands (atomically)."""
+        return runformat.write_meta(self.run_dir, self.meta)
 
-    def finalize(self, code: int, signal_name: Optional[str], parent_notices: List[str], error: Optional[str] = None) -> dict:
+    def finalize(
+        self, code: int, signal_name: Optional[str], parent_notices: list[str], error: Optional[str] = None
+    ) -> dict:
+        """Complete meta.yaml once the target has ended: settle the rank folders, gather every
+        rank's notices and environment, set the exit status; returns the written mapping."""
         ranks, notices = collect_ranks(self.run_dir)
-        all_notices: List[str] = []
+        all_notices: list[str] = []
         for n in list(parent_notices) + notices + [n for info in ranks.values() for n in (info.get("notices") or [])]:
             if n not in all_notices:
                 all_notices.append(n)

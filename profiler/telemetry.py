@@ -5,24 +5,23 @@ its first failure and reported once as a notice; the cells stay empty ("unavaila
 PCIe throughput takes NVML ~20 ms per direction (the driver samples the counter over that
 interval), so it is read every 5 s: on a launch-bound step (~1.3 ms, H200) reading it twice a
 second cost the training loop several percent (bench/results/overhead-probe.yaml);
-``pcie_period_s`` sets the period (a profiled child reads it from ``STALLSCOPE_PCIE_PERIOD_S``),
+``pcie_period_s`` sets the period (``ProfileOptions.pcie_period_s``, ``STALLSCOPE_PCIE_PERIOD_S``),
 0 turns PCIe sampling off.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any, Optional
+
+from stallscope.profiler.options import PCIE_PERIOD_S
+from stallscope.profiler.runformat import HOST_FIELDS, NVML_FIELDS
 
 __all__ = ["NVML_FIELDS", "HOST_FIELDS", "Sampler", "nvml_handle_for"]
 
-NVML_FIELDS = [
-    "t_ns", "gpu_util_pct", "mem_util_pct", "sm_clock_mhz", "mem_clock_mhz", "sm_clock_max_mhz", "power_w",
-    "power_limit_w", "temp_c", "mem_used_mb", "mem_total_mb", "clock_event_reasons", "pcie_tx_kbps", "pcie_rx_kbps",
-]
-HOST_FIELDS = ["t_ns", "proc_cpu_pct", "workers", "workers_cpu_pct", "max_worker_cpu_pct", "rss_mb"]
-PCIE_PERIOD_S = 5.0
 CHILD_RESCAN_S = 1.0
 
 
@@ -45,12 +44,18 @@ def nvml_handle_for(pynvml: Any, uuid: Optional[str], index: int) -> Any:
 class Sampler:
     """Samples host and (once a device is known) NVML metrics into row lists."""
 
-    def __init__(self, sample_hz: float, notice: Callable[[str], None], nvml_enabled: bool = True,
-                 worker_pids: Optional[Callable[[], List[int]]] = None, pcie_period_s: float = PCIE_PERIOD_S) -> None:
+    def __init__(
+        self,
+        sample_hz: float,
+        notice: Callable[[str], None],
+        nvml_enabled: bool = True,
+        worker_pids: Optional[Callable[[], list[int]]] = None,
+        pcie_period_s: float = PCIE_PERIOD_S,
+    ) -> None:
         self.period = 1.0 / max(sample_hz, 0.1)
         self.notice = notice
-        self.host_rows: List[list] = []
-        self.nvml_rows: List[list] = []
+        self.host_rows: list[list] = []
+        self.nvml_rows: list[list] = []
         self.last_gpu_util: Optional[float] = None
         self.device: Optional[tuple] = None  # (index, uuid) set from the main thread
         self.driver: Optional[str] = None
@@ -58,16 +63,16 @@ class Sampler:
         self._pynvml: Any = None
         self._handle: Any = None
         self._dead: set = set()
-        self._static: Dict[str, Any] = {}
+        self._static: dict[str, Any] = {}
         self._last_pcie = 0.0
         self._pcie_period = pcie_period_s
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._psutil: Any = None
         self._proc: Any = None
-        self._children: Dict[int, Any] = {}
+        self._children: dict[int, Any] = {}
         self._last_rescan = 0.0
-        self._tick_hooks: List[Callable[[], None]] = []
+        self._tick_hooks: list[Callable[[], None]] = []
         # DataLoader workers come from the loaders' own process lists: no scan of /proc per sample
         self._worker_pids = worker_pids
         if nvml_enabled:
@@ -101,15 +106,32 @@ class Sampler:
             reason = str(exc).strip() or exc.__class__.__name__
             self.notice(f"NVML unavailable ({reason}): no GPU samples; nvml.csv not written")
 
+    @property
+    def host_available(self) -> bool:
+        """Whether host samples are taken (psutil is importable)."""
+        return self._proc is not None
+
+    def take_rows(self) -> tuple[list, list]:
+        """The host and NVML rows sampled since the last call (any thread; a sample appended
+        meanwhile is kept for the next call)."""
+        host = self.host_rows[:]
+        del self.host_rows[: len(host)]
+        nvml = self.nvml_rows[:]
+        del self.nvml_rows[: len(nvml)]
+        return host, nvml
+
     def on_tick(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the sampler thread after every sample."""
         self._tick_hooks.append(fn)
 
     def start(self) -> None:
+        """Start the sampler thread."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="stallscope-sampler", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the sampler thread (waits up to 2 s for it)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
@@ -134,6 +156,7 @@ class Sampler:
             self._stop.wait(delay)
 
     def sample_once(self) -> None:
+        """Take one host and (once the device is known) one NVML sample."""
         t_ns = time.time_ns()
         if self._proc is not None:
             self._sample_host(t_ns)
@@ -173,10 +196,16 @@ class Sampler:
                 worker_cpu.append(child.cpu_percent(None))
             except ps.Error:
                 self._children.pop(pid, None)
-        self.host_rows.append([
-            t_ns, round(proc_cpu, 1), len(worker_cpu), round(sum(worker_cpu), 1),
-            round(max(worker_cpu), 1) if worker_cpu else 0.0, round(rss_mb, 1),
-        ])
+        self.host_rows.append(
+            [
+                t_ns,
+                round(proc_cpu, 1),
+                len(worker_cpu),
+                round(sum(worker_cpu), 1),
+                round(max(worker_cpu), 1) if worker_cpu else 0.0,
+                round(rss_mb, 1),
+            ]
+        )
 
     def _read(self, key: str, fn: Callable[[], Any]) -> Any:
         if key in self._dead:
@@ -200,13 +229,18 @@ class Sampler:
                 self.notice(f"NVML has no handle for CUDA device {index} ({exc}); no GPU samples")
                 return
             h = self._handle
-            self._static["sm_clock_max_mhz"] = self._read("sm_clock_max_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM))
-            self._static["power_limit_w"] = self._read("power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0)
+            self._static["sm_clock_max_mhz"] = self._read(
+                "sm_clock_max_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)
+            )
+            self._static["power_limit_w"] = self._read(
+                "power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0
+            )
         h = self._handle
         util = self._read("gpu_util_pct", lambda: nv.nvmlDeviceGetUtilizationRates(h))
         mem = self._read("mem_used_mb", lambda: nv.nvmlDeviceGetMemoryInfo(h))
-        reasons_fn = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
-                      or getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None
+        )
         reasons = self._read("clock_event_reasons", lambda: reasons_fn(h))  # None -> TypeError -> unavailable
         power = self._read("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
         row = [

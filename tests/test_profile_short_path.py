@@ -8,18 +8,23 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from stallscope.profiler import hooks
-from stallscope.profiler.runtime import Config, Recorder
+from stallscope.profiler.gputime import GpuTimer
+from stallscope.profiler.options import ProfileOptions
+from stallscope.profiler.recorder import Recorder
 
 MS = 1_000_000
 
 
-def recorder(tmp_path: Path, skip: int, steps: int = 3) -> Recorder:
-    # the sampler thread ticks every 10 s: the marks wait for a reader the test controls
-    rec = Recorder(Config(run_dir=tmp_path, skip=skip, steps=steps, nvml=False, sample_hz=0.1),
-                   rank_dir=tmp_path / "rank0", origin="api")
+def recorder(tmp_path: Path, skip: int, steps: int = 3, gpu: GpuTimer | None = None) -> Recorder:
+    # the sampler thread ticks every 10 s: the marks wait for a reader the test controls;
+    # the CPU path on every build (no CUDA event per step) unless a scripted GPU is given
+    gpu = gpu or GpuTimer(torch, lambda message: None, enabled=False)
+    rec = Recorder(ProfileOptions(skip=skip, steps=steps, nvml=False, sample_hz=0.1), tmp_path,
+                   rank_dir=tmp_path / "rank0", origin="api", gpu=gpu)
     rec.origin_ns = 1  # the scripted clock starts here
-    rec._no_cuda = True  # the CPU path on every build: no CUDA event per step
     return rec
 
 
@@ -42,14 +47,14 @@ def steps_csv(rec: Recorder) -> list[dict]:
 def test_steady_state_steps_take_the_short_path_and_keep_every_field(tmp_path: Path) -> None:
     rec = recorder(tmp_path, skip=10**6)
     ends = run_steps(rec, 50)
-    assert rec._fast_until > rec.index and len(rec._marks) == 49  # all but the first went the short way
+    assert rec._fast_until > rec.index and len(rec.log.marks) == 49  # all but the first went the short way
     rows = steps_csv(rec)
     assert [int(r["step"]) for r in rows] == list(range(50))
     assert [int(r["end_ns"]) for r in rows] == ends
     assert [int(r["start_ns"]) for r in rows[1:]] == ends[:-1]  # each step starts where the last ended
     assert [float(r["wall_ms"]) for r in rows] == [10.0 + i for i in range(50)]
     assert {r["source"] for r in rows} == {"api"} and {r["in_window"] for r in rows} == {"0"}
-    assert list(rec.walls) == [10.0 + i for i in range(50)] and rec.step_count == 50 and rec.last_wall_ms == 59.0
+    assert list(rec.log.walls) == [10.0 + i for i in range(50)] and rec.log.count == 50 and rec.log.last_wall_ms == 59.0
 
 
 def test_the_window_still_holds_exactly_its_steps(tmp_path: Path) -> None:
@@ -63,8 +68,7 @@ def test_the_window_still_holds_exactly_its_steps(tmp_path: Path) -> None:
 
 def test_a_listener_added_mid_run_hears_every_later_step(tmp_path: Path) -> None:
     rec = recorder(tmp_path, skip=10**6)
-    old = hooks._recorder
-    hooks._recorder = rec
+    hooks.install(rec)
     heard: list = []
     try:
         run_steps(rec, 20)
@@ -72,7 +76,7 @@ def test_a_listener_added_mid_run_hears_every_later_step(tmp_path: Path) -> None
         run_steps(rec, 15, first_end_ms=1000)
     finally:
         hooks.remove_step_listener(heard.append)
-        hooks._recorder = old
+        hooks.detach(rec)
     assert [e.index for e in heard] == list(range(20, 35))
     assert [e.wall_ms for e in heard] == [1000.0 + i for i in range(15)]
 
@@ -83,14 +87,14 @@ def test_rows_stay_in_order_while_another_thread_drains(tmp_path: Path) -> None:
 
     def drain() -> None:
         while not stop.is_set():
-            rec._drain_marks()
+            rec.log.drain(rec.source)
 
     t = threading.Thread(target=drain)
     t.start()
     try:
         for _ in range(50):
             run_steps(rec, 100, first_end_ms=1)
-            rec._fast_until = 0  # the next step takes the full path and appends its own row
+            rec.listeners_changed()  # the next step takes the full path and appends its own row
             run_steps(rec, 1, first_end_ms=1)
     finally:
         stop.set()
@@ -113,23 +117,36 @@ class DoneEvent:
         return end.t_ms - self.t_ms
 
 
+class ScriptedTimer(GpuTimer):
+    """A GPU timer whose events are DoneEvents 2 ms apart; counts the batched reads."""
+
+    def __init__(self, reads: list) -> None:
+        super().__init__(torch, lambda message: None, enabled=True)
+        self.ready = True
+        self.reads = reads
+        self.polls = 0
+        self.made = iter(range(10**6))
+
+    def record(self) -> DoneEvent:
+        return DoneEvent(2.0 * next(self.made), self.reads)
+
+    def poll(self, wait: bool = False) -> None:
+        self.polls += 1
+        super().poll(wait)
+
+
 def test_finished_events_are_read_in_batches_on_the_training_thread(tmp_path: Path) -> None:
-    rec = recorder(tmp_path, skip=10**6)
-    rec._no_cuda, rec._cuda_ready = False, True
     reads: list = []
-    made = iter(range(10**6))
-    rec._record_event = lambda: DoneEvent(2.0 * next(made), reads)
-    settles: list = []
-    settle = rec._settle_events
-    rec._settle_events = lambda: (settles.append(rec.index), settle())
+    gpu = ScriptedTimer(reads)
+    rec = recorder(tmp_path, skip=10**6, gpu=gpu)
     run_steps(rec, 40, first_end_ms=1)  # 1-40 ms steps: a read every 40 ms of wall time
     assert set(reads) == {threading.current_thread().name}
-    assert 5 <= len(settles) < 30  # in batches, not per step
-    settled = [row for row in rec.rows if row[8]]
+    assert 5 <= gpu.polls < 30  # in batches, not per step
+    settled = [row for row in rec.log.rows if row[8]]
     assert len(settled) == len(reads) < 40 and all(row[4] == 2.0 for row in settled)  # each step its own pair
     rec._polled_ns = time.time_ns()  # (the scripted clock is not the wall clock the sampler reads)
-    rec._tick()  # the sampler thread leaves fresh events to the training thread
+    rec.tick()  # the sampler thread leaves fresh events to the training thread
     assert len(reads) < 40
     rec._polled_ns -= 2 * 10**9  # ... unless the training thread has not read them for a while
-    rec._tick()
-    assert len(reads) == 40 and all(row[4] == 2.0 for row in rec.rows)
+    rec.tick()
+    assert len(reads) == 40 and all(row[4] == 2.0 for row in rec.log.rows)

@@ -22,6 +22,6 @@ def test_srun_tasks_write_their_own_rank_folders_into_one_run_directory(tmp_path
         _, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-1500:]
     assert (out / "rank0" / "steps.csv").is_file() and (out / "rank1" / "steps.csv").is_file()
-    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.context import load_context
 
     assert [r.rank for r in load_context(out).ranks] == [0, 1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stallscope.analyzers.builtin._common import window_ns
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 from stallscope.analyzers.model import GPU_KINDS
 
 TRAIN = Path(__file__).resolve().parent / "fixtures" / "gpu" / "train.pt.trace.json.gz"

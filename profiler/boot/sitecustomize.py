@@ -5,6 +5,7 @@ It arms a hook that, right after the process imports torch, attaches the profile
 (``STALLSCOPE_RUN_DIR``) and/or applies kept patches (``STALLSCOPE_PATCH_FROM``), then hands over
 to any other ``sitecustomize`` that this one shadows.
 """
+
 import os
 import sys
 
@@ -25,7 +26,8 @@ def _stallscope_boot():
             import importlib.util
 
             spec = importlib.util.spec_from_file_location(
-                "stallscope", os.path.join(home, "__init__.py"), submodule_search_locations=[home])
+                "stallscope", os.path.join(home, "__init__.py"), submodule_search_locations=[home]
+            )
             if spec is None or spec.loader is None:
                 raise
             pkg = importlib.util.module_from_spec(spec)
@@ -37,7 +39,7 @@ def _stallscope_boot():
         if patch:
             _bootstrap.arm(_bootstrap.attach_patches)
     except Exception as exc:  # never break the target
-        sys.stderr.write("stallscope: bootstrap disabled in pid %d: %s: %s\n" % (os.getpid(), exc.__class__.__name__, exc))
+        sys.stderr.write(f"stallscope: bootstrap disabled in pid {os.getpid()}: {exc.__class__.__name__}: {exc}\n")
 
 
 def _chain_next_sitecustomize():
@@ -53,7 +55,7 @@ def _chain_next_sitecustomize():
         if me is not None:
             sys.modules["sitecustomize"] = me
     except Exception as exc:
-        sys.stderr.write("stallscope: the original sitecustomize failed: %s: %s\n" % (exc.__class__.__name__, exc))
+        sys.stderr.write(f"stallscope: the original sitecustomize failed: {exc.__class__.__name__}: {exc}\n")
     finally:
         sys.path[:] = saved_path
 
