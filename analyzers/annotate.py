@@ -6,6 +6,7 @@ events at the first occurrences of the kernels each finding names. Perfetto and
 chrome://tracing show them beside the GPU streams. The output is plain Chrome trace JSON
 (gzipped when the name ends in ``.gz``), written atomically.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -31,7 +32,9 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"traceEvents": data}
 
 
-def annotate_trace(trace: dict[str, Any], ctx: "AnalysisContext", report: dict[str, Any], rank_index: int = 0) -> dict[str, Any]:
+def annotate_trace(
+    trace: dict[str, Any], ctx: AnalysisContext, report: dict[str, Any], rank_index: int = 0
+) -> dict[str, Any]:
     """A copy of ``trace`` with the report's findings added as events (timestamps in trace µs)."""
     rd = ctx.ranks[rank_index]
     ev = rd.events
@@ -41,8 +44,10 @@ def annotate_trace(trace: dict[str, Any], ctx: "AnalysisContext", report: dict[s
         start_ns, end_ns = int(ev.ts_ns.min()), int((ev.ts_ns + ev.dur_ns).max())
     else:
         start_ns, end_ns = 0, 0
-    added: list[dict[str, Any]] = [{"ph": "M", "name": "process_name", "pid": FINDINGS_PID, "tid": 0, "args": {"name": FINDINGS_PID}},
-                                   {"ph": "M", "name": "process_sort_index", "pid": FINDINGS_PID, "tid": 0, "args": {"sort_index": -1}}]
+    added: list[dict[str, Any]] = [
+        {"ph": "M", "name": "process_name", "pid": FINDINGS_PID, "tid": 0, "args": {"name": FINDINGS_PID}},
+        {"ph": "M", "name": "process_sort_index", "pid": FINDINGS_PID, "tid": 0, "args": {"sort_index": -1}},
+    ]
     first_of: dict[str, list[int]] = {}
     for row in range(len(ev)):
         if int(ev.kind[row]) == 2:  # Kind.KERNEL
@@ -53,19 +58,42 @@ def annotate_trace(trace: dict[str, Any], ctx: "AnalysisContext", report: dict[s
     for track, f in enumerate(report.get("findings", []), start=1):
         label = f"[{f['severity']}] {f['title']}"
         added.append({"ph": "M", "name": "thread_name", "pid": FINDINGS_PID, "tid": track, "args": {"name": f["id"]}})
-        added.append({"ph": "X", "cat": "stallscope_finding", "name": label, "pid": FINDINGS_PID, "tid": track,
-                      "ts": start_ns / 1000.0, "dur": max(end_ns - start_ns, 1) / 1000.0,
-                      "args": {"id": f["id"], "impact": f["impact"], "evidence": f.get("evidence", {}), "fixes": f.get("fixes", [])}})
+        added.append(
+            {
+                "ph": "X",
+                "cat": "stallscope_finding",
+                "name": label,
+                "pid": FINDINGS_PID,
+                "tid": track,
+                "ts": start_ns / 1000.0,
+                "dur": max(end_ns - start_ns, 1) / 1000.0,
+                "args": {
+                    "id": f["id"],
+                    "impact": f["impact"],
+                    "evidence": f.get("evidence", {}),
+                    "fixes": f.get("fixes", []),
+                },
+            }
+        )
         for kernel in (f.get("where", {}) or {}).get("kernels", []) or []:
             for ts in first_of.get(str(kernel), []):
-                added.append({"ph": "i", "s": "t", "cat": "stallscope_finding", "name": f"{f['id']}: {str(kernel)[:60]}",
-                              "pid": FINDINGS_PID, "tid": track, "ts": ts / 1000.0})
+                added.append(
+                    {
+                        "ph": "i",
+                        "s": "t",
+                        "cat": "stallscope_finding",
+                        "name": f"{f['id']}: {str(kernel)[:60]}",
+                        "pid": FINDINGS_PID,
+                        "tid": track,
+                        "ts": ts / 1000.0,
+                    }
+                )
     out = dict(trace)
     out["traceEvents"] = list(trace.get("traceEvents", [])) + added
     return out
 
 
-def write_annotated_trace(ctx: "AnalysisContext", report: dict[str, Any], path: str | Path) -> Path:
+def write_annotated_trace(ctx: AnalysisContext, report: dict[str, Any], path: str | Path) -> Path:
     """Annotate rank 0's trace and write it to ``path`` (``.gz`` compresses)."""
     rd = next((r for r in ctx.ranks if r.trace_path), None)
     if rd is None:

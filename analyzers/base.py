@@ -7,13 +7,17 @@ analyzer is adding a file: :func:`registered_analyzers` imports every module in
 
 This module must not import torch (``diagnose`` reads traces without it).
 """
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext
@@ -145,33 +149,6 @@ class Finding:
             out["advice"] = self.advice
         return out
 
-    def __rich__(self) -> Any:
-        from rich.table import Table
-        from rich.text import Text
-
-        colour = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}[self.severity.value]
-        head = Text.assemble(
-            (f"[{self.severity.value}] ", colour),
-            (self.title, "bold"),
-            (f"  {self.impact.step_time_pct:.1f}% of step, ~{self.impact.est_saving_ms_per_step:.2f} ms/step", ""),
-        )
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="dim")
-        grid.add_column()
-        grid.add_row("id", f"{self.id} ({self.category}, confidence {self.confidence:.2f})")
-        for key, value in self.evidence.items():
-            grid.add_row(key, _fmt(value))
-        for key, value in self.where.items():
-            if value:
-                grid.add_row(f"where.{key}", ", ".join(str(v) for v in list(value)[:5]))
-        if self.fixes:
-            grid.add_row("fixes", ", ".join(self.fixes))
-        if self.advice:
-            grid.add_row("advice", self.advice)
-        from rich.console import Group
-
-        return Group(head, grid)
-
 
 class Analyzer:
     """Base class of every analyzer. Subclasses set ``name`` and ``requires``, implement ``analyze``.
@@ -184,7 +161,7 @@ class Analyzer:
     requires: ClassVar[frozenset[str]] = frozenset({"trace"})
     description: ClassVar[str] = ""
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:  # pragma: no cover - abstract
+    def analyze(self, ctx: AnalysisContext) -> list[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -210,8 +187,7 @@ def registered_analyzers(names: Iterable[str] | None = None) -> dict[str, type[A
     """All analyzers by name (importing ``analyzers.builtin`` once), or only those named."""
     global _DISCOVERED
     if not _DISCOVERED:
-        import stallscope.analyzers.builtin as builtin
-
+        builtin = importlib.import_module("stallscope.analyzers.builtin")  # plugin discovery
         for info in pkgutil.iter_modules(builtin.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"stallscope.analyzers.builtin.{info.name}")
@@ -220,8 +196,6 @@ def registered_analyzers(names: Iterable[str] | None = None) -> dict[str, type[A
         return dict(sorted(_REGISTRY.items()))
     missing = [n for n in names if n not in _REGISTRY]
     if missing:
-        from stallscope.profiler.common import ToolError
-
         raise ToolError(f"unknown analyzer(s) {', '.join(missing)}; known: {', '.join(sorted(_REGISTRY))}")
     return {n: _REGISTRY[n] for n in names}
 
@@ -236,11 +210,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4)
     return value
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value[:6]) + (" ..." if len(value) > 6 else "")
-    return str(value)

@@ -20,29 +20,43 @@ data wait, then copy ops (``memory_ms``), then any other CPU op (``compute_ms``)
 communication (gloo ranges) not hidden under those (``comm_exposed_ms``); the rest is
 ``host_other_ms``; sync and launch parts are zero.
 """
+
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stallscope.analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown
+from stallscope.analyzers.model import GPU_KINDS, AnalysisContext, EventTable, Kind, RankData, Step, StepBreakdown
+from stallscope.analyzers.vocab import (
+    CPU_COPY_OPS,
+    PROFILER_STEP,
+    is_comm_kernel,
+    is_comm_op,
+    is_data_wait,
+    is_device_to_host,
+    is_sync_call,
+)
 
-if TYPE_CHECKING:
-    from stallscope.analyzers.model import AnalysisContext
-
-__all__ = ["LAUNCH_GAP_NS", "Intervals", "compute_breakdowns", "rank_breakdown", "breakdown_totals", "union"]
+__all__ = [
+    "LAUNCH_GAP_NS",
+    "Intervals",
+    "breakdown_pct",
+    "breakdown_totals",
+    "compute_breakdowns",
+    "hta_temporal",
+    "rank_breakdown",
+    "union",
+]
 
 # A kernel launch costs the CPU ~3-5 us and the GPU a few us of latency; when the CPU launches
 # back-to-back, the GPU waits at most about one launch cost between kernels. A gap no longer than
 # two launch costs is therefore explained by launch overhead alone (HTA calls it "kernel wait").
 LAUNCH_GAP_NS = 10_000
 
-_CPU_COPY_OPS = frozenset(
-    {"aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone", "aten::fill_",
-     "aten::zero_", "aten::_local_scalar_dense", "aten::pin_memory", "aten::_pin_memory"}
-)
+_GPU_KINDS = np.asarray(GPU_KINDS, dtype=np.int8)
 
 
 @dataclass
@@ -54,9 +68,11 @@ class Intervals:
 
     @property
     def total_ns(self) -> int:
+        """Total length of the intervals."""
         return int((self.ends - self.starts).sum())
 
-    def window(self, lo: int, hi: int) -> "Intervals":
+    def window(self, lo: int, hi: int) -> Intervals:
+        """The intervals clipped to ``[lo, hi)``."""
         i0 = int(np.searchsorted(self.ends, lo, side="right"))
         i1 = int(np.searchsorted(self.starts, hi, side="left"))
         return Intervals(np.clip(self.starts[i0:i1], lo, hi), np.clip(self.ends[i0:i1], lo, hi))
@@ -96,28 +112,28 @@ def _gaps(busy: Intervals, lo: int, hi: int) -> Intervals:
     return Intervals(s[keep], e[keep])
 
 
-def _name_mask(t: EventTable, predicate) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _name_mask(t: EventTable, predicate: Callable[[str], bool]) -> np.ndarray:
     ids = t.name_ids_matching(predicate)
     return np.isin(t.name, ids)
 
 
 def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
-    from stallscope.analyzers.loader import is_comm_kernel, is_data_wait, is_sync_call
-
     kernel = t.kind == Kind.KERNEL
     comm = kernel & _name_mask(t, is_comm_kernel)
     mem = (t.kind == Kind.MEMCPY) | (t.kind == Kind.MEMSET)
     gpu = kernel | mem
     runtime = t.kind == Kind.RUNTIME
     sync = runtime & _name_mask(t, is_sync_call)
-    d2h = np.flatnonzero((t.kind == Kind.MEMCPY) & _name_mask(t, lambda s: "DtoH" in s or "D2H" in s))
+    d2h = np.flatnonzero((t.kind == Kind.MEMCPY) & _name_mask(t, is_device_to_host))
     blocking = t.launch_of[d2h]
     sync_rows = np.union1d(np.flatnonzero(sync), blocking[blocking >= 0])
     sets = {
         "compute": _rows(t, np.flatnonzero(kernel & ~comm)),
         "memory": _rows(t, np.flatnonzero(mem)),
         "comm": _rows(t, np.flatnonzero(comm)),
-        "data": _rows(t, np.flatnonzero(((t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)) & _name_mask(t, is_data_wait))),
+        "data": _rows(
+            t, np.flatnonzero(((t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)) & _name_mask(t, is_data_wait))
+        ),
         "sync": _rows(t, sync_rows),
         "runtime": _rows(t, np.flatnonzero(runtime & ~sync)),
     }
@@ -139,13 +155,11 @@ def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
 
 
 def _cpu_sets(t: EventTable) -> dict[str, Intervals]:
-    from stallscope.analyzers.loader import is_comm_op, is_data_wait
-
     ops = (t.kind == Kind.CPU_OP) | (t.kind == Kind.ANNOTATION)
     data = ops & _name_mask(t, is_data_wait)
-    steps = _name_mask(t, lambda s: s.startswith(("ProfilerStep#", "stallscope.")))
+    steps = _name_mask(t, lambda s: s.startswith((PROFILER_STEP, "stallscope.")))
     comm = ops & _name_mask(t, is_comm_op)
-    copies = (t.kind == Kind.CPU_OP) & _name_mask(t, lambda s: s in _CPU_COPY_OPS)
+    copies = (t.kind == Kind.CPU_OP) & _name_mask(t, lambda s: s in CPU_COPY_OPS)
     compute = (t.kind == Kind.CPU_OP) & ~steps & ~data & ~comm & ~copies
     return {
         "data": _rows(t, np.flatnonzero(data)),
@@ -176,9 +190,17 @@ def _step_gpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdow
     other = idle & ~data & ~sync & ~launch
     ms = lambda mask: float(length[mask].sum()) / 1e6  # noqa: E731
     return StepBreakdown(
-        step=step.index, rank=rank, wall_ms=step.wall_ms,
-        compute_ms=ms(c), memory_ms=ms(mem), comm_exposed_ms=ms(comm), comm_overlapped_ms=ms(m["comm"] & c),
-        data_wait_ms=ms(data), sync_wait_ms=ms(sync), launch_overhead_ms=ms(launch), host_other_ms=ms(other),
+        step=step.index,
+        rank=rank,
+        wall_ms=step.wall_ms,
+        compute_ms=ms(c),
+        memory_ms=ms(mem),
+        comm_exposed_ms=ms(comm),
+        comm_overlapped_ms=ms(m["comm"] & c),
+        data_wait_ms=ms(data),
+        sync_wait_ms=ms(sync),
+        launch_overhead_ms=ms(launch),
+        host_other_ms=ms(other),
     )
 
 
@@ -191,9 +213,15 @@ def _step_cpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdow
     other = ~(data | mem | comp | comm)
     ms = lambda mask: float(length[mask].sum()) / 1e6  # noqa: E731
     return StepBreakdown(
-        step=step.index, rank=rank, wall_ms=step.wall_ms,
-        compute_ms=ms(comp), memory_ms=ms(mem), comm_exposed_ms=ms(comm), comm_overlapped_ms=ms(m["comm"] & (comp | mem)),
-        data_wait_ms=ms(data), host_other_ms=ms(other),
+        step=step.index,
+        rank=rank,
+        wall_ms=step.wall_ms,
+        compute_ms=ms(comp),
+        memory_ms=ms(mem),
+        comm_exposed_ms=ms(comm),
+        comm_overlapped_ms=ms(m["comm"] & (comp | mem)),
+        data_wait_ms=ms(data),
+        host_other_ms=ms(other),
     )
 
 
@@ -202,7 +230,7 @@ def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
     t = rd.events
     if not rd.steps or len(t) == 0:
         return []
-    has_gpu = bool(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)).any())
+    has_gpu = bool(np.isin(t.kind, _GPU_KINDS).any())
     if has_gpu:
         sets = _gpu_sets(t)
         return [_step_gpu(sets, s, rd.rank) for s in rd.steps]
@@ -210,7 +238,7 @@ def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
     return [_step_cpu(sets, s, rd.rank) for s in rd.steps]
 
 
-def compute_breakdowns(ctx: "AnalysisContext") -> None:
+def compute_breakdowns(ctx: AnalysisContext) -> None:
     """Fill ``rank.breakdown`` for every rank of the context."""
     for rd in ctx.ranks:
         if not rd.meta.get("compacted"):  # compacted ranks got theirs from the full table
@@ -236,7 +264,7 @@ def breakdown_pct(items: list[StepBreakdown]) -> dict[str, float]:
     return {k.replace("_ms", "_pct"): round(100.0 * v / wall, 3) for k, v in tot.items()}
 
 
-_HTA_NOT_COMPUTE = __import__("re").compile(r"(^nccl.*Kernel)|(.*(Memcpy)|(Memset))|(.*Sync)")
+_HTA_NOT_COMPUTE = re.compile(r"(^nccl.*Kernel)|(.*(Memcpy)|(Memset))|(.*Sync)")
 
 
 def hta_temporal(rd: RankData) -> dict[str, float] | None:
@@ -249,7 +277,7 @@ def hta_temporal(rd: RankData) -> dict[str, float] | None:
     None when the rank has no GPU ops.
     """
     t = rd.events
-    gpu = np.flatnonzero(np.isin(t.kind, np.asarray([Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET], dtype=np.int8)))
+    gpu = np.flatnonzero(np.isin(t.kind, _GPU_KINDS))
     if t.name_ids_matching(lambda s: "ProfilerStep" in s).size >= 2:
         # HTA keeps the GPU ops launched (same correlation id: runtime or driver call) before
         # the last ProfilerStep starts; the GPU-side ProfilerStep ranges count as host rows
@@ -268,5 +296,9 @@ def hta_temporal(rd: RankData) -> dict[str, float] | None:
     idle = span - busy.total_ns
     comp_rows = gpu[(t.kind[gpu] == Kind.KERNEL) & ~_name_mask(t, lambda s: bool(_HTA_NOT_COMPUTE.match(s)))[gpu]]
     compute = _rows(t, comp_rows).total_ns
-    return {"idle_us": idle / 1e3, "compute_us": compute / 1e3, "non_compute_us": (span - compute - idle) / 1e3,
-            "kernel_us": span / 1e3}
+    return {
+        "idle_us": idle / 1e3,
+        "compute_us": compute / 1e3,
+        "non_compute_us": (span - compute - idle) / 1e3,
+        "kernel_us": span / 1e3,
+    }

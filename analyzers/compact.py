@@ -8,16 +8,18 @@ rank; per-rank analyzers (kernels, copies, precision...) look at the first ``FUL
 which in data-parallel jobs run the same code. Memory then grows with the number of ranks only
 by the small compact tables, instead of by a whole trace per rank.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from stallscope.analyzers.breakdown import rank_breakdown
 from stallscope.analyzers.model import EventTable, Kind, RankData
+from stallscope.analyzers.vocab import COMPACT_KEEP_PREFIXES, is_comm_kernel, is_sync_call
 
 __all__ = ["FULL_RANKS", "compact_rank", "take_rows"]
 
 FULL_RANKS = 8
-_KEEP_PREFIXES = ("ProfilerStep#", "enumerate(DataLoader)", "record_param_comms", "c10d::", "nccl:", "gloo:", "stallscope")
 
 
 def take_rows(t: EventTable, rows: np.ndarray) -> EventTable:
@@ -31,26 +33,40 @@ def take_rows(t: EventTable, rows: np.ndarray) -> EventTable:
         return np.where(col >= 0, remap[np.maximum(col, 0)], -1)
 
     return EventTable(
-        names=t.names, kind=t.kind[rows], name=t.name[rows], ts_ns=t.ts_ns[rows], dur_ns=t.dur_ns[rows],
-        pid=t.pid[rows], tid=t.tid[rows], stream=t.stream[rows], device=t.device[rows],
-        correlation=t.correlation[rows], external_id=t.external_id[rows], step=t.step[rows],
-        flops=t.flops[rows], bytes=t.bytes[rows], launch_of=relink(t.launch_of), op_of=relink(t.op_of),
+        names=t.names,
+        kind=t.kind[rows],
+        name=t.name[rows],
+        ts_ns=t.ts_ns[rows],
+        dur_ns=t.dur_ns[rows],
+        pid=t.pid[rows],
+        tid=t.tid[rows],
+        stream=t.stream[rows],
+        device=t.device[rows],
+        correlation=t.correlation[rows],
+        external_id=t.external_id[rows],
+        step=t.step[rows],
+        flops=t.flops[rows],
+        bytes=t.bytes[rows],
+        launch_of=relink(t.launch_of),
+        op_of=relink(t.op_of),
         extra={int(remap[k]): v for k, v in t.extra.items() if remap[k] >= 0},
     )
 
 
 def compact_rank(rd: RankData) -> None:
     """Compute the rank's breakdown (if not yet done), then keep only the cross-rank rows."""
-    from stallscope.analyzers.breakdown import rank_breakdown
-    from stallscope.analyzers.loader import is_comm_kernel, is_sync_call
-
     if not rd.breakdown:
         rd.breakdown = rank_breakdown(rd)
     t = rd.events
     if not len(t):
         return
-    wanted = np.asarray([s.startswith(_KEEP_PREFIXES) or "DataLoader" in s or is_comm_kernel(s) or is_sync_call(s)
-                         for s in t.names], dtype=bool)
+    wanted = np.asarray(
+        [
+            s.startswith(COMPACT_KEEP_PREFIXES) or "DataLoader" in s or is_comm_kernel(s) or is_sync_call(s)
+            for s in t.names
+        ],
+        dtype=bool,
+    )
     keep = wanted[t.name]
     keep &= t.kind != Kind.PYTHON
     rows = np.flatnonzero(keep)

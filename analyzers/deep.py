@@ -16,6 +16,7 @@ Evidence added (units in keys): ``ncu_dram_throughput_pct``, ``ncu_sm_throughput
 the run has no command (a plain trace), or the driver refuses counter access
 (``ERR_NVGPUCTRPERM``), one notice says so and nothing else changes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,13 +25,25 @@ import os
 import re
 import shutil
 import subprocess
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from stallscope.analyzers.context import load_context
+from stallscope.analyzers.model import AnalysisContext
+from stallscope.analyzers.peaks import kernel_rooflines
 
 if TYPE_CHECKING:
     from stallscope.analyzers.base import Finding
-    from stallscope.analyzers.model import AnalysisContext
 
-__all__ = ["deepen", "deepen_report", "find_ncu", "kernel_function_name", "ncu_command", "parse_ncu_csv", "profile_kernels"]
+__all__ = [
+    "deepen",
+    "deepen_report",
+    "find_ncu",
+    "kernel_function_name",
+    "ncu_command",
+    "parse_ncu_csv",
+    "profile_kernels",
+]
 
 METRICS = [
     "gpu__time_duration.sum",
@@ -83,10 +96,26 @@ def kernel_function_name(kernel: str) -> str:
 
 def ncu_command(ncu: str, kernel: str, skip: int, command: list[str]) -> list[str]:
     return [
-        ncu, "--clock-control", "none", "--target-processes", "all",
-        "--kernel-name-base", "function", "--kernel-name", f"regex:^{re.escape(kernel_function_name(kernel))}$",
-        "--launch-skip", str(max(0, skip)), "--launch-count", "1",
-        "--csv", "--page", "raw", "--metrics", ",".join(METRICS), "--", *command,
+        ncu,
+        "--clock-control",
+        "none",
+        "--target-processes",
+        "all",
+        "--kernel-name-base",
+        "function",
+        "--kernel-name",
+        f"regex:^{re.escape(kernel_function_name(kernel))}$",
+        "--launch-skip",
+        str(max(0, skip)),
+        "--launch-count",
+        "1",
+        "--csv",
+        "--page",
+        "raw",
+        "--metrics",
+        ",".join(METRICS),
+        "--",
+        *command,
     ]
 
 
@@ -116,8 +145,10 @@ def parse_ncu_csv(text: str) -> dict[str, Any] | None:
         unit = units[col["gpu__time_duration.sum"]].strip().lower()
         scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(unit, 1e-3)
         out["ncu_duration_us"] = dur * scale
-    for key, metric in (("ncu_dram_throughput_pct", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
-                        ("ncu_sm_throughput_pct", "sm__throughput.avg.pct_of_peak_sustained_elapsed")):
+    for key, metric in (
+        ("ncu_dram_throughput_pct", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+        ("ncu_sm_throughput_pct", "sm__throughput.avg.pct_of_peak_sustained_elapsed"),
+    ):
         v = get(metric)
         if v is not None:
             out[key] = v
@@ -137,10 +168,8 @@ def parse_ncu_csv(text: str) -> dict[str, Any] | None:
     return out or None
 
 
-def _targets(ctx: "AnalysisContext", findings: Iterable[Any], top_n: int) -> list[tuple[str, int]]:
+def _targets(ctx: AnalysisContext, findings: Iterable[Any], top_n: int) -> list[tuple[str, int]]:
     """(kernel, launches per step) of the kernels to profile: named by findings first."""
-    from stallscope.analyzers.peaks import kernel_rooflines
-
     rl = {k.kernel: k for k in kernel_rooflines(ctx)}
     n_steps = max(1, len(ctx.ranks[0].steps)) if ctx.ranks else 1
     ordered: list[str] = []
@@ -158,8 +187,9 @@ def _targets(ctx: "AnalysisContext", findings: Iterable[Any], top_n: int) -> lis
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-def profile_kernels(ctx: "AnalysisContext", findings: Iterable[Any] = (), top_n: int = 3,
-                    runner: Runner = subprocess.run) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def profile_kernels(
+    ctx: AnalysisContext, findings: Iterable[Any] = (), top_n: int = 3, runner: Runner = subprocess.run
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Run ncu once per top kernel; (kernel -> evidence, notices)."""
     findings = list(findings)
     ncu = find_ncu()
@@ -167,7 +197,9 @@ def profile_kernels(ctx: "AnalysisContext", findings: Iterable[Any] = (), top_n:
         return {}, ["--deep: Nsight Compute (ncu) is not installed here; kernel counters were skipped"]
     command = ctx.meta.get("command") if isinstance(ctx.meta, dict) else None
     if not command or not isinstance(command, list):
-        return {}, ["--deep: this is a plain trace with no recorded command to replay under ncu; kernel counters were skipped"]
+        return {}, [
+            "--deep: this is a plain trace with no recorded command to replay under ncu; kernel counters were skipped"
+        ]
     if not ctx.has("gpu"):
         return {}, ["--deep: the trace has no GPU kernels; nothing for ncu to profile"]
     cwd = ctx.meta.get("cwd") or None
@@ -180,18 +212,24 @@ def profile_kernels(ctx: "AnalysisContext", findings: Iterable[Any] = (), top_n:
         try:
             p = runner(cmd, cwd=cwd, capture_output=True, text=True, timeout=PER_KERNEL_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            notices.append(f"--deep: ncu on {kernel_function_name(kernel)} ran past {PER_KERNEL_TIMEOUT_S:.0f} s; skipped")
+            notices.append(
+                f"--deep: ncu on {kernel_function_name(kernel)} ran past {PER_KERNEL_TIMEOUT_S:.0f} s; skipped"
+            )
             continue
         except OSError as exc:
             return results, [f"--deep: ncu could not start ({exc.__class__.__name__}); kernel counters were skipped"]
         text = (p.stdout or "") + "\n" + (p.stderr or "")
         if "ERR_NVGPUCTRPERM" in text:
-            return results, ["--deep: ncu was refused access to GPU performance counters (ERR_NVGPUCTRPERM); "
-                             "run as admin or allow profiling (NVreg_RestrictProfilingToAdminUsers=0)"]
+            return results, [
+                "--deep: ncu was refused access to GPU performance counters (ERR_NVGPUCTRPERM); "
+                "run as admin or allow profiling (NVreg_RestrictProfilingToAdminUsers=0)"
+            ]
         parsed = parse_ncu_csv(p.stdout or "")
         if parsed is None:
             last = " ".join(text.split())[-160:]
-            notices.append(f"--deep: ncu gave no counters for {kernel_function_name(kernel)} (exit {p.returncode}): {last}")
+            notices.append(
+                f"--deep: ncu gave no counters for {kernel_function_name(kernel)} (exit {p.returncode}): {last}"
+            )
             continue
         results[kernel] = parsed
     return results, notices
@@ -206,8 +244,7 @@ def _attach(where: dict[str, Any], evidence: dict[str, Any], results: dict[str, 
     return False
 
 
-def deepen(ctx: "AnalysisContext", findings: list["Finding"], top_n: int = 3,
-           runner: Runner = subprocess.run) -> list[str]:
+def deepen(ctx: AnalysisContext, findings: list[Finding], top_n: int = 3, runner: Runner = subprocess.run) -> list[str]:
     """Profile the top kernels with ncu and add the counters to the findings that name them.
 
     Returns notices (ncu absent or refused, kernels without counters; one line per kernel
@@ -219,20 +256,25 @@ def deepen(ctx: "AnalysisContext", findings: list["Finding"], top_n: int = 3,
             used.update(k for k in f.where.get("kernels", []) if k in results)
     for k, ev in results.items():
         if k not in used:
-            notices.append(f"--deep: {kernel_function_name(k)}: " + ", ".join(f"{a}={b}" for a, b in ev.items() if a != "ncu_top_stalls"))
+            notices.append(
+                f"--deep: {kernel_function_name(k)}: "
+                + ", ".join(f"{a}={b}" for a, b in ev.items() if a != "ncu_top_stalls")
+            )
     return notices
 
 
-def deepen_report(ctx: "AnalysisContext | str | os.PathLike[str]", report: dict[str, Any], top_n: int = 3,
-                  runner: Runner = subprocess.run) -> list[str]:
+def deepen_report(
+    ctx: AnalysisContext | str | os.PathLike[str],
+    report: dict[str, Any],
+    top_n: int = 3,
+    runner: Runner = subprocess.run,
+) -> list[str]:
     """:func:`deepen` for a report dict (``report["findings"]`` as written to report.yaml);
     ``ctx`` may be the run directory itself. Also adds ``ncu`` to the matching top kernels.
 
-    Wiring into ``diagnose --deep``: ``report["notices"] += deepen_report(target, report)``."""
-    if not hasattr(ctx, "ranks"):
-        from stallscope.analyzers.loader import load_context
-
-        ctx = load_context(ctx)  # type: ignore[arg-type]
+    ``diagnose --deep`` adds the returned notices to the report's."""
+    if not isinstance(ctx, AnalysisContext):
+        ctx = load_context(ctx)
     findings = report.get("findings") or []
     results, notices = profile_kernels(ctx, findings, top_n, runner)
     for f in findings:

@@ -7,6 +7,7 @@ Then findings with evidence and fixes, patch results, and the environment.
 
 matplotlib is an optional extra (``pip install 'stallscope[html]'``); it is imported only here.
 """
+
 from __future__ import annotations
 
 import html
@@ -14,6 +15,10 @@ import io
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from stallscope.analyzers.peaks import kernel_rooflines, peaks_for
+from stallscope.analyzers.render import FixAdvice, fix_advice_lines
 from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
@@ -44,6 +49,7 @@ th{color:#555;font-weight:600}.sev{display:inline-block;padding:1px 8px;border-r
 .high{background:#c0392b}.medium{background:#d68910}.low{background:#2e86c1}.info{background:#888}
 .kv td:first-child{color:#555;width:34%}.muted{color:#777}.chart svg{max-width:100%;height:auto}
 details summary{cursor:pointer;font-weight:600}code{font-size:12px}
+.fix pre{background:#f4f4f4;padding:8px;border-radius:6px;white-space:pre-wrap;font-size:12px}
 """
 
 
@@ -64,7 +70,7 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     _mpl().close(fig)
     text = buf.getvalue()
-    return text[text.find("<svg"):]
+    return text[text.find("<svg") :]
 
 
 def breakdown_chart(report: dict[str, Any]) -> str | None:
@@ -76,7 +82,7 @@ def breakdown_chart(report: dict[str, Any]) -> str | None:
         return None
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(rows)))
-    for i, (label, pct) in enumerate(rows):
+    for i, (_label, pct) in enumerate(rows):
         left = 0.0
         for key, name, colour in PARTS:
             width = float(pct.get(key, 0.0) or 0.0)
@@ -86,7 +92,14 @@ def breakdown_chart(report: dict[str, Any]) -> str | None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of step wall time")
     ax.invert_yaxis()
-    fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.98), frameon=False)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        ncol=4,
+        fontsize=8,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.98),
+        frameon=False,
+    )
     return _svg(fig)
 
 
@@ -106,21 +119,23 @@ def step_time_chart(report: dict[str, Any]) -> str | None:
     return _svg(fig)
 
 
-def nvml_chart(ctx: "AnalysisContext | None") -> str | None:
+def nvml_chart(ctx: AnalysisContext | None) -> str | None:
     """GPU utilization, SM clock, power and memory over time, steps shaded, per rank 0."""
     if ctx is None:
         return None
     rd = next((r for r in ctx.ranks if r.nvml is not None and len(r.nvml.get("t_ns", ()))), None)
     if rd is None:
         return None
-    import numpy as np
-
     nv = rd.nvml
     t = np.asarray(nv["t_ns"], dtype=np.float64)
     t0 = t.min()
     x = (t - t0) / 1e9
-    series = [("gpu_util_pct", "GPU util (%)"), ("sm_clock_mhz", "SM clock (MHz)"), ("power_w", "power (W)"),
-              ("mem_used_mb", "memory used (MB)")]
+    series = [
+        ("gpu_util_pct", "GPU util (%)"),
+        ("sm_clock_mhz", "SM clock (MHz)"),
+        ("power_w", "power (W)"),
+        ("mem_used_mb", "memory used (MB)"),
+    ]
     series = [(k, label) for k, label in series if k in nv and np.isfinite(np.asarray(nv[k], dtype=float)).any()]
     if not series:
         return None
@@ -131,10 +146,10 @@ def nvml_chart(ctx: "AnalysisContext | None") -> str | None:
     starts = np.asarray(tel.get("start_ns", []), dtype=np.float64)
     ends = np.asarray(tel.get("end_ns", []), dtype=np.float64)
     in_window = np.asarray(tel.get("in_window", np.zeros(len(starts))), dtype=float)
-    for ax, (key, label) in zip(axes, series):
+    for ax, (key, label) in zip(axes, series, strict=False):
         ax.plot(x, np.asarray(nv[key], dtype=float), lw=1, color="#4c78a8")
         ax.set_ylabel(label, fontsize=8)
-        for i, (s, e) in enumerate(zip(starts, ends)):
+        for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
             if np.isfinite(s) and np.isfinite(e):
                 colour = "#f58518" if i < len(in_window) and in_window[i] > 0 else "#9d9da0"
                 ax.axvspan((s - t0) / 1e9, (e - t0) / 1e9, color=colour, alpha=0.12 if i % 2 else 0.22, lw=0)
@@ -142,50 +157,84 @@ def nvml_chart(ctx: "AnalysisContext | None") -> str | None:
     return _svg(fig)
 
 
-def _kernel_points(report: dict[str, Any], ctx: "AnalysisContext | None") -> list[dict[str, Any]]:
+def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[dict[str, Any]]:
     points = []
     if ctx is not None:
         try:
-            from stallscope.analyzers.peaks import kernel_rooflines
-
             for k in kernel_rooflines(ctx)[:25]:
                 if k.flops and k.bytes and k.achieved_tflops:
-                    points.append({"name": k.kernel, "ai": k.flops / k.bytes, "tflops": k.achieved_tflops, "ms": k.total_ms, "cls": k.cls})
+                    points.append(
+                        {
+                            "name": k.kernel,
+                            "ai": k.flops / k.bytes,
+                            "tflops": k.achieved_tflops,
+                            "ms": k.total_ms,
+                            "cls": k.cls,
+                        }
+                    )
         except Exception:
             points = []
     if not points:
         for k in report.get("top_kernels", []):
             if k.get("flops_per_byte") and k.get("achieved_tflops"):
-                points.append({"name": k["name"], "ai": k["flops_per_byte"], "tflops": k["achieved_tflops"], "ms": k.get("total_ms", 1.0), "cls": k.get("class")})
+                points.append(
+                    {
+                        "name": k["name"],
+                        "ai": k["flops_per_byte"],
+                        "tflops": k["achieved_tflops"],
+                        "ms": k.get("total_ms", 1.0),
+                        "cls": k.get("class"),
+                    }
+                )
     return points
 
 
-def roofline_chart(report: dict[str, Any], ctx: "AnalysisContext | None") -> str | None:
+def roofline_chart(report: dict[str, Any], ctx: AnalysisContext | None) -> str | None:
     points = _kernel_points(report, ctx)
     if not points:
         return None
-    from stallscope.analyzers.peaks import peaks_for
-
     device = (ctx.device_name if ctx is not None else None) or report.get("environment", {}).get("gpu")
     peaks = peaks_for(device)
     plt = _mpl()
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     ai = np.logspace(-2, 4, 200)
     if peaks is not None:
         bw = peaks.dram_gbps * 1e9
         for dtype, style in (("bf16", "-"), ("fp32", "--")):
             roof = np.minimum(ai * bw, peaks.compute_tflops(dtype) * 1e12) / 1e12
-            ax.plot(ai, roof, style, color="#555", lw=1, label=f"{dtype} roof ({peaks.compute_tflops(dtype):.0f} TFLOP/s, {peaks.dram_gbps / 1e3:.2f} TB/s)")
+            ax.plot(
+                ai,
+                roof,
+                style,
+                color="#555",
+                lw=1,
+                label=f"{dtype} roof ({peaks.compute_tflops(dtype):.0f} TFLOP/s, {peaks.dram_gbps / 1e3:.2f} TB/s)",
+            )
     sizes = np.array([p["ms"] for p in points], dtype=float)
     sizes = 20 + 200 * sizes / max(sizes.max(), 1e-9)
-    colours = ["#e45756" if p["cls"] == "memory-bound" else "#4c78a8" if p["cls"] == "compute-bound" else "#9d9da0" for p in points]
-    ax.scatter([p["ai"] for p in points], [p["tflops"] for p in points], s=sizes, c=colours, alpha=0.8, edgecolors="k", linewidths=0.4)
+    colours = [
+        "#e45756" if p["cls"] == "memory-bound" else "#4c78a8" if p["cls"] == "compute-bound" else "#9d9da0"
+        for p in points
+    ]
+    ax.scatter(
+        [p["ai"] for p in points],
+        [p["tflops"] for p in points],
+        s=sizes,
+        c=colours,
+        alpha=0.8,
+        edgecolors="k",
+        linewidths=0.4,
+    )
     for p in points:
         tag = "GR-KAN" if _GRKAN.search(p["name"]) else "attention" if _ATTENTION.search(p["name"]) else None
         if tag:
-            ax.annotate(f"{tag}: {p['name'][:28]}", (p["ai"], p["tflops"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                f"{tag}: {p['name'][:28]}",
+                (p["ai"], p["tflops"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
@@ -209,10 +258,23 @@ def _fmt(value: Any) -> str:
 
 
 def _kv(rows: dict[str, Any]) -> str:
-    return "<table class='kv'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(_fmt(v))}</td></tr>" for k, v in rows.items() if v not in (None, "", [], {})) + "</table>"
+    return (
+        "<table class='kv'>"
+        + "".join(
+            f"<tr><td>{_e(k)}</td><td>{_e(_fmt(v))}</td></tr>" for k, v in rows.items() if v not in (None, "", [], {})
+        )
+        + "</table>"
+    )
 
 
-def _findings(report: dict[str, Any]) -> str:
+def _fix_advice(finding: dict[str, Any], fix_advice: FixAdvice | None) -> str:
+    return "".join(
+        f"<div class='fix'><p><b>fix {_e(fix_id)}</b></p><pre>{_e(text)}</pre></div>"
+        for fix_id, text in fix_advice_lines(finding, fix_advice)
+    )
+
+
+def _findings(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> str:
     items = []
     for f in report.get("findings", []):
         sev = _e(f["severity"])
@@ -220,7 +282,8 @@ def _findings(report: dict[str, Any]) -> str:
         items.append(
             f"<details open><summary><span class='sev {sev}'>{sev}</span> {_e(f['title'])} "
             f"<span class='muted'>({f['impact']['step_time_pct']:.1f}% of step, ~{f['impact']['est_saving_ms_per_step']:.3g} ms/step)</span></summary>"
-            f"{_kv({'id': f['id'], 'category': f['category'], 'confidence': f.get('confidence'), **f.get('evidence', {}), **{'where.' + k: v for k, v in where.items()}, 'fixes': f.get('fixes'), 'advice': f.get('advice')})}</details>"
+            f"{_kv({'id': f['id'], 'category': f['category'], 'confidence': f.get('confidence'), **f.get('evidence', {}), **{'where.' + k: v for k, v in where.items()}, 'fixes': f.get('fixes'), 'advice': f.get('advice')})}"
+            f"{_fix_advice(f, fix_advice)}</details>"
         )
     return "".join(items) or "<p class='muted'>No findings.</p>"
 
@@ -236,21 +299,35 @@ def _patches(report: dict[str, Any]) -> str | None:
     for p in entries if isinstance(entries, list) else []:
         if not isinstance(p, dict):
             continue
-        rows.append(f"<tr><td>{_e(p.get('id') or p.get('fix'))}</td><td>{_e(p.get('decision'))}</td><td>{_e(_fmt(p.get('speedup', '')))}</td>"
-                    f"<td>{_e(p.get('why') or p.get('reason') or '')}</td><td>{_e(_fmt(p.get('parity', '')))}</td></tr>")
-    return "<table><tr><th>fix</th><th>decision</th><th>speedup</th><th>why</th><th>parity</th></tr>" + "".join(rows) + "</table>"
+        rows.append(
+            f"<tr><td>{_e(p.get('id') or p.get('fix'))}</td><td>{_e(p.get('decision'))}</td><td>{_e(_fmt(p.get('speedup', '')))}</td>"
+            f"<td>{_e(p.get('why') or p.get('reason') or '')}</td><td>{_e(_fmt(p.get('parity', '')))}</td></tr>"
+        )
+    return (
+        "<table><tr><th>fix</th><th>decision</th><th>speedup</th><th>why</th><th>parity</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _top_kernels(report: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td><code>{_e(k['name'][:90])}</code></td><td>{k.get('count')}</td><td>{_fmt(k.get('total_ms'))}</td>"
-                   f"<td>{_fmt(k.get('pct'))}</td><td>{_e(k.get('class'))}</td></tr>" for k in report.get("top_kernels", []))
+    rows = "".join(
+        f"<tr><td><code>{_e(k['name'][:90])}</code></td><td>{k.get('count')}</td><td>{_fmt(k.get('total_ms'))}</td>"
+        f"<td>{_fmt(k.get('pct'))}</td><td>{_e(k.get('class'))}</td></tr>"
+        for k in report.get("top_kernels", [])
+    )
     if not rows:
         return "<p class='muted'>No GPU kernels in the trace.</p>"
-    return "<table><tr><th>kernel</th><th>calls</th><th>total ms</th><th>% of kernel time</th><th>class</th></tr>" + rows + "</table>"
+    return (
+        "<table><tr><th>kernel</th><th>calls</th><th>total ms</th><th>% of kernel time</th><th>class</th></tr>"
+        + rows
+        + "</table>"
+    )
 
 
-def render_html(report: dict[str, Any], ctx: "AnalysisContext | None" = None) -> str:
-    """The whole report as one HTML document (no external resources)."""
+def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_advice: FixAdvice | None = None) -> str:
+    """The whole report as one HTML document (no external resources); ``fix_advice`` adds each
+    fix's advice under the finding that names it."""
     summary = report.get("summary", {})
     st = summary.get("step_time_ms", {})
     sections: list[tuple[str, str | None]] = [
@@ -263,17 +340,25 @@ def render_html(report: dict[str, Any], ctx: "AnalysisContext | None" = None) ->
     for title, svg in sections:
         if svg:
             body.append(f"<section class='chart'><h2>{_e(title)}</h2>{svg}</section>")
-    body.append(f"<section><h2>Findings</h2>{_findings(report)}</section>")
+    body.append(f"<section><h2>Findings</h2>{_findings(report, fix_advice)}</section>")
     patches = _patches(report)
     if patches:
         body.append(f"<section><h2>Patches</h2>{patches}</section>")
     body.append(f"<section><h2>Top kernels</h2>{_top_kernels(report)}</section>")
     body.append(f"<section><h2>Environment</h2>{_kv(report.get('environment', {}))}</section>")
     if report.get("notices"):
-        body.append("<section><h2>Notices</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notices"]) + "</ul></section>")
+        body.append(
+            "<section><h2>Notices</h2><ul>"
+            + "".join(f"<li>{_e(n)}</li>" for n in report["notices"])
+            + "</ul></section>"
+        )
     src = report.get("source", {})
-    head = (f"{summary.get('steps', 0)} steps, median {st.get('median', 0) or 0:.3f} ms "
-            f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}) &middot; {_e(src.get('path', ''))}")
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>stallscope report</title>"
-            f"<style>{CSS}</style></head><body><header><h1>stallscope report</h1><p>{head}</p></header>"
-            f"<main>{''.join(body)}</main></body></html>")
+    head = (
+        f"{summary.get('steps', 0)} steps, median {st.get('median', 0) or 0:.3f} ms "
+        f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}) &middot; {_e(src.get('path', ''))}"
+    )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>stallscope report</title>"
+        f"<style>{CSS}</style></head><body><header><h1>stallscope report</h1><p>{head}</p></header>"
+        f"<main>{''.join(body)}</main></body></html>"
+    )

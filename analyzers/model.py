@@ -10,32 +10,18 @@ Contract (shared by the loader, the breakdown and every analyzer; add fields, ne
 
 No torch import here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
-__all__ = ["AnalysisContext", "EventTable", "Kind", "RankData", "Step", "StepBreakdown"]
+from stallscope.analyzers.vocab import GPU_KINDS, MEMORY_EVENT, Kind
 
-
-class Kind(IntEnum):
-    """Event kinds (the ``kind`` column)."""
-
-    CPU_OP = 0  # cat cpu_op / operator (aten::*, ProfilerStep#N, enumerate(DataLoader)...)
-    RUNTIME = 1  # cat cuda_runtime / cuda_driver (cudaLaunchKernel, cudaStreamSynchronize...)
-    KERNEL = 2  # cat kernel
-    MEMCPY = 3  # cat gpu_memcpy
-    MEMSET = 4  # cat gpu_memset
-    ANNOTATION = 5  # cat user_annotation (record_function, our step / phase ranges)
-    GPU_ANNOTATION = 6  # cat gpu_user_annotation
-    PYTHON = 7  # cat python_function (with_stack=True)
-    OTHER = 8  # everything else kept (e.g. cpu_instant_event, Trace, ac2g flows are dropped)
-
-
-GPU_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET)
+__all__ = ["AnalysisContext", "EventTable", "GPU_KINDS", "Kind", "RankData", "Step", "StepBreakdown", "empty_table"]
 
 
 @dataclass
@@ -80,24 +66,51 @@ class EventTable:
         return int(self.kind.shape[0])
 
     def name_of(self, row: int) -> str:
+        """The name of ``row``."""
         return self.names[int(self.name[row])]
 
     def rows_of_kind(self, *kinds: Kind) -> np.ndarray:
+        """Rows of any of ``kinds``, in table order."""
         return np.flatnonzero(np.isin(self.kind, np.asarray(kinds, dtype=np.int8)))
 
     def gpu_rows(self) -> np.ndarray:
+        """Rows that ran on the GPU (kernels, memcpy, memset)."""
         return self.rows_of_kind(*GPU_KINDS)
 
-    def name_ids_matching(self, predicate: Any) -> np.ndarray:
+    def name_ids_matching(self, predicate: Callable[[str], bool]) -> np.ndarray:
         """Name ids whose string satisfies ``predicate(str) -> bool``."""
         return np.asarray([i for i, s in enumerate(self.names) if predicate(s)], dtype=np.int32)
 
-    def rows_named(self, predicate: Any, *kinds: Kind) -> np.ndarray:
+    def rows_named(self, predicate: Callable[[str], bool], *kinds: Kind) -> np.ndarray:
+        """Rows whose name satisfies ``predicate`` (and whose kind is one of ``kinds``, when given)."""
         ids = self.name_ids_matching(predicate)
         mask = np.isin(self.name, ids)
         if kinds:
             mask &= np.isin(self.kind, np.asarray(kinds, dtype=np.int8))
         return np.flatnonzero(mask)
+
+
+def empty_table(names: list[str] | None = None) -> EventTable:
+    """An event table with no rows (a trace with no events, a rank without a trace)."""
+    z64 = np.zeros(0, dtype=np.int64)
+    return EventTable(
+        names=list(names or []),
+        kind=np.zeros(0, dtype=np.int8),
+        name=np.zeros(0, dtype=np.int32),
+        ts_ns=z64.copy(),
+        dur_ns=z64.copy(),
+        pid=z64.copy(),
+        tid=z64.copy(),
+        stream=np.zeros(0, dtype=np.int32),
+        device=np.zeros(0, dtype=np.int32),
+        correlation=z64.copy(),
+        external_id=z64.copy(),
+        step=np.zeros(0, dtype=np.int32),
+        flops=np.zeros(0, dtype=np.float64),
+        bytes=z64.copy(),
+        launch_of=z64.copy(),
+        op_of=z64.copy(),
+    )
 
 
 @dataclass
@@ -221,5 +234,5 @@ class AnalysisContext:
         if requirement == "telemetry":
             return any(r.telemetry is not None for r in rs)
         if requirement == "memory":
-            return any(r.events.rows_named(lambda s: s == "[memory]").size for r in rs)
+            return any(r.events.rows_named(lambda s: s == MEMORY_EVENT).size for r in rs)
         return False

@@ -24,15 +24,19 @@ Classification of a kernel (aggregated by name over the window), in order:
 
 No torch import here.
 """
+
 from __future__ import annotations
 
 import math
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from stallscope.analyzers.model import Kind
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -73,7 +77,9 @@ class GpuPeaks:
 
     def compute_tflops(self, dtype: str) -> float:
         """The roof for a dtype class: ``bf16``, ``fp16``, ``tf32``, ``fp32``."""
-        value = {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops or self.bf16_tflops, "tf32": self.tf32_tflops}.get(dtype)
+        value = {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops or self.bf16_tflops, "tf32": self.tf32_tflops}.get(
+            dtype
+        )
         return float(value) if value else float(self.fp32_tflops)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,12 +213,16 @@ def op_flops(name: str, dims: Sequence[Any]) -> float | None:
         if short in ("linear",) and len(t) >= 2:
             a, w = t[0], t[1]
             return 2.0 * math.prod(a[:-1]) * a[-1] * w[0]
-        if "scaled_dot_product" in short or short.startswith("_flash_attention") or short.startswith("_efficient_attention"):
+        if (
+            "scaled_dot_product" in short
+            or short.startswith("_flash_attention")
+            or short.startswith("_efficient_attention")
+        ):
             if len(t) >= 3 and len(t[0]) == 4 and len(t[1]) == 4:
-                b, h, l, e = t[0]
+                b, h, length, e = t[0]
                 s = t[1][2]
                 ev = t[2][-1]
-                fwd = 2.0 * b * h * l * s * (e + ev)
+                fwd = 2.0 * b * h * length * s * (e + ev)
                 return fwd * (2.5 if "backward" in short else 1.0)
     except (ValueError, IndexError, TypeError):
         return None
@@ -245,7 +255,7 @@ def op_min_bytes(name: str, dims: Sequence[Any], types: Sequence[str]) -> int | 
     total = 0
     largest = 0
     elem = 0
-    for d, ty in zip(dims, types):
+    for d, ty in zip(dims, types, strict=False):
         size = dtype_bytes(str(ty))
         if not size or not isinstance(d, (list, tuple)):
             continue
@@ -269,8 +279,13 @@ def op_min_bytes(name: str, dims: Sequence[Any], types: Sequence[str]) -> int | 
     return int(total + out)
 
 
-_COMPUTE_NAME = re.compile(r"gemm|gemv|xmma|cutlass|cublas|conv|wgrad|dgrad|fprop|flash|fmha|attention|s1688|h1688|s16816|h16816|hmma|gmma", re.I)
-_MEMORY_NAME = re.compile(r"elementwise|vectorized|reduce|copy|fill|memset|memcpy|cat_|layer_norm|softmax|index|scatter|gather|unrolled", re.I)
+_COMPUTE_NAME = re.compile(
+    r"gemm|gemv|xmma|cutlass|cublas|conv|wgrad|dgrad|fprop|flash|fmha|attention|s1688|h1688|s16816|h16816|hmma|gmma",
+    re.I,
+)
+_MEMORY_NAME = re.compile(
+    r"elementwise|vectorized|reduce|copy|fill|memset|memcpy|cat_|layer_norm|softmax|index|scatter|gather|unrolled", re.I
+)
 
 
 # Ridge points (FLOP per byte) when the GPU is not in the table: an A100-class part.
@@ -308,7 +323,12 @@ class KernelRoofline:
     ops: list[str]
 
     def evidence(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"calls": self.calls, "total_ms": self.total_ms, "mean_us": self.mean_us, "class": self.cls}
+        out: dict[str, Any] = {
+            "calls": self.calls,
+            "total_ms": self.total_ms,
+            "mean_us": self.mean_us,
+            "class": self.cls,
+        }
         if self.achieved_tflops is not None:
             out["achieved_tflops"] = self.achieved_tflops
         if self.achieved_gbps is not None:
@@ -320,7 +340,7 @@ class KernelRoofline:
         return out
 
 
-def _op_info(ev: "EventTable", op_row: int) -> tuple[str, float | None, int | None, str]:
+def _op_info(ev: EventTable, op_row: int) -> tuple[str, float | None, int | None, str]:
     name = ev.name_of(op_row)
     extra = ev.extra.get(op_row, {})
     dims = extra.get("input_dims") or []
@@ -330,7 +350,7 @@ def _op_info(ev: "EventTable", op_row: int) -> tuple[str, float | None, int | No
     return name, flops, nbytes, _dtype_class(types)
 
 
-def _ops_info(ev: "EventTable", op_rows: np.ndarray) -> list[tuple[str, float | None, int | None, str]]:
+def _ops_info(ev: EventTable, op_rows: np.ndarray) -> list[tuple[str, float | None, int | None, str]]:
     """:func:`_op_info` of each row (-1: no op), computed once per distinct (name, flops, args):
     the loader shares one args dict between ops with the same shapes and dtypes."""
     none = ("", None, None, "fp32")
@@ -353,7 +373,7 @@ def _ops_info(ev: "EventTable", op_rows: np.ndarray) -> list[tuple[str, float | 
 _ROOFLINES: dict[tuple[int, int, str | None], tuple[Any, list[KernelRoofline]]] = {}
 
 
-def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[KernelRoofline]:
+def kernel_rooflines(ctx: AnalysisContext, rank_index: int = 0) -> list[KernelRoofline]:
     """Every kernel name of one rank, with FLOPs, bytes, achieved rates and class; longest first.
 
     A kernel's FLOPs and bytes are those of the CPU op that launched it (``op_of``); when an
@@ -375,9 +395,7 @@ def kernel_rooflines(ctx: "AnalysisContext", rank_index: int = 0) -> list[Kernel
     return list(out)
 
 
-def _kernel_rooflines(ev: "EventTable", device_name: str | None) -> list[KernelRoofline]:
-    from stallscope.analyzers.model import Kind
-
+def _kernel_rooflines(ev: EventTable, device_name: str | None) -> list[KernelRoofline]:
     peaks = peaks_for(device_name)
     krows = ev.rows_of_kind(Kind.KERNEL)
     if not len(krows):
@@ -412,7 +430,7 @@ def _kernel_rooflines(ev: "EventTable", device_name: str | None) -> list[KernelR
     pkeys, pinv = np.unique(pair_key[has_op], return_inverse=True)
     pdur = np.bincount(pinv, weights=dur[has_op], minlength=len(pkeys))
     ops_of: dict[int, list[tuple[float, str]]] = {}
-    for key, d in zip(pkeys, pdur):
+    for key, d in zip(pkeys, pdur, strict=False):
         k, o = divmod(int(key), len(uops) + 1)
         ops_of.setdefault(k, []).append((float(d), info[o][0]))
     out = []
@@ -465,6 +483,6 @@ def _kernel_rooflines(ev: "EventTable", device_name: str | None) -> list[KernelR
     return out
 
 
-def classify_kernels(ctx: "AnalysisContext") -> dict[str, str]:
+def classify_kernels(ctx: AnalysisContext) -> dict[str, str]:
     """Kernel name -> ``compute-bound`` | ``memory-bound`` | ``latency-bound`` | ``unknown`` (rank 0)."""
     return {k.kernel: k.cls for k in kernel_rooflines(ctx)}

@@ -4,11 +4,25 @@ The console shows the environment, the steps and step-time statistics, a breakdo
 findings ranked by impact with their evidence. Markdown carries the same content for PR
 comments and GitHub step summaries. No torch import.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
-__all__ = ["ReportView", "BreakdownBar", "FindingView", "to_markdown", "BREAKDOWN_PARTS"]
+__all__ = [
+    "BREAKDOWN_PARTS",
+    "BreakdownBar",
+    "FindingView",
+    "FixAdvice",
+    "ReportView",
+    "fix_advice_lines",
+    "to_markdown",
+]
+
+# The advice text of a fix id, or None: supplied by the caller (the CLI passes
+# ``stallscope.fixes.advice_for``), so the analysis side needs nothing from fixes/.
+FixAdvice = Callable[[str], Optional[str]]
 
 BREAKDOWN_PARTS = (
     ("compute_pct", "compute", "green"),
@@ -37,6 +51,18 @@ def short_kernel_name(name: str, width: int = 60) -> str:
             out.append(ch)
     short = "".join(out).strip() or name
     return short if len(short) <= width else short[: width - 1] + "…"
+
+
+def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> list[tuple[str, str]]:
+    """``(fix id, advice)`` for each of the finding's fixes that ``fix_advice`` knows."""
+    if fix_advice is None:
+        return []
+    out = []
+    for fix_id in finding.get("fixes") or []:
+        text = fix_advice(str(fix_id))
+        if text:
+            out.append((str(fix_id), text))
+    return out
 
 
 def _num(v: Any, unit: str = "") -> str:
@@ -76,8 +102,8 @@ class BreakdownBar:
 class FindingView:
     """One finding of a report dict, with its evidence."""
 
-    def __init__(self, finding: dict[str, Any], rank: int) -> None:
-        self.f, self.rank = finding, rank
+    def __init__(self, finding: dict[str, Any], rank: int, fix_advice: FixAdvice | None = None) -> None:
+        self.f, self.rank, self.fix_advice = finding, rank, fix_advice
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -89,7 +115,9 @@ class FindingView:
         colour = {"high": "bold red", "medium": "yellow", "low": "cyan"}.get(sev, "dim")
         imp = f.get("impact", {})
         head = Text.assemble(
-            (f"{self.rank}. ", "bold"), (f"[{sev}] ", colour), (f.get("title", ""), "bold"),
+            (f"{self.rank}. ", "bold"),
+            (f"[{sev}] ", colour),
+            (f.get("title", ""), "bold"),
             (f"  {_num(imp.get('step_time_pct'))}% of step, ~{_num(imp.get('est_saving_ms_per_step'))} ms/step", "dim"),
         )
         grid = Table.grid(padding=(0, 2))
@@ -105,14 +133,16 @@ class FindingView:
             grid.add_row("fixes", ", ".join(f["fixes"]))
         if f.get("advice"):
             grid.add_row("advice", f["advice"])
+        for fix_id, text in fix_advice_lines(f, self.fix_advice):
+            grid.add_row(f"fix {fix_id}", text)
         return Group(head, grid, Text(""))
 
 
 class ReportView:
     """The whole report for the console."""
 
-    def __init__(self, report: dict[str, Any]) -> None:
-        self.r = report
+    def __init__(self, report: dict[str, Any], fix_advice: FixAdvice | None = None) -> None:
+        self.r, self.fix_advice = report, fix_advice
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -128,20 +158,28 @@ class ReportView:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="dim")
         head.add_column()
-        head.add_row("source", f"{src.get('path')} ({src.get('kind')}, {len(src.get('ranks') or [])} rank(s), "
-                               f"{_num(src.get('events'))} events)")
+        head.add_row(
+            "source",
+            f"{src.get('path')} ({src.get('kind')}, {len(src.get('ranks') or [])} rank(s), "
+            f"{_num(src.get('events'))} events)",
+        )
         gpu = env.get("gpu") or {}
         head.add_row("gpu", str(gpu.get("name") or env.get("device_name") or "none in the trace"))
         versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "cuda", "driver", "python") if env.get(k))
         if versions:
             head.add_row("versions", versions)
         head.add_row("steps", f"{summ.get('steps')} (from {src.get('steps_from')})")
-        head.add_row("step time", f"median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, "
-                                  f"p90 {_num(st.get('p90'))} ms over {len(st.get('samples') or [])} samples "
-                                  f"({st.get('source', '')})")
-        parts: list[Any] = [Panel(head, title="stallscope diagnose", expand=False),
-                            BreakdownBar(summ.get("breakdown_pct") or {}, gpu=bool(summ.get("gpu_events", True))),
-                            Text("")]
+        head.add_row(
+            "step time",
+            f"median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, "
+            f"p90 {_num(st.get('p90'))} ms over {len(st.get('samples') or [])} samples "
+            f"({st.get('source', '')})",
+        )
+        parts: list[Any] = [
+            Panel(head, title="stallscope diagnose", expand=False),
+            BreakdownBar(summ.get("breakdown_pct") or {}, gpu=bool(summ.get("gpu_events", True))),
+            Text(""),
+        ]
         if r.get("per_rank"):
             t = Table(title="per rank", title_justify="left")
             for col in ("rank", "steps", "median ms", "compute %", "comm exposed %", "data wait %", "idle host %"):
@@ -149,8 +187,15 @@ class ReportView:
             for pr in r["per_rank"]:
                 b = pr.get("breakdown_pct") or {}
                 idle = sum(float(b.get(k) or 0) for k in ("sync_wait_pct", "launch_overhead_pct", "host_other_pct"))
-                t.add_row(str(pr["rank"]), str(pr["steps"]), _num(pr["step_time_ms"].get("median")),
-                          _num(b.get("compute_pct")), _num(b.get("comm_exposed_pct")), _num(b.get("data_wait_pct")), _num(idle))
+                t.add_row(
+                    str(pr["rank"]),
+                    str(pr["steps"]),
+                    _num(pr["step_time_ms"].get("median")),
+                    _num(b.get("compute_pct")),
+                    _num(b.get("comm_exposed_pct")),
+                    _num(b.get("data_wait_pct")),
+                    _num(idle),
+                )
             parts.append(t)
         if r.get("top_kernels"):
             from rich import box
@@ -161,21 +206,24 @@ class ReportView:
                 t.add_column(col, justify="right", no_wrap=True)
             t.add_column("class", no_wrap=True)
             for k in r["top_kernels"][:8]:
-                t.add_row(short_kernel_name(k["name"]), str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"])
+                t.add_row(
+                    short_kernel_name(k["name"]), str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"]
+                )
             parts.append(t)
         findings = r.get("findings") or []
         parts.append(Text(f"findings ({len(findings)}), ranked by impact", style="bold underline"))
         if not findings:
             parts.append(Text("no bottleneck above the noise threshold was found", style="green"))
         for i, f in enumerate(findings, 1):
-            parts.append(FindingView(f, i))
+            parts.append(FindingView(f, i, self.fix_advice))
         for n in r.get("notices") or []:
             parts.append(Text(f"note: {n}", style="dim"))
         return Group(*parts)
 
 
-def to_markdown(report: dict[str, Any]) -> str:
-    """The report as GitHub-flavoured markdown."""
+def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> str:
+    """The report as GitHub-flavoured markdown; ``fix_advice`` adds each fix's advice under the
+    finding that names it."""
     r = report
     env = r.get("environment", {}) or {}
     src = r.get("source", {}) or {}
@@ -201,11 +249,19 @@ def to_markdown(report: dict[str, Any]) -> str:
         out.append(f"| {label} | {_num(bd.get(key))} |")
     out.append(f"| (comm overlapped, not summed) | {_num(bd.get('comm_overlapped_pct'))} |")
     if r.get("per_rank"):
-        out += ["", "## Per rank", "", "| rank | steps | median ms | compute % | comm exposed % | data wait % |", "|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "## Per rank",
+            "",
+            "| rank | steps | median ms | compute % | comm exposed % | data wait % |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for pr in r["per_rank"]:
             b = pr.get("breakdown_pct") or {}
-            out.append(f"| {pr['rank']} | {pr['steps']} | {_num(pr['step_time_ms'].get('median'))} | {_num(b.get('compute_pct'))} "
-                       f"| {_num(b.get('comm_exposed_pct'))} | {_num(b.get('data_wait_pct'))} |")
+            out.append(
+                f"| {pr['rank']} | {pr['steps']} | {_num(pr['step_time_ms'].get('median'))} | {_num(b.get('compute_pct'))} "
+                f"| {_num(b.get('comm_exposed_pct'))} | {_num(b.get('data_wait_pct'))} |"
+            )
     if r.get("top_kernels"):
         out += ["", "## Top kernels", "", "| kernel | count | total ms | % | class |", "|---|---:|---:|---:|---|"]
         for k in r["top_kernels"][:10]:
@@ -220,8 +276,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         imp = f.get("impact", {})
         out.append(f"### {i}. [{f.get('severity')}] {f.get('title')}")
         out.append("")
-        out.append(f"`{f.get('id')}` ({f.get('category')}): {_num(imp.get('step_time_pct'))} % of step time, "
-                   f"~{_num(imp.get('est_saving_ms_per_step'))} ms/step to gain, confidence {_num(f.get('confidence'))}")
+        out.append(
+            f"`{f.get('id')}` ({f.get('category')}): {_num(imp.get('step_time_pct'))} % of step time, "
+            f"~{_num(imp.get('est_saving_ms_per_step'))} ms/step to gain, confidence {_num(f.get('confidence'))}"
+        )
         out.append("")
         for k, v in (f.get("evidence") or {}).items():
             out.append(f"- {k}: {_num(v) if not isinstance(v, list) else ', '.join(_num(x) for x in v[:6])}")
@@ -232,6 +290,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             out.append("- fixes: " + ", ".join(f"`{x}`" for x in f["fixes"]))
         if f.get("advice"):
             out.append(f"- advice: {f['advice']}")
+        for fix_id, text in fix_advice_lines(f, fix_advice):
+            out += [f"- fix `{fix_id}`:", "", *(f"  {line}" if line else "" for line in text.splitlines())]
         out.append("")
     if r.get("notices"):
         out += ["## Notices", ""] + [f"- {n}" for n in r["notices"]]

@@ -5,6 +5,7 @@ runs the analyzers and returns a plain dict (YAML/JSON-ready). The schema lives 
 module (``report.schema.json``) and is documented in ``docs/report.md``. Numbers carry their
 unit in the key. No torch import.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers import peaks
 from stallscope.analyzers.breakdown import breakdown_pct, breakdown_totals
+from stallscope.analyzers.context import load_context
 from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown
-from stallscope.profiler.common import ToolError, __version__
+from stallscope.analyzers.run import run_analyzers
+from stallscope.analyzers.stats import summary
+from stallscope.profiler.common import ToolError, __version__, read_yaml
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_PATH", "build_report", "report_from_context", "load_report", "validate_report", "schema"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCHEMA_PATH",
+    "build_report",
+    "report_from_context",
+    "load_report",
+    "validate_report",
+    "schema",
+]
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -26,16 +39,10 @@ TOP_KERNELS = 15
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
-    arr = np.asarray([s for s in samples if s is not None and math.isfinite(s)], dtype=np.float64)
-    if arr.size == 0:
-        return {"median": None, "p10": None, "p90": None, "mean": None, "samples": []}
-    return {
-        "median": round(float(np.median(arr)), 4),
-        "p10": round(float(np.percentile(arr, 10)), 4),
-        "p90": round(float(np.percentile(arr, 90)), 4),
-        "mean": round(float(arr.mean()), 4),
-        "samples": [round(float(x), 4) for x in arr],
-    }
+    """The summary statistics of step times (ms, 4 decimals) with the samples themselves."""
+    out: dict[str, Any] = {k: None if v is None else round(v, 4) for k, v in summary(samples).items()}
+    out["samples"] = [round(float(x), 4) for x in samples if x is not None and math.isfinite(x)]
+    return out
 
 
 def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
@@ -96,9 +103,14 @@ def _environment(ctx: AnalysisContext) -> dict[str, Any]:
     props = tm.get("deviceProperties") if isinstance(tm.get("deviceProperties"), list) else []
     if gpu is None and props and isinstance(props[0], dict):
         p = props[0]
-        gpu = {"index": p.get("id"), "name": p.get("name"), "memory_gb": round(p["totalGlobalMem"] / 2**30, 1)
-               if isinstance(p.get("totalGlobalMem"), (int, float)) else None,
-               "compute_capability": f"{p.get('computeMajor')}.{p.get('computeMinor')}" if "computeMajor" in p else None}
+        gpu = {
+            "index": p.get("id"),
+            "name": p.get("name"),
+            "memory_gb": round(p["totalGlobalMem"] / 2**30, 1)
+            if isinstance(p.get("totalGlobalMem"), (int, float))
+            else None,
+            "compute_capability": f"{p.get('computeMajor')}.{p.get('computeMinor')}" if "computeMajor" in p else None,
+        }
     env["gpu"] = gpu
     env["gpu_count"] = len(props) if props else (1 if gpu else 0)
     for key in ("driver", "cuda", "torch", "python"):
@@ -138,22 +150,20 @@ def _top_kernels(ctx: AnalysisContext) -> list[dict[str, Any]]:
     classes: dict[str, str] = {}
     if totals:
         try:
-            from stallscope.analyzers import peaks  # the analyzers agent's roofline classes
-
             classes = dict(peaks.classify_kernels(ctx))
-        except ImportError:
-            classes = {}
         except Exception as exc:  # a classification bug must not cost the report
             ctx.notices.append(f"kernel classification failed ({exc.__class__.__name__}); classes are unknown")
     out = []
     for name, (count, total) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:TOP_KERNELS]:
-        out.append({
-            "name": name,
-            "count": int(count),
-            "total_ms": round(total, 4),
-            "pct": round(100.0 * total / grand, 3) if grand > 0 else 0.0,
-            "class": classes.get(name, "unknown"),
-        })
+        out.append(
+            {
+                "name": name,
+                "count": int(count),
+                "total_ms": round(total, 4),
+                "pct": round(100.0 * total / grand, 3) if grand > 0 else 0.0,
+                "class": classes.get(name, "unknown"),
+            }
+        )
     return out
 
 
@@ -168,20 +178,20 @@ def _per_rank(ctx: AnalysisContext) -> list[dict[str, Any]]:
     out = []
     for rd in ctx.ranks:
         walls = [s.wall_ms for s in rd.steps]
-        out.append({
-            "rank": rd.rank,
-            "steps": len(rd.steps),
-            "step_time_ms": {k: v for k, v in _stats(walls).items()},
-            "breakdown_pct": breakdown_pct(rd.breakdown),
-            "trace": rd.trace_path,
-        })
+        out.append(
+            {
+                "rank": rd.rank,
+                "steps": len(rd.steps),
+                "step_time_ms": {k: v for k, v in _stats(walls).items()},
+                "breakdown_pct": breakdown_pct(rd.breakdown),
+                "trace": rd.trace_path,
+            }
+        )
     return out
 
 
 def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, Any]:
     """Run the analyzers on a loaded context and assemble the report dict."""
-    from stallscope.analyzers.run import run_analyzers
-
     result = run_analyzers(ctx, debug=debug)
     all_bd: list[StepBreakdown] = [b for rd in ctx.ranks for b in rd.breakdown]
     tel = _telemetry_samples(ctx)
@@ -195,8 +205,11 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
     n_steps = max((len(rd.steps) for rd in ctx.ranks), default=0)
     per_step = {k: round(v / max(len(all_bd), 1), 4) for k, v in totals.items()}
     has_gpu = ctx.has("gpu")
-    kind = "run-dir" if ctx.meta.get("kind") == "stallscope-run" or any(rd.telemetry is not None for rd in ctx.ranks) else (
-        "trace" if len(ctx.ranks) == 1 and Path(ctx.source).is_file() else "trace-folder")
+    kind = (
+        "run-dir"
+        if ctx.meta.get("kind") == "stallscope-run" or any(rd.telemetry is not None for rd in ctx.ranks)
+        else ("trace" if len(ctx.ranks) == 1 and Path(ctx.source).is_file() else "trace-folder")
+    )
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "stallscope-report",
@@ -233,8 +246,6 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
 
 def build_report(target: str | Path, debug: bool = False) -> dict[str, Any]:
     """Load ``target`` (run directory, trace file, folder of traces) and return the report dict."""
-    from stallscope.analyzers.loader import load_context
-
     return report_from_context(load_context(target), debug=debug)
 
 
@@ -262,17 +273,39 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.validate(report, schema())
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read a report (YAML or JSON); unknown ``schema_version`` is a :class:`ToolError` (exit 2)."""
-    from stallscope.profiler.common import read_yaml
-
+def load_report(path: str | Path, *, check_version: bool = True) -> dict[str, Any]:
+    """Read a report file: JSON for ``.json``, else YAML. It must be a mapping of kind
+    ``stallscope-report`` with a ``schema_version`` (this one's, unless ``check_version`` is
+    False: the gate compares two reports' versions itself) and a ``summary`` mapping; anything
+    else is a one-line :class:`ToolError` (exit 2)."""
     p = Path(path)
     if not p.is_file():
         raise ToolError(f"{p}: no such report; check the path")
-    doc = read_yaml(p)  # YAML is a superset of JSON
-    if not isinstance(doc, dict) or doc.get("kind", "stallscope-report") != "stallscope-report" or "schema_version" not in doc:
-        raise ToolError(f"{p}: not a stallscope report (no schema_version); pass a report written by stallscope diagnose")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ToolError(f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
-                        f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report")
+    if p.suffix.lower() == ".json":
+        try:
+            doc = json.loads(p.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ToolError(
+                f"{p}: not a readable JSON report ({exc.__class__.__name__}); "
+                "regenerate it with stallscope diagnose -o report.json"
+            ) from None
+    else:
+        doc = read_yaml(p)
+    if (
+        not isinstance(doc, dict)
+        or doc.get("kind", "stallscope-report") != "stallscope-report"
+        or "schema_version" not in doc
+    ):
+        raise ToolError(
+            f"{p}: not a stallscope report (no schema_version); pass a report written by stallscope diagnose"
+        )
+    if check_version and doc.get("schema_version") != SCHEMA_VERSION:
+        raise ToolError(
+            f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
+            f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report"
+        )
+    if not isinstance(doc.get("summary"), dict):
+        raise ToolError(
+            f"{p}: not a stallscope report (no summary mapping); make one with stallscope diagnose RUN -o report.yaml"
+        )
     return doc

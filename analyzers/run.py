@@ -4,16 +4,18 @@ An analyzer whose ``requires`` are not all met by the context is skipped, and th
 it with the missing inputs. An analyzer that raises becomes a notice (its name, the exception in
 one line); with ``debug=True`` the exception propagates instead.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from stallscope.analyzers.base import Finding, registered_analyzers
+from stallscope.analyzers.loader import idle_cores
 from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["AnalyzerRun", "run_analyzers", "rank_findings"]
@@ -38,7 +40,9 @@ def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
     )
 
 
-def _run_one(ctx: AnalysisContext, name: str, debug: bool = False) -> tuple[str, list[Finding], str | None, float, list[str]]:
+def _run_one(
+    ctx: AnalysisContext, name: str, debug: bool = False
+) -> tuple[str, list[Finding], str | None, float, list[str]]:
     """Run one analyzer: (name, findings, error or None, seconds, notices it added)."""
     cls = registered_analyzers([name])[name]
     before = len(ctx.notices)
@@ -77,8 +81,6 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
         return 1
     if threading.active_count() > 1:  # forking a threaded process (e.g. inside `profile`) can deadlock
         return 1
-    from stallscope.analyzers.loader import idle_cores
-
     idle = int(idle_cores())
     if idle < 2:  # on a busy machine the workers only add fork and copy costs
         return 1
@@ -120,7 +122,9 @@ def run_analyzers(ctx: AnalysisContext, names: Iterable[str] | None = None, debu
             ctx.notices.extend(n for n in notices if n not in ctx.notices)
         if error is not None:
             out.failed[name] = error
-            ctx.notices.append(f"analyzer {name} failed ({error.split(':')[0]}: {error.split(': ', 1)[-1]}); its findings are missing")
+            ctx.notices.append(
+                f"analyzer {name} failed ({error.split(':')[0]}: {error.split(': ', 1)[-1]}); its findings are missing"
+            )
             continue
         out.ran.append(name)
         out.findings.extend(found)

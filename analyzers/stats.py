@@ -28,11 +28,12 @@ over-confident across separate jobs; the threshold is the guard for that, and pa
 All functions accept 1-D samples, and the vectorized forms accept ``(trials, n)`` arrays so
 simulations run in one numpy call.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -45,6 +46,7 @@ __all__ = [
     "median_rule_decisions",
     "mann_whitney_greater",
     "normal_sf",
+    "summary",
 ]
 
 DEFAULT_ALPHA = 0.01
@@ -54,6 +56,21 @@ _BOOTSTRAP_CELLS = 4_000_000
 _BOOTSTRAP_BUDGET = 20_000_000
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def summary(samples: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """Median, p10, p90 and mean of the finite samples (linear interpolation between order
+    statistics); each is None when no sample is finite."""
+    arr = np.asarray([s for s in samples if s is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return {"median": None, "p10": None, "p90": None, "mean": None}
+    return {
+        "median": float(np.median(arr)),
+        "p10": float(np.quantile(arr, 0.1)),
+        "p90": float(np.quantile(arr, 0.9)),
+        "mean": float(arr.mean()),
+    }
 
 
 def normal_sf(z: np.ndarray | float) -> np.ndarray:
@@ -193,7 +210,11 @@ def compare_samples(
     worse = change if lower_is_better else -change
     ratios = bootstrap_quantile_ratio(b, c, q=q)
     finite = ratios[np.isfinite(ratios)]
-    lo, hi = (float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha))) if finite.size else (math.nan, math.nan)
+    lo, hi = (
+        (float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha)))
+        if finite.size
+        else (math.nan, math.nan)
+    )
     if test == "mann-whitney":
         p_up = float(mann_whitney_greater(b, c))
         p_down = float(mann_whitney_greater(c, b))

@@ -8,13 +8,15 @@ simply retried with more input; nothing is ever guessed. The keys around the arr
 
 No torch import; orjson when installed, the standard json module otherwise.
 """
+
 from __future__ import annotations
 
 import gzip
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from stallscope.profiler.common import ToolError
 
@@ -51,7 +53,9 @@ def _unreadable(path: Path, why: str) -> ToolError:
     return ToolError(f"{path}: {why}; re-export the trace (torch.profiler export_chrome_trace) or pass another file")
 
 
-def iter_trace_batches(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+def iter_trace_batches(
+    path: str | Path, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
     """Yield ``(events, meta)`` batches; ``meta`` (the keys besides ``traceEvents``) comes with the
     last batch, ``None`` before. Raises :class:`ToolError` on unreadable or invalid input."""
     path = Path(path)
@@ -112,7 +116,7 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
         yield events, meta
         return
     head = buf[: head_match.end()]
-    buf = buf[head_match.end():]
+    buf = buf[head_match.end() :]
     eof = False
     while not eof:
         piece = _read(fh, chunk_bytes, path)
@@ -128,22 +132,22 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
             events = _loads(b"[" + segment + b"]")
         except _JSONError:
             continue  # cut inside a string or a nested object: wait for more input
-        buf = buf[cut.end() - 1:]
+        buf = buf[cut.end() - 1 :]
         yield [e for e in events if isinstance(e, dict)], None
     doc = _parse_whole(head + buf, path)
     events, meta = _split_whole(doc, path)
     yield events, meta
 
 
-def _last_boundary(buf: bytes, start: int) -> "re.Match[bytes] | None":
+def _last_boundary(buf: bytes, start: int) -> re.Match[bytes] | None:
     """The last ``}, {`` in ``buf[start:]``: looked for in the tail first (events are short),
     the whole range only when the tail has none."""
     for lo in (max(start, len(buf) - (64 << 10)), start):
-        cut = None
-        for cut in _BOUNDARY.finditer(buf, lo):
+        last = None
+        for last in _BOUNDARY.finditer(buf, lo):  # noqa: B007 - the loop only walks to the last match
             pass
-        if cut is not None:
-            return cut
+        if last is not None:
+            return last
         if lo == start:
             break
     return None
@@ -175,7 +179,7 @@ def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Ite
             return
         buf += more
         head = buf[: head_match.end()]
-        buf = buf[head_match.end():]
+        buf = buf[head_match.end() :]
         while True:
             piece = _read(fh, chunk_bytes, path)
             if not piece:
@@ -185,7 +189,7 @@ def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Ite
             if cut is None:
                 continue
             yield b"[" + buf[: cut.start() + 1] + b"]", False
-            buf = buf[cut.end() - 1:]
+            buf = buf[cut.end() - 1 :]
         yield head + buf, True
 
 

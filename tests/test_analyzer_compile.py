@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from stallscope.analyzers.base import Severity
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 from tests.analyzer_traces import run
 from tests.test_profile import profile
 

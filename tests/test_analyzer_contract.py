@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from stallscope.analyzers.base import CATEGORIES, Analyzer, Finding, registered_analyzers
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 from stallscope.analyzers.report import schema
 from stallscope.analyzers.run import run_analyzers
 from tests.diagnose_traces import cpu_steps_trace, ddp_folder, empty_trace, gpu_fixture

@@ -6,7 +6,10 @@ import math
 from collections import Counter
 
 import torch
+from rich.console import Console
 
+from stallscope.analyzers.render import ReportView, to_markdown
+from stallscope.fixes import advice_for
 from tests.analyzer_traces import context, record, run
 
 LIN = torch.nn.Linear(32, 32)
@@ -21,6 +24,12 @@ def sentence_bleu(reference, hypothesis, max_n=4):
         match = sum(min(c, ref[g]) for g, c in hyp.items())
         log_p += math.log((match + 1) / (sum(hyp.values()) + 1)) / max_n
     return math.exp(log_p)
+
+
+def _console_text(report):
+    console = Console(record=True, width=160)
+    console.print(ReportView(report, fix_advice=advice_for))
+    return console.export_text()
 
 
 def train_step_with_bleu(i):
@@ -38,8 +47,11 @@ def test_bleu_in_the_step_is_a_cpu_metric_with_tensorbleu(tmp_path):
     assert f.category == "cpu-metric" and f.fixes == ["tensorbleu"]
     assert f.evidence["metric"] == "BLEU"
     assert any("sentence_bleu" in p for p in f.where["python"])
-    # The finding prints the code change: one batched TensorBLEU call, said to be token-ID BLEU.
-    assert "sentence_bleu_batch" in f.advice and "NOT SacreBLEU" in f.advice
+    # Rendered with the fixes' advice, the finding prints the code change: one batched TensorBLEU
+    # call, said to be token-ID BLEU.
+    report = {"findings": [f.to_dict()]}
+    for text in (to_markdown(report, fix_advice=advice_for), _console_text(report)):
+        assert "sentence_bleu_batch" in text and "NOT SacreBLEU" in text
     # the loop calling the metric is not counted as the metric: the share stays below the step
     assert 5 < f.impact.step_time_pct < 100
 

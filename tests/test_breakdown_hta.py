@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stallscope.analyzers.breakdown import hta_temporal
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 from tests.diagnose_traces import GPU_FIXTURES
 
 hta = pytest.importorskip("hta.trace_analysis", reason="HolisticTraceAnalysis is not installed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stallscope.analyzers.builtin.communication import Communication, _bus_factor, match_instances, collectives_of
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "distributed" / "ddp_train.py"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stallscope.analyzers.builtin.communication import collectives_of
 from stallscope.analyzers.compact import FULL_RANKS
-from stallscope.analyzers.loader import load_context
+from stallscope.analyzers.context import load_context
 
 SRC = Path(__file__).resolve().parent / "fixtures" / "gpu" / "ddp_h200" / "straggler_data"
 

@@ -10,7 +10,7 @@ import pytest
 
 from stallscope.analyzers.base import Severity
 from stallscope.analyzers.builtin.host_bound import untraced_share
-from stallscope.analyzers.loader import load_context as load
+from stallscope.analyzers.context import load_context as load
 from tests.analyzer_traces import run
 
 RUNS = Path(__file__).parent / "fixtures" / "gpu" / "runs"

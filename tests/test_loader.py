@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stallscope.analyzers.loader import load_context, load_trace
+from stallscope.analyzers.context import load_context
+from stallscope.analyzers.loader import load_trace
 from stallscope.analyzers.model import Kind
 from stallscope.analyzers.tracefile import iter_trace_batches
 from stallscope.profiler.common import ToolError
@@ -268,3 +269,31 @@ def test_typed_decoding_equals_generic_parse(monkeypatch, make) -> None:
     assert typed.names == generic.names and typed.extra == generic.extra and m1 == m2
     for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation", "external_id", "bytes"):
         assert np.array_equal(getattr(typed, col), getattr(generic, col)), col
+
+
+@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0]])
+def test_generic_parse_dicts_decode_like_typed_records(monkeypatch, make) -> None:
+    """Dicts from the generic parse reach the one decoder through msgspec.convert, or wrapped in
+    Python when msgspec is absent: both give the typed decode's columns."""
+    import stallscope.analyzers.kineto_structs as ks
+    from stallscope.analyzers.decode import EventColumns
+    from stallscope.analyzers.link import sort_and_link
+
+    if not ks.AVAILABLE:
+        pytest.skip("msgspec is not installed: only the Python wrapping exists")
+    monkeypatch.setenv("STALLSCOPE_PARSE_WORKERS", "0")
+    typed, _ = load_trace(make())
+    batches = [events for events, _ in iter_trace_batches(make())]
+    tables = []
+    for available in (True, False):
+        monkeypatch.setattr(ks, "AVAILABLE", available)
+        cols = EventColumns()
+        for events in batches:
+            cols.add_dicts(events)
+        tables.append(cols.table())
+    for table in tables:
+        table = sort_and_link(table)
+        assert table.names == typed.names and table.extra == typed.extra
+        for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation", "external_id",
+                    "bytes", "launch_of", "op_of"):
+            assert np.array_equal(getattr(table, col), getattr(typed, col)), col

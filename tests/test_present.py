@@ -87,10 +87,11 @@ def test_html_report_opens_in_headless_chromium(traces: dict[str, Path], tmp_pat
 
 
 def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> None:
-    from stallscope.analyzers.compare import compare_reports, load_any
+    from stallscope.analyzers.compare import compare_reports
+    from stallscope.analyzers.inputs import open_report
 
-    before, _ = load_any(traces["slow"])
-    after, _ = load_any(traces["fast"])
+    before, _ = open_report(traces["slow"])
+    after, _ = open_report(traces["fast"])
     cmp = compare_reports(before, after)
     assert cmp.step_time["speedup"] > 1.3
     assert cmp.step_time["verdict"] == "faster"
@@ -107,7 +108,7 @@ def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> 
 
 def test_annotated_trace_is_valid_chrome_trace(traces: dict[str, Path], tmp_path: Path) -> None:
     from stallscope.analyzers.annotate import FINDINGS_PID, write_annotated_trace
-    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.context import load_context
     from stallscope.analyzers.report import report_from_context
 
     ctx = load_context(traces["slow"])

@@ -8,15 +8,19 @@ TensorFlow's input-pipeline analyzer and the TensorBoard profiler's 5 % DataLoad
 a fifth of every step is the point where fixing it is the first thing to do). Anything above
 1 % is **low**; less is **info**.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stallscope.analyzers.base import Analyzer, Severity, severity_from_share
+from stallscope.analyzers.base import Analyzer, Finding, Severity, severity_from_share
 from stallscope.analyzers.model import GPU_KINDS, Kind
+from stallscope.analyzers.peaks import GpuPeaks, peaks_for
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
@@ -40,7 +44,7 @@ def grade(share_pct: float, medium: float = MEDIUM_PCT, high: float = HIGH_PCT) 
     return severity_from_share(share_pct, medium, high, LOW_PCT)
 
 
-def window_ns(rank: "RankData") -> tuple[int, int]:
+def window_ns(rank: RankData) -> tuple[int, int]:
     """(total nanoseconds of the analysed steps, number of steps); the trace span if no steps.
 
     The steps' span ends at the later of the last step marker and the end of the GPU work the
@@ -50,7 +54,11 @@ def window_ns(rank: "RankData") -> tuple[int, int]:
         ev = rank.events
         start, end = rank.steps[0].start_ns, rank.steps[-1].end_ns
         cpu_ns = int(sum(s.end_ns - s.start_ns for s in rank.steps))
-        gpu = np.flatnonzero(np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0)) if len(ev) else []
+        gpu = (
+            np.flatnonzero(np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0))
+            if len(ev)
+            else []
+        )
         if len(gpu):
             end = max(end, int((ev.ts_ns[gpu] + ev.dur_ns[gpu]).max()))
         return max(cpu_ns, int(end - start)), len(rank.steps)
@@ -60,7 +68,7 @@ def window_ns(rank: "RankData") -> tuple[int, int]:
     return int((ev.ts_ns + ev.dur_ns).max() - ev.ts_ns.min()), 1
 
 
-def in_window(ev: "EventTable", rows: np.ndarray) -> np.ndarray:
+def in_window(ev: EventTable, rows: np.ndarray) -> np.ndarray:
     """Rows inside a step (all rows when the trace has no steps)."""
     if not len(rows):
         return rows
@@ -107,15 +115,15 @@ def overlap_ns(a_s: np.ndarray, a_e: np.ndarray, b_s: np.ndarray, b_e: np.ndarra
     return int(total)
 
 
-def gpu_rows(ev: "EventTable", kinds: Iterable[Kind] = GPU_KINDS) -> np.ndarray:
+def gpu_rows(ev: EventTable, kinds: Iterable[Kind] = GPU_KINDS) -> np.ndarray:
     return in_window(ev, ev.rows_of_kind(*kinds))
 
 
-def has_gpu(ev: "EventTable") -> bool:
+def has_gpu(ev: EventTable) -> bool:
     return bool(len(ev.rows_of_kind(*GPU_KINDS)))
 
 
-def rows_within(ev: "EventTable", anchors: np.ndarray, candidates: np.ndarray, same_thread: bool = True) -> np.ndarray:
+def rows_within(ev: EventTable, anchors: np.ndarray, candidates: np.ndarray, same_thread: bool = True) -> np.ndarray:
     """Candidate rows whose start lies inside any anchor row's interval (on the anchor's thread)."""
     if not len(anchors) or not len(candidates):
         return np.empty(0, np.int64)
@@ -133,7 +141,7 @@ def rows_within(ev: "EventTable", anchors: np.ndarray, candidates: np.ndarray, s
     return candidates[keep]
 
 
-def gpu_rows_launched_within(ev: "EventTable", anchors: np.ndarray) -> np.ndarray:
+def gpu_rows_launched_within(ev: EventTable, anchors: np.ndarray) -> np.ndarray:
     """GPU rows whose launch (runtime call, else owning op) started inside an anchor CPU range."""
     g = ev.gpu_rows()
     if not len(g) or not len(anchors):
@@ -146,7 +154,7 @@ def gpu_rows_launched_within(ev: "EventTable", anchors: np.ndarray) -> np.ndarra
     return g[np.fromiter((o in hit for o in owner), bool, len(owner))] if hit else np.empty(0, np.int64)
 
 
-def device_time_ns(ev: "EventTable", anchors: np.ndarray) -> int:
+def device_time_ns(ev: EventTable, anchors: np.ndarray) -> int:
     """Time attributable to CPU ranges: GPU time of what they launched, or (CPU-only trace) their
     own wall time."""
     if has_gpu(ev):
@@ -168,7 +176,7 @@ def is_user_frame(name: str) -> bool:
     return not _LIBRARY_FRAME.search(name)
 
 
-def frames_at(ev: "EventTable", tid: int, ts: int, py_rows: np.ndarray | None = None) -> list[str]:
+def frames_at(ev: EventTable, tid: int, ts: int, py_rows: np.ndarray | None = None) -> list[str]:
     """Python frames (outermost first) that were on the stack of thread ``tid`` at ``ts``."""
     rows = ev.rows_of_kind(Kind.PYTHON) if py_rows is None else py_rows
     if not len(rows):
@@ -178,7 +186,7 @@ def frames_at(ev: "EventTable", tid: int, ts: int, py_rows: np.ndarray | None = 
     return [ev.name_of(int(r)) for r in rows]
 
 
-def user_frame_at(ev: "EventTable", tid: int, ts: int, py_rows: np.ndarray | None = None) -> str | None:
+def user_frame_at(ev: EventTable, tid: int, ts: int, py_rows: np.ndarray | None = None) -> str | None:
     """The innermost frame of the user's own code at that moment, e.g. ``train.py(42): forward``."""
     for name in reversed(frames_at(ev, tid, ts, py_rows)):
         if is_user_frame(name):
@@ -194,25 +202,19 @@ def top_counts(items: Iterable[Any], n: int = 5) -> list[Any]:
     return sorted(counts, key=counts.get, reverse=True)[:n]
 
 
-def peaks(ctx: "AnalysisContext"):  # -> GpuPeaks | None
-    from stallscope.analyzers.peaks import peaks_for
-
+def peaks(ctx: AnalysisContext) -> GpuPeaks | None:
+    """The peak figures of the context's GPU, None when it is not in the table."""
     return peaks_for(ctx.device_name)
 
 
-def cpu_ops(ev: "EventTable") -> np.ndarray:
-    return ev.rows_of_kind(Kind.CPU_OP)
-
-
 def ms(ns: float) -> float:
+    """Nanoseconds as milliseconds."""
     return float(ns) / 1e6
 
 
-def worst_rank(ctx: "AnalysisContext", analyze_one) -> list:  # type: ignore[no-untyped-def]
+def worst_rank(ctx: AnalysisContext, analyze_one: Callable[[AnalysisContext], Iterable[Finding]]) -> list[Finding]:
     """Run a single-rank analysis on every rank; per finding id keep the rank where it costs
     the most, and name every rank that showed it in ``where.ranks``."""
-    import dataclasses
-
     if len(ctx.ranks) <= 1:
         return list(analyze_one(ctx))
     best: dict[str, Any] = {}
@@ -235,14 +237,14 @@ class PerRank(Analyzer):
     rank alone, and across ranks each finding is kept from the rank where it costs the most
     (:func:`worst_rank`)."""
 
-    def analyze(self, ctx: "AnalysisContext") -> list:
+    def analyze(self, ctx: AnalysisContext) -> list[Finding]:
         return worst_rank(ctx, self._analyze_rank)
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         raise NotImplementedError
 
 
-def python_lines_of(ev: "EventTable", gpu_or_cpu_rows: np.ndarray, limit: int = 50) -> list[str]:
+def python_lines_of(ev: EventTable, gpu_or_cpu_rows: np.ndarray, limit: int = 50) -> list[str]:
     """The user's Python lines that issued these rows (GPU rows via their launch), most frequent
     first; empty when the trace has no stacks."""
     py = ev.rows_of_kind(Kind.PYTHON)
@@ -278,7 +280,7 @@ class IntervalIndex:
         total -= max(0, int(self.e[j - 1]) - hi)
         return max(0, total)
 
-    def of_rows(ev: "EventTable", rows: np.ndarray) -> "IntervalIndex":  # type: ignore[misc]
+    def of_rows(ev: EventTable, rows: np.ndarray) -> IntervalIndex:  # type: ignore[misc]
         return IntervalIndex(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
 
     of_rows = staticmethod(of_rows)  # type: ignore[assignment]

@@ -9,8 +9,8 @@ memory-efficient kernels) never materialises it. The saving estimate is half the
 block's time: FlashAttention reports 2-4x over the unfused baseline from N = 512 on, so
 half is the conservative end. Graded 5 % / 20 % of step time on the block's share.
 
-**Attention-dominated iterative sampling (fix ``bottleneck-sampling``).** Following
-research/seed-methods.md §1: no backward ops in the window (inference), the model runs
+**Attention-dominated iterative sampling (fix ``bottleneck-sampling``).** The
+signature (docs/analyzers.md, attention): no backward ops in the window (inference), the model runs
 iteratively (>= ``MIN_ITERATIONS`` = 20 steps in the run: diffusion samplers run 20-50), and
 attention (fused kernels named flash/fmha/attention/sdpa, or unfused blocks) takes at least
 ``ATTENTION_SHARE_PCT`` (35 %) of GPU busy time, the point where cutting tokens in the
@@ -20,6 +20,7 @@ when the window already shows Bottleneck Sampling's stage ranges (``bottleneck_s
 the tokens of the attention-heavy middle steps are already cut, and recommending the same fix
 again would be noise.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,12 +49,12 @@ _FUSED_OP = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|
 _BACKWARD = re.compile(r"Backward|^autograd::engine")
 
 
-def _dims(ev: "EventTable", r: int) -> list[list[int]]:
+def _dims(ev: EventTable, r: int) -> list[list[int]]:
     d = ev.extra.get(int(r), {}).get("input_dims") or []
     return [x for x in d if isinstance(x, list)]
 
 
-def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
+def unfused_blocks(ev: EventTable) -> list[tuple[int, int, tuple[int, ...]]]:
     """(first row, last row, score shape) of every QK^T -> softmax -> PV block in the steps."""
     if not len(ev.rows_named(lambda s: s in _SOFTMAX, Kind.CPU_OP)):
         return []
@@ -94,7 +95,7 @@ def unfused_blocks(ev: "EventTable") -> list[tuple[int, int, tuple[int, ...]]]:
     return blocks
 
 
-def _block_time(ev: "EventTable", blocks: list[tuple[int, int, tuple[int, ...]]]) -> int:
+def _block_time(ev: EventTable, blocks: list[tuple[int, int, tuple[int, ...]]]) -> int:
     """Time attributable to the ops inside the blocks (QK^T start to PV end, same thread)."""
     if not blocks:
         return 0
@@ -113,7 +114,7 @@ def _block_time(ev: "EventTable", blocks: list[tuple[int, int, tuple[int, ...]]]
     return c.device_time_ns(ev, np.unique(np.concatenate(anchors)))
 
 
-def _iterations(rank: "RankData") -> int:
+def _iterations(rank: RankData) -> int:
     t = rank.telemetry
     if t is not None and "step" in t and len(t["step"]):
         return int(len(t["step"]))
@@ -128,7 +129,7 @@ class Attention(c.PerRank):
     requires = frozenset({"trace"})
     description = "unfused attention (bmm+softmax over [B,H,N,N]); attention-dominated diffusion sampling"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)
@@ -195,22 +196,22 @@ class Attention(c.PerRank):
             )
         return out
 
-    def _fused_ns(self, ev: "EventTable") -> int:
+    def _fused_ns(self, ev: EventTable) -> int:
         if c.has_gpu(ev):
             k = self._fused_kernel_rows(ev)
             return c.covered_ns(ev.ts_ns[k], ev.ts_ns[k] + ev.dur_ns[k])
         ops = c.in_window(ev, ev.rows_named(lambda s: bool(_FUSED_OP.search(s)), Kind.CPU_OP))
         return c.covered_ns(ev.ts_ns[ops], ev.ts_ns[ops] + ev.dur_ns[ops])
 
-    def _fused_names(self, ev: "EventTable") -> list[str]:
+    def _fused_names(self, ev: EventTable) -> list[str]:
         return c.top_counts(ev.name_of(int(r)) for r in self._fused_kernel_rows(ev))
 
     @staticmethod
-    def _fused_kernel_rows(ev: "EventTable") -> np.ndarray:
+    def _fused_kernel_rows(ev: EventTable) -> np.ndarray:
         k = c.gpu_rows(ev, (Kind.KERNEL,))
         return k[np.isin(ev.name[k], ev.name_ids_matching(lambda s: bool(_FUSED_KERNEL.search(s))))]
 
-    def _busy_ns(self, ev: "EventTable") -> int:
+    def _busy_ns(self, ev: EventTable) -> int:
         if c.has_gpu(ev):
             g = c.gpu_rows(ev)
             return c.covered_ns(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])

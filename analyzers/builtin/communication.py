@@ -35,6 +35,7 @@ Bus bandwidth follows nccl-tests: algbw = bytes / time, busbw = algbw x 2(n-1)/n
 (n-1)/n for all-gather, reduce-scatter and all-to-all, 1 for broadcast / reduce / send / recv.
 The time is the last arriver's collective time (it waited for nobody).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,30 @@ HANG_MIN_NS = 10 * 1_000_000_000
 # Measured bus-bandwidth peaks of a link (GB/s); see bench/results/distributed.yaml for how.
 LINK_PEAK_BUSBW_GBPS = {"NVIDIA H200": 317.6}  # 2x H200 of one host, all-reduce at 1 GiB
 
-_DTYPE_BYTES = {"float": 4, "float32": 4, "Float": 4, "half": 2, "float16": 2, "Half": 2, "bfloat16": 2,
-                "BFloat16": 2, "double": 8, "Double": 8, "int": 4, "Int": 4, "long": 8, "Long": 8,
-                "int64": 8, "int32": 4, "uint8": 1, "Byte": 1, "int8": 1, "Char": 1, "bool": 1, "Bool": 1}
+_DTYPE_BYTES = {
+    "float": 4,
+    "float32": 4,
+    "Float": 4,
+    "half": 2,
+    "float16": 2,
+    "Half": 2,
+    "bfloat16": 2,
+    "BFloat16": 2,
+    "double": 8,
+    "Double": 8,
+    "int": 4,
+    "Int": 4,
+    "long": 8,
+    "Long": 8,
+    "int64": 8,
+    "int32": 4,
+    "uint8": 1,
+    "Byte": 1,
+    "int8": 1,
+    "Char": 1,
+    "bool": 1,
+    "Bool": 1,
+}
 _NCCL_NAME = re.compile(r"nccl(?:Dev)?Kernel_([A-Za-z]+)", re.I)
 
 
@@ -84,8 +106,18 @@ class Collective:
 
 def _normalise(name: str) -> str:
     low = name.lower().replace("_", "").replace("-", "")
-    for canon in ("allreduce", "allgather", "reducescatter", "alltoall", "broadcast", "reduce", "sendrecv",
-                  "send", "recv", "barrier"):
+    for canon in (
+        "allreduce",
+        "allgather",
+        "reducescatter",
+        "alltoall",
+        "broadcast",
+        "reduce",
+        "sendrecv",
+        "send",
+        "recv",
+        "barrier",
+    ):
         if canon in low:
             return canon
     return low
@@ -126,9 +158,17 @@ def collectives_of(rd: RankData, world: int) -> list[Collective]:
         else:
             key = (group, name, order[(group, name)])
             order[(group, name)] += 1
-        out.append(Collective(key=key, name=name, ts_ns=int(ev.ts_ns[row]), dur_ns=int(ev.dur_ns[row]),
-                              nbytes=_bytes(meta), group_size=int(meta.get("group_size") or world),
-                              step=int(ev.step[row])))
+        out.append(
+            Collective(
+                key=key,
+                name=name,
+                ts_ns=int(ev.ts_ns[row]),
+                dur_ns=int(ev.dur_ns[row]),
+                nbytes=_bytes(meta),
+                group_size=int(meta.get("group_size") or world),
+                step=int(ev.step[row]),
+            )
+        )
     return out
 
 
@@ -231,21 +271,35 @@ def _exposed(ctx: AnalysisContext, straggler_wait_ms_per_step: float) -> list[Fi
     share = 100.0 * exposed / wall
     sev = grade(share, EXPOSED_MEDIUM_PCT, EXPOSED_HIGH_PCT)
     n_steps = sum(len(rd.breakdown) for rd in ctx.ranks) or 1
-    per_rank = {rd.rank: round(100.0 * sum(b.comm_exposed_ms for b in rd.breakdown) / max(sum(b.wall_ms for b in rd.breakdown), 1e-9), 2)
-                for rd in ctx.ranks if rd.breakdown}
+    per_rank = {
+        rd.rank: round(
+            100.0 * sum(b.comm_exposed_ms for b in rd.breakdown) / max(sum(b.wall_ms for b in rd.breakdown), 1e-9), 2
+        )
+        for rd in ctx.ranks
+        if rd.breakdown
+    }
     total_comm = exposed + overlapped
-    return [Finding(
-        id="comm-exposed", category="communication",
-        title=f"Communication not hidden by compute: {share:.1f}% of step time",
-        severity=sev, impact=Impact(share, exposed / n_steps),
-        evidence={"comm_exposed_pct": share, "comm_exposed_ms_per_step": exposed / n_steps,
-                  "comm_overlapped_pct_of_comm": 100.0 * overlapped / total_comm if total_comm else 0.0,
-                  "comm_exposed_pct_by_rank": per_rank},
-        where={"ranks": sorted(per_rank)}, confidence=0.8, analyzer="communication",
-        fixes=["overlap", "ddp-bucket", "grad-compression"],
-        advice="let DDP overlap gradient all-reduce with backward (default buckets, no manual all-reduce after "
-               "backward), or shrink the bytes (bf16 compression hook)",
-    )]
+    return [
+        Finding(
+            id="comm-exposed",
+            category="communication",
+            title=f"Communication not hidden by compute: {share:.1f}% of step time",
+            severity=sev,
+            impact=Impact(share, exposed / n_steps),
+            evidence={
+                "comm_exposed_pct": share,
+                "comm_exposed_ms_per_step": exposed / n_steps,
+                "comm_overlapped_pct_of_comm": 100.0 * overlapped / total_comm if total_comm else 0.0,
+                "comm_exposed_pct_by_rank": per_rank,
+            },
+            where={"ranks": sorted(per_rank)},
+            confidence=0.8,
+            analyzer="communication",
+            fixes=["overlap", "ddp-bucket", "grad-compression"],
+            advice="let DDP overlap gradient all-reduce with backward (default buckets, no manual all-reduce after "
+            "backward), or shrink the bytes (bf16 compression hook)",
+        )
+    ]
 
 
 def _straggler(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> Finding | None:
@@ -268,8 +322,11 @@ def _straggler(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
         return None
     who = max(late, key=late.get)
     share_late = late[who] / len(instances)
-    peers_waits = [covered_ns(np.array([a for a, _ in iv]), np.array([b for _, b in iv]))
-                   for (lr, _), iv in waits.items() if lr == who]
+    peers_waits = [
+        covered_ns(np.array([a for a, _ in iv]), np.array([b for _, b in iv]))
+        for (lr, _), iv in waits.items()
+        if lr == who
+    ]
     caused_ns = float(np.sum(peers_waits)) / max(len(ranks) - 1, 1)
     steps = _n_steps(ctx)
     step_ms = _step_ms(ctx)
@@ -279,19 +336,34 @@ def _straggler(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     if share_late < LATE_MAJORITY or p_value >= LATE_SIGNIFICANCE or wait_pct < STRAGGLER_WAIT_PCT:
         return None
     cause, cause_ev, confidence = _cause(ctx, who, wait_ms_per_step)
-    fixes = {"data": ["dataloader-workers", "gpu-preprocess", "pin-memory"], "compute": ["exclude-host"],
-             "gpu-health": ["exclude-host"], "host": ["exclude-host"]}.get(cause, ["exclude-host"])
-    evidence = {"straggler_rank": who, "late_in_pct_of_collectives": 100.0 * share_late,
-                "late_by_chance_p": p_value,
-                "matched_collectives": len(instances), "peer_wait_ms_per_step": wait_ms_per_step,
-                "peer_wait_pct_of_step": wait_pct, "c4_class": "non-communication-slow", "cause": cause}
+    fixes = {
+        "data": ["dataloader-workers", "gpu-preprocess", "pin-memory"],
+        "compute": ["exclude-host"],
+        "gpu-health": ["exclude-host"],
+        "host": ["exclude-host"],
+    }.get(cause, ["exclude-host"])
+    evidence = {
+        "straggler_rank": who,
+        "late_in_pct_of_collectives": 100.0 * share_late,
+        "late_by_chance_p": p_value,
+        "matched_collectives": len(instances),
+        "peer_wait_ms_per_step": wait_ms_per_step,
+        "peer_wait_pct_of_step": wait_pct,
+        "c4_class": "non-communication-slow",
+        "cause": cause,
+    }
     evidence.update(cause_ev)
     return Finding(
-        id="comm-straggler", category="communication",
+        id="comm-straggler",
+        category="communication",
         title=f"Rank {who} is the straggler ({cause}): its peers wait {wait_pct:.1f}% of each step in collectives",
-        severity=grade(wait_pct), impact=Impact(wait_pct, wait_ms_per_step), evidence=evidence,
-        where={"ranks": [who], "peers": [r for r in ranks if r != who]}, confidence=confidence,
-        fixes=fixes, analyzer="communication",
+        severity=grade(wait_pct),
+        impact=Impact(wait_pct, wait_ms_per_step),
+        evidence=evidence,
+        where={"ranks": [who], "peers": [r for r in ranks if r != who]},
+        confidence=confidence,
+        fixes=fixes,
+        analyzer="communication",
         advice=_CAUSE_ADVICE.get(cause, "balance the work across ranks"),
     )
 
@@ -401,17 +473,28 @@ def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     worst = min(med, key=med.get)
     if med[worst] >= SLOW_LINK_FRACTION * peak:
         return None
-    comm_ms = sum(b.comm_exposed_ms for rd in ctx.ranks for b in rd.breakdown) / max(sum(len(rd.breakdown) for rd in ctx.ranks), 1)
+    comm_ms = sum(b.comm_exposed_ms for rd in ctx.ranks for b in rd.breakdown) / max(
+        sum(len(rd.breakdown) for rd in ctx.ranks), 1
+    )
     step_ms = _step_ms(ctx)
     share = 100.0 * comm_ms / step_ms if step_ms else 0.0
     return Finding(
-        id="comm-slow-link", category="communication",
+        id="comm-slow-link",
+        category="communication",
         title=f"{worst} bus bandwidth {med[worst]:.0f} GB/s is under half the link's {peak:.0f} GB/s",
-        severity=grade(share), impact=Impact(share, comm_ms * (1 - med[worst] / peak)),
-        evidence={"busbw_gbps_by_collective": med, "link_peak_busbw_gbps": peak, "c4_class": "communication-slow",
-                  "large_collectives": sum(len(v) for v in rates.values())},
-        where={"ranks": sorted(instances[0])}, confidence=0.6, fixes=["grad-compression", "exclude-host"],
-        analyzer="communication", advice="check the link (NCCL_DEBUG=INFO topology, NVLink/PCIe state) or send fewer bytes",
+        severity=grade(share),
+        impact=Impact(share, comm_ms * (1 - med[worst] / peak)),
+        evidence={
+            "busbw_gbps_by_collective": med,
+            "link_peak_busbw_gbps": peak,
+            "c4_class": "communication-slow",
+            "large_collectives": sum(len(v) for v in rates.values()),
+        },
+        where={"ranks": sorted(instances[0])},
+        confidence=0.6,
+        fixes=["grad-compression", "exclude-host"],
+        analyzer="communication",
+        advice="check the link (NCCL_DEBUG=INFO topology, NVLink/PCIe state) or send fewer bytes",
     )
 
 
@@ -428,9 +511,13 @@ def bandwidth_table(ctx: AnalysisContext, instances: list[dict[int, Collective]]
     table: dict[str, dict[str, float]] = {}
     for name, vals in rows.items():
         arr = np.asarray(vals, dtype=float)
-        entry = {"count": float(len(vals)), "median_msg_mb": float(np.median(arr[:, 0])) / 2**20,
-                 "median_algbw_gbps": float(np.median(arr[:, 1])), "median_busbw_gbps": float(np.median(arr[:, 2])),
-                 "max_busbw_gbps": float(arr[:, 2].max())}
+        entry = {
+            "count": float(len(vals)),
+            "median_msg_mb": float(np.median(arr[:, 0])) / 2**20,
+            "median_algbw_gbps": float(np.median(arr[:, 1])),
+            "median_busbw_gbps": float(np.median(arr[:, 2])),
+            "max_busbw_gbps": float(arr[:, 2].max()),
+        }
         if peak:
             entry["max_busbw_pct_of_link_peak"] = 100.0 * entry["max_busbw_gbps"] / peak
         table[name] = entry
@@ -442,16 +529,24 @@ def _bandwidth(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     table = bandwidth_table(ctx, instances)
     if not table:
         return []
-    return [Finding(
-        id="comm-bandwidth", category="communication",
-        title="Collective bandwidth (nccl-tests bus bandwidth of the last arriver)",
-        severity="info", impact=Impact(0.0, 0.0),
-        evidence={"by_collective": table, "link_peak_busbw_gbps": LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")},
-        where={"ranks": sorted(instances[0])}, confidence=0.9, analyzer="communication",
-    )]
+    return [
+        Finding(
+            id="comm-bandwidth",
+            category="communication",
+            title="Collective bandwidth (nccl-tests bus bandwidth of the last arriver)",
+            severity="info",
+            impact=Impact(0.0, 0.0),
+            evidence={"by_collective": table, "link_peak_busbw_gbps": LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")},
+            where={"ranks": sorted(instances[0])},
+            confidence=0.9,
+            analyzer="communication",
+        )
+    ]
 
 
-def _hangs(ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instances: list[dict[int, Collective]]) -> list[Finding]:
+def _hangs(
+    ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instances: list[dict[int, Collective]]
+) -> list[Finding]:
     evidence: dict[str, Any] = {}
     stuck = {r: [c.name for c in cs if c.dur_ns >= HANG_MIN_NS] for r, cs in per_rank.items()}
     stuck = {r: names for r, names in stuck.items() if names}
@@ -463,15 +558,22 @@ def _hangs(ctx: AnalysisContext, per_rank: dict[int, list[Collective]], instance
         evidence["flight_recorder_unfinished"] = dumps
     if not evidence:
         return []
-    return [Finding(
-        id="comm-hang-risk", category="communication",
-        title="Collectives that waited for seconds or never finished (hang evidence)",
-        severity="high", impact=Impact(0.0, 0.0), evidence=evidence,
-        where={"ranks": sorted(stuck)}, confidence=0.8 if dumps else 0.6,
-        fixes=["exclude-host"], analyzer="communication",
-        advice="a rank that never joins a collective hangs the job: compare the ranks' last collectives; "
-               "set TORCH_NCCL_TRACE_BUFFER_SIZE to record the flight recorder",
-    )]
+    return [
+        Finding(
+            id="comm-hang-risk",
+            category="communication",
+            title="Collectives that waited for seconds or never finished (hang evidence)",
+            severity="high",
+            impact=Impact(0.0, 0.0),
+            evidence=evidence,
+            where={"ranks": sorted(stuck)},
+            confidence=0.8 if dumps else 0.6,
+            fixes=["exclude-host"],
+            analyzer="communication",
+            advice="a rank that never joins a collective hangs the job: compare the ranks' last collectives; "
+            "set TORCH_NCCL_TRACE_BUFFER_SIZE to record the flight recorder",
+        )
+    ]
 
 
 def _flight_recorder(ctx: AnalysisContext) -> dict[str, int]:

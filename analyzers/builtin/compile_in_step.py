@@ -16,6 +16,7 @@ high. Evidence: compile ms per step, frames compiled (``entire_frame_compile`` /
 ``compile_inner`` ranges), the steps they fell in. No automatic fix: the cause is a guard
 failure only ``TORCH_LOGS=recompiles`` names.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -40,7 +41,7 @@ class CompileInStep(c.PerRank):
     requires = frozenset({"trace"})
     description = "torch.compile compiling inside the measured steps (recompilations)"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)

@@ -1,6 +1,6 @@
 """cpu-metric: the GPU idles inside the step while the host computes a metric in Python.
 
-Signature (research/seed-methods.md §2, TensorBLEU):
+Signature (docs/analyzers.md, cpu-metric; the loop TensorBLEU replaces):
 
 * inside a step, a GPU idle gap of at least ``GAP_MIN_MS`` (5 ms) or ``GAP_MIN_PCT`` (10 %)
   of the step: shorter gaps are launch latency and eager dispatch (host-bound analyzer);
@@ -18,6 +18,7 @@ steps is reported instead. Severity by the gaps' share of step time (5 % / 20 %)
 ``tensorbleu`` (vectorised per-sentence token-id BLEU on the GPU) when the metric is BLEU or
 unknown; other metrics get the advice to vectorise on the GPU.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ import numpy as np
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
+from stallscope.analyzers.vocab import DATA_PHASE, is_data_wait, is_device_to_host
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -43,10 +45,10 @@ _READBACK_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::tolist", "ate
 
 
 def _is_data(name: str) -> bool:
-    return name.startswith("enumerate(DataLoader)") or name.startswith("stallscope.phase/data")
+    return is_data_wait(name) or name.startswith(DATA_PHASE)
 
 
-def _gaps(ev: "EventTable", lo: int, hi: int, gs: np.ndarray, ge: np.ndarray) -> list[tuple[int, int]]:
+def _gaps(ev: EventTable, lo: int, hi: int, gs: np.ndarray, ge: np.ndarray) -> list[tuple[int, int]]:
     out = []
     cur = lo
     i = np.searchsorted(ge, lo, side="right")
@@ -78,7 +80,7 @@ class CpuMetric(c.PerRank):
     requires = frozenset({"trace"})
     description = "CPU-side metric computation (per-sentence BLEU, rewards) leaving the GPU idle in the step"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)
@@ -91,14 +93,14 @@ class CpuMetric(c.PerRank):
             return self._cpu_only(ctx, ev, py, total_ns, n_steps)
         return []
 
-    def _main_tid(self, ev: "EventTable") -> int:
+    def _main_tid(self, ev: EventTable) -> int:
         ops = ev.rows_of_kind(Kind.CPU_OP)
         if not len(ops):
             return -1
         tids, counts = np.unique(ev.tid[ops], return_counts=True)
         return int(tids[np.argmax(counts)])
 
-    def _gpu(self, ctx: "AnalysisContext", ev: "EventTable", py: np.ndarray, total_ns: int, n_steps: int) -> list[Finding]:
+    def _gpu(self, ctx: AnalysisContext, ev: EventTable, py: np.ndarray, total_ns: int, n_steps: int) -> list[Finding]:
         g = ev.gpu_rows()
         gs, ge = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
         tid = self._main_tid(ev)
@@ -110,7 +112,7 @@ class CpuMetric(c.PerRank):
         torch_idx = c.IntervalIndex.of_rows(ev, torch_ops)
         data_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION))
         readback_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP))
-        d2h = ev.rows_named(lambda s: "DtoH" in s, Kind.MEMCPY)
+        d2h = ev.rows_named(is_device_to_host, Kind.MEMCPY)
         d2h_end = np.sort(ev.ts_ns[d2h] + ev.dur_ns[d2h])
         metric = ev.rows_named(_is_metric_frame, Kind.PYTHON)
         metric = metric[ev.tid[metric] == tid] if len(metric) else metric
@@ -134,14 +136,16 @@ class CpuMetric(c.PerRank):
                     continue
                 found = metric_idx.covered(lo, hi) > 0
                 k = int(np.searchsorted(d2h_end, lo - win, side="left"))
-                after_d2h = bool((k < len(d2h_end) and d2h_end[k] <= lo + win) or readback_idx.covered(lo - win, hi) > 0)
+                after_d2h = bool(
+                    (k < len(d2h_end) and d2h_end[k] <= lo + win) or readback_idx.covered(lo - win, hi) > 0
+                )
                 if len(py) and not found:
                     continue
                 if not found and not after_d2h:
                     continue
                 if found and len(frames) < 200:
                     i = int(np.searchsorted(ev.ts_ns[metric], hi, side="left"))
-                    for r in metric[max(0, i - 200):i]:
+                    for r in metric[max(0, i - 200) : i]:
                         if ev.ts_ns[r] + ev.dur_ns[r] > lo:
                             frames.append(ev.name_of(int(r)))
                 by_d2h += after_d2h
@@ -152,13 +156,24 @@ class CpuMetric(c.PerRank):
             return []
         named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
         frames = named or frames
-        return [self._finding(lost, total_ns, n_steps, frames, bool(len(py)), {
-            "gaps_per_step": gaps / n_steps,
-            "longest_gap_ms": c.ms(longest),
-            "gaps_after_device_to_host": by_d2h,
-        })]
+        return [
+            self._finding(
+                lost,
+                total_ns,
+                n_steps,
+                frames,
+                bool(len(py)),
+                {
+                    "gaps_per_step": gaps / n_steps,
+                    "longest_gap_ms": c.ms(longest),
+                    "gaps_after_device_to_host": by_d2h,
+                },
+            )
+        ]
 
-    def _cpu_only(self, ctx: "AnalysisContext", ev: "EventTable", py: np.ndarray, total_ns: int, n_steps: int) -> list[Finding]:
+    def _cpu_only(
+        self, ctx: AnalysisContext, ev: EventTable, py: np.ndarray, total_ns: int, n_steps: int
+    ) -> list[Finding]:
         hits = py[np.fromiter((_is_metric_frame(ev.name_of(int(r))) for r in py), bool, len(py))]
         hits = c.in_window(ev, hits)
         if not len(hits):
@@ -176,37 +191,51 @@ class CpuMetric(c.PerRank):
         frames = [ev.name_of(int(r)) for r in hits]
         named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
         frames = named or frames
-        f = self._finding(lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"}, gpu=False)
+        f = self._finding(
+            lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"}, gpu=False
+        )
         f.confidence = 0.6
         return [f]
 
-    def _finding(self, lost: int, total_ns: int, n_steps: int, frames: list[str], stacks: bool, extra: dict[str, Any],
-                 gpu: bool = True) -> Finding:
+    def _finding(
+        self,
+        lost: int,
+        total_ns: int,
+        n_steps: int,
+        frames: list[str],
+        stacks: bool,
+        extra: dict[str, Any],
+        gpu: bool = True,
+    ) -> Finding:
         share = 100.0 * lost / total_ns
         bleu = any("bleu" in f.lower() for f in frames)
         metric = "BLEU" if bleu else ("metric" if frames else "CPU work after a device-to-host copy")
-        evidence: dict[str, Any] = {"idle_ms_per_step": c.ms(lost) / n_steps, "idle_pct_of_step": share, "metric": metric}
+        evidence: dict[str, Any] = {
+            "idle_ms_per_step": c.ms(lost) / n_steps,
+            "idle_pct_of_step": share,
+            "metric": metric,
+        }
         evidence.update(extra)
         where = {"python": c.top_counts(frames)} if frames else {}
         return Finding(
             id="cpu-metric-in-step",
             category="cpu-metric",
-            title=(f"GPU idles {share:.0f}% of the step while the host computes {metric if frames else 'in Python'}" if gpu
-                   else f"The loop spends {share:.0f}% of the step computing {metric} in Python"),
+            title=(
+                f"GPU idles {share:.0f}% of the step while the host computes {metric if frames else 'in Python'}"
+                if gpu
+                else f"The loop spends {share:.0f}% of the step computing {metric} in Python"
+            ),
             severity=c.grade(share),
             impact=Impact(share, c.ms(lost) / n_steps * 0.95),
             evidence=evidence,
             where=where,
             confidence=0.85 if frames and stacks else 0.5,
             fixes=["tensorbleu"] if bleu or not frames else [],
-            advice=_bleu_suggestion() if bleu else (
-                "Compute the metric on the GPU over the whole batch (TensorBLEU for token-id BLEU), "
-                "or move it off the training loop (every N steps, another process)."),
+            advice=(
+                "Score the whole batch in one call on the GPU instead of one sentence at a time "
+                "(the tensorbleu fix below shows the change)."
+                if bleu
+                else "Compute the metric on the GPU over the whole batch (TensorBLEU for token-id BLEU), "
+                "or move it off the training loop (every N steps, another process)."
+            ),
         )
-
-
-def _bleu_suggestion() -> str:
-    """The code change the finding prints for a per-sentence BLEU loop (fixes/tensorbleu; no torch import)."""
-    from stallscope.fixes.tensorbleu.batch import SUGGESTION
-
-    return SUGGESTION

@@ -19,6 +19,7 @@ clock costs nothing. Clock-event reason bits (NVML ``nvmlClocksEventReason*``):
   ``ecc_*`` or ``xid*`` (counters), any increase during the run is **high**: an uncorrectable
   memory error or an XID during training is a hardware fault (wrong results or a crash soon).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ class GpuHealth(Analyzer):
     requires = frozenset({"nvml"})
     description = "clock-event reasons, SM clock below maximum while busy, temperature (NVML)"
 
-    def analyze(self, ctx: "AnalysisContext") -> list[Finding]:
+    def analyze(self, ctx: AnalysisContext) -> list[Finding]:
         out = []
         for rank in ctx.ranks:
             nv = rank.nvml
@@ -101,7 +102,7 @@ class GpuHealth(Analyzer):
             advice="Drain the node and check nvidia-smi -q -d ECC,PAGE_RETIREMENT and the kernel log for XIDs.",
         )
 
-    def _rank(self, ctx: "AnalysisContext", rank: Any, nv: dict[str, np.ndarray]) -> Finding | None:
+    def _rank(self, ctx: AnalysisContext, rank: Any, nv: dict[str, np.ndarray]) -> Finding | None:
         n = len(next(iter(nv.values())))
         util = _col(nv, "gpu_util_pct", n)
         busy = util >= BUSY_UTIL_PCT
@@ -119,7 +120,11 @@ class GpuHealth(Analyzer):
         app_mask = (reasons & APP_CLOCKS) != 0
         hw = bool(((reasons & (HW_SLOWDOWN | 0x80)) != 0).any())
         bd = rank.breakdown
-        busy_share = (sum(b.compute_ms + b.memory_ms for b in bd) / sum(b.wall_ms for b in bd)) if bd and sum(b.wall_ms for b in bd) else 1.0
+        busy_share = (
+            (sum(b.compute_ms + b.memory_ms for b in bd) / sum(b.wall_ms for b in bd))
+            if bd and sum(b.wall_ms for b in bd)
+            else 1.0
+        )
 
         def deficit(mask: np.ndarray) -> float:
             r = ratio[mask]
@@ -157,7 +162,9 @@ class GpuHealth(Analyzer):
         if cap_mask.mean() >= 0.5 or app_mask.any():
             loss_pct = 100.0 * cap_mask.mean() * deficit(cap_mask | app_mask) * busy_share
             sev = Severity.LOW if loss_pct > c.LOW_PCT else Severity.INFO
-            reason = "application clocks set below maximum" if app_mask.any() else "at its power limit (software power cap)"
+            reason = (
+                "application clocks set below maximum" if app_mask.any() else "at its power limit (software power cap)"
+            )
             return Finding(
                 id="gpu-power-capped",
                 category="gpu-health",
@@ -165,7 +172,10 @@ class GpuHealth(Analyzer):
                 severity=sev,
                 impact=Impact(loss_pct, step_ms * loss_pct / 100.0),
                 evidence=evidence,
-                where={"reasons": ["sw_power_cap"] if not app_mask.any() else ["applications_clocks"], "ranks": [rank.rank]},
+                where={
+                    "reasons": ["sw_power_cap"] if not app_mask.any() else ["applications_clocks"],
+                    "ranks": [rank.rank],
+                },
                 confidence=0.7,
                 fixes=[],
                 advice="Expected under dense GEMM load; nothing in the program to change. "

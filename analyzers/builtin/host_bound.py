@@ -26,6 +26,7 @@ trace's host idle minus the time the trace added to the host's step (window step
 untraced step), floored at 0: all of the profiler's added host time lands in these gaps when
 the host is the bottleneck.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,15 @@ LOW_PCT = 1.0
 DEFAULT_LAUNCH_US = 5.0
 HOST_AHEAD_RATIO = 0.9
 MIN_UNTRACED_STEPS = 3
-_LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
-                 "cudaLaunchCooperativeKernel", "cudaMemcpyAsync", "cudaMemsetAsync")
+_LAUNCH_CALLS = (
+    "cudaLaunchKernel",
+    "cuLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernelEx",
+    "cudaLaunchCooperativeKernel",
+    "cudaMemcpyAsync",
+    "cudaMemsetAsync",
+)
 
 
 @register
@@ -111,11 +119,16 @@ class HostBound(Analyzer):
             evidence["median_kernel_us"] = float(np.median(ks))
             evidence["kernels_shorter_than_launch_pct"] = 100.0 * float((ks < launch_cost).mean())
             tiny = float(np.median(ks)) < launch_cost
-        title = ("GPU idle while the CPU launches kernels shorter than their launch cost" if tiny
-                 else "GPU idle while the CPU prepares and launches work")
+        title = (
+            "GPU idle while the CPU launches kernels shorter than their launch cost"
+            if tiny
+            else "GPU idle while the CPU prepares and launches work"
+        )
         if untraced.get("host_ahead"):
-            title = ("GPU gaps in the trace come from the profiler's own host cost: without it the host runs "
-                     "ahead of the GPU")
+            title = (
+                "GPU gaps in the trace come from the profiler's own host cost: without it the host runs "
+                "ahead of the GPU"
+            )
         return [
             Finding(
                 id="host-bound-launch-gaps",
@@ -128,7 +141,7 @@ class HostBound(Analyzer):
                 confidence=0.85 if tiny else 0.7,
                 fixes=[],
                 advice="fewer, larger launches: CUDA graphs (torch.compile mode='reduce-overhead'), fused ops, "
-                       "larger batches; move Python work out of the step",
+                "larger batches; move Python work out of the step",
             )
         ]
 

@@ -16,6 +16,7 @@ recover time the GPU spends idle.
 Impact: the whole data wait is the saving estimate (prefetching with enough workers can hide
 all of it when producing a batch takes less time than a step).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ import numpy as np
 
 from stallscope.analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
 from stallscope.analyzers.model import AnalysisContext, Kind
+from stallscope.analyzers.vocab import is_data_wait
 
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0
@@ -53,7 +55,7 @@ class InputPipeline(Analyzer):
             if r_wall > 0 and r_data / r_wall > worst_share:
                 worst_rank, worst_share = rd.rank, r_data / r_wall
             ev = rd.events
-            rows = ev.rows_named(lambda s: s.startswith("enumerate(DataLoader)"), Kind.CPU_OP, Kind.ANNOTATION)
+            rows = ev.rows_named(is_data_wait, Kind.CPU_OP, Kind.ANNOTATION)
             rows = rows[ev.step[rows] >= 0] if rows.size else rows
             next_ms += float(ev.dur_ns[rows].sum()) / 1e6
             iter_names.update(ev.name_of(int(r)).split("#", 1)[-1] for r in rows[:50])
@@ -77,8 +79,10 @@ class InputPipeline(Analyzer):
         single = any("_SingleProcessDataLoaderIter" in n for n in iter_names)
         if single:
             evidence["num_workers"] = 0
-        advice = ("raise DataLoader num_workers (and pin_memory=True, persistent_workers=True), "
-                  "or move per-sample preprocessing to the GPU")
+        advice = (
+            "raise DataLoader num_workers (and pin_memory=True, persistent_workers=True), "
+            "or move per-sample preprocessing to the GPU"
+        )
         causes, fixes, cause_advice = input_causes(ctx, single, evidence)
         if causes:
             advice = cause_advice
@@ -90,8 +94,11 @@ class InputPipeline(Analyzer):
                 severity=severity_from_share(share, MEDIUM_PCT, HIGH_PCT, LOW_PCT),
                 impact=Impact(step_time_pct=share, est_saving_ms_per_step=per_step),
                 evidence=evidence,
-                where={"ranks": [worst_rank] if worst_rank is not None else [], "modules": sorted(iter_names)[:3],
-                       "causes": causes},
+                where={
+                    "ranks": [worst_rank] if worst_rank is not None else [],
+                    "modules": sorted(iter_names)[:3],
+                    "causes": causes,
+                },
                 confidence=0.9 if ctx.has("gpu") else 0.75,
                 fixes=fixes,
                 advice=advice,
@@ -118,7 +125,7 @@ def _telemetry_data_wait(ctx: AnalysisContext) -> float | None:
 
 
 # --------------------------------------------------------------------------- causes
-# (analyzers agent) Split the data wait by cause where the data allows. Thresholds:
+# Split the data wait by cause where the data allows. Thresholds:
 # * a worker is *saturated* when it averages >= WORKER_SATURATED_PCT (85 %) of one core over the
 #   window: a CPU-bound worker runs at ~100 % of a core; below ~85 % it is waiting on I/O or on a
 #   full prefetch queue, so more workers would not help;
@@ -148,7 +155,11 @@ def _window_host(rd) -> dict | None:  # type: ignore[no-untyped-def]
             sel = (t >= lo) & (t <= hi)
             if sel.sum() >= 2:
                 keep = sel
-    return {k: np.asarray(v, dtype=np.float64)[keep] for k, v in host.items() if getattr(v, "dtype", None) != object}
+    return {
+        k: np.asarray(v, dtype=np.float64)[keep]
+        for k, v in host.items()
+        if getattr(v, "dtype", None) != np.dtype(object)
+    }
 
 
 def _image_like_float_h2d(rd) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
@@ -196,12 +207,16 @@ def input_causes(ctx: AnalysisContext, single_process: bool, evidence: dict) -> 
             if per_worker >= WORKER_SATURATED_PCT:
                 causes.append("workers saturated")
                 cores = None
-                for info in (ctx.meta.get("per_rank") or {}).values() if isinstance(ctx.meta.get("per_rank"), dict) else []:
+                for info in (
+                    (ctx.meta.get("per_rank") or {}).values() if isinstance(ctx.meta.get("per_rank"), dict) else []
+                ):
                     if isinstance(info, dict) and info.get("cpu_count"):
                         cores = int(info["cpu_count"])
                 if cores is not None:
                     evidence["host_cores"] = cores
-                if (cores is not None and workers < cores) or (cores is None and workers < FEW_WORKERS_WITHOUT_CORE_COUNT):
+                if (cores is not None and workers < cores) or (
+                    cores is None and workers < FEW_WORKERS_WITHOUT_CORE_COUNT
+                ):
                     causes.append("too few workers")
                     fixes.append("dataloader-workers")
                     advice.append(f"raise num_workers above {workers} (each worker is a full core busy)")

@@ -4,7 +4,7 @@
 grad_out and writes grad_x: 12 bytes per element in fp32, its physical floor. KAT's kernel
 (``rational_bwd_kernel``, autograd node ``RationalTriton1DGroupBackward``) accumulates the
 10 coefficient gradients per group with one atomic add per element, so thousands of threads
-serialise on 10·G addresses. The signature (research/flashkat.md §7b), all three required:
+serialise on 10·G addresses. The signature (docs/analyzers.md, memory-bound), all three required:
 
 1. the op is a rational backward: kernel ``rational_bwd*`` / ``rational_bwd_cuda_kernel*``,
    autograd node ``*Rational*Backward``, or kernels launched inside a module whose class
@@ -31,6 +31,7 @@ the bottleneck whatever its efficiency, and summing many small elementwise kerne
 report a diffuse property of every eager-mode model rather than a fixable stall. The saving
 is each kernel's time minus its minimum bytes at 70 % of peak; graded 5 % / 20 % on it.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,6 +42,7 @@ import numpy as np
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
+from stallscope.analyzers.peaks import kernel_rooflines
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -62,7 +64,7 @@ _FWD_OP = re.compile(r"^(?!autograd::)(?!.*backward)\w*rational\w*$", re.I)
 _KAT_MODULE = re.compile(r"^nn\.Module: (\w*KAT_?Group\w*|\w*Rational\w*|\w*GRKAN\w*|\w*GrKan\w*)(_\d+)?$", re.I)
 
 
-def _grkan_rows(ev: "EventTable") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _grkan_rows(ev: EventTable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(backward GPU rows, forward GPU rows, backward anchor ops, forward anchor ops)."""
     bwd_nodes = ev.rows_named(lambda s: bool(_BWD_NODE.search(s)) and not s.startswith("autograd::engine"), Kind.CPU_OP)
     if not len(bwd_nodes):
@@ -81,7 +83,7 @@ def _grkan_rows(ev: "EventTable") -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return c.in_window(ev, bwd_k), c.in_window(ev, fwd_k), bwd_nodes, fwd_ops
 
 
-def _elements(ev: "EventTable", anchors: np.ndarray, bwd_kernels: np.ndarray) -> int | None:
+def _elements(ev: EventTable, anchors: np.ndarray, bwd_kernels: np.ndarray) -> int | None:
     """Elements processed by the rational backwards in the window (grad_output numel)."""
     total = 0
     for r in c.in_window(ev, anchors):
@@ -101,7 +103,7 @@ def _elements(ev: "EventTable", anchors: np.ndarray, bwd_kernels: np.ndarray) ->
     return total or None
 
 
-def _grkan_finding(ctx: "AnalysisContext") -> Finding | None:
+def _grkan_finding(ctx: AnalysisContext) -> Finding | None:
     rank = ctx.ranks[0]
     ev = rank.events
     bwd_k, fwd_k, bwd_nodes, fwd_ops = _grkan_rows(ev)
@@ -150,7 +152,9 @@ def _grkan_finding(ctx: "AnalysisContext") -> Finding | None:
         saving_ns = max(0.0, bwd_ns - floor_ns)
     else:
         confidence = 0.6
-        evidence["bandwidth_check"] = "skipped: " + ("no GPU in trace" if not on_gpu else "elements or GPU peak unknown")
+        evidence["bandwidth_check"] = "skipped: " + (
+            "no GPU in trace" if not on_gpu else "elements or GPU peak unknown"
+        )
     if ratio is None:
         if not (elements and peaks is not None and on_gpu):
             return None
@@ -174,9 +178,7 @@ def _grkan_finding(ctx: "AnalysisContext") -> Finding | None:
     )
 
 
-def _generic_finding(ctx: "AnalysisContext", exclude: set[str]) -> Finding | None:
-    from stallscope.analyzers.peaks import kernel_rooflines
-
+def _generic_finding(ctx: AnalysisContext, exclude: set[str]) -> Finding | None:
     peaks = c.peaks(ctx)
     rank = ctx.ranks[0]
     total_ns, n_steps = c.window_ns(rank)
@@ -231,7 +233,7 @@ class MemoryBound(c.PerRank):
     requires = frozenset({"trace"})
     description = "memory-bound kernels by roofline; the GR-KAN per-element atomic backward"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         if not ctx.ranks:
             return []
         out = []

@@ -17,6 +17,7 @@ peak table's memory size.
   third of the pool unusable for the request that failed) adds advice
   (``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -33,11 +34,23 @@ if TYPE_CHECKING:
 MEDIUM_PCT_OF_CAPACITY = 90.0
 HIGH_PCT_OF_CAPACITY = 97.0
 FRAGMENTATION_PCT = 30.0
-ALLOC_CALLS = frozenset({"cudaMalloc", "cudaFree", "cudaMallocAsync", "cudaFreeAsync", "cuMemAlloc_v2", "cuMemFree_v2",
-                         "cuMemCreate", "cuMemMap", "cuMemUnmap", "cuMemRelease"})
+ALLOC_CALLS = frozenset(
+    {
+        "cudaMalloc",
+        "cudaFree",
+        "cudaMallocAsync",
+        "cudaFreeAsync",
+        "cuMemAlloc_v2",
+        "cuMemFree_v2",
+        "cuMemCreate",
+        "cuMemMap",
+        "cuMemUnmap",
+        "cuMemRelease",
+    }
+)
 
 
-def _trace_peaks(rank: "RankData") -> tuple[float | None, float | None]:
+def _trace_peaks(rank: RankData) -> tuple[float | None, float | None]:
     """(peak reserved bytes, allocated bytes at that moment) on CUDA devices from [memory] samples."""
     ev = rank.events
     best_res, alloc_at = None, None
@@ -51,7 +64,7 @@ def _trace_peaks(rank: "RankData") -> tuple[float | None, float | None]:
     return best_res, alloc_at
 
 
-def _nv(rank: "RankData", key: str) -> np.ndarray | None:
+def _nv(rank: RankData, key: str) -> np.ndarray | None:
     if not rank.nvml or key not in rank.nvml:
         return None
     v = rank.nvml[key]
@@ -69,13 +82,15 @@ class MemoryCapacity(c.PerRank):
     requires = frozenset({"trace"})
     description = "peak GPU memory vs capacity, allocator churn, fragmentation, OOM risk"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         used = _nv(rank, "mem_used_mb")
         total = _nv(rank, "mem_total_mb")
         res, alloc = _trace_peaks(rank)
         peaks = c.peaks(ctx)
-        capacity_mb = float(total.max()) if total is not None else (peaks.memory_gb * 1024 if peaks is not None else None)
+        capacity_mb = (
+            float(total.max()) if total is not None else (peaks.memory_gb * 1024 if peaks is not None else None)
+        )
         peak_mb = float(used.max()) if used is not None else (res / 2**20 if res else None)
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)
@@ -86,7 +101,13 @@ class MemoryCapacity(c.PerRank):
         if capacity_mb is None or peak_mb is None:
             return []
         pct = 100.0 * peak_mb / capacity_mb
-        sev = Severity.HIGH if pct >= HIGH_PCT_OF_CAPACITY or ooms else Severity.MEDIUM if pct >= MEDIUM_PCT_OF_CAPACITY else Severity.INFO
+        sev = (
+            Severity.HIGH
+            if pct >= HIGH_PCT_OF_CAPACITY or ooms
+            else Severity.MEDIUM
+            if pct >= MEDIUM_PCT_OF_CAPACITY
+            else Severity.INFO
+        )
         time_sev = c.grade(alloc_share)
         if time_sev.rank > sev.rank:
             sev = time_sev
@@ -104,7 +125,9 @@ class MemoryCapacity(c.PerRank):
         advice = "Lower the batch size or sequence length, use activation checkpointing or bf16 autocast."
         if res and alloc is not None:
             frag = 100.0 * (res - alloc) / res
-            evidence.update({"peak_reserved_mb": res / 2**20, "allocated_at_peak_mb": alloc / 2**20, "fragmentation_pct": frag})
+            evidence.update(
+                {"peak_reserved_mb": res / 2**20, "allocated_at_peak_mb": alloc / 2**20, "fragmentation_pct": frag}
+            )
             if frag >= FRAGMENTATION_PCT:
                 advice += " Fragmented pool: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True."
         return [

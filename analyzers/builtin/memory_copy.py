@@ -19,6 +19,7 @@ Cost: the copy time during which no kernel ran (exposed copy time), plus, for pa
 copies, the host time blocked in the copy call when no kernel ran meanwhile. Severity 5 % /
 20 % of step time (``_common``).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -36,16 +37,18 @@ TINY_BYTES = 64 * 1024
 MANY_COPIES_PER_STEP = 32
 
 
-def exposed_ns(ev: "EventTable", rows: np.ndarray) -> int:
+def exposed_ns(ev: EventTable, rows: np.ndarray) -> int:
     """Time of these GPU rows during which no kernel ran on the device."""
     if not len(rows):
         return 0
     k = c.gpu_rows(ev, (Kind.KERNEL,))
     busy = c.covered_ns(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
-    return busy - c.overlap_ns(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows], ev.ts_ns[k], ev.ts_ns[k] + ev.dur_ns[k])
+    return busy - c.overlap_ns(
+        ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows], ev.ts_ns[k], ev.ts_ns[k] + ev.dur_ns[k]
+    )
 
 
-def _bytes(ev: "EventTable", rows: np.ndarray) -> int:
+def _bytes(ev: EventTable, rows: np.ndarray) -> int:
     b = ev.bytes[rows]
     return int(b[b > 0].sum())
 
@@ -58,7 +61,7 @@ class MemoryCopy(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "pageable, tiny or many memory copies; device-to-host copies inside the step"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)
@@ -117,7 +120,7 @@ class MemoryCopy(c.PerRank):
             )
         return out
 
-    def _pageable(self, ev: "EventTable", rows: np.ndarray, total_ns: int, n_steps: int) -> Finding:
+    def _pageable(self, ev: EventTable, rows: np.ndarray, total_ns: int, n_steps: int) -> Finding:
         gpu_lost = exposed_ns(ev, rows)
         launches = ev.launch_of[rows] if len(ev.launch_of) else np.full(len(rows), -1)
         launches = launches[launches >= 0]

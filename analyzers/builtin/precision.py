@@ -20,6 +20,7 @@ The saving estimate assumes the kernel would run at the TF32/fp32 roof ratio (an
 bound: small GEMMs gain less). Severity by the fp32 kernels' share of step time (5 % / 20 %).
 Fixes ``tf32`` (keeps fp32 storage, ~1e-3 relative error in matmuls) and ``amp``.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,13 +38,28 @@ if TYPE_CHECKING:
 
 _GEMM = re.compile(r"gemm|gemv|conv|wgrad|dgrad|fprop|cutlass|xmma|nvjet", re.I)
 _TENSOR_CORE = re.compile(
-    r"tf32|h884|h1688|h16816|s1688|s16816|i8816|hmma|gmma|wgmma|bf16|f16|fp16|half|tensorop|_tc_|e4m3|e5m2|16x8x16|nvjet_[thbqe]", re.I
+    r"tf32|h884|h1688|h16816|s1688|s16816|i8816|hmma|gmma|wgmma|bf16|f16|fp16|half|tensorop|_tc_|e4m3|e5m2|16x8x16|nvjet_[thbqe]",
+    re.I,
 )
 _SIMT = re.compile(r"sgemm|simt|ffma|f32f32_f32f32|gemmSN|gemmk1|implicit_convolve_sgemm", re.I)
 _NOT_TENSOR_CORE_WORK = re.compile(r"gemv|splitKreduce|reduce", re.I)
-_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-               "aten::convolution", "aten::_convolution", "aten::cudnn_convolution", "aten::conv2d", "aten::conv1d",
-               "aten::conv3d", "aten::convolution_backward", "aten::addmv", "aten::mv"}
+_MATMUL_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::cudnn_convolution",
+    "aten::conv2d",
+    "aten::conv1d",
+    "aten::conv3d",
+    "aten::convolution_backward",
+    "aten::addmv",
+    "aten::mv",
+}
 
 
 def _fp32_op(ev, op: int) -> bool:  # type: ignore[no-untyped-def]
@@ -61,7 +77,7 @@ class Precision(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "fp32 matmuls/convolutions off the tensor cores on a GPU that has them"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         peaks = c.peaks(ctx)
         if peaks is not None and not peaks.has_tensor_cores_fp32:
             return []
@@ -96,8 +112,11 @@ class Precision(c.PerRank):
                 severity=c.grade(share),
                 impact=Impact(share, c.ms(saving) / n_steps),
                 evidence=evidence,
-                where={"kernels": c.top_counts(ev.name_of(r) for r in hits), "ops": ops,
-                       "python": c.python_lines_of(ev, np.asarray(hits))},
+                where={
+                    "kernels": c.top_counts(ev.name_of(r) for r in hits),
+                    "ops": ops,
+                    "python": c.python_lines_of(ev, np.asarray(hits)),
+                },
                 confidence=0.85 if peaks is not None else 0.6,
                 fixes=["tf32", "amp"],
                 advice="torch.backends.cuda.matmul.allow_tf32 = True and torch.backends.cudnn.allow_tf32 = True "

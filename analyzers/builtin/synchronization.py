@@ -15,6 +15,7 @@ attribute to what the host was doing. Severity by bubble share of step time (5 %
 The cause comes from the enclosing op (``aten::_local_scalar_dense`` means ``.item()``) and
 the line from Python stacks when they were captured.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,14 +25,12 @@ import numpy as np
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
+from stallscope.analyzers.vocab import is_sync_call
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
 
 BUBBLE_CAP_MS = 1.0
-SYNC_CALLS = frozenset(
-    {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cuStreamSynchronize", "cuCtxSynchronize"}
-)
 _CAUSE = {
     "aten::_local_scalar_dense": ".item() / float(tensor)",
     "aten::item": ".item() / float(tensor)",
@@ -48,12 +47,12 @@ _CAUSE = {
 }
 
 
-def sync_rows(ev: "EventTable") -> np.ndarray:
+def sync_rows(ev: EventTable) -> np.ndarray:
     """Blocking sync runtime calls inside the analysed steps."""
-    return c.in_window(ev, ev.rows_named(lambda s: s in SYNC_CALLS, Kind.RUNTIME))
+    return c.in_window(ev, ev.rows_named(is_sync_call, Kind.RUNTIME))
 
 
-def bubbles_ns(ev: "EventTable", rows: np.ndarray, cap_ns: float) -> np.ndarray:
+def bubbles_ns(ev: EventTable, rows: np.ndarray, cap_ns: float) -> np.ndarray:
     """For each sync row, GPU idle time from its return to the next GPU activity (capped)."""
     g = ev.gpu_rows()
     s, e = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
@@ -71,7 +70,7 @@ def bubbles_ns(ev: "EventTable", rows: np.ndarray, cap_ns: float) -> np.ndarray:
     return out
 
 
-def _cause(ev: "EventTable", row: int, ops: np.ndarray) -> str:
+def _cause(ev: EventTable, row: int, ops: np.ndarray) -> str:
     t = int(ev.ts_ns[row])
     tid = ev.tid[row]
     cand = ops[(ev.tid[ops] == tid) & (ev.ts_ns[ops] <= t) & (ev.ts_ns[ops] + ev.dur_ns[ops] >= t)]
@@ -97,7 +96,7 @@ class Synchronization(c.PerRank):
     requires = frozenset({"trace", "gpu"})
     description = "blocking host-device syncs (.item(), .cpu(), synchronize) inside the step"
 
-    def _analyze_rank(self, ctx: "AnalysisContext") -> list[Finding]:
+    def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
         rows = sync_rows(ev)
@@ -110,7 +109,11 @@ class Synchronization(c.PerRank):
         py = ev.rows_of_kind(Kind.PYTHON)
         order = np.argsort(bub)[::-1][:200]
         causes = [_cause(ev, int(rows[i]), ops) for i in order]
-        lines = [c.user_frame_at(ev, int(ev.tid[rows[i]]), int(ev.ts_ns[rows[i]]), py) for i in order[:50]] if len(py) else []
+        lines = (
+            [c.user_frame_at(ev, int(ev.tid[rows[i]]), int(ev.ts_ns[rows[i]]), py) for i in order[:50]]
+            if len(py)
+            else []
+        )
         lost = float(bub.sum())
         share = 100.0 * lost / total_ns
         per_step = len(rows) / n_steps

@@ -7,6 +7,7 @@ Modules: :mod:`~analyzers.stats` (Mann-Whitney U, bootstrap, numpy only),
 (console, YAML, JUnit, markdown), :mod:`~analyzers.gate.command` (``stallscope gate``) and
 :mod:`~analyzers.gate.paired` (``stallscope gate ab``). Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 __all__ = ["EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_REGRESSION", "EXIT_USAGE"]

@@ -5,13 +5,24 @@ are decided on the per-step samples (effect beyond the threshold *and* significa
 :mod:`analyzers.stats`); other numbers have no samples and are judged by threshold alone.
 Findings: a finding is new when its id is not in the baseline.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 from typing import Any, Optional
 
-from stallscope.analyzers.gate.rules import STATISTIC, GPU_IDLE, IDLE_PARTS, SEVERITY_RANK, FindingRule, GateConfig, MetricRule, RuleResult
+from stallscope.analyzers.gate.rules import (
+    GPU_IDLE,
+    IDLE_PARTS,
+    SEVERITY_RANK,
+    STATISTIC,
+    FindingRule,
+    GateConfig,
+    MetricRule,
+    RuleResult,
+)
+from stallscope.analyzers.stats import compare_samples
 from stallscope.profiler.common import ToolError
 
 __all__ = ["evaluate_findings", "evaluate_metric", "resolve"]
@@ -60,15 +71,25 @@ def _samples(report: dict[str, Any], parent: str, side: str) -> Optional[list[fl
     if raw is _MISSING:
         return None
     if not isinstance(raw, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
-        raise ToolError(f"{side} report: {parent}.samples must be a list of numbers; regenerate the report with stallscope diagnose")
+        raise ToolError(
+            f"{side} report: {parent}.samples must be a list of numbers; regenerate the report with stallscope diagnose"
+        )
     return [float(v) for v in raw if math.isfinite(v)]
 
 
-def evaluate_metric(rule: MetricRule, base: dict[str, Any], current: dict[str, Any], config: GateConfig, names: tuple[str, str] = ("baseline", "current")) -> RuleResult:
+def evaluate_metric(
+    rule: MetricRule,
+    base: dict[str, Any],
+    current: dict[str, Any],
+    config: GateConfig,
+    names: tuple[str, str] = ("baseline", "current"),
+) -> RuleResult:
     """Judge one metric rule on two reports."""
     parent, _, statistic = rule.path.rpartition(".")
     sample_parent = bool(STATISTIC.match(statistic)) and (
-        parent == "summary.step_time_ms" or isinstance(resolve(base, f"{parent}.samples"), list) or isinstance(resolve(current, f"{parent}.samples"), list)
+        parent == "summary.step_time_ms"
+        or isinstance(resolve(base, f"{parent}.samples"), list)
+        or isinstance(resolve(current, f"{parent}.samples"), list)
     )
     if sample_parent and rule.test != "threshold":
         return _evaluate_samples(rule, parent, statistic, base, current, config, names)
@@ -85,44 +106,104 @@ def _beyond(rule: MetricRule, worse_pct: float, worse_abs: float) -> bool:
     return worse_abs > float(rule.max_regression_abs or 0.0)
 
 
-def _evaluate_samples(rule: MetricRule, parent: str, statistic: str, base: dict[str, Any], current: dict[str, Any], config: GateConfig, names: tuple[str, str]) -> RuleResult:
-    from stallscope.analyzers.stats import compare_samples
-
+def _evaluate_samples(
+    rule: MetricRule,
+    parent: str,
+    statistic: str,
+    base: dict[str, Any],
+    current: dict[str, Any],
+    config: GateConfig,
+    names: tuple[str, str],
+) -> RuleResult:
     sides = [_samples(base, parent, names[0]), _samples(current, parent, names[1])]
-    for side, samples in zip(names, sides):
+    for side, samples in zip(names, sides, strict=True):
         if samples is None:
-            raise ToolError(f"{side} report has no per-step samples at {parent}.samples (rule {rule.name!r}); regenerate it with stallscope diagnose, which keeps them")
+            raise ToolError(
+                f"{side} report has no per-step samples at {parent}.samples (rule {rule.name!r}); regenerate it with stallscope diagnose, which keeps them"
+            )
     b, c = sides
     test = rule.test or ("mann-whitney" if statistic in ("median", "mean") else "bootstrap")
     if min(len(b), len(c)) < config.min_samples:
-        return _result(rule, "samples", "inconclusive", f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps (stallscope profile times every step of the run)", test=test, n_base=len(b), n_current=len(c))
+        return _result(
+            rule,
+            "samples",
+            "inconclusive",
+            f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps (stallscope profile times every step of the run)",
+            test=test,
+            n_base=len(b),
+            n_current=len(c),
+        )
     cmp = compare_samples(b, c, statistic, test, rule.lower_is_better, config.alpha)
     worse_abs = (cmp.current_value - cmp.base_value) * (1 if rule.lower_is_better else -1)
-    common = dict(test=test, base=cmp.base_value, current=cmp.current_value, change_pct=cmp.change_pct, ci_ratio=cmp.ci_ratio, n_base=cmp.n_base, n_current=cmp.n_current)
+    common = dict(
+        test=test,
+        base=cmp.base_value,
+        current=cmp.current_value,
+        change_pct=cmp.change_pct,
+        ci_ratio=cmp.ci_ratio,
+        n_base=cmp.n_base,
+        n_current=cmp.n_current,
+    )
     better_abs, better_pct = -worse_abs, -cmp.worse_pct
     if _beyond(rule, cmp.worse_pct, worse_abs):
         if cmp.p_worse < config.alpha:
-            return _result(rule, "samples", "regression", f"{statistic} {cmp.change_pct:+.2f}% (beyond {rule.threshold_text}, p={cmp.p_worse:.2g})", p_value=cmp.p_worse, **common)
-        return _result(rule, "samples", "pass", f"{statistic} {cmp.change_pct:+.2f}% but not significant (p={cmp.p_worse:.2g} >= {config.alpha:g})", p_value=cmp.p_worse, **common)
+            return _result(
+                rule,
+                "samples",
+                "regression",
+                f"{statistic} {cmp.change_pct:+.2f}% (beyond {rule.threshold_text}, p={cmp.p_worse:.2g})",
+                p_value=cmp.p_worse,
+                **common,
+            )
+        return _result(
+            rule,
+            "samples",
+            "pass",
+            f"{statistic} {cmp.change_pct:+.2f}% but not significant (p={cmp.p_worse:.2g} >= {config.alpha:g})",
+            p_value=cmp.p_worse,
+            **common,
+        )
     if _beyond(rule, better_pct, better_abs) and cmp.p_better < config.alpha:
-        return _result(rule, "samples", "improvement", f"{statistic} {cmp.change_pct:+.2f}% (better, p={cmp.p_better:.2g})", p_value=cmp.p_better, **common)
-    return _result(rule, "samples", "pass", f"{statistic} {cmp.change_pct:+.2f}% (within {rule.threshold_text})", p_value=cmp.p_worse, **common)
+        return _result(
+            rule,
+            "samples",
+            "improvement",
+            f"{statistic} {cmp.change_pct:+.2f}% (better, p={cmp.p_better:.2g})",
+            p_value=cmp.p_better,
+            **common,
+        )
+    return _result(
+        rule,
+        "samples",
+        "pass",
+        f"{statistic} {cmp.change_pct:+.2f}% (within {rule.threshold_text})",
+        p_value=cmp.p_worse,
+        **common,
+    )
 
 
-def _evaluate_scalar(rule: MetricRule, base: dict[str, Any], current: dict[str, Any], names: tuple[str, str]) -> RuleResult:
+def _evaluate_scalar(
+    rule: MetricRule, base: dict[str, Any], current: dict[str, Any], names: tuple[str, str]
+) -> RuleResult:
     values = [resolve(base, rule.path), resolve(current, rule.path)]
     if values[0] is _MISSING and values[1] is _MISSING:
         if not rule.required:
-            return _result(rule, "threshold", "skipped", f"{rule.path} is in neither report (required: false)", test="threshold")
+            return _result(
+                rule, "threshold", "skipped", f"{rule.path} is in neither report (required: false)", test="threshold"
+            )
         known = _numbers_in(base) + _numbers_in(current)
         close = difflib.get_close_matches(rule.path, known, n=1)
         hint = f"did you mean {close[0]}?" if close else "check the path against the report"
         raise ToolError(f"gate rule {rule.name!r}: metric path {rule.path} is in neither report; {hint}")
-    for side, value in zip(names, values):
+    for side, value in zip(names, values, strict=True):
         if value is _MISSING:
-            return _result(rule, "threshold", "inconclusive", f"{rule.path} is missing from the {side} report", test="threshold")
+            return _result(
+                rule, "threshold", "inconclusive", f"{rule.path} is missing from the {side} report", test="threshold"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ToolError(f"gate rule {rule.name!r}: {rule.path} in the {side} report is not a number ({type(value).__name__}); point the rule at a number")
+            raise ToolError(
+                f"gate rule {rule.name!r}: {rule.path} in the {side} report is not a number ({type(value).__name__}); point the rule at a number"
+            )
     b, c = float(values[0]), float(values[1])
     sign = 1.0 if rule.lower_is_better else -1.0
     worse_abs = (c - b) * sign
@@ -131,7 +212,13 @@ def _evaluate_scalar(rule: MetricRule, base: dict[str, Any], current: dict[str, 
     common = dict(test="threshold", base=b, current=c, change_pct=change)
     delta = f"{c - b:+.4g}" if rule.max_regression_abs is not None else f"{change:+.2f}%"
     if _beyond(rule, worse_pct, worse_abs):
-        return _result(rule, "threshold", "regression", f"{delta} (beyond {rule.threshold_text}; single numbers, no samples)", **common)
+        return _result(
+            rule,
+            "threshold",
+            "regression",
+            f"{delta} (beyond {rule.threshold_text}; single numbers, no samples)",
+            **common,
+        )
     if _beyond(rule, -worse_pct, -worse_abs):
         return _result(rule, "threshold", "improvement", f"{delta} (better)", **common)
     return _result(rule, "threshold", "pass", f"{delta} (within {rule.threshold_text})", **common)
@@ -142,7 +229,9 @@ def _findings_of(report: dict[str, Any], side: str) -> list[Any]:
     if found is None:
         return []
     if not isinstance(found, list):
-        raise ToolError(f"{side} report: findings must be a list, got {type(found).__name__}; regenerate the report with stallscope diagnose")
+        raise ToolError(
+            f"{side} report: findings must be a list, got {type(found).__name__}; regenerate the report with stallscope diagnose"
+        )
     return found
 
 
@@ -163,4 +252,6 @@ def evaluate_findings(rule: FindingRule, base: dict[str, Any], current: dict[str
     if new:
         return RuleResult(rule.name, "findings", "regression", f"new: {', '.join(new)}", new_findings=new)
     note = f"; allowed: {', '.join(allowed)}" if allowed else ""
-    return RuleResult(rule.name, "findings", "pass", f"no new finding at or above {rule.fail_on_new}{note}", new_findings=[])
+    return RuleResult(
+        rule.name, "findings", "pass", f"no new finding at or above {rule.fail_on_new}{note}", new_findings=[]
+    )

@@ -17,13 +17,15 @@ The reports' environment layout is read tolerantly: the first key whose dotted p
 each field's pattern is used (``gpu.name``, ``gpus.0.name``, ``gpu_name`` all give the GPU
 model). A field present on one side only is reported but is not a mismatch.
 """
+
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stallscope.profiler import runformat
 
 __all__ = ["EnvironmentCheck", "clocks_from_run", "compare_environments", "fingerprint"]
 
@@ -36,7 +38,9 @@ _EXACT_FIELDS = {
     "torch": re.compile(r"(^|\.)(torch|torch_version)$"),
     "cuda": re.compile(r"(^|\.)(cuda|cuda_version|torch_cuda)$"),
 }
-_CONFIGURED = re.compile(r"clock.*(max|app|default|base|locked)|(max|app|default|base|locked)[^.]*clock|power_limit", re.I)
+_CONFIGURED = re.compile(
+    r"clock.*(max|app|default|base|locked)|(max|app|default|base|locked)[^.]*clock|power_limit", re.I
+)
 _AT_REST = re.compile(r"clock.*(rest|idle)|(rest|idle)[^.]*clock", re.I)
 
 
@@ -111,22 +115,24 @@ def fingerprint(environment: Any) -> dict[str, Any]:
 
 
 def clocks_from_run(run_dir: Path) -> dict[str, float]:
-    """Clocks of a run directory's first rank from its first NVML sample (``rank*/nvml.csv``).
+    """Clocks of a run directory's first rank with NVML samples, from its first sample.
 
     ``sm_clock_at_rest_mhz`` / ``mem_clock_at_rest_mhz`` are the first sample's clocks (before
     the first step's work); ``sm_clock_max_mhz`` and ``power_limit_w`` are static. Empty when
     the run has no NVML samples (CPU, no NVML).
     """
-    for path in sorted(run_dir.glob("rank*/nvml.csv")):
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                first = next(csv.DictReader(fh), None)
-        except (OSError, UnicodeDecodeError, csv.Error):
+    for _, folder in runformat.rank_dirs(run_dir):
+        rows = runformat.read_csv_rows(folder / runformat.NVML_CSV)
+        if not rows:
             continue
-        if not first:
-            continue
+        first = rows[0]
         out: dict[str, float] = {}
-        for src, dst in (("sm_clock_mhz", "sm_clock_at_rest_mhz"), ("mem_clock_mhz", "mem_clock_at_rest_mhz"), ("sm_clock_max_mhz", "sm_clock_max_mhz"), ("power_limit_w", "power_limit_w")):
+        for src, dst in (
+            ("sm_clock_mhz", "sm_clock_at_rest_mhz"),
+            ("mem_clock_mhz", "mem_clock_at_rest_mhz"),
+            ("sm_clock_max_mhz", "sm_clock_max_mhz"),
+            ("power_limit_w", "power_limit_w"),
+        ):
             try:
                 out[dst] = float(first.get(src) or "")
             except ValueError:
@@ -147,7 +153,7 @@ def compare_environments(base_env: Any, current_env: Any, allow_change: bool = F
         b, c = base[key], current[key]
         if key.startswith(("clock:", "rest:")):
             if b and abs(float(c) / float(b) - 1.0) * 100.0 > CLOCK_TOLERANCE_PCT:
-                text = f"{key[5 if key.startswith('rest:') else 6:]}: {b} -> {c} (beyond {CLOCK_TOLERANCE_PCT:g}%)"
+                text = f"{key[5 if key.startswith('rest:') else 6 :]}: {b} -> {c} (beyond {CLOCK_TOLERANCE_PCT:g}%)"
                 (check.notes if key.startswith("rest:") else check.differences).append(text)
         elif str(b) != str(c):
             check.differences.append(f"{key}: {b} -> {c}")

@@ -9,18 +9,23 @@ shares, peak memory) are the median over rounds. Findings: the base side is the 
 rounds, the head side keeps findings seen in more than half of its rounds, so a finding that
 flickers does not fail the gate.
 """
+
 from __future__ import annotations
 
 import copy
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
+from stallscope.analyzers.gate.command import emit, judge, load_report
+from stallscope.analyzers.gate.rules import load_config
+from stallscope.analyzers.stats import summary
 from stallscope.profiler.common import ToolError
 
 __all__ = ["ab_command", "pool_reports", "profile_run", "run_rounds"]
@@ -40,24 +45,27 @@ def _split(cmd: str, option: str) -> list[str]:
 
 def profile_run(cmd: Sequence[str], run_dir: Path, log: Path, profile_args: Sequence[str] = ()) -> dict:
     """Run CMD under ``stallscope profile --no-diagnose`` in a subprocess and diagnose the run."""
-    from stallscope.analyzers.gate.command import load_report
-
-    argv = [sys.executable, "-m", "stallscope.cli", "profile", "--no-diagnose", "--quiet", *profile_args, "-o", str(run_dir), "--", *cmd]
+    argv = [
+        sys.executable,
+        "-m",
+        "stallscope.cli",
+        "profile",
+        "--no-diagnose",
+        "--quiet",
+        *profile_args,
+        "-o",
+        str(run_dir),
+        "--",
+        *cmd,
+    ]
     with open(log, "wb") as fh:
         code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise ToolError(f"{shlex.join(cmd)} exited {code} under stallscope profile ({tail[0][:200]}); full log: {log}", 2)
+        raise ToolError(
+            f"{shlex.join(cmd)} exited {code} under stallscope profile ({tail[0][:200]}); full log: {log}", 2
+        )
     return load_report(run_dir, f"run {run_dir.name}")
-
-
-def _stats(samples: np.ndarray) -> dict[str, Any]:
-    return {
-        "median": float(np.median(samples)),
-        "mean": float(samples.mean()),
-        "p10": float(np.quantile(samples, 0.1)),
-        "p90": float(np.quantile(samples, 0.9)),
-    }
 
 
 def _median_scalars(reports: list[dict], node: Any, path: tuple[str, ...]) -> Any:
@@ -86,13 +94,15 @@ def pool_reports(reports: list[dict], warmup: int, head_side: bool) -> dict:
     for rep in reports:
         samples = ((rep.get("summary") or {}).get("step_time_ms") or {}).get("samples")
         if not isinstance(samples, list):
-            raise ToolError(f"report of {rep.get('source', 'a run')} has no per-step samples (summary.step_time_ms.samples); the profiler found no steps")
+            raise ToolError(
+                f"report of {rep.get('source', 'a run')} has no per-step samples (summary.step_time_ms.samples); the profiler found no steps"
+            )
         chunks.append(np.asarray(samples[warmup:], dtype=np.float64))
     samples = np.concatenate(chunks) if chunks else np.zeros(0)
     step = dict(pooled["summary"].get("step_time_ms") or {})
     step["samples"] = [float(v) for v in samples]
     if samples.size:
-        step.update(_stats(samples))
+        step.update(summary(samples))
     pooled["summary"]["step_time_ms"] = step
     pooled["summary"]["steps"] = int(samples.size)
     seen: dict[str, list[dict]] = {}
@@ -105,7 +115,14 @@ def pool_reports(reports: list[dict], warmup: int, head_side: bool) -> dict:
     return pooled
 
 
-def run_rounds(base_cmd: Sequence[str], head_cmd: Sequence[str], rounds: int, workdir: Path, runner: Runner, announce: Callable[[str], None] = lambda s: None) -> tuple[list[dict], list[dict]]:
+def run_rounds(
+    base_cmd: Sequence[str],
+    head_cmd: Sequence[str],
+    rounds: int,
+    workdir: Path,
+    runner: Runner,
+    announce: Callable[[str], None] = lambda s: None,
+) -> tuple[list[dict], list[dict]]:
     """Run A B A B ... ``rounds`` times; return the per-round reports of each side."""
     base, head = [], []
     for i in range(1, rounds + 1):
@@ -130,8 +147,6 @@ def ab_command(
     runner: Optional[Runner] = None,
 ) -> int:
     """Paired gate: exit 0 pass, 1 regression, 3 inconclusive (2 for usage or a failed run)."""
-    from stallscope.analyzers.gate.command import emit, judge
-    from stallscope.analyzers.gate.rules import load_config
 
     if rounds < 1:
         raise ToolError(f"--rounds must be at least 1, got {rounds}")
@@ -145,7 +160,9 @@ def ab_command(
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolError(f"--workdir {workdir}: cannot create ({exc.__class__.__name__}); pick a writable folder") from None
+        raise ToolError(
+            f"--workdir {workdir}: cannot create ({exc.__class__.__name__}); pick a writable folder"
+        ) from None
     run = runner or (lambda cmd, run_dir, log: profile_run(cmd, run_dir, log, extra_args))
     say = (lambda s: None) if quiet else (lambda s: print(f"stallscope gate ab: {s}", file=sys.stderr, flush=True))
     base_reports, head_reports = run_rounds(base_argv, head_argv, rounds, workdir, run, say)
@@ -160,7 +177,9 @@ def ab_command(
         "base_round_medians_ms": [_round_median(r, warmup) for r in base_reports],
         "head_round_medians_ms": [_round_median(r, warmup) for r in head_reports],
     }
-    verdict = judge(base, head, cfg, baseline_name=f"base: {base_cmd}", current_name=f"head: {head_cmd}", mode="paired", extra=extra)
+    verdict = judge(
+        base, head, cfg, baseline_name=f"base: {base_cmd}", current_name=f"head: {head_cmd}", mode="paired", extra=extra
+    )
     return emit(verdict, output, junit, quiet)
 
 

@@ -20,6 +20,7 @@ Schema (every key optional; without a file the defaults below apply)::
 
 How each rule is judged on two reports lives in :mod:`analyzers.gate.evaluate`.
 """
+
 from __future__ import annotations
 
 import math
@@ -189,7 +190,12 @@ def _fail(where: str, what: str) -> ToolError:
 
 
 def _number(value: Any, where: str, key: str, minimum: float = 0.0, maximum: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not minimum <= value <= maximum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not minimum <= value <= maximum
+    ):
         bounds = f">= {minimum:g}" if maximum == math.inf else f"in [{minimum:g}, {maximum:g}]"
         raise _fail(where, f"{key} must be a number {bounds}, got {value!r}; fix gate.yaml")
     return float(value)
@@ -201,15 +207,24 @@ def normalize_path(metric: str, where: str) -> str:
         return ALIASES[metric]
     parts = metric.split(".")
     if not metric or not all(_SEGMENT.match(p) for p in parts):
-        raise _fail(where, f"metric {metric!r} is not an alias or a dotted report path; use e.g. summary.step_time_ms.median")
+        raise _fail(
+            where, f"metric {metric!r} is not an alias or a dotted report path; use e.g. summary.step_time_ms.median"
+        )
     if parts[0] not in REPORT_KEYS:
         parts = ["summary", *parts]
     if parts[0] in ("schema_version", "tool", "source", "environment"):
-        raise _fail(where, f"metric {metric!r} is not a performance number; pick a path under summary, top_kernels or per_rank")
+        raise _fail(
+            where, f"metric {metric!r} is not a performance number; pick a path under summary, top_kernels or per_rank"
+        )
     if parts[:2] == ["summary", "step_time_ms"] and (len(parts) != 3 or not STATISTIC.match(parts[2])):
-        raise _fail(where, f"metric {metric!r}: step_time_ms takes one of median, mean, p10..p99 (e.g. summary.step_time_ms.p90)")
+        raise _fail(
+            where,
+            f"metric {metric!r}: step_time_ms takes one of median, mean, p10..p99 (e.g. summary.step_time_ms.p90)",
+        )
     if parts[:2] == ["summary", "breakdown_pct"] and (len(parts) != 3 or not parts[2].endswith("_pct")):
-        raise _fail(where, f"metric {metric!r}: breakdown_pct entries end in _pct (e.g. summary.breakdown_pct.data_wait_pct)")
+        raise _fail(
+            where, f"metric {metric!r}: breakdown_pct entries end in _pct (e.g. summary.breakdown_pct.data_wait_pct)"
+        )
     return ".".join(parts)
 
 

@@ -8,6 +8,7 @@ A regression wins over inconclusive rules (a rule that fails, fails), except whe
 environments differ: then nothing measured can be blamed on the code, and the verdict is
 inconclusive unless the change is allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,13 @@ __all__ = ["EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_REGRESSION", "Verdict"]
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_INCONCLUSIVE = 0, 1, 3
 VERDICT_SCHEMA_VERSION = 1
-_STYLE = {"pass": "green", "improvement": "bold green", "regression": "bold red", "inconclusive": "yellow", "skipped": "dim"}
+_STYLE = {
+    "pass": "green",
+    "improvement": "bold green",
+    "regression": "bold red",
+    "inconclusive": "yellow",
+    "skipped": "dim",
+}
 _MARK = {"pass": "✅", "improvement": "🚀", "regression": "❌", "inconclusive": "⚠️", "skipped": "⏭️"}
 
 
@@ -63,7 +70,11 @@ class Verdict:
     def reason(self) -> str:
         """One line that says why the verdict is what it is."""
         if self.env_blocks:
-            return "environment differs (" + "; ".join(self.environment.differences) + "); rerun on the baseline's machine or pass --allow-env-change"
+            return (
+                "environment differs ("
+                + "; ".join(self.environment.differences)
+                + "); rerun on the baseline's machine or pass --allow-env-change"
+            )
         failed = [r.name for r in self.results if r.status == "regression"]
         if failed:
             return "regression in " + ", ".join(failed)
@@ -88,8 +99,10 @@ class Verdict:
         """Paired mode in one line: rounds and each round's median step time per side."""
         x = self.extra
         fmt = lambda values: ", ".join("-" if v is None else f"{v:.4g}" for v in values or [])  # noqa: E731
-        return (f"Paired: {x.get('rounds')} rounds ({x.get('order')}), first {x.get('warmup_steps_dropped_per_run')} steps of each run dropped; "
-                f"median step ms per round: base [{fmt(x.get('base_round_medians_ms'))}], head [{fmt(x.get('head_round_medians_ms'))}]")
+        return (
+            f"Paired: {x.get('rounds')} rounds ({x.get('order')}), first {x.get('warmup_steps_dropped_per_run')} steps of each run dropped; "
+            f"median step ms per round: base [{fmt(x.get('base_round_medians_ms'))}], head [{fmt(x.get('head_round_medians_ms'))}]"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML verdict (``--output``)."""
@@ -117,16 +130,31 @@ class Verdict:
         cases = self.all_results()
         failures = sum(r.status == "regression" for r in cases)
         skipped = sum(r.status in ("inconclusive", "skipped") for r in cases)
-        counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "skipped": str(skipped), "time": "0"}
+        counts = {
+            "tests": str(len(cases)),
+            "failures": str(failures),
+            "errors": "0",
+            "skipped": str(skipped),
+            "time": "0",
+        }
         root = ET.Element("testsuites", {"name": "stallscope gate", **counts})
         suite = ET.SubElement(root, "testsuite", {"name": "stallscope gate", **counts})
         props = ET.SubElement(suite, "properties")
-        for name, value in (("verdict", self.status), ("baseline", self.baseline), ("current", self.current), ("config", self.config)):
+        for name, value in (
+            ("verdict", self.status),
+            ("baseline", self.baseline),
+            ("current", self.current),
+            ("config", self.config),
+        ):
             ET.SubElement(props, "property", {"name": name, "value": value})
         for r in cases:
-            case = ET.SubElement(suite, "testcase", {"classname": f"stallscope.gate.{r.kind}", "name": r.name, "time": "0"})
+            case = ET.SubElement(
+                suite, "testcase", {"classname": f"stallscope.gate.{r.kind}", "name": r.name, "time": "0"}
+            )
             if r.status == "regression":
-                ET.SubElement(case, "failure", {"message": r.message, "type": "PerformanceRegression"}).text = _detail(r)
+                ET.SubElement(case, "failure", {"message": r.message, "type": "PerformanceRegression"}).text = _detail(
+                    r
+                )
             elif r.status in ("inconclusive", "skipped"):
                 ET.SubElement(case, "skipped", {"message": f"{r.status}: {r.message}"})
             else:
@@ -178,9 +206,20 @@ class Verdict:
         table.add_column("result", no_wrap=True)
         table.add_column("why", ratio=1, min_width=20)
         for r in self.all_results():
-            table.add_row(r.name, _num(r.base), _num(r.current), _pct(r.change_pct), r.threshold or "-", _p(r.p_value), Text(r.status, style=_STYLE[r.status]), r.message)
+            table.add_row(
+                r.name,
+                _num(r.base),
+                _num(r.current),
+                _pct(r.change_pct),
+                r.threshold or "-",
+                _p(r.p_value),
+                Text(r.status, style=_STYLE[r.status]),
+                r.message,
+            )
         style = {"pass": "bold green", "regression": "bold red", "inconclusive": "bold yellow"}[self.status]
-        line = Text.assemble(("verdict: ", "bold"), (self.status, style), f"  (exit {self.exit_code}) - {self.reason()}")
+        line = Text.assemble(
+            ("verdict: ", "bold"), (self.status, style), f"  (exit {self.exit_code}) - {self.reason()}"
+        )
         parts: list[Any] = [table, line]
         if self.extra:
             parts.insert(1, Text(self.paired_line(), style="dim"))

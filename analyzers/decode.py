@@ -1,0 +1,404 @@
+"""Kineto events -> numpy columns: the one decoder of the loader.
+
+:class:`EventColumns` takes batches of event records (the attribute shape of
+:mod:`analyzers.kineto_structs`: msgspec Structs, or generic-parse dicts wrapped by
+``from_dicts``) and turns each batch into numpy blocks at once, so Python objects stay bounded
+by one batch. Names are interned; times become integer nanoseconds exactly (the microsecond
+decimals Kineto writes have three places); rows with identical shape args or kernel launch
+configs share one ``extra`` dict (treat ``extra`` values as read-only). Linking rows to each
+other is :mod:`analyzers.link`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+
+from stallscope.analyzers.kineto_structs import args_dict, from_dicts, raw_key, raw_value
+from stallscope.analyzers.model import EventTable, empty_table
+from stallscope.analyzers.vocab import (
+    COLLECTIVE_ARG_KEYS,
+    GPU_ARG_KINDS,
+    KIND_OF_CATEGORY,
+    MEMORY_ARG_KEYS,
+    MEMORY_EVENT,
+    SKIPPED_CATEGORIES,
+    Kind,
+)
+
+try:
+    from orjson import dumps as _dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    import json as _json
+
+    def _dumps(value: Any) -> str:  # type: ignore[misc]
+        return _json.dumps(value, separators=(",", ":"))
+
+
+__all__ = ["EventColumns", "exact_ns"]
+
+_KIND_INT = {k: int(v) for k, v in KIND_OF_CATEGORY.items()}
+_GPU_ARG_INTS = frozenset(int(k) for k in GPU_ARG_KINDS)
+_COLLECTIVE_OP = "record_param_comms"
+
+
+def exact_ns(values: list[Any]) -> np.ndarray:
+    """Microsecond numbers (floats or strings) -> integer nanoseconds, exactly.
+
+    Splitting off the integer part keeps the float error of the fraction far below half a
+    nanosecond for any trace timestamp (< 2**43 us), so rounding recovers Kineto's decimals.
+    """
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray([_one_ns(v) for v in values], dtype=np.int64)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    bad = ~np.isfinite(arr) | (np.abs(arr) > 9.0e15)
+    if bad.any():
+        arr = np.where(bad, 0.0, arr)
+    whole = np.floor(arr)
+    return whole.astype(np.int64) * 1000 + np.rint((arr - whole) * 1000.0).astype(np.int64)
+
+
+def _one_ns(value: Any) -> int:
+    try:
+        d = Decimal(str(value))
+        if not d.is_finite():
+            return 0
+        return int((d * 1000).to_integral_value())
+    except (InvalidOperation, ValueError, OverflowError):
+        return 0
+
+
+class EventColumns:
+    """Accumulates the events of one trace, batch by batch, into per-batch numpy blocks."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.name_ids: dict[str, int] = {}
+        self.blocks: list[dict[str, np.ndarray]] = []
+        self.extra: dict[int, dict[str, Any]] = {}
+        self.rows = 0
+        self.process_names: dict[Any, str] = {}
+        self.thread_names: dict[tuple[Any, Any], str] = {}
+        self._ids: dict[Any, int] = {}
+        self._shapes: dict[Any, dict[str, Any]] = {}  # identical shape args share one (read-only) dict
+        self._launches: dict[Any, dict[str, Any]] = {}  # same for kernel launch configs
+
+    def intern(self, name: str) -> int:
+        """The id of ``name`` in :attr:`names` (added when new)."""
+        i = self.name_ids.get(name)
+        if i is None:
+            i = self.name_ids[name] = len(self.names)
+            self.names.append(name)
+        return i
+
+    def _num(self, value: Any) -> int:
+        """pid / tid as an int; strings get stable negative ids."""
+        if value is None:
+            return -1
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            i = self._ids.get(value)
+        except TypeError:  # unhashable oddities share one id
+            value = repr(value)
+            i = self._ids.get(value)
+        if i is None:
+            i = self._ids[value] = -2 - len(self._ids)
+        return i
+
+    def add_dicts(self, events: list[dict[str, Any]]) -> None:
+        """Add a batch of generic-parse event dicts."""
+        self.add(from_dicts(events))
+
+    def add(self, events: Iterable[Any]) -> None:
+        """Add a batch of event records (attribute shape of ``kineto_structs``) as one block."""
+        kind: list[int] = []
+        name: list[int] = []
+        ts: list[Any] = []
+        dur: list[Any] = []
+        pid: list[int] = []
+        tid: list[int] = []
+        stream: list[int] = []
+        device: list[int] = []
+        corr: list[int] = []
+        ext: list[int] = []
+        flops: list[float] = []
+        nbytes: list[int] = []
+        extra = self.extra
+        shapes = self._shapes
+        launches = self._launches
+        name_ids = self.name_ids
+        names = self.names
+        num = self._num
+        kind_of_cat = _KIND_INT
+        skipped = SKIPPED_CATEGORIES
+        gpu_kinds = _GPU_ARG_INTS
+        nan = math.nan
+        row = self.rows
+        K_CPU, K_RT, K_PY, K_OTHER = int(Kind.CPU_OP), int(Kind.RUNTIME), int(Kind.PYTHON), int(Kind.OTHER)
+        K_KERNEL = int(Kind.KERNEL)
+        for e in events:
+            ph = e.ph
+            if ph == "X":
+                cat = e.cat
+                if type(cat) is str or cat is None:
+                    if cat in skipped:
+                        continue
+                    k = kind_of_cat.get(cat, K_OTHER)
+                else:
+                    k = K_OTHER
+                d = e.dur if e.dur is not None else 0
+            elif ph == "i" or ph == "I":
+                if e.s == "g" or e.cat is None and e.name != MEMORY_EVENT:
+                    continue
+                k = K_OTHER
+                d = 0
+            elif ph == "M":
+                self._meta(e)
+                continue
+            else:
+                continue
+            t = e.ts
+            if t is None:
+                continue
+            nm = e.name
+            if type(nm) is not str:
+                nm = str(nm)
+            i = name_ids.get(nm)
+            if i is None:
+                i = name_ids[nm] = len(names)
+                names.append(nm)
+            p = e.pid
+            q = e.tid
+            kind.append(k)
+            name.append(i)
+            ts.append(t)
+            dur.append(d)
+            pid.append(p if type(p) is int else num(p))
+            tid.append(q if type(q) is int else num(q))
+            a = e.args
+            if a is None or k == K_PY:
+                corr.append(-1)
+                ext.append(-1)
+                flops.append(nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                row += 1
+                continue
+            c = a.correlation
+            x = a.external_id
+            corr.append(c if type(c) is int else -1)
+            ext.append(x if type(x) is int else -1)
+            if k == K_CPU:
+                fl = a.flops
+                flops.append(float(fl) if isinstance(fl, (int, float)) else nan)
+                nbytes.append(-1)
+                stream.append(-1)
+                device.append(-1)
+                if a.coll_name is not None or nm == _COLLECTIVE_OP:
+                    sparse = _sparse_args(k, nm, args_dict(a))
+                    if sparse:
+                        extra[row] = sparse
+                elif a.input_dims is not None:
+                    sparse = _shape_args(a.input_dims, a.input_type, shapes)
+                    if sparse:
+                        extra[row] = sparse
+                row += 1
+                continue
+            flops.append(nan)
+            b = a.nbytes if a.nbytes is not None else (a.nbytes_mem if a.nbytes_mem is not None else -1)
+            nbytes.append(b if type(b) is int else -1)
+            if k in gpu_kinds:
+                s_ = a.stream if a.stream is not None else q
+                dv = a.device if a.device is not None else p
+                stream.append(s_ if type(s_) is int else -1)
+                device.append(dv if type(dv) is int else -1)
+            else:
+                stream.append(-1)
+                device.append(-1)
+            if (
+                k == K_KERNEL
+                and (a.input_dims is None or raw_value(a.input_dims) is None)
+                and a.coll_name is None
+                and nm != _COLLECTIVE_OP
+            ):
+                if a.grid is not None:
+                    launch = _kernel_launch_args(a, launches)
+                    if launch:
+                        extra[row] = launch
+            elif k != K_RT and (
+                a.grid is not None
+                or a.input_dims is not None
+                or a.coll_name is not None
+                or a.total_allocated is not None
+                or a.device_id is not None
+            ):
+                sparse = _sparse_args(k, nm, args_dict(a))
+                if sparse:
+                    extra[row] = _share(shapes, sparse)
+            row += 1
+        if row == self.rows:
+            return
+        self.rows = row
+        self.blocks.append(
+            {
+                "kind": np.asarray(kind, dtype=np.int8),
+                "name": np.asarray(name, dtype=np.int32),
+                "ts_ns": exact_ns(ts),
+                "dur_ns": np.maximum(exact_ns(dur), 0),
+                "pid": np.asarray(pid, dtype=np.int64),
+                "tid": np.asarray(tid, dtype=np.int64),
+                "stream": np.asarray(stream, dtype=np.int32),
+                "device": np.asarray(device, dtype=np.int32),
+                "correlation": np.asarray(corr, dtype=np.int64),
+                "external_id": np.asarray(ext, dtype=np.int64),
+                "flops": np.asarray(flops, dtype=np.float64),
+                "bytes": np.asarray(nbytes, dtype=np.int64),
+            }
+        )
+
+    def _meta(self, e: Any) -> None:
+        """Process and thread names from ``ph: M`` events."""
+        a = e.args
+        if a is None or a.meta_name is None:
+            return
+        if e.name == "process_name":
+            self.process_names[e.pid] = str(a.meta_name)
+        elif e.name == "thread_name":
+            self.thread_names[(e.pid, e.tid)] = str(a.meta_name)
+
+    def merge(self, part: EventColumns) -> None:
+        """Append a batch parsed elsewhere (its own name ids and row numbers) after these rows."""
+        if part.blocks:
+            remap = np.asarray([self.intern(n) for n in part.names], dtype=np.int32)
+            for block in part.blocks:
+                block["name"] = remap[block["name"]] if remap.size else block["name"]
+                self.blocks.append(block)
+            self.extra.update({self.rows + k: v for k, v in part.extra.items()})
+            self.rows += part.rows
+        self.process_names.update(part.process_names)
+        self.thread_names.update(part.thread_names)
+
+    def table(self) -> EventTable:
+        """The columns as one :class:`EventTable` in file order (links and steps unset: -1)."""
+        if not self.blocks:
+            return empty_table(self.names)
+        cols: dict[str, np.ndarray] = {}
+        for k in list(self.blocks[0]):  # one column at a time: peak = table + one column's blocks
+            cols[k] = np.concatenate([b.pop(k) for b in self.blocks])
+        self.blocks = []
+        n = cols["kind"].shape[0]
+        return EventTable(
+            names=self.names,
+            step=np.full(n, -1, dtype=np.int32),
+            launch_of=np.full(n, -1, dtype=np.int64),
+            op_of=np.full(n, -1, dtype=np.int64),
+            extra=self.extra,
+            **cols,
+        )
+
+
+def _shape_args(dims: Any, types: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """The ``input_dims`` / ``input_types`` dict of a CPU op, one shared dict per distinct pair
+    of values ({} when the dims are JSON null)."""
+    key = (raw_key(dims), raw_key(types) if types is not None else None)
+    sparse = cache.get(key)
+    if sparse is None:
+        value, type_value = raw_value(dims), raw_value(types)
+        if value is None:
+            sparse = cache[key] = {}
+        elif type_value is None:
+            sparse = cache[key] = {"input_dims": value}
+        else:
+            sparse = cache[key] = {"input_dims": value, "input_types": type_value}
+    return sparse
+
+
+def _share(cache: dict[Any, dict[str, Any]], sparse: dict[str, Any]) -> dict[str, Any]:
+    """One dict object for every row with the same sparse args."""
+    try:
+        return cache.setdefault(_dumps(sparse), sparse)
+    except (TypeError, ValueError, OverflowError):
+        return sparse
+
+
+def _kernel_launch_args(a: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any] | None:
+    """What :func:`_sparse_args` keeps of a kernel's args that have a grid and no shapes or
+    collective, without building the args dict; one shared dict per launch config."""
+    grid, block, regs, smem, occ = a.grid, a.block, a.registers, a.shared_memory, a.occupancy
+    try:
+        key = (
+            tuple(grid) if type(grid) is list else grid,
+            tuple(block) if type(block) is list else block,
+            regs,
+            smem,
+            occ,
+        )
+        hit = cache.get(key)
+    except TypeError:  # unhashable oddities: the generic path
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    out = _sparse_args(
+        int(Kind.KERNEL),
+        "",
+        {
+            k: v
+            for k, v in (
+                ("grid", grid),
+                ("block", block),
+                ("registers per thread", regs),
+                ("shared memory", smem),
+                ("est. achieved occupancy %", occ),
+            )
+            if v is not None
+        },
+    )
+    if out is not None and key is not None:
+        cache[key] = out
+    return out
+
+
+def _sparse_args(kind: int, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The args a row keeps in ``extra`` (shapes, launch config, collective, allocator sample)."""
+    out: dict[str, Any] | None = None
+    dims = args.get("Input Dims")
+    if dims is not None:
+        out = {"input_dims": dims}
+        types = args.get("Input type")
+        if types is not None:
+            out["input_types"] = types
+    if kind == Kind.KERNEL:
+        grid = args.get("grid")
+        if grid is not None:
+            out = out or {}
+            out["grid"] = grid
+            out["block"] = args.get("block")
+            for key, short in (
+                ("registers per thread", "registers"),
+                ("shared memory", "shared_memory"),
+                ("est. achieved occupancy %", "occupancy_pct"),
+            ):
+                if key in args:
+                    out[short] = args[key]
+    if "Collective name" in args or name == _COLLECTIVE_OP:
+        coll = {short: args[key] for key, short in COLLECTIVE_ARG_KEYS.items() if key in args}
+        if coll:
+            out = out or {}
+            out["collective"] = coll
+    if kind == Kind.OTHER and name == MEMORY_EVENT:
+        mem = {k: args[k] for k in MEMORY_ARG_KEYS if k in args}
+        if mem:
+            out = out or {}
+            out["memory"] = mem
+    return out
