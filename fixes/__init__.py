@@ -1,18 +1,14 @@
 """Optimized implementations and the patches that swap them in, one folder per fix.
 
 ``fixes.apply(model, ids=None)`` and ``fixes.revert(handles)`` are the Python API
-(:mod:`fixes.api`); they load lazily so ``import fixes`` stays cheap (no torch).
+(:mod:`stallscope.fixes.api`); ``fixes.advice_for(fix_id)`` is the advice a report prints for
+a finding that names the fix. Importing this package (and calling ``advice_for``) stays cheap:
+no torch, no triton.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from stallscope.fixes.api import apply, revert
+from stallscope.fixes.base import advice_for
 
-__all__ = ["apply", "revert"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from stallscope.fixes import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'fixes' has no attribute {name!r}")
+__all__ = ["advice_for", "apply", "revert"]

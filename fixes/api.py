@@ -1,16 +1,19 @@
 """Python API for users who patch in code: ``fixes.apply(model)`` / ``fixes.revert(handles)``.
 
 ``apply`` finds each fix's targets in ``model`` (and in ``loaders`` for DataLoader fixes),
-skips targets a fix refuses, and returns one :class:`~fixes.base.PatchHandle` per patched
+skips targets a fix refuses, and returns one :class:`~stallscope.fixes.base.PatchHandle` per patched
 target. It does not measure or check parity (there is no input yet); ``stallscope profile
 --auto-patch`` does both. ``revert`` undoes handles in reverse order.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from stallscope.fixes.base import PatchHandle, registered_fixes
+from stallscope.fixes.parity import unwrap_model
 
 __all__ = ["NoEffectWarning", "apply", "revert"]
 
@@ -26,8 +29,6 @@ def apply(model: Any, ids: Sequence[str] | None = None, *, loaders: Iterable[Any
     has the layers they help. Refused targets are skipped; with explicit ``ids`` a fix that
     patched nothing emits :class:`NoEffectWarning` with the reasons.
     """
-    from stallscope.fixes.parity import unwrap_model
-
     registry = registered_fixes([i.replace("_", "-") for i in ids] if ids is not None else None)
     model = unwrap_model(model)
     loaders = list(loaders)

@@ -10,7 +10,7 @@ step boundaries reported by ``profiler.hooks.add_step_listener``:
    DataLoaders, its refusals (``why_not``) and its rule (``diagnose``: the findings when known,
    else the fix's own cheap check, e.g. TF32 off with fp32 GEMMs on CUDA);
 3. for each fix that is called for, one at a time: apply at a step boundary; on the next real
-   inputs check parity (:mod:`fixes.parity`), before the patched code runs for real, and roll
+   inputs check parity (:mod:`stallscope.fixes.parity`), before the patched code runs for real, and roll
    back at once on failure; skip one warm-up step (JIT, autotuning); time ``K`` steps;
 4. keep the fix only when it is faster with confidence: a one-sided Mann-Whitney U test
    (``p < 0.01``, the CI gate's test) **and** a median gain of at least 2 %; else roll back;
@@ -19,23 +19,37 @@ step boundaries reported by ``profiler.hooks.add_step_listener``:
 The 2 % floor: steps of one process drift by about 1 % over a few hundred steps (clocks,
 allocator state), so a smaller gain cannot be told from drift by a test on ~20 samples.
 """
+
 from __future__ import annotations
 
 import atexit
 import importlib
-import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from stallscope.fixes.base import Fix, PatchHandle, Target, registered_fixes
-from stallscope.fixes.startup import attach_from_report, load_kept_fixes
+from stallscope.analyzers.stats import mann_whitney_greater
+from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, registered_fixes
+from stallscope.fixes.parity import ParityProbe, ParityResult, merge_results, unwrap_model
+from stallscope.fixes.startup import attach_from_report, load_kept_fixes, module_names, suspender
+from stallscope.profiler import runformat
+from stallscope.profiler.common import write_yaml
 
-__all__ = ["ALPHA", "MIN_GAIN_PCT", "AutoPatcher", "FixRecord", "attach", "attach_from_report", "load_kept_fixes",
-           "p_faster"]
+__all__ = [
+    "ALPHA",
+    "MIN_GAIN_PCT",
+    "AutoPatcher",
+    "FixRecord",
+    "attach",
+    "attach_from_report",
+    "load_kept_fixes",
+    "p_faster",
+    "plan_fix",
+]
 
 ALPHA = 0.01
 MIN_GAIN_PCT = 2.0
@@ -48,36 +62,9 @@ _SCOPE_ORDER = {"module": 0, "process": 1, "dataloader": 2}
 
 
 def p_faster(before: Sequence[float], after: Sequence[float]) -> float:
-    """One-sided Mann-Whitney U p-value for "steps after the patch tend to be shorter"."""
-    try:
-        from stallscope.analyzers.stats import mann_whitney_greater
-
-        return float(mann_whitney_greater(list(after), list(before)))
-    except ImportError:  # pragma: no cover - the gate's module is the shared implementation
-        return _mann_whitney_greater(list(after), list(before))
-
-
-def _mann_whitney_greater(base: list[float], current: list[float]) -> float:
-    values = sorted((v, i) for i, v in enumerate(base + current))
-    ranks = [0.0] * len(values)
-    tie_sum, i = 0.0, 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1][0] == values[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[values[k][1]] = (i + j) / 2.0 + 1.0
-        t = j - i + 1
-        tie_sum += t**3 - t
-        i = j + 1
-    nb, nc = len(base), len(current)
-    n = nb + nc
-    u = sum(ranks[nb:]) - nc * (nc + 1) / 2.0
-    var = nb * nc / 12.0 * ((n + 1) - tie_sum / (n * (n - 1)))
-    if var <= 0:
-        return 1.0
-    z = (u - nb * nc / 2.0 - 0.5) / math.sqrt(var)
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    """One-sided Mann-Whitney U p-value for "steps after the patch tend to be shorter" (the CI
+    gate's test, :func:`stallscope.analyzers.stats.mann_whitney_greater`)."""
+    return float(mann_whitney_greater(list(after), list(before)))
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -114,8 +101,14 @@ class FixRecord:
         return _median(self.before) / _median(self.after)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "decision": self.decision, "why": self.why, "scope": self.scope,
-                               "targets": self.targets[:50], "targets_count": len(self.targets)}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "decision": self.decision,
+            "why": self.why,
+            "scope": self.scope,
+            "targets": self.targets[:50],
+            "targets_count": len(self.targets),
+        }
         if self.refused:
             out["refused"] = dict(list(self.refused.items())[:20])
         if self.tolerance:
@@ -143,21 +136,29 @@ def _uses_cuda(roots: Sequence[Any]) -> bool:
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
 
-def _module_names(root: Any) -> dict[int, str]:
-    return {id(m): n for n, m in root.named_modules()}
-
-
 class AutoPatcher:
     """The in-process state machine behind ``--auto-patch``; ``on_step`` is the step listener."""
 
-    def __init__(self, rank_dir: Path | None, patch_steps: int, hooks: Any, *, skip: int = 0,
-                 fixes: Mapping[str, type[Fix] | Fix] | None = None, only: Sequence[str] | None = None,
-                 findings: Sequence[Mapping[str, Any]] | None = None,
-                 clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] = _cuda_sync) -> None:
+    def __init__(
+        self,
+        rank_dir: Path | None,
+        patch_steps: int,
+        hooks: Any,
+        *,
+        skip: int = 0,
+        fixes: Mapping[str, type[Fix] | Fix] | None = None,
+        only: Sequence[str] | None = None,
+        findings: Sequence[Mapping[str, Any]] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sync: Callable[[], None] = _cuda_sync,
+    ) -> None:
         self.rank_dir = Path(rank_dir) if rank_dir is not None else None
         self.k = max(MIN_PATCH_STEPS, int(patch_steps))
-        self.k_note = (f"patch_steps raised from {patch_steps} to {self.k}: fewer samples a side cannot reach p < {ALPHA}"
-                       if int(patch_steps) < MIN_PATCH_STEPS else None)
+        self.k_note = (
+            f"patch_steps raised from {patch_steps} to {self.k}: fewer samples a side cannot reach p < {ALPHA}"
+            if int(patch_steps) < MIN_PATCH_STEPS
+            else None
+        )
         self.hooks = hooks
         self.skip = skip
         registry = dict(fixes) if fixes is not None else dict(registered_fixes())
@@ -247,8 +248,6 @@ class AutoPatcher:
 
     # -- diagnosis -----------------------------------------------------------------------
     def _roots(self) -> list[Any]:
-        from stallscope.fixes.parity import unwrap_model
-
         roots, seen = [], set()
         for m in list(self.hooks.root_modules()):
             m = unwrap_model(m)
@@ -269,56 +268,9 @@ class AutoPatcher:
             "step_ms": _median(self.baseline),
         }
         for fix_id, fix in sorted(self.fixes.items(), key=lambda kv: (_SCOPE_ORDER.get(kv[1].scope, 3), kv[0])):
-            self.records.append(self._plan(fix_id, fix, roots, loaders))
+            self.records.append(plan_fix(fix_id, fix, roots, loaders, self.context))
         self.queue = [r for r in self.records if r.decision == "pending"]
         self._write()
-
-    def _plan(self, fix_id: str, fix: Fix, roots: list[Any], loaders: list[Any]) -> FixRecord:
-        rec = FixRecord(fix_id, scope=fix.scope)
-        if fix.advisory:
-            rec.why = f"advisory only: {fix.advisory}"
-            return rec
-        if fix.scope not in _SCOPE_ORDER:
-            rec.why = (f"scope {fix.scope!r}: auto-patch finds models and DataLoaders in the live program; "
-                       f"apply this fix through its own API")
-            return rec
-        if fix.requires_cuda and not self.context["cuda"]:
-            rec.why = "the model does not run on a CUDA device, so this fix has no effect"
-            return rec
-        where: list[Any] = loaders if fix.scope == "dataloader" else roots
-        targets: list[Target] = []
-        seen: set[str] = set()
-        for root in where:
-            try:
-                found = fix.find_targets(root)
-            except Exception as exc:
-                rec.why = f"find_targets failed: {type(exc).__name__}: {exc}"
-                return rec
-            names = _module_names(root) if fix.scope == "module" and hasattr(root, "named_modules") else {}
-            for t in found:
-                if fix.scope == "module" and id(t.obj) in names and not t.name:
-                    t.name = names[id(t.obj)]
-                if t.name in seen:
-                    continue
-                seen.add(t.name)
-                reason = fix.why_not(t)
-                if reason:
-                    rec.refused[t.name] = reason
-                else:
-                    targets.append(t)
-        if not targets:
-            rec.why = (f"refused: {next(iter(rec.refused.values()))}" if rec.refused
-                       else f"no {fix.scope} target found" + (" (no DataLoader seen)" if fix.scope == "dataloader" and not loaders else ""))
-            return rec
-        verdict = fix.diagnose(targets[0], self.context)
-        if not verdict.called_for:
-            rec.why = verdict.why
-            return rec
-        rec.decision, rec.why = "pending", verdict.why
-        rec.targets = [t.name for t in targets]
-        rec.tolerance = fix.tolerance_for(targets[0]).to_dict()
-        rec.handles = [PatchHandle(fix_id, t) for t in targets]  # placeholders until applied
-        return rec
 
     # -- one fix at a time ---------------------------------------------------------------
     def _next_fix(self) -> None:
@@ -346,8 +298,6 @@ class AutoPatcher:
         self._write()
 
     def _start_parity(self, rec: FixRecord, fix: Fix) -> None:
-        from stallscope.fixes.parity import ParityProbe
-
         for h in rec.handles:
             own = fix.verify(h)
             if own is not None:
@@ -357,7 +307,9 @@ class AutoPatcher:
             module = fix.parity_module(h)
             if module is None:
                 continue
-            probe = ParityProbe(module, _suspender(fix, h), fix.tolerance_for(h.target), self._on_parity, name=h.target.name)
+            probe = ParityProbe(
+                module, suspender(fix, h), fix.tolerance_for(h.target), self._on_parity, name=h.target.name
+            )
             self._probes.append(probe)
 
     def _on_parity(self, probe: Any, result: Any) -> None:
@@ -369,23 +321,11 @@ class AutoPatcher:
             self._rollback(rec, f"parity failed on {result.module or probe.name}: {result.reason}", advance=False)
 
     def _close_parity(self, rec: FixRecord) -> None:
-        from stallscope.fixes.base import Tolerance
-        from stallscope.fixes.parity import ParityResult, merge_results
-
         for p in self._probes:
             p.cancel()
         module_results = [r for r in self._parity_results if isinstance(r, ParityResult)]
         own = [r for r in self._parity_results if isinstance(r, dict)]
-        tol = Tolerance(**{k: v for k, v in rec.tolerance.items()}) if rec.tolerance else Tolerance()
-        merged = merge_results(module_results, tol).to_dict() if module_results else None
-        if own:
-            merged = {**(merged or {}), **{k: v for r in own for k, v in r.items()}}
-            merged["passed"] = all(r.get("passed", False) for r in own) and all(r.passed for r in module_results)
-        if merged is None:
-            merged = {"passed": False, "reason": f"no input reached a patched module within {PARITY_WAIT_STEPS} steps"}
-        if len(module_results) < len(self._probes):
-            merged["modules_not_reached"] = len(self._probes) - len(module_results)
-        rec.parity = merged
+        merged = rec.parity = _parity_record(module_results, own, len(self._probes), rec.tolerance)
         if rec.decision == "rolled_back":
             self._next_fix()
             return
@@ -413,7 +353,9 @@ class AutoPatcher:
             self.baseline = list(rec.after)
             self._next_fix()
         else:
-            self._rollback(rec, f"not faster with confidence: {figures} (needs p < {ALPHA} and gain >= {MIN_GAIN_PCT} %)")
+            self._rollback(
+                rec, f"not faster with confidence: {figures} (needs p < {ALPHA} and gain >= {MIN_GAIN_PCT} %)"
+            )
 
     def _revert_all(self, rec: FixRecord) -> None:
         fix = self.fixes[rec.id]
@@ -451,8 +393,10 @@ class AutoPatcher:
         self._finished = True
         needed = self.skip + self.k + 1
         if self.phase in ("wait", "baseline"):
-            note = (f"the program ended after {self.steps_seen} step(s), before the baseline was measured "
-                    f"(auto-patch needs at least {needed} steps, plus {self.k + 2} per fix)")
+            note = (
+                f"the program ended after {self.steps_seen} step(s), before the baseline was measured "
+                f"(auto-patch needs at least {needed} steps, plus {self.k + 2} per fix)"
+            )
             try:
                 self._diagnose()
             except Exception:
@@ -463,8 +407,10 @@ class AutoPatcher:
             self._write(note=note)
             return
         if self.current is not None and self.current.decision == "applied":
-            self.current.why = (f"applied; the program ended during {self.phase} "
-                                f"({len(self.current.after)} of {self.k} steps measured), so it was neither kept nor rolled back")
+            self.current.why = (
+                f"applied; the program ended during {self.phase} "
+                f"({len(self.current.after)} of {self.k} steps measured), so it was neither kept nor rolled back"
+            )
         for r in self.queue:
             r.decision, r.why = "skipped", f"called for ({r.why}), but the program ended first"
         self.queue = []
@@ -483,7 +429,11 @@ class AutoPatcher:
             "min_gain_pct": MIN_GAIN_PCT,
             "phase": self.phase,
             "steps_seen": self.steps_seen,
-            "context": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.context.items() if k not in ("findings",)},
+            "context": {
+                k: (round(v, 4) if isinstance(v, float) else v)
+                for k, v in self.context.items()
+                if k not in ("findings",)
+            },
             "baseline": _samples(self.baseline) if self.baseline else None,
             "note": note,
             "fixes": [r.to_dict() for r in self.records],
@@ -492,16 +442,87 @@ class AutoPatcher:
     def _write(self, note: str | None = None) -> None:
         if self.rank_dir is None:
             return
-        from stallscope.profiler.common import write_yaml
-
         try:
             doc = self.document(note)
-            write_yaml(self.rank_dir / "patches.yaml", doc)
-            if self.rank_dir.name == "rank0":
+            write_yaml(self.rank_dir / runformat.PATCHES, doc)
+            if runformat.rank_of(self.rank_dir) == 0:
                 # the report reads RUN/patches.yaml: rank 0's decisions stand for the run
-                write_yaml(self.rank_dir.parent / "patches.yaml", doc)
+                write_yaml(self.rank_dir.parent / runformat.PATCHES, doc)
         except OSError as exc:
-            print(f"stallscope: cannot write {self.rank_dir / 'patches.yaml'}: {exc}", file=sys.stderr)
+            print(f"stallscope: cannot write {self.rank_dir / runformat.PATCHES}: {exc}", file=sys.stderr)
+
+
+def plan_fix(fix_id: str, fix: Fix, roots: list[Any], loaders: list[Any], context: Mapping[str, Any]) -> FixRecord:
+    """What auto-patch does with ``fix`` in this program: a ``pending`` record with its targets when it
+    is called for, else a ``skipped`` record that says why (advisory, scope, no CUDA, no target,
+    every target refused, or the fix's ``diagnose`` rule says no)."""
+    rec = FixRecord(fix_id, scope=fix.scope)
+    if fix.advisory:
+        rec.why = f"advisory only: {fix.advisory}"
+        return rec
+    if fix.scope not in _SCOPE_ORDER:
+        rec.why = (
+            f"scope {fix.scope!r}: auto-patch finds models and DataLoaders in the live program; "
+            f"apply this fix through its own API"
+        )
+        return rec
+    if fix.requires_cuda and not context.get("cuda"):
+        rec.why = "the model does not run on a CUDA device, so this fix has no effect"
+        return rec
+    where: list[Any] = loaders if fix.scope == "dataloader" else roots
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for root in where:
+        try:
+            found = fix.find_targets(root)
+        except Exception as exc:
+            rec.why = f"find_targets failed: {type(exc).__name__}: {exc}"
+            return rec
+        names = module_names(root) if fix.scope == "module" and hasattr(root, "named_modules") else {}
+        for t in found:
+            if fix.scope == "module" and id(t.obj) in names and not t.name:
+                t.name = names[id(t.obj)]
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            reason = fix.why_not(t)
+            if reason:
+                rec.refused[t.name] = reason
+            else:
+                targets.append(t)
+    if not targets:
+        rec.why = (
+            f"refused: {next(iter(rec.refused.values()))}"
+            if rec.refused
+            else f"no {fix.scope} target found"
+            + (" (no DataLoader seen)" if fix.scope == "dataloader" and not loaders else "")
+        )
+        return rec
+    verdict = fix.diagnose(targets[0], context)
+    if not verdict.called_for:
+        rec.why = verdict.why
+        return rec
+    rec.decision, rec.why = "pending", verdict.why
+    rec.targets = [t.name for t in targets]
+    rec.tolerance = fix.tolerance_for(targets[0]).to_dict()
+    rec.handles = [PatchHandle(fix_id, t) for t in targets]  # placeholders until applied
+    return rec
+
+
+def _parity_record(
+    module_results: list[ParityResult], own: list[dict[str, Any]], probes: int, tolerance: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One parity record for a fix from its module checks and its own ``verify()`` records."""
+    tol = Tolerance(**dict(tolerance)) if tolerance else Tolerance()
+    merged = merge_results(module_results, tol).to_dict() if module_results else None
+    if own:
+        merged = {**(merged or {}), **{k: v for r in own for k, v in r.items()}}
+        merged["passed"] = all(r.get("passed", False) for r in own) and all(r.passed for r in module_results)
+    if merged is None:
+        merged = {"passed": False, "reason": f"no input reached a patched module within {PARITY_WAIT_STEPS} steps"}
+    if len(module_results) < probes:
+        merged["modules_not_reached"] = probes - len(module_results)
+    return merged
 
 
 def _effective(fix: Fix, handle: PatchHandle) -> bool:
@@ -509,41 +530,32 @@ def _effective(fix: Fix, handle: PatchHandle) -> bool:
     return True if check is None else bool(check(handle))
 
 
-def _suspender(fix: Fix, handle: PatchHandle) -> Callable[[], Any]:
-    return lambda: fix.suspended(handle)
-
-
 def _load_hooks(hooks: Any) -> Any:
     return hooks if hooks is not None else importlib.import_module("stallscope.profiler.hooks")
 
 
-def attach(rank_dir: Path, patch_steps: int, *, hooks: Any = None, skip: int | None = None,
-           only: Sequence[str] | None = None, fixes: Mapping[str, Any] | None = None,
-           findings: Sequence[Mapping[str, Any]] | None = None) -> AutoPatcher:
-    """Start auto-patch in this process. The bootstrap calls ``attach(rank_dir, patch_steps)``.
+def attach(
+    rank_dir: Path,
+    patch_steps: int,
+    *,
+    hooks: Any = None,
+    skip: int = 0,
+    only: Sequence[str] | None = None,
+    fixes: Mapping[str, Any] | None = None,
+    findings: Sequence[Mapping[str, Any]] | None = None,
+) -> AutoPatcher:
+    """Start auto-patch in this process. The recorder calls ``attach(rank_dir, patch_steps, skip=...)``
+    with the run's profile options (``skip``: steps before the trace window).
 
-    ``skip`` defaults to ``$STALLSCOPE_SKIP`` (0); ``only`` to ``$STALLSCOPE_PATCH_ONLY``
-    (comma-separated fix ids; default all registered fixes).
+    ``only`` defaults to ``$STALLSCOPE_PATCH_ONLY`` (comma-separated fix ids; default all
+    registered fixes).
     """
-    if skip is None:
-        skip = int(os.environ.get("STALLSCOPE_SKIP", "0") or 0)
     if only is None and os.environ.get("STALLSCOPE_PATCH_ONLY"):
         only = [s.strip() for s in os.environ["STALLSCOPE_PATCH_ONLY"].split(",") if s.strip()]
-    patcher = AutoPatcher(rank_dir, patch_steps, _load_hooks(hooks), skip=skip, fixes=fixes, only=only, findings=findings)
+    patcher = AutoPatcher(
+        rank_dir, patch_steps, _load_hooks(hooks), skip=skip, fixes=fixes, only=only, findings=findings
+    )
     patcher.hooks.add_step_listener(patcher.on_step)
     atexit.register(patcher.finish)
     patcher._write(note="waiting for the baseline steps")
     return patcher
-
-
-def attach_from_env() -> Any:
-    """What the bootstrap calls: ``attach`` or ``attach_from_report`` as the environment says.
-
-    ``STALLSCOPE_AUTOPATCH=1`` with ``STALLSCOPE_RANK_DIR`` and ``STALLSCOPE_PATCH_STEPS``;
-    or ``STALLSCOPE_PATCH_FROM=<report>``. Returns the patcher, or None when neither is set.
-    """
-    if os.environ.get("STALLSCOPE_PATCH_FROM"):
-        return attach_from_report(Path(os.environ["STALLSCOPE_PATCH_FROM"]))
-    if os.environ.get("STALLSCOPE_AUTOPATCH") == "1" and os.environ.get("STALLSCOPE_RANK_DIR"):
-        return attach(Path(os.environ["STALLSCOPE_RANK_DIR"]), int(os.environ.get("STALLSCOPE_PATCH_STEPS", "20")))
-    return None

@@ -2,7 +2,8 @@
 
 A fix lives in its own folder ``fixes/<name>/`` with the implementation and a ``fix.py`` that
 defines one :class:`Fix` subclass decorated with :func:`register`. ``fix.py`` must import
-cheaply (torch and triton lazily inside methods) so ``stallscope patch plan`` stays fast.
+cheaply (torch and triton lazily inside methods) so ``stallscope patch plan`` and
+:func:`advice_for` (called while a report is rendered) stay fast and torch-free.
 
 Rules every fix keeps (checked by the generic contract tests over ``tests/fix_settings.py``):
 
@@ -12,15 +13,20 @@ Rules every fix keeps (checked by the generic contract tests over ``tests/fix_se
 * ``revert`` restores the target bit-identically (same parameters, same outputs).
 * ``tolerance`` states the parity bounds used to keep or roll back the fix.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import pkgutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
-__all__ = ["Diagnosis", "Fix", "PatchHandle", "Target", "Tolerance", "register", "registered_fixes"]
+from stallscope.profiler.common import ToolError
+
+__all__ = ["Diagnosis", "Fix", "PatchHandle", "Target", "Tolerance", "advice_for", "register", "registered_fixes"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,8 @@ class Diagnosis:
 
 
 class Fix:
-    """Base class of every fix. Subclasses set ``id``, ``answers``, ``tolerance`` and implement
-    ``find_targets``, ``apply`` and ``revert``; ``why_not`` explains a target it must refuse."""
+    """Base class of every fix. Subclasses set ``id``, ``answers``, ``tolerance``, ``advice`` and
+    implement ``find_targets``, ``apply`` and ``revert``; ``why_not`` explains a target it must refuse."""
 
     id: ClassVar[str] = ""
     answers: ClassVar[tuple[str, ...]] = ()  # finding ids (or categories) this fix addresses
@@ -104,6 +110,9 @@ class Fix:
     scope: ClassVar[str] = "module"  # module | process | dataloader
     requires_cuda: ClassVar[bool] = False  # no effect unless the program runs on a CUDA device
     advisory: ClassVar[str] = ""  # non-empty: cannot be patched into a live program; the reason
+    # What the user should do, printed with the findings that name this fix: the change in a
+    # few lines, and how stallscope applies it (``--auto-patch``, ``fixes.apply``) or why it cannot.
+    advice: ClassVar[str] = ""
 
     def find_targets(self, root: Any) -> list[Target]:
         """Targets inside ``root`` (a model, a DataLoader, ``None`` for process-wide fixes),
@@ -167,6 +176,7 @@ class Fix:
 
 _REGISTRY: dict[str, type[Fix]] = {}
 _DISCOVERED = False
+_FIXES_DIR = Path(__file__).resolve().parent
 
 
 def register(cls: type[Fix]) -> type[Fix]:
@@ -184,9 +194,7 @@ def registered_fixes(ids: Iterable[str] | None = None) -> dict[str, type[Fix]]:
     """All fixes by id (importing each ``fixes/<name>/fix.py`` once), or only those named."""
     global _DISCOVERED
     if not _DISCOVERED:
-        from stallscope import fixes
-
-        for info in pkgutil.iter_modules(fixes.__path__):
+        for info in pkgutil.iter_modules([str(_FIXES_DIR)]):
             if info.ispkg and not info.name.startswith("_"):
                 try:
                     importlib.import_module(f"stallscope.fixes.{info.name}.fix")
@@ -198,7 +206,12 @@ def registered_fixes(ids: Iterable[str] | None = None) -> dict[str, type[Fix]]:
         return dict(sorted(_REGISTRY.items()))
     missing = [i for i in ids if i not in _REGISTRY]
     if missing:
-        from stallscope.profiler.common import ToolError
-
         raise ToolError(f"unknown fix id(s) {', '.join(missing)}; known: {', '.join(sorted(_REGISTRY))}")
     return {i: _REGISTRY[i] for i in ids}
+
+
+def advice_for(fix_id: str) -> str | None:
+    """The advice text of the registered fix ``fix_id`` (``_`` and ``-`` alike), or None when no
+    fix has that id. Imports only the fixes' ``fix.py`` modules, never torch or triton."""
+    cls = registered_fixes().get(str(fix_id).replace("_", "-"))
+    return (cls.advice or None) if cls is not None else None

@@ -3,20 +3,24 @@
 Neither imports torch: the plan reads the report and the fix registry (each ``fix.py`` is
 cheap to import); ``run`` starts CMD with the patch bootstrap on ``PYTHONPATH``.
 """
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from stallscope.analyzers.inputs import open_report
+from stallscope.fixes.base import registered_fixes
+from stallscope.fixes.startup import load_kept_fixes, patch_entries
 from stallscope.profiler._bootstrap import inject
-from stallscope.profiler.common import ToolError, read_yaml
+from stallscope.profiler.common import ToolError
 
 __all__ = ["Plan", "PlanItem", "build_plan", "plan_command", "run_command"]
-
 
 
 @dataclass
@@ -33,10 +37,16 @@ class PlanItem:
     earlier: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fix": self.fix_id, "status": self.status, "findings": self.findings,
-                "est_saving_ms_per_step": round(self.saving_ms, 4), "scope": self.scope,
-                "description": self.description, "tolerance": self.tolerance or None,
-                "auto_patch_decision": self.earlier or None}
+        return {
+            "fix": self.fix_id,
+            "status": self.status,
+            "findings": self.findings,
+            "est_saving_ms_per_step": round(self.saving_ms, 4),
+            "scope": self.scope,
+            "description": self.description,
+            "tolerance": self.tolerance or None,
+            "auto_patch_decision": self.earlier or None,
+        }
 
 
 @dataclass
@@ -48,8 +58,13 @@ class Plan:
     other_fixes: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": 1, "kind": "stallscope-patch-plan", "report": self.source,
-                "fixes": [i.to_dict() for i in self.items], "checked_in_process": self.other_fixes}
+        return {
+            "schema_version": 1,
+            "kind": "stallscope-patch-plan",
+            "report": self.source,
+            "fixes": [i.to_dict() for i in self.items],
+            "checked_in_process": self.other_fixes,
+        }
 
     def __rich__(self) -> Any:
         from rich.console import Group
@@ -70,38 +85,24 @@ class Plan:
             if i.earlier:
                 parts.append(Text(f"      earlier auto-patch: {i.earlier}", style="dim"))
         if self.other_fixes:
-            parts.append(Text("Also checked in-process by --auto-patch (no finding needed): " + ", ".join(self.other_fixes),
-                              style="dim"))
+            parts.append(
+                Text(
+                    "Also checked in-process by --auto-patch (no finding needed): " + ", ".join(self.other_fixes),
+                    style="dim",
+                )
+            )
         return Group(*parts)
 
 
 def _load_report(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        if (path / "report.yaml").is_file():
-            return read_yaml(path / "report.yaml")
-        from stallscope.analyzers.report import build_report
-
-        return build_report(path)
-    if not path.exists():
-        raise ToolError(f"{path}: no such report; give a report.yaml or a run directory")
-    if path.suffix == ".json":
-        import json
-
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ToolError(f"{path}: not a readable JSON report ({exc.__class__.__name__}); regenerate it") from None
-    doc = read_yaml(path)
-    if not isinstance(doc, Mapping):
-        raise ToolError(f"{path}: not a stallscope report (expected a mapping with `findings`)")
-    return dict(doc)
+    """The report ``patch plan`` reads: a report file, or a run directory's saved report (diagnosed
+    on the spot when it has none; that path loads numpy and the trace decoders)."""
+    return dict(open_report(path, use_saved=True).report)
 
 
 def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
-    from stallscope.fixes.startup import _patch_entries
-
     out: dict[str, str] = {}
-    for e in _patch_entries(report.get("patches") or {}):
+    for e in patch_entries(report.get("patches") or {}):
         speed = f", {e['speedup']:.2f}x" if isinstance(e.get("speedup"), (int, float)) else ""
         out[str(e["id"])] = f"{e.get('decision')}{speed}"
     return out
@@ -109,12 +110,12 @@ def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
 
 def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
     """The plan for a report dict: fixes named by its findings, joined with the registry."""
-    from stallscope.fixes.base import registered_fixes
-
     registry = registered_fixes()
     findings = report.get("findings")
     if not isinstance(findings, list):
-        raise ToolError(f"{source}: no `findings` list; is this a stallscope report? (run `stallscope diagnose RUN -o report.yaml`)")
+        raise ToolError(
+            f"{source}: no `findings` list; is this a stallscope report? (run `stallscope diagnose RUN -o report.yaml`)"
+        )
     earlier = _earlier_decisions(report)
     items: dict[str, PlanItem] = {}
     for f in findings:
@@ -137,8 +138,11 @@ def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
         if getattr(cls, "advisory", "") or cls.scope not in ("module", "process", "dataloader"):
             item.status = "advisory"
     ordered = sorted(items.values(), key=lambda i: (i.status != "would apply", -i.saving_ms, i.fix_id))
-    others = sorted(i for i, c in registry.items()
-                    if i not in items and not getattr(c, "advisory", "") and c.scope in ("module", "process", "dataloader"))
+    others = sorted(
+        i
+        for i, c in registry.items()
+        if i not in items and not getattr(c, "advisory", "") and c.scope in ("module", "process", "dataloader")
+    )
     return Plan(source, ordered, others)
 
 
@@ -160,16 +164,19 @@ def plan_command(report: Path, fmt: str = "console") -> int:
 
 def run_command(cmd: Sequence[str], patch_from: Path) -> int:
     """Run ``cmd`` with the fixes an earlier auto-patch run kept, applied at start-up."""
-    from stallscope.fixes.autopatch import load_kept_fixes
-
     if not cmd:
-        raise ToolError("no command given; put it after `--`, e.g. stallscope run --patch-from report.yaml -- python train.py")
+        raise ToolError(
+            "no command given; put it after `--`, e.g. stallscope run --patch-from report.yaml -- python train.py"
+        )
     source = Path(patch_from).resolve()
     kept = load_kept_fixes(source)
     env = inject(dict(os.environ))
     env["STALLSCOPE_PATCH_FROM"] = str(source)
     names = ", ".join(kept) if kept else "none (the earlier run kept no fix)"
-    print(f"stallscope: applying the fixes kept in {patch_from}: {names}; parity is checked on the first batch", file=sys.stderr)
+    print(
+        f"stallscope: applying the fixes kept in {patch_from}: {names}; parity is checked on the first batch",
+        file=sys.stderr,
+    )
     try:
         proc = subprocess.Popen(list(cmd), env=env)
     except FileNotFoundError:
@@ -181,4 +188,3 @@ def run_command(cmd: Sequence[str], patch_from: Path) -> int:
         except KeyboardInterrupt:  # the child got the same SIGINT; wait for it to finish
             continue
     return 128 + (-code) if code < 0 else code
-

@@ -3,7 +3,7 @@
 For one module and one captured input: clone the input, run the original and the patched
 forward and backward on the clone with the same random upstream gradient, take gradients with
 :func:`torch.autograd.grad` (nothing accumulates into ``.grad``), and compare outputs and
-gradients (inputs and parameters) against the fix's :class:`~fixes.base.Tolerance`.
+gradients (inputs and parameters) against the fix's :class:`~stallscope.fixes.base.Tolerance`.
 
 What the program could notice is put back: the torch, CUDA, ``random`` and numpy RNG states,
 and every buffer of the module (BatchNorm running statistics and ``num_batches_tracked``
@@ -17,14 +17,17 @@ that cancel to nearly zero do not blow it up; with ``scale: tensor`` that magnit
 structure is not judged against its own rounding noise). The pass rule is the tolerance's own
 (``scale`` element or tensor).
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 from stallscope.fixes.base import Tolerance
 
@@ -179,7 +182,9 @@ class _SideState:
         import torch
 
         self.cpu = torch.random.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cuda = (
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        )
         self.py = random.getstate()
         np = sys.modules.get("numpy")
         self.np = np.random.get_state() if np is not None else None
@@ -200,8 +205,9 @@ class _SideState:
                     buf.copy_(saved)
 
 
-def _forward_backward(module: Any, args: tuple, kwargs: dict, seed: int, backward: bool,
-                      upstream: list[Any] | None) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]], list[Any]]:
+def _forward_backward(
+    module: Any, args: tuple, kwargs: dict, seed: int, backward: bool, upstream: list[Any] | None
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]], list[Any]]:
     import torch
 
     args, kwargs = clone_inputs(args, kwargs)
@@ -220,10 +226,12 @@ def _forward_backward(module: Any, args: tuple, kwargs: dict, seed: int, backwar
                 for _, t in diff:
                     gen = torch.Generator(device=t.device).manual_seed(seed)
                     upstream.append(torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype))
-            if len(upstream) != len(diff) or any(u.shape != t.shape for u, (_, t) in zip(upstream, diff)):
+            if len(upstream) != len(diff) or any(u.shape != t.shape for u, (_, t) in zip(upstream, diff, strict=False)):
                 raise _Mismatch("patched outputs differ in number or shape from the original")
-            got = torch.autograd.grad([t for _, t in diff], [t for _, t in wrt], grad_outputs=upstream, allow_unused=True)
-            grads = [(n, g.detach()) for (n, _), g in zip(wrt, got) if g is not None]
+            got = torch.autograd.grad(
+                [t for _, t in diff], [t for _, t in wrt], grad_outputs=upstream, allow_unused=True
+            )
+            grads = [(n, g.detach()) for (n, _), g in zip(wrt, got, strict=False) if g is not None]
     return [(n, t.detach()) for n, t in outs], grads, upstream or []
 
 
@@ -231,8 +239,9 @@ class _Mismatch(Exception):
     pass
 
 
-def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolerance, kind: str,
-             result: ParityResult) -> None:
+def _compare(
+    ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolerance, kind: str, result: ParityResult
+) -> None:
     import torch
 
     rtol, atol = tol.bound(kind)
@@ -265,7 +274,9 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
                 ok = bool((diff <= atol + rtol * mag).all())
             if kind == "grad" and tol.grad_min_cosine is not None:
                 direction = cosine, norm_ratio = _direction(a64, b64)
-                result.min_grad_cosine = cosine if result.min_grad_cosine is None else min(result.min_grad_cosine, cosine)
+                result.min_grad_cosine = (
+                    cosine if result.min_grad_cosine is None else min(result.min_grad_cosine, cosine)
+                )
                 if not ok and cosine >= tol.grad_min_cosine and abs(norm_ratio - 1.0) <= rtol:
                     ok = True
         rel_err = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
@@ -283,12 +294,16 @@ def _compare(ref: list[tuple[str, Any]], new: list[tuple[str, Any]], tol: Tolera
         if not ok and result.passed:
             result.passed = False
             result.worst = name
-            result.reason = (f"{name}: max abs err {abs_err:.3g} (rel {rel_err:.3g}) exceeds "
-                             f"atol {atol:g} + rtol {rtol:g} ({tol.scale} scale)")
+            result.reason = (
+                f"{name}: max abs err {abs_err:.3g} (rel {rel_err:.3g}) exceeds "
+                f"atol {atol:g} + rtol {rtol:g} ({tol.scale} scale)"
+            )
             if direction is not None:
                 cosine, norm_ratio = direction
-                result.reason += (f", and its direction/norm differ too (cosine {cosine:.6f}, needs >= "
-                                  f"{tol.grad_min_cosine:g}; norm ratio {norm_ratio:.4f}, needs 1 +- {rtol:g})")
+                result.reason += (
+                    f", and its direction/norm differ too (cosine {cosine:.6f}, needs >= "
+                    f"{tol.grad_min_cosine:g}; norm ratio {norm_ratio:.4f}, needs 1 +- {rtol:g})"
+                )
 
 
 def _direction(a, b) -> tuple[float, float]:
@@ -299,8 +314,17 @@ def _direction(a, b) -> tuple[float, float]:
     return float((a * b).sum()) / (na * nb), nb / na
 
 
-def check_parity(module: Any, args: tuple, kwargs: dict | None, original: Callable[[], ContextManager[Any]],
-                 tolerance: Tolerance, *, seed: int = 0, backward: bool = True, name: str = "") -> ParityResult:
+def check_parity(
+    module: Any,
+    args: tuple,
+    kwargs: dict | None,
+    original: Callable[[], AbstractContextManager[Any]],
+    tolerance: Tolerance,
+    *,
+    seed: int = 0,
+    backward: bool = True,
+    name: str = "",
+) -> ParityResult:
     """Compare ``module`` as patched now with ``module`` under ``original()`` on these inputs.
 
     Both runs start from the same RNG state and buffers; afterwards RNG states, buffers and
@@ -329,7 +353,10 @@ def check_parity(module: Any, args: tuple, kwargs: dict | None, original: Callab
     except _Mismatch as exc:
         result.passed, result.reason = False, str(exc)
     except Exception as exc:  # a fix that raises on real inputs fails parity, it does not crash the program
-        result.passed, result.reason = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        result.passed, result.reason = (
+            False,
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300],
+        )
     finally:
         _local.active = False
         state.restore()
@@ -341,8 +368,16 @@ class ParityProbe:
     :func:`check_parity` once, hands the result to ``on_result`` and removes itself. It runs
     before the real forward, so ``on_result`` may still revert the patch for this very call."""
 
-    def __init__(self, module: Any, original: Callable[[], ContextManager[Any]], tolerance: Tolerance,
-                 on_result: Callable[["ParityProbe", ParityResult], None], *, name: str = "", seed: int = 0) -> None:
+    def __init__(
+        self,
+        module: Any,
+        original: Callable[[], AbstractContextManager[Any]],
+        tolerance: Tolerance,
+        on_result: Callable[[ParityProbe, ParityResult], None],
+        *,
+        name: str = "",
+        seed: int = 0,
+    ) -> None:
         self.module = module
         self.name = name
         self.original = original

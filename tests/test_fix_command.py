@@ -143,7 +143,7 @@ def test_python_api_apply_and_revert_keep_structure():
 
 
 def test_plan_does_not_import_torch():
-    code = ("import sys; from fixes.command import build_plan; "
+    code = ("import sys; from stallscope.fixes.command import build_plan; "
             "build_plan({'findings': [{'id': 'x', 'fixes': ['flashkat', 'tf32', 'dataloader_workers']}]}); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

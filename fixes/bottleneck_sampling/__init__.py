@@ -5,6 +5,7 @@ The diffusers adapter lives in ``diffusers_adapter.py`` (optional dependency), t
 analytic benchmark model in ``analytic.py``. See docs/bottleneck-sampling.md.
 Names are imported lazily so that ``fix.py`` (and ``stallscope patch plan``) stays free of torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -15,13 +15,17 @@ velocity ``E[eps - x0 | x_t]`` is, per mode,
 ``D = (1-t)^2 lam_m + t^2``). Samplers are scored by the Frechet distance per Fourier mode between
 the samples' distribution and the truth (both Gaussian: ``|mu|^2 + (sqrt(var) - sqrt(lam))^2``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
+
+from stallscope.fixes.bottleneck_sampling.sampler import plan_stages
+from stallscope.fixes.bottleneck_sampling.schedule import ShiftRule, full_sigmas
 
 __all__ = ["GaussianField", "SpectrumScore", "exact_power_ratio", "exact_quality"]
 
@@ -47,7 +51,12 @@ class SpectrumScore:
     radial_power_ratio: list[float]
 
     def to_dict(self) -> dict:
-        return {"fd_rel": self.fd_rel, "mode_error": self.mode_error, "quality": self.quality, "mc_floor": self.mc_floor}
+        return {
+            "fd_rel": self.fd_rel,
+            "mode_error": self.mode_error,
+            "quality": self.quality,
+            "mc_floor": self.mc_floor,
+        }
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,7 @@ def _euler_modes(sigmas: Sequence[float], lam: torch.Tensor) -> tuple[torch.Tens
     """Per-mode factors of one Euler stage: ``x_end = a * x_start`` and ``x0_hat = b * x_start``."""
     a = torch.ones_like(lam)
     b = a
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=False):
         g = _mode_gain(s, lam)
         b = a * (1 - s * g)  # x - sigma * v at this step: the clean estimate Euler hands on
         a = a * (1 + (s_next - s) * g)
@@ -160,9 +169,6 @@ def exact_power_ratio(field: GaussianField, size: Sequence[int], schedule=None, 
     """Per-mode ratio ``sampled variance / true variance`` at full resolution, computed exactly (no
     Monte Carlo): the plain Euler sampler with ``steps`` if ``schedule`` is None, else the staged
     sampler with ideal band-limited (Fourier) resampling. Everything is linear and Gaussian per mode."""
-    from .sampler import plan_stages
-    from .schedule import ShiftRule, full_sigmas
-
     size = tuple(int(n) for n in size)
     lam = field.spectrum(size)
     if schedule is None:

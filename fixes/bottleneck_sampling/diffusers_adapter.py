@@ -10,6 +10,7 @@ finally decodes as the pipeline does. Other instances and the class itself are u
 ``StableDiffusion3Pipeline`` (text-to-image) with ``FlowMatchEulerDiscreteScheduler``.
 diffusers is optional: nothing here imports it.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -30,8 +31,14 @@ FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 # "1024 -> 512 is fine" and refuses anything below. Override with ``min_native_px``.
 NATIVE_MIN_PX = {"flux": 512, "sd3": 512}
 _UNSUPPORTED = (
-    "ip_adapter_image", "ip_adapter_image_embeds", "negative_ip_adapter_image", "negative_ip_adapter_image_embeds",
-    "callback_on_step_end", "sigmas", "skip_guidance_layers", "timesteps",
+    "ip_adapter_image",
+    "ip_adapter_image_embeds",
+    "negative_ip_adapter_image",
+    "negative_ip_adapter_image_embeds",
+    "callback_on_step_end",
+    "sigmas",
+    "skip_guidance_layers",
+    "timesteps",
 )
 
 
@@ -58,7 +65,13 @@ def why_not(pipe: Any) -> str | None:
     if type(sched).__name__ != "FlowMatchEulerDiscreteScheduler":
         return f"{name} uses {type(sched).__name__}; bottleneck sampling needs FlowMatchEulerDiscreteScheduler"
     cfg = sched.config
-    for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"):
+    for flag in (
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "invert_sigmas",
+        "stochastic_sampling",
+    ):
         if cfg.get(flag, False):
             return f"the scheduler sets {flag}; bottleneck sampling runs plain flow-matching Euler steps"
     if cfg.get("shift_terminal", None):
@@ -73,9 +86,7 @@ def is_patched(pipe: Any) -> bool:
     return "_bottleneck" in pipe.__dict__
 
 
-def patch_pipeline(
-    pipe: Any, schedule: BottleneckSchedule = DEFAULT_SCHEDULE, min_native_px: int | None = None
-) -> Any:
+def patch_pipeline(pipe: Any, schedule: BottleneckSchedule = DEFAULT_SCHEDULE, min_native_px: int | None = None) -> Any:
     """Make ``pipe(...)`` run Bottleneck Sampling (instance-scoped; returns ``pipe``). Raises
     ``ValueError`` with the reason if the pipeline is unsupported."""
     if is_patched(pipe):
@@ -117,7 +128,10 @@ def _resolve_schedule(pipe: Any, cfg: _Config, full_size: tuple[int, ...]) -> Bo
     for the model's default size) ``s_ref * sqrt(stage tokens / default tokens)`` (SD3's rule)."""
     rule, static = _shift_rule(pipe, cfg.family)
     sched = BottleneckSchedule(
-        stages=cfg.schedule.stages, down=cfg.schedule.down, up=cfg.schedule.up, shift_rule=rule,
+        stages=cfg.schedule.stages,
+        down=cfg.schedule.down,
+        up=cfg.schedule.up,
+        shift_rule=rule,
         spatial_dims=cfg.schedule.spatial_dims,
     )
     if static is None:
@@ -128,8 +142,9 @@ def _resolve_schedule(pipe: Any, cfg: _Config, full_size: tuple[int, ...]) -> Bo
     for p in plan_stages(full_size, sched, multiple=2):
         shift = p.stage.shift if p.stage.shift is not None else static * math.sqrt(rule.tokens(p.size) / ref_tokens)
         stages.append(Stage(p.stage.scale, p.stage.steps, p.stage.sigma_start, p.stage.sigma_end, max(shift, 1.0)))
-    return BottleneckSchedule(stages=tuple(stages), down=sched.down, up=sched.up, shift_rule=rule,
-                              spatial_dims=sched.spatial_dims)
+    return BottleneckSchedule(
+        stages=tuple(stages), down=sched.down, up=sched.up, shift_rule=rule, spatial_dims=sched.spatial_dims
+    )
 
 
 def _staged_call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -170,9 +185,15 @@ def _run_flux(pipe: Any, cfg: _Config, a: dict) -> Any:
     height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
     width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
     pipe.check_inputs(
-        a["prompt"], a["prompt_2"], height, width, negative_prompt=a.get("negative_prompt"),
-        negative_prompt_2=a.get("negative_prompt_2"), prompt_embeds=a["prompt_embeds"],
-        negative_prompt_embeds=a.get("negative_prompt_embeds"), pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        a["prompt"],
+        a["prompt_2"],
+        height,
+        width,
+        negative_prompt=a.get("negative_prompt"),
+        negative_prompt_2=a.get("negative_prompt_2"),
+        prompt_embeds=a["prompt_embeds"],
+        negative_prompt_embeds=a.get("negative_prompt_embeds"),
+        pooled_prompt_embeds=a["pooled_prompt_embeds"],
         negative_pooled_prompt_embeds=a.get("negative_pooled_prompt_embeds"),
         max_sequence_length=a["max_sequence_length"],
     )
@@ -185,9 +206,14 @@ def _run_flux(pipe: Any, cfg: _Config, a: dict) -> Any:
     n_img = a["num_images_per_prompt"] or 1
     lora_scale = pipe._joint_attention_kwargs.get("scale")
     embeds, pooled, text_ids = pipe.encode_prompt(
-        prompt=prompt, prompt_2=a["prompt_2"], prompt_embeds=a["prompt_embeds"],
-        pooled_prompt_embeds=a["pooled_prompt_embeds"], device=device, num_images_per_prompt=n_img,
-        max_sequence_length=a["max_sequence_length"], lora_scale=lora_scale,
+        prompt=prompt,
+        prompt_2=a["prompt_2"],
+        prompt_embeds=a["prompt_embeds"],
+        pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        device=device,
+        num_images_per_prompt=n_img,
+        max_sequence_length=a["max_sequence_length"],
+        lora_scale=lora_scale,
     )
     has_neg = a.get("negative_prompt") is not None or (
         a.get("negative_prompt_embeds") is not None and a.get("negative_pooled_prompt_embeds") is not None
@@ -196,14 +222,19 @@ def _run_flux(pipe: Any, cfg: _Config, a: dict) -> Any:
     neg = None
     if true_cfg > 1 and has_neg:
         neg = pipe.encode_prompt(
-            prompt=a.get("negative_prompt"), prompt_2=a.get("negative_prompt_2"),
-            prompt_embeds=a.get("negative_prompt_embeds"), pooled_prompt_embeds=a.get("negative_pooled_prompt_embeds"),
-            device=device, num_images_per_prompt=n_img, max_sequence_length=a["max_sequence_length"],
+            prompt=a.get("negative_prompt"),
+            prompt_2=a.get("negative_prompt_2"),
+            prompt_embeds=a.get("negative_prompt_embeds"),
+            pooled_prompt_embeds=a.get("negative_pooled_prompt_embeds"),
+            device=device,
+            num_images_per_prompt=n_img,
+            max_sequence_length=a["max_sequence_length"],
             lora_scale=lora_scale,
         )
     channels = pipe.transformer.config.in_channels // 4
-    packed, _ = pipe.prepare_latents(batch * n_img, channels, height, width, embeds.dtype, device, a["generator"],
-                                     a["latents"])
+    packed, _ = pipe.prepare_latents(
+        batch * n_img, channels, height, width, embeds.dtype, device, a["generator"], a["latents"]
+    )
     lat_h = 2 * (int(height) // (pipe.vae_scale_factor * 2))
     lat_w = 2 * (int(width) // (pipe.vae_scale_factor * 2))
     spatial = pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor)
@@ -223,8 +254,15 @@ def _run_flux(pipe: Any, cfg: _Config, a: dict) -> Any:
 
         def call(e: torch.Tensor, p: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:
             return pipe.transformer(
-                hidden_states=tokens, timestep=t, guidance=guidance, pooled_projections=p, encoder_hidden_states=e,
-                txt_ids=tid, img_ids=ids, joint_attention_kwargs=pipe._joint_attention_kwargs, return_dict=False,
+                hidden_states=tokens,
+                timestep=t,
+                guidance=guidance,
+                pooled_projections=p,
+                encoder_hidden_states=e,
+                txt_ids=tid,
+                img_ids=ids,
+                joint_attention_kwargs=pipe._joint_attention_kwargs,
+                return_dict=False,
             )[0]
 
         out = call(embeds, pooled, text_ids)
@@ -259,10 +297,18 @@ def _run_sd3(pipe: Any, cfg: _Config, a: dict) -> Any:
     height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
     width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
     pipe.check_inputs(
-        a["prompt"], a["prompt_2"], a["prompt_3"], height, width, negative_prompt=a["negative_prompt"],
-        negative_prompt_2=a["negative_prompt_2"], negative_prompt_3=a["negative_prompt_3"],
-        prompt_embeds=a["prompt_embeds"], negative_prompt_embeds=a["negative_prompt_embeds"],
-        pooled_prompt_embeds=a["pooled_prompt_embeds"], negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
+        a["prompt"],
+        a["prompt_2"],
+        a["prompt_3"],
+        height,
+        width,
+        negative_prompt=a["negative_prompt"],
+        negative_prompt_2=a["negative_prompt_2"],
+        negative_prompt_3=a["negative_prompt_3"],
+        prompt_embeds=a["prompt_embeds"],
+        negative_prompt_embeds=a["negative_prompt_embeds"],
+        pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
         max_sequence_length=a["max_sequence_length"],
     )
     pipe._guidance_scale = a["guidance_scale"]
@@ -274,26 +320,49 @@ def _run_sd3(pipe: Any, cfg: _Config, a: dict) -> Any:
     device = pipe._execution_device
     cfg_on = pipe.do_classifier_free_guidance
     embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-        prompt=prompt, prompt_2=a["prompt_2"], prompt_3=a["prompt_3"], negative_prompt=a["negative_prompt"],
-        negative_prompt_2=a["negative_prompt_2"], negative_prompt_3=a["negative_prompt_3"],
-        do_classifier_free_guidance=cfg_on, prompt_embeds=a["prompt_embeds"],
-        negative_prompt_embeds=a["negative_prompt_embeds"], pooled_prompt_embeds=a["pooled_prompt_embeds"],
-        negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"], device=device, clip_skip=pipe.clip_skip,
-        num_images_per_prompt=a["num_images_per_prompt"], max_sequence_length=a["max_sequence_length"],
+        prompt=prompt,
+        prompt_2=a["prompt_2"],
+        prompt_3=a["prompt_3"],
+        negative_prompt=a["negative_prompt"],
+        negative_prompt_2=a["negative_prompt_2"],
+        negative_prompt_3=a["negative_prompt_3"],
+        do_classifier_free_guidance=cfg_on,
+        prompt_embeds=a["prompt_embeds"],
+        negative_prompt_embeds=a["negative_prompt_embeds"],
+        pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
+        device=device,
+        clip_skip=pipe.clip_skip,
+        num_images_per_prompt=a["num_images_per_prompt"],
+        max_sequence_length=a["max_sequence_length"],
     )
     if cfg_on:
         embeds = torch.cat([neg_embeds, embeds], dim=0)
         pooled = torch.cat([neg_pooled, pooled], dim=0)
-    latents = pipe.prepare_latents(batch * a["num_images_per_prompt"], pipe.transformer.config.in_channels, height,
-                                   width, embeds.dtype, device, a["generator"], a["latents"])
+    latents = pipe.prepare_latents(
+        batch * a["num_images_per_prompt"],
+        pipe.transformer.config.in_channels,
+        height,
+        width,
+        embeds.dtype,
+        device,
+        a["generator"],
+        a["latents"],
+    )
     scale = float(a["guidance_scale"])
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         inp = torch.cat([x] * 2) if cfg_on else x
         t = (sigma * 1000).to(x.dtype)
         t = torch.cat([t] * 2) if cfg_on else t
-        out = pipe.transformer(hidden_states=inp, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled,
-                               joint_attention_kwargs=pipe._joint_attention_kwargs, return_dict=False)[0]
+        out = pipe.transformer(
+            hidden_states=inp,
+            timestep=t,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            joint_attention_kwargs=pipe._joint_attention_kwargs,
+            return_dict=False,
+        )[0]
         if cfg_on:
             uncond, cond = out.chunk(2)
             out = uncond + scale * (cond - uncond)
@@ -303,8 +372,9 @@ def _run_sd3(pipe: Any, cfg: _Config, a: dict) -> Any:
     sched = _resolve_schedule(pipe, cfg, size)
     _guard(pipe, cfg, sched, size, multiple=int(pipe.transformer.config.patch_size))
     pipe._num_timesteps = sched.total_steps
-    final = bottleneck_sample(denoise, latents, sched, generator=_generator(a["generator"]),
-                              multiple=int(pipe.transformer.config.patch_size))
+    final = bottleneck_sample(
+        denoise, latents, sched, generator=_generator(a["generator"]), multiple=int(pipe.transformer.config.patch_size)
+    )
     if a["output_type"] == "latent":
         image = final
     else:

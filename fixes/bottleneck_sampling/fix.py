@@ -8,14 +8,16 @@ one-off subclass); ``revert`` restores the object's class, so the next ``pipe(..
 This is an approximation, not an exact rewrite, so elementwise parity does not apply: ``verify``
 scores the applied schedule on the analytic benchmark (exact velocity of a Gaussian field at the
 pipeline's default latent size) against 50 full-resolution Euler steps and passes at a quality
-ratio >= ``MIN_QUALITY_RATIO`` (0.9: the issue's "quality within 10 %"). Imports stay light:
+ratio >= ``MIN_QUALITY_RATIO`` (0.9: quality within 10 % of full resolution). Imports stay light:
 torch and diffusers load inside the methods.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance, register
+from stallscope.fixes.bottleneck_sampling.schedule import TUNED_SCHEDULE
 
 MIN_QUALITY_RATIO = 0.9
 
@@ -24,12 +26,25 @@ MIN_QUALITY_RATIO = 0.9
 class BottleneckSampling(Fix):
     id = "bottleneck-sampling"
     answers = ("attention-bound-sampling", "attention")
-    description = ("Run the middle denoising steps of a flow-matching diffusion pipeline at half resolution per axis "
-                   "(Bottleneck Sampling: high -> low -> high, re-noised at each transition).")
-    tolerance = Tolerance(rtol=float("inf"), atol=float("inf"), grad_rtol=float("inf"), grad_atol=float("inf"),
-                          scale="tensor",
-                          note="an approximation: samples differ elementwise by design; verified instead by the "
-                               "analytic benchmark's quality ratio >= 0.9 against 50 full-resolution steps")
+    description = (
+        "Run the middle denoising steps of a flow-matching diffusion pipeline at half resolution per axis "
+        "(Bottleneck Sampling: high -> low -> high, re-noised at each transition)."
+    )
+    advice = (
+        "Run the middle denoising steps at half resolution per axis (high -> low -> high): "
+        '`stallscope.fixes.apply(pipe, ["bottleneck-sampling"])` on a FLUX or SD3 diffusers pipeline with a '
+        "flow-matching Euler scheduler. It is an approximation, checked to keep quality within 10 % on the "
+        "analytic benchmark; auto-patch does not apply it (it finds no pipeline in a training process)."
+    )
+    tolerance = Tolerance(
+        rtol=float("inf"),
+        atol=float("inf"),
+        grad_rtol=float("inf"),
+        grad_atol=float("inf"),
+        scale="tensor",
+        note="an approximation: samples differ elementwise by design; verified instead by the "
+        "analytic benchmark's quality ratio >= 0.9 against 50 full-resolution steps",
+    )
     scope = "pipeline"
 
     def __init__(self, schedule: Any = None, min_native_px: int | None = None) -> None:
@@ -37,11 +52,7 @@ class BottleneckSampling(Fix):
         self.min_native_px = min_native_px
 
     def _schedule(self) -> Any:
-        if self.schedule is not None:
-            return self.schedule
-        from .schedule import TUNED_SCHEDULE
-
-        return TUNED_SCHEDULE
+        return self.schedule if self.schedule is not None else TUNED_SCHEDULE
 
     def find_targets(self, root: Any) -> list[Target]:
         """``root`` itself when it looks like a diffusion pipeline (a ``transformer`` and a

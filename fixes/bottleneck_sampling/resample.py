@@ -4,22 +4,18 @@ Kernels: torch's ``area``, ``nearest``, ``bilinear``, ``bicubic``; ``lanczos3`` 
 when shrinking, edge-replicated); ``fourier`` (band-limited, periodic: exact for periodic fields, the
 analytic benchmark's ideal resampler). All of them keep the amplitude of a smooth signal per position.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KERNELS", "resize", "scaled_size"]
+__all__ = ["KERNELS", "resize"]
 
 KERNELS = ("area", "nearest", "bilinear", "bicubic", "lanczos3", "fourier")
-
-
-def scaled_size(spatial: Sequence[int], scale: float) -> tuple[int, ...]:
-    """Spatial size after scaling each axis by ``scale`` (rounded, at least 1)."""
-    return tuple(max(1, int(round(s * scale))) for s in spatial)
 
 
 def resize(x: torch.Tensor, size: Sequence[int], kernel: str) -> torch.Tensor:
@@ -41,7 +37,7 @@ def resize(x: torch.Tensor, size: Sequence[int], kernel: str) -> torch.Tensor:
     dtype = flat.dtype
     if dtype in (torch.float16, torch.bfloat16) and flat.device.type == "cpu":
         flat = flat.float()
-    if kernel == "area" and any(n > o for n, o in zip(size, x.shape[-d:])):
+    if kernel == "area" and any(n > o for n, o in zip(size, x.shape[-d:], strict=False)):
         kernel = "nearest"  # area upsampling is nearest-neighbour; say so explicitly
     mode = kernel
     if kernel in ("bilinear", "bicubic"):
@@ -70,7 +66,7 @@ def _lanczos_matrix(n_in: int, n_out: int, lobes: int, device: torch.device) -> 
 def _lanczos(x: torch.Tensor, size: tuple[int, ...], lobes: int) -> torch.Tensor:
     d = len(size)
     out = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    for axis, n_out in zip(range(x.ndim - d, x.ndim), size):
+    for axis, n_out in zip(range(x.ndim - d, x.ndim), size, strict=False):
         n_in = out.shape[axis]
         if n_in == n_out:
             continue
@@ -84,7 +80,7 @@ def _fourier(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     axes = tuple(range(x.ndim - d, x.ndim))
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     spec = torch.fft.fftn(work, dim=axes, norm="forward")
-    for axis, n_out in zip(axes, size):
+    for axis, n_out in zip(axes, size, strict=False):
         n_in = spec.shape[axis]
         small = min(n_in, n_out)
         k = torch.fft.fftfreq(small, d=1.0 / small).round().long()

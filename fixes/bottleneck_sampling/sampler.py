@@ -5,11 +5,12 @@ A denoiser is any callable ``v(x, sigma)`` returning the velocity ``eps - x0`` f
 any spatial size (``(B, C, H, W)`` images, ``(B, C, T, H, W)`` video) and ``sigma`` a ``(B,)`` float
 tensor. ``x_sigma = (1 - sigma) * x0 + sigma * eps``; an Euler step is ``x += (sigma_next - sigma) * v``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -48,7 +49,7 @@ class StagePlan:
 def _stage_size(full: Sequence[int], scale: float, spatial_dims: int, multiple: int) -> tuple[int, ...]:
     keep = tuple(full[: len(full) - spatial_dims])
     scaled = []
-    for n in full[len(full) - spatial_dims:]:
+    for n in full[len(full) - spatial_dims :]:
         m = n if scale == 1.0 else max(multiple, int(round(n * scale / multiple)) * multiple)
         scaled.append(min(n, m))
     return keep + tuple(scaled)
@@ -80,7 +81,7 @@ def check_native_resolution(
     native = (native_min_size,) * spatial_dims if isinstance(native_min_size, int) else tuple(native_min_size)
     for p in plans:
         got = p.size[-spatial_dims:]
-        if any(g < n for g, n in zip(got, native)):
+        if any(g < n for g, n in zip(got, native, strict=False)):
             fmt = "x".join
             raise BottleneckRefused(
                 f"bottleneck sampling refused: stage {p.index + 1} would run at {fmt(map(str, got))} {unit}, below the "
@@ -96,7 +97,7 @@ def _euler(
     v: Denoiser, x: torch.Tensor, sigmas: Sequence[float], hook: StepHook | None, stage: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     vel = torch.zeros_like(x)
-    for j, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    for j, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=False)):
         vel = v(x, _sigma_batch(s, x))
         x = (x.float() + (s_next - s) * vel.float()).to(x.dtype)
         if hook is not None:
@@ -138,12 +139,14 @@ def bottleneck_sample(
     check_native_resolution(plans, native_min_size, schedule.spatial_dims)
     x = noise
     if tuple(noise.shape[2:]) != plans[0].size:  # a first stage below full size starts from its own pure noise
-        x = torch.randn((*noise.shape[:2], *plans[0].size), generator=generator, device=noise.device,
-                        dtype=torch.float32).to(noise.dtype)
+        x = torch.randn(
+            (*noise.shape[:2], *plans[0].size), generator=generator, device=noise.device, dtype=torch.float32
+        ).to(noise.dtype)
+    x0 = x  # the clean estimate, set at the end of each stage and read from the second stage on
     with torch.no_grad():
         for p in plans:
             if p.index > 0:
-                x0 = resize(x0, p.size[-schedule.spatial_dims:], _kernel(schedule, x0.shape[2:], p.size))
+                x0 = resize(x0, p.size[-schedule.spatial_dims :], _kernel(schedule, x0.shape[2:], p.size))
                 eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
                 x = ((1.0 - p.stage.sigma_start) * x0.float() + p.stage.sigma_start * eps).to(noise.dtype)
             with torch.profiler.record_function(f"bottleneck_sampling.stage{p.index + 1}"):

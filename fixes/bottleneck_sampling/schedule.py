@@ -10,11 +10,12 @@ The shift is the SD3 form ``s*sigma / (1 + (s-1)*sigma)``; FLUX's exponential sh
 ``mu`` is the same map with ``s = exp(mu)``. A resolution-aware shift takes ``mu`` linear in the
 stage's own token count (0.5 at 256 tokens, 1.15 at 4096, as diffusers' ``calculate_shift``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 __all__ = [
     "ShiftRule",
@@ -119,22 +120,27 @@ class BottleneckSchedule:
         ``quadratic_share`` of a full-resolution step is the ``N^2`` (attention) part."""
         total = 0.0
         for s in self.stages:
-            tokens_ratio = s.scale ** self.spatial_dims
+            tokens_ratio = s.scale**self.spatial_dims
             total += s.steps * ((1 - quadratic_share) * tokens_ratio + quadratic_share * tokens_ratio**2)
         return total
 
-    def with_steps(self, *steps: int) -> "BottleneckSchedule":
+    def with_steps(self, *steps: int) -> BottleneckSchedule:
         """The same schedule with other step counts per stage."""
         if len(steps) != len(self.stages):
             raise ValueError(f"need {len(self.stages)} step counts, got {len(steps)}")
-        return replace(self, stages=tuple(replace(s, steps=n) for s, n in zip(self.stages, steps)))
+        return replace(self, stages=tuple(replace(s, steps=n) for s, n in zip(self.stages, steps, strict=False)))
 
     def to_dict(self) -> dict:
         """Plain data, for reports."""
         return {
             "stages": [
-                {"scale": s.scale, "steps": s.steps, "sigma_start": s.sigma_start, "sigma_end": s.sigma_end,
-                 "shift": s.shift}
+                {
+                    "scale": s.scale,
+                    "steps": s.steps,
+                    "sigma_start": s.sigma_start,
+                    "sigma_end": s.sigma_end,
+                    "shift": s.shift,
+                }
                 for s in self.stages
             ],
             "down": self.down,

@@ -10,23 +10,40 @@ on (PyTorch's default) algorithms may also differ in whether they use TF32. Boun
 tensor's scale when cuDNN TF32 is on (same argument as the ``tf32`` fix), 1e-3 when it is off
 (FFT/Winograd lose ~3 bits of fp32's 24 on typical 3x3 convolutions).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
 
-_TF32 = Tolerance(rtol=1e-2, atol=1e-6, grad_rtol=2e-2, grad_atol=1e-6, scale="tensor",
-                  note="other conv algorithm; cuDNN TF32 on: same bound as the tf32 fix")
-_FP32 = Tolerance(rtol=1e-3, atol=1e-6, grad_rtol=2e-3, grad_atol=1e-6, scale="tensor",
-                  note="other conv algorithm in fp32: reordered sums and FFT/Winograd rounding")
+_TF32 = Tolerance(
+    rtol=1e-2,
+    atol=1e-6,
+    grad_rtol=2e-2,
+    grad_atol=1e-6,
+    scale="tensor",
+    note="other conv algorithm; cuDNN TF32 on: same bound as the tf32 fix",
+)
+_FP32 = Tolerance(
+    rtol=1e-3,
+    atol=1e-6,
+    grad_rtol=2e-3,
+    grad_atol=1e-6,
+    scale="tensor",
+    note="other conv algorithm in fp32: reordered sums and FFT/Winograd rounding",
+)
 
 
 def conv_modules(root: Any) -> list[str]:
     import torch
 
-    return [n or type(m).__name__ for n, m in root.named_modules()
-            if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.RNNBase))]
+    return [
+        n or type(m).__name__
+        for n, m in root.named_modules()
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.RNNBase))
+    ]
 
 
 @register
@@ -34,6 +51,12 @@ class CudnnBenchmark(Fix):
     id = "cudnn-benchmark"
     answers = ("conv-algorithm", "cudnn-benchmark-off")
     description = "Autotune cuDNN convolution algorithms per input shape (torch.backends.cudnn.benchmark = True)."
+    advice = (
+        "Set `torch.backends.cudnn.benchmark = True` at start-up: cuDNN times its convolution algorithms once "
+        "per input shape and keeps the fastest. It pays off when shapes repeat; with shapes that change every "
+        "step it is slower. `stallscope profile --auto-patch -- CMD` switches it on, checks parity and keeps it "
+        "only when faster."
+    )
     tolerance = _TF32
     scope = "process"
     requires_cuda = True

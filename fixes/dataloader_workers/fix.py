@@ -19,16 +19,25 @@ Rules (each refusal is reported with its reason):
 The change takes effect when the program next calls ``iter(loader)`` (the next epoch); the
 running epoch continues as it was. ``revert`` restores the settings for the following epoch.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import pickle
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
-from stallscope.fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
-                                             probe_sample, stop_observing)
+from stallscope.fixes.dataloader_workers.loader import (
+    contains_cuda,
+    equal_samples,
+    is_dataloader,
+    loader_name,
+    observe_epochs,
+    probe_sample,
+    stop_observing,
+)
 
 MAX_WORKERS = 8
 
@@ -48,6 +57,12 @@ class DataLoaderWorkers(Fix):
     id = "dataloader-workers"
     answers = ("input-pipeline-data-wait", "input-pipeline")
     description = "Give a single-process DataLoader worker processes (same order, same data), from its next epoch."
+    advice = (
+        "Load batches in worker processes: `DataLoader(..., num_workers=N, persistent_workers=True)`, N about the "
+        "CPUs per GPU minus one, for a map-style dataset whose samples do not draw from the main process's RNG. "
+        "`stallscope profile --auto-patch -- CMD` gives a single-process DataLoader workers from its next epoch "
+        "(same order, same data, checked) and keeps them only when faster."
+    )
     tolerance = Tolerance(rtol=0.0, atol=0.0, grad_rtol=0.0, grad_atol=0.0, note="batches must be bit-identical")
     scope = "dataloader"
 
@@ -121,6 +136,13 @@ class DataLoaderWorkers(Fix):
         loader = handle.target.obj
         samples, consumed = probe_sample(loader)
         same = equal_samples(samples[0], samples[1]) and not consumed
-        return {"passed": same, "reason": ("dataset[0] is bit-identical under two RNG seeds and draws no process RNG; "
-                                           "indices still come from the same sampler in order") if same
-                else "dataset[0] depends on the RNG state", "workers": loader.num_workers}
+        return {
+            "passed": same,
+            "reason": (
+                "dataset[0] is bit-identical under two RNG seeds and draws no process RNG; "
+                "indices still come from the same sampler in order"
+            )
+            if same
+            else "dataset[0] depends on the RNG state",
+            "workers": loader.num_workers,
+        }

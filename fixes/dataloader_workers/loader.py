@@ -6,11 +6,13 @@ left alone. :func:`observe_epochs` counts iterator creations through an instance
 (``loader._get_iterator``, which ``DataLoader.__iter__`` looks up on the instance), so the
 class is never touched.
 """
+
 from __future__ import annotations
 
 import random
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["equal_samples", "is_dataloader", "loader_name", "observe_epochs", "probe_sample", "stop_observing"]
 
@@ -104,12 +106,17 @@ def equal_samples(a: Any, b: Any) -> bool:
     import torch
 
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu())))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(torch.equal(a.cpu(), b.cpu()))
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(equal_samples(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(equal_samples(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(equal_samples(x, y) for x, y in zip(a, b, strict=False))
     np = sys.modules.get("numpy")
     if np is not None and (isinstance(a, np.ndarray) or isinstance(b, np.ndarray)):
         return bool(np.array_equal(a, b))

@@ -8,6 +8,7 @@ gathering its group's 6 + 4 coefficients; the backward issues 10 per-element ``t
 (``rational_fwd_kernel`` / ``rational_bwd_kernel``) and so does the autograd node
 (``RationalTriton1DGroupBackward``), so traces of this baseline look like traces of KAT.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,17 @@ def rational_fwd_kernel(x_ptr, a_ptr, b_ptr, y_ptr, n_elements, width, group_wid
 
 @triton.jit
 def rational_bwd_kernel(
-    g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, da_ptr, db_ptr, n_elements, width, group_width, a_stride,
+    g_ptr,
+    x_ptr,
+    a_ptr,
+    b_ptr,
+    dx_ptr,
+    da_ptr,
+    db_ptr,
+    n_elements,
+    width,
+    group_width,
+    a_stride,
     BLOCK_SIZE: tl.constexpr,
 ):
     pid = tl.program_id(0)

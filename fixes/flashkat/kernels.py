@@ -14,6 +14,7 @@ Tiles are tuned per shape on first use (a handful of candidates timed with
 ``triton.testing.do_bench``); any D with D % G == 0 works (masks when the group width is not a
 multiple of the column tile), and B*L need not be a multiple of the row tile.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,20 @@ _default_reduction = os.environ.get("STALLSCOPE_FLASHKAT_REDUCTION", "two_stage"
 
 @triton.jit
 def flashkat_fwd_kernel(
-    x_ptr, y_ptr, a_ptr, b_ptr, M, a_stride,
-    WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, STAGES: tl.constexpr = 1, GROUP_MAJOR: tl.constexpr = False,
+    x_ptr,
+    y_ptr,
+    a_ptr,
+    b_ptr,
+    M,
+    a_stride,
+    WIDTH: tl.constexpr,
+    GROUP_WIDTH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    STAGES: tl.constexpr = 1,
+    GROUP_MAJOR: tl.constexpr = False,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
     COLS: tl.constexpr = (WIDTH // GROUP_WIDTH) * CHUNKS
@@ -84,9 +96,22 @@ def flashkat_fwd_kernel(
 
 @triton.jit
 def flashkat_bwd_kernel(
-    g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_ptr, M, a_stride,
-    WIDTH: tl.constexpr, GROUP_WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROW_ITERS: tl.constexpr, EVEN_C: tl.constexpr, ATOMIC: tl.constexpr, STAGES: tl.constexpr = 1,
+    g_ptr,
+    x_ptr,
+    a_ptr,
+    b_ptr,
+    dx_ptr,
+    part_ptr,
+    M,
+    a_stride,
+    WIDTH: tl.constexpr,
+    GROUP_WIDTH: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ROW_ITERS: tl.constexpr,
+    EVEN_C: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    STAGES: tl.constexpr = 1,
     GROUP_MAJOR: tl.constexpr = False,
 ):
     CHUNKS: tl.constexpr = (GROUP_WIDTH + BLOCK_C - 1) // BLOCK_C
@@ -206,8 +231,14 @@ class TileConfig:
     group_major: int = 0  # 1: launch all column programs of a row block together (narrow tiles)
 
     def as_dict(self) -> dict[str, int]:
-        return {"block_m": self.block_m, "block_c": self.block_c, "num_warps": self.num_warps,
-                "row_iters": self.row_iters, "stages": self.stages, "group_major": self.group_major}
+        return {
+            "block_m": self.block_m,
+            "block_c": self.block_c,
+            "num_warps": self.num_warps,
+            "row_iters": self.row_iters,
+            "stages": self.stages,
+            "group_major": self.group_major,
+        }
 
     def grid(self, row_programs: int, column_programs: int) -> tuple[int, ...]:
         return (row_programs * column_programs,) if self.group_major else (row_programs, column_programs)
@@ -233,7 +264,9 @@ def tuned_configs() -> dict[str, dict]:
         log = _TUNE_LOG.get(key)
         if log:
             entry["candidates_ms"] = {
-                f"m{c.block_m}c{c.block_c}w{c.num_warps}i{c.row_iters}s{c.stages}{'g' if c.group_major else ''}": round(ms, 5)
+                f"m{c.block_m}c{c.block_c}w{c.num_warps}i{c.row_iters}s{c.stages}{'g' if c.group_major else ''}": round(
+                    ms, 5
+                )
                 for c, ms in log
             }
         out["/".join(map(str, key))] = entry
@@ -288,7 +321,9 @@ def _row_iters(rows: int, block_m: int, column_programs: int, sms: int) -> int:
     return min(1 << (iters.bit_length() - 1), 64)
 
 
-def _candidates(tiles, groups: int, group_width: int, rows: int, sms: int, covering_only: bool = False) -> list[TileConfig]:
+def _candidates(
+    tiles, groups: int, group_width: int, rows: int, sms: int, covering_only: bool = False
+) -> list[TileConfig]:
     out = []
     column_tiles = _column_tiles(group_width)
     for block_c in column_tiles[-1:] if covering_only else column_tiles:
@@ -334,7 +369,7 @@ def _pick(kind: str, launch, key: tuple, groups: int, group_width: int, rows: in
             launch(cand)  # compile outside the timing
             timings.append(triton.testing.do_bench(lambda c=cand: launch(c), warmup=5, rep=25, return_mode="median"))
         cfg = candidates[min(range(len(candidates)), key=timings.__getitem__)]
-        _TUNE_LOG[key] = list(zip(candidates, timings))
+        _TUNE_LOG[key] = list(zip(candidates, timings, strict=False))
     _TUNED[key] = cfg
     return cfg
 
@@ -357,10 +392,21 @@ def flashkat_forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torc
     def launch(cfg: TileConfig) -> None:
         grid = cfg.grid(_cdiv(rows, cfg.block_m * cfg.row_iters), groups * _cdiv(group_width, cfg.block_c))
         flashkat_fwd_kernel[grid](
-            x, y, numerator, denominator, rows, a_stride,
-            WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
-            ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, STAGES=cfg.stages,
-            GROUP_MAJOR=bool(cfg.group_major), num_warps=cfg.num_warps,
+            x,
+            y,
+            numerator,
+            denominator,
+            rows,
+            a_stride,
+            WIDTH=width,
+            GROUP_WIDTH=group_width,
+            BLOCK_M=cfg.block_m,
+            BLOCK_C=cfg.block_c,
+            ROW_ITERS=cfg.row_iters,
+            EVEN_C=group_width % cfg.block_c == 0,
+            STAGES=cfg.stages,
+            GROUP_MAJOR=bool(cfg.group_major),
+            num_warps=cfg.num_warps,
         )
 
     key = ("fwd", width, group_width, _rows_key(rows), x.device.type)
@@ -399,10 +445,24 @@ def flashkat_backward(
             else:
                 part = torch.empty(row_programs, column_programs, 10, dtype=torch.float32, device=x.device)
             flashkat_bwd_kernel[cfg.grid(row_programs, column_programs)](
-                grad_out, x, numerator, denominator, dx, part, rows, a_stride,
-                WIDTH=width, GROUP_WIDTH=group_width, BLOCK_M=cfg.block_m, BLOCK_C=cfg.block_c,
-                ROW_ITERS=cfg.row_iters, EVEN_C=group_width % cfg.block_c == 0, ATOMIC=atomic,
-                STAGES=cfg.stages, GROUP_MAJOR=bool(cfg.group_major), num_warps=cfg.num_warps,
+                grad_out,
+                x,
+                numerator,
+                denominator,
+                dx,
+                part,
+                rows,
+                a_stride,
+                WIDTH=width,
+                GROUP_WIDTH=group_width,
+                BLOCK_M=cfg.block_m,
+                BLOCK_C=cfg.block_c,
+                ROW_ITERS=cfg.row_iters,
+                EVEN_C=group_width % cfg.block_c == 0,
+                ATOMIC=atomic,
+                STAGES=cfg.stages,
+                GROUP_MAJOR=bool(cfg.group_major),
+                num_warps=cfg.num_warps,
             )
             return part
 

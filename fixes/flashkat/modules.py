@@ -11,11 +11,14 @@ Dispatch of every ``*_rational`` callable: CUDA tensors (or any tensor under
 CUDA/Triton run the same maths in PyTorch ops (:mod:`.reference`), so results are correct
 everywhere.
 """
+
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,13 +47,25 @@ __all__ = [
 INIT_COEFFICIENTS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "identity": ((0.0, 1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)),
     "swish": (
-        (3.054879741161051e-07, 0.5000007853744493, 0.24999783557874275, 0.05326628273219605,
-         0.005803034571292244, 0.0002751961022402805),
+        (
+            3.054879741161051e-07,
+            0.5000007853744493,
+            0.24999783557874275,
+            0.05326628273219605,
+            0.005803034571292244,
+            0.0002751961022402805,
+        ),
         (-4.111554955950634e-06, 0.10652899335007827, -1.2690007399796238e-06, 0.0005502331264140556),
     ),
     "gelu": (
-        (-0.0015396944407940837, 0.5169287158203125, 0.44075827336311966, 0.09725530576705933,
-         -0.008844175338745117, -0.003786748740673065),
+        (
+            -0.0015396944407940837,
+            0.5169287158203125,
+            0.44075827336311966,
+            0.09725530576705933,
+            -0.008844175338745117,
+            -0.003786748740673065,
+        ),
         (-0.14171056449413297, -0.06481231260299683, -0.04446949005126953, 0.012837756797671318),
     ),
 }
@@ -72,8 +87,6 @@ def triton_available() -> bool:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -99,7 +112,9 @@ def _triton_rational(function_getter: Callable[[], Any]):
             return rational_reference(x, numerator, denominator)
         _, out_dtype = output_dtype_for(x)
         # The kernels ignore autocast; casting here is what KAT's cast_inputs=float32 does.
-        y = function_getter().apply(x.float().contiguous(), numerator.float().contiguous(), denominator.float().contiguous())
+        y = function_getter().apply(
+            x.float().contiguous(), numerator.float().contiguous(), denominator.float().contiguous()
+        )
         return y if y.dtype == out_dtype else y.to(out_dtype)
 
     return rational
@@ -118,7 +133,9 @@ def _baseline_function():
 
 
 fast_rational = _triton_rational(_fast_function)
-fast_rational.__doc__ = "GR-KAN through the fast (FlashKAT-style) kernels: ``(x, numerator, denominator, num_groups=None)``."
+fast_rational.__doc__ = (
+    "GR-KAN through the fast (FlashKAT-style) kernels: ``(x, numerator, denominator, num_groups=None)``."
+)
 fast_rational.__name__ = "fast_rational"
 baseline_rational = _triton_rational(_baseline_function)
 baseline_rational.__doc__ = "GR-KAN through the KAT-like baseline kernels (per-element atomics)."
@@ -247,7 +264,10 @@ def _fast_adapter(original: Callable[..., torch.Tensor]):
     def rational(x, numerator, denominator, num_groups=None, *args, **kwargs):
         groups = denominator.shape[0]
         usable = (
-            not args and not kwargs and x.dim() in (2, 3) and x.shape[-1] % groups == 0
+            not args
+            and not kwargs
+            and x.dim() in (2, 3)
+            and x.shape[-1] % groups == 0
             and numerator.shape[0] in (1, groups)
             and (num_groups is None or int(num_groups) == groups)
         )
@@ -282,7 +302,7 @@ def use_fast_kernels(module: nn.Module) -> FastKernelHandle:
     num_name, den_name = _coefficient_pair(module)
     if num_name == "weight_numerator":
         original = module.__dict__.get("rational", _MISSING)
-        current = getattr(module, "rational")
+        current = module.rational
         if getattr(current, "stallscope_fast", False):
             return FastKernelHandle(module, "rational", original, restored=False)
         object.__setattr__(module, "rational", _fast_adapter(current))

@@ -11,6 +11,7 @@ F(x) = P(x) / Q(x) per channel, with
 Gradients are explicit formulas (not autograd through ``abs``), so the sign convention holds.
 This module is the float64 oracle of the tests and the CPU path of the modules.
 """
+
 from __future__ import annotations
 
 import torch

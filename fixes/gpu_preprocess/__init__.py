@@ -1,8 +1,10 @@
 """GPU-side image preprocessing: batched JPEG decode on the GPU, PIL-equivalent crop/resize/flip
 as batched matmuls, fused normalize, channels_last; a DataLoader adapter that moves all of it
-after the transfer. Imports lazily so that ``fixes.gpu_preprocess.fix`` stays cheap."""
+after the transfer. Imports lazily so that ``stallscope.fixes.gpu_preprocess.fix`` stays cheap."""
+
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _HOME = {
@@ -29,7 +31,5 @@ __all__ = sorted(_HOME)
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,15 +8,28 @@ transfer, batched on the GPU.
   dataset's ``loader`` reads bytes, its ``transform`` is cleared, the collate keeps a list, and
   this one DataLoader object gets a subclass whose ``__iter__`` runs the GPU pipeline.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
-from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs
+from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs, pil_decode_hwc
 
-__all__ = ["read_bytes", "read_decoded", "collate_encoded", "collate_decoded", "GpuPreprocessLoader", "patch_loader", "unpatch_loader"]
+__all__ = [
+    "read_bytes",
+    "read_decoded",
+    "collate_encoded",
+    "collate_decoded",
+    "GpuPreprocessLoader",
+    "patch_loader",
+    "unpatch_loader",
+]
 
 _MISSING = object()
 
@@ -29,16 +42,12 @@ def read_bytes(path: str) -> torch.Tensor:
 
 def read_decoded(path: str) -> torch.Tensor:
     """The image decoded with PIL as an (H, W, 3) uint8 tensor (CPU decode, GPU resize mode)."""
-    from stallscope.fixes.gpu_preprocess.pipeline import pil_decode_hwc
-
     with open(path, "rb") as f:
         return pil_decode_hwc(f.read())
 
 
 def collate_decoded(batch: Sequence[Any]) -> tuple[PackedImages, Any]:
     """``[(uint8 image, target, ...), ...]`` -> ``(PackedImages, default_collate(targets))``."""
-    from torch.utils.data import default_collate
-
     images = PackedImages.pack([item[0] for item in batch])
     targets = default_collate([item[1:] for item in batch])
     return images, (targets[0] if len(targets) == 1 else targets)
@@ -46,8 +55,6 @@ def collate_decoded(batch: Sequence[Any]) -> tuple[PackedImages, Any]:
 
 def collate_encoded(batch: Sequence[Any]) -> tuple[PackedJpegs, Any]:
     """``[(encoded, target, ...), ...]`` -> ``(PackedJpegs, default_collate(targets))``."""
-    from torch.utils.data import default_collate
-
     encoded = PackedJpegs.pack([item[0] for item in batch])
     rest = [item[1:] for item in batch]
     targets = default_collate(rest)
@@ -78,9 +85,6 @@ class GpuPreprocessLoader:
         yield from self._prefetched()
 
     def _prefetched(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        import queue
-        import threading
-
         done = object()
         handoff: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()

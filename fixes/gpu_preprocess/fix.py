@@ -1,6 +1,7 @@
 """Fix ``gpu-preprocess``: move JPEG decode and the torchvision transforms of an ImageFolder-style
 DataLoader after the host-to-device transfer, batched on the GPU. Applied only where the GPU
 pipeline is equivalent (recognised transforms, bilinear, JPEG files read by a path loader)."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -20,10 +21,22 @@ class GpuPreprocessFix(Fix):
     id = "gpu-preprocess"
     answers = ("input-pipeline",)
     description = "Decode JPEGs and run crop/resize/flip/normalize on the GPU, batched, after the transfer"
-    tolerance = Tolerance(rtol=0.0, atol=2.0 / 255.0, grad_rtol=0.0, grad_atol=0.0,
-                          note="max |GPU - PIL| <= 2/255 before normalisation with the same crops; resampling is "
-                               "PIL-exact in float64 (<= 1/255 in float32); decoder (nvJPEG vs libjpeg) "
-                               "differences are measured in bench/results/gpu-preprocess.yaml")
+    advice = (
+        "Move JPEG decoding and the torchvision transforms after the transfer, batched on the GPU: wrap a "
+        "bytes-yielding loader in `stallscope.fixes.gpu_preprocess.GpuPreprocessLoader`, or call "
+        '`stallscope.fixes.apply(model, ["gpu-preprocess"], loaders=[loader])` for an ImageFolder-style '
+        "DataLoader. nvJPEG's pixels differ from PIL's (docs/gpu-preprocess.md); auto-patch does not keep this "
+        "fix, it has no parity check on live batches."
+    )
+    tolerance = Tolerance(
+        rtol=0.0,
+        atol=2.0 / 255.0,
+        grad_rtol=0.0,
+        grad_atol=0.0,
+        note="max |GPU - PIL| <= 2/255 before normalisation with the same crops; resampling is "
+        "PIL-exact in float64 (<= 1/255 in float32); decoder (nvJPEG vs libjpeg) "
+        "differences are measured in bench/results/gpu-preprocess.yaml",
+    )
     scope = "dataloader"
     device: ClassVar[str | None] = None  # None: CUDA when available; tests set "cpu"
 
@@ -48,8 +61,10 @@ class GpuPreprocessFix(Fix):
             return "this DataLoader is already GPU-preprocessed"
         dataset = getattr(loader, "dataset", None)
         if not callable(getattr(dataset, "loader", None)) or not hasattr(dataset, "transform"):
-            return (f"dataset {type(dataset).__name__} decodes inside __getitem__ (no .loader/.transform attributes); "
-                    "wrap a bytes-yielding loader in fixes.gpu_preprocess.GpuPreprocessLoader instead")
+            return (
+                f"dataset {type(dataset).__name__} decodes inside __getitem__ (no .loader/.transform attributes); "
+                "wrap a bytes-yielding loader in stallscope.fixes.gpu_preprocess.GpuPreprocessLoader instead"
+            )
         if getattr(dataset, "target_transform", None) is not None and not callable(dataset.target_transform):
             return "target_transform is not callable"
         from torch.utils.data import default_collate

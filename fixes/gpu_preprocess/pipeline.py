@@ -8,23 +8,35 @@ Anything else makes :func:`plan_from_transform` raise :class:`Unsupported` with 
 
 The GPU version: encoded JPEG bytes -> batched decode (nvJPEG via ``torchvision.io.decode_jpeg``
 with ``device='cuda'``; CPU decode elsewhere) -> one crop/resize/flip resample per batch
-(:mod:`fixes.gpu_preprocess.resample`) -> fused ``/255`` and Normalize -> channels_last.
+(:mod:`stallscope.fixes.gpu_preprocess.resample`) -> fused ``/255`` and Normalize -> channels_last.
 Random parameters are drawn on the host with torchvision's RandomResizedCrop algorithm.
 """
+
 from __future__ import annotations
 
 import functools
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from stallscope.fixes.gpu_preprocess.resample import Geometry, pad_batch, resample_batch
 
-__all__ = ["PackedJpegs", "PackedImages", "Unsupported", "Step", "Plan", "plan_from_transform", "decode_images", "GpuPipeline",
-           "random_resized_crop_params", "torchvision_available"]
+__all__ = [
+    "PackedJpegs",
+    "PackedImages",
+    "Unsupported",
+    "Step",
+    "Plan",
+    "plan_from_transform",
+    "decode_images",
+    "GpuPipeline",
+    "random_resized_crop_params",
+    "torchvision_available",
+]
 
 
 class PackedJpegs(NamedTuple):
@@ -35,7 +47,7 @@ class PackedJpegs(NamedTuple):
     sizes: torch.Tensor
 
     @classmethod
-    def pack(cls, encoded: Sequence[torch.Tensor]) -> "PackedJpegs":
+    def pack(cls, encoded: Sequence[torch.Tensor]) -> PackedJpegs:
         return cls(torch.cat([e.reshape(-1) for e in encoded]), torch.tensor([e.numel() for e in encoded]))
 
     def unpack(self) -> list[torch.Tensor]:
@@ -51,14 +63,16 @@ class PackedImages(NamedTuple):
     shapes: torch.Tensor
 
     @classmethod
-    def pack(cls, images: Sequence[torch.Tensor]) -> "PackedImages":
+    def pack(cls, images: Sequence[torch.Tensor]) -> PackedImages:
         return cls(torch.cat([im.reshape(-1) for im in images]), torch.tensor([list(im.shape) for im in images]))
 
     def unpack(self, device: torch.device | str | None = None) -> list[torch.Tensor]:
         data = self.data if device is None else self.data.to(device, non_blocking=True)  # one transfer
         shapes = [tuple(s) for s in self.shapes.tolist()]
         sizes = [h * w * c for h, w, c in shapes]
-        return [chunk.view(shape).permute(2, 0, 1) for chunk, shape in zip(torch.split(data, sizes), shapes)]
+        return [
+            chunk.view(shape).permute(2, 0, 1) for chunk, shape in zip(torch.split(data, sizes), shapes, strict=False)
+        ]
 
 
 class Unsupported(ValueError):
@@ -98,7 +112,10 @@ def torchvision_available() -> tuple[bool, str]:
         import torchvision  # noqa: F401
         import torchvision.io  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
-        return False, f"torchvision does not import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return (
+            False,
+            f"torchvision does not import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+        )
     return True, ""
 
 
@@ -128,10 +145,15 @@ def plan_from_transform(transform: Any) -> Plan:
             if resampled or as_float or flipped:
                 raise Unsupported(f"{name} after another resize, flip or ToTensor has no single-pass equivalent")
             if not _bilinear(t):
-                raise Unsupported(f"{name} uses {getattr(t, 'interpolation', '?')} interpolation; only bilinear is matched")
+                raise Unsupported(
+                    f"{name} uses {getattr(t, 'interpolation', '?')} interpolation; only bilinear is matched"
+                )
             if name == "RandomResizedCrop":
-                steps.append(Step("random_resized_crop", {"size": _pair(t.size), "scale": tuple(t.scale),
-                                                          "ratio": tuple(t.ratio)}))
+                steps.append(
+                    Step(
+                        "random_resized_crop", {"size": _pair(t.size), "scale": tuple(t.scale), "ratio": tuple(t.ratio)}
+                    )
+                )
             else:
                 size = t.size
                 if getattr(t, "max_size", None) is not None:
@@ -149,8 +171,10 @@ def plan_from_transform(transform: Any) -> Plan:
                 raise Unsupported("RandomHorizontalFlip after ToTensor or twice is not matched")
             steps.append(Step("hflip", {"p": float(t.p)}))
             flipped = True
-        elif name == "ToTensor" or (name == "ConvertImageDtype" and pending_pil_to_tensor) or (
-            name == "ToDtype" and pending_pil_to_tensor and getattr(t, "scale", False)
+        elif (
+            name == "ToTensor"
+            or (name == "ConvertImageDtype" and pending_pil_to_tensor)
+            or (name == "ToDtype" and pending_pil_to_tensor and getattr(t, "scale", False))
         ):
             if name != "ToTensor":
                 dtype = getattr(t, "dtype", None)
@@ -164,8 +188,9 @@ def plan_from_transform(transform: Any) -> Plan:
         elif name == "Normalize":
             if not as_float or normalized:
                 raise Unsupported("Normalize before ToTensor (or twice) is not matched")
-            steps.append(Step("normalize", {"mean": tuple(float(m) for m in t.mean),
-                                            "std": tuple(float(s) for s in t.std)}))
+            steps.append(
+                Step("normalize", {"mean": tuple(float(m) for m in t.mean), "std": tuple(float(s) for s in t.std)})
+            )
             normalized = True
         else:
             raise Unsupported(f"transform {name} has no GPU equivalent here")
@@ -174,8 +199,9 @@ def plan_from_transform(transform: Any) -> Plan:
     return Plan(tuple(steps))
 
 
-def random_resized_crop_params(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                               generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+def random_resized_crop_params(
+    height: int, width: int, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) drawn as torchvision's RandomResizedCrop draws them: ten tries of a
     random area share and log-uniform aspect ratio, else the largest central crop in range."""
     area = height * width
@@ -214,8 +240,12 @@ def _center_offset(length: int, crop: int) -> int:
     return int(round((length - crop) / 2.0))
 
 
-def geometry_for(plan: Plan, sizes: Sequence[tuple[int, int]], generator: torch.Generator | None = None,
-                 params: Sequence[dict] | None = None) -> Geometry:
+def geometry_for(
+    plan: Plan,
+    sizes: Sequence[tuple[int, int]],
+    generator: torch.Generator | None = None,
+    params: Sequence[dict] | None = None,
+) -> Geometry:
     """Per-sample geometry for images of ``sizes`` (h, w); ``params`` forces random choices
     (``{"crop": (top, left, h, w), "flip": bool}`` per sample) for equivalence checks."""
     rows = []
@@ -227,8 +257,9 @@ def geometry_for(plan: Plan, sizes: Sequence[tuple[int, int]], generator: torch.
         forced = params[i] if params is not None else {}
         for s in plan.steps:
             if s.kind == "random_resized_crop":
-                top, left, ch, cw = forced.get("crop") or random_resized_crop_params(h, w, s.args["scale"],
-                                                                                   s.args["ratio"], generator)
+                top, left, ch, cw = forced.get("crop") or random_resized_crop_params(
+                    h, w, s.args["scale"], s.args["ratio"], generator
+                )
                 rh, rw = s.args["size"]
                 ot, ol, oh, ow = 0, 0, rh, rw
             elif s.kind == "resize":
@@ -239,13 +270,16 @@ def geometry_for(plan: Plan, sizes: Sequence[tuple[int, int]], generator: torch.
                 ot, ol = ot + _center_offset(oh, ch2), ol + _center_offset(ow, cw2)
                 oh, ow = ch2, cw2
             elif s.kind == "hflip":
-                flip = bool(forced["flip"]) if "flip" in forced else bool(
-                    torch.rand(1, generator=generator).item() < s.args["p"])
+                flip = (
+                    bool(forced["flip"])
+                    if "flip" in forced
+                    else bool(torch.rand(1, generator=generator).item() < s.args["p"])
+                )
         rows.append((top, left, ch, cw, rh, rw, ot, ol, flip, oh, ow))
     out_sizes = {(r[9], r[10]) for r in rows}
     if len(out_sizes) != 1:
         raise Unsupported(f"output sizes differ within the batch {sorted(out_sizes)}; add a CenterCrop or fixed Resize")
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=False))
     as_long = lambda c: torch.tensor(c, dtype=torch.long)  # noqa: E731
     return Geometry(*(as_long(c) for c in cols[:8]), torch.tensor(cols[8], dtype=torch.bool), out_sizes.pop())
 
@@ -295,8 +329,15 @@ class GpuPipeline:
     """Callable: a list of encoded images -> (B, 3, h, w) float32 channels_last batch on
     ``device``, equal to the recognised PIL pipeline (see :func:`plan_from_transform`)."""
 
-    def __init__(self, plan: Plan, device: torch.device | str | None = None, *, generator: torch.Generator | None = None,
-                 pil_rounding: bool = True, out_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        plan: Plan,
+        device: torch.device | str | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        pil_rounding: bool = True,
+        out_dtype: torch.dtype = torch.float32,
+    ):
         self.plan = plan
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.generator = generator
@@ -309,11 +350,12 @@ class GpuPipeline:
         self._shift = (-mean / std).view(1, -1, 1, 1).to(self.device)
 
     @classmethod
-    def from_transform(cls, transform: Any, device: torch.device | str | None = None, **kwargs: Any) -> "GpuPipeline":
+    def from_transform(cls, transform: Any, device: torch.device | str | None = None, **kwargs: Any) -> GpuPipeline:
         return cls(plan_from_transform(transform), device, **kwargs)
 
-    def transform_decoded(self, images: list[torch.Tensor], params: Sequence[dict] | None = None,
-                          normalize: bool = True) -> torch.Tensor:
+    def transform_decoded(
+        self, images: list[torch.Tensor], params: Sequence[dict] | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """Decoded (3, H, W) uint8 images (on the device) -> the output batch. With
         ``normalize=False`` returns the [0, 255] values before ``/255`` and Normalize."""
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
@@ -324,8 +366,9 @@ class GpuPipeline:
         x = torch.addcmul(self._shift, x, self._scale)
         return x.to(self.out_dtype).contiguous(memory_format=torch.channels_last)
 
-    def __call__(self, encoded: Sequence[torch.Tensor | bytes] | PackedJpegs | PackedImages,
-                 params: Sequence[dict] | None = None) -> torch.Tensor:
+    def __call__(
+        self, encoded: Sequence[torch.Tensor | bytes] | PackedJpegs | PackedImages, params: Sequence[dict] | None = None
+    ) -> torch.Tensor:
         if isinstance(encoded, PackedImages):  # decoded on the CPU already: one uint8 transfer
             return self.transform_decoded(encoded.unpack(self.device), params)
         return self.transform_decoded(decode_images(encoded, self.device), params)

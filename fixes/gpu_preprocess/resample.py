@@ -9,6 +9,7 @@ RandomResizedCrop/Resize/CenterCrop/flip chain becomes one (out_w x W) and one (
 weight matrix per sample, and the batch is resampled with two batched matmuls, whatever each
 sample's crop box. Out-of-image rows of a centre crop get zero weights (torchvision pads with 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,14 +31,37 @@ class Geometry:
         self.out_top, self.out_left, self.flip = out_top, out_left, flip
         self.out_size = (int(out_size[0]), int(out_size[1]))
 
-    def to(self, device: torch.device) -> "Geometry":
+    def to(self, device: torch.device) -> Geometry:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Geometry(*(move(t) for t in (self.top, self.left, self.height, self.width, self.resize_h,
-                                               self.resize_w, self.out_top, self.out_left, self.flip)), self.out_size)
+        return Geometry(
+            *(
+                move(t)
+                for t in (
+                    self.top,
+                    self.left,
+                    self.height,
+                    self.width,
+                    self.resize_h,
+                    self.resize_w,
+                    self.out_top,
+                    self.out_left,
+                    self.flip,
+                )
+            ),
+            self.out_size,
+        )
 
 
-def pil_bilinear_weights(start: torch.Tensor, size: torch.Tensor, resized: torch.Tensor, window: torch.Tensor,
-                         out: int, full: int, *, fixed_point: bool = True) -> torch.Tensor:
+def pil_bilinear_weights(
+    start: torch.Tensor,
+    size: torch.Tensor,
+    resized: torch.Tensor,
+    window: torch.Tensor,
+    out: int,
+    full: int,
+    *,
+    fixed_point: bool = True,
+) -> torch.Tensor:
     """(B, out, full) weights: output index o of sample b reads source indices of the crop
     [start, start+size) resized to ``resized`` samples, at resized position ``window + o``.
     Computed in float64 as PIL does, optionally quantised to PIL's 22-bit fixed point."""
@@ -76,8 +100,9 @@ def pad_batch(images: list[torch.Tensor]) -> torch.Tensor:
     return batch
 
 
-def resample_batch(batch: torch.Tensor, geometry: Geometry, *, pil_rounding: bool = True,
-                   compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def resample_batch(
+    batch: torch.Tensor, geometry: Geometry, *, pil_rounding: bool = True, compute_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Crop, resize (antialiased bilinear), window and flip a padded uint8 batch (B, C, H, W):
     returns (B, C, out_h, out_w) in ``compute_dtype`` with values in [0, 255] (integers when
     ``pil_rounding``, as PIL's uint8 passes)."""

@@ -9,13 +9,22 @@ Refused: batches that already hold CUDA tensors (nothing to pin), and a DataLoad
 persistent workers whose iterator already exists (the setting would never reach it). The
 change takes effect at the next ``iter(loader)`` (next epoch).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
-from stallscope.fixes.dataloader_workers.loader import (contains_cuda, equal_samples, is_dataloader, loader_name, observe_epochs,
-                                             probe_sample, stop_observing)
+from stallscope.fixes.dataloader_workers.loader import (
+    contains_cuda,
+    equal_samples,
+    is_dataloader,
+    loader_name,
+    observe_epochs,
+    probe_sample,
+    stop_observing,
+)
 
 
 @register
@@ -23,6 +32,11 @@ class PinMemory(Fix):
     id = "pin-memory"
     answers = ("pageable-copies",)
     description = "DataLoader(pin_memory=True): page-locked batches for faster, asynchronous host-to-device copies."
+    advice = (
+        "Create the DataLoader with `pin_memory=True` and copy batches with `.to(device, non_blocking=True)`: "
+        "page-locked batches go to the GPU by DMA and overlap with compute. `stallscope profile --auto-patch -- CMD` "
+        "sets it on the live DataLoader (from its next epoch) and keeps it only when faster."
+    )
     tolerance = Tolerance(rtol=0.0, atol=0.0, grad_rtol=0.0, grad_atol=0.0, note="batches must be bit-identical")
     scope = "dataloader"
     requires_cuda = True
@@ -79,5 +93,9 @@ class PinMemory(Fix):
         except Exception as exc:
             return {"passed": False, "reason": f"pinning a real batch failed: {type(exc).__name__}: {exc}"}
         same = equal_samples(samples[0], pinned)
-        return {"passed": same, "reason": "a pinned probe batch is bit-identical to the pageable one" if same
-                else "the pinned batch differs from the pageable one"}
+        return {
+            "passed": same,
+            "reason": "a pinned probe batch is bit-identical to the pageable one"
+            if same
+            else "the pinned batch differs from the pageable one",
+        }

@@ -1,10 +1,12 @@
 """TensorBLEU: token-ID BLEU per sentence and per corpus on token-id tensors (CPU or CUDA), equal
 to NLTK's ``sentence_bleu`` / ``corpus_bleu``. Token-ID BLEU, not SacreBLEU.
 
-Imports lazily so that ``fixes.tensorbleu.fix`` (and ``stallscope patch plan``) stay cheap.
+Imports lazily so that ``stallscope.fixes.tensorbleu.fix`` (and ``stallscope patch plan``) stay cheap.
 """
+
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["sentence_bleu", "corpus_bleu", "sentence_bleu_batch", "corpus_bleu_batch", "suggestion", "SUGGESTION"]
@@ -23,7 +25,5 @@ _HOME = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,10 @@
-"""The batch shim for user loops and the code suggestion the ``cpu-metric`` finding prints."""
+"""The batch shim for user loops, and the code suggestion printed with findings that name the
+``tensorbleu`` fix (``stallscope.fixes.advice_for("tensorbleu")``). Imports torch lazily."""
+
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 __all__ = ["sentence_bleu_batch", "corpus_bleu_batch", "suggestion", "SUGGESTION"]
 
@@ -29,7 +32,7 @@ detokenized text for results you publish."""
 
 
 def suggestion() -> str:
-    """The code suggestion for a per-sentence BLEU loop (printed by the ``cpu-metric`` finding)."""
+    """The code suggestion for a per-sentence BLEU loop (the ``tensorbleu`` fix's advice)."""
     return SUGGESTION
 
 
@@ -101,8 +104,17 @@ def _run(fn_name: str, list_of_references, hypotheses, weights, smoothing, devic
     cand, ref, cand_len, ref_len, num_refs, vocab = _encode(list_of_references, hypotheses)
     if device is not None:
         cand, ref, cand_len, ref_len, num_refs = (t.to(device) for t in (cand, ref, cand_len, ref_len, num_refs))
-    return fn(cand, ref, candidate_lengths=cand_len, reference_lengths=ref_len, num_references=num_refs,
-              weights=weights, smoothing=smoothing, vocab_size=vocab, **kwargs)
+    return fn(
+        cand,
+        ref,
+        candidate_lengths=cand_len,
+        reference_lengths=ref_len,
+        num_references=num_refs,
+        weights=weights,
+        smoothing=smoothing,
+        vocab_size=vocab,
+        **kwargs,
+    )
 
 
 def sentence_bleu_batch(
@@ -118,7 +130,7 @@ def sentence_bleu_batch(
 
     Lists of token lists (ints or strings) give a list of floats; token-id tensors
     (``hypotheses`` (B, Lc), ``list_of_references`` (B, R, Lr)) give a (B,) tensor (pass
-    ``pad_id=`` or lengths as for :func:`fixes.tensorbleu.sentence_bleu`). ``smoothing`` is
+    ``pad_id=`` or lengths as for :func:`stallscope.fixes.tensorbleu.sentence_bleu`). ``smoothing`` is
     0-3 or an NLTK ``SmoothingFunction().methodK``."""
     import torch
 

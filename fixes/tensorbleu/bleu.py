@@ -17,11 +17,12 @@ sentence, score 0 when no unigram matches, closest reference length with ties to
 BP = 1 if c > r, 0 if c == 0, else exp(1 - r/c); smoothing methods 0-3. ``auto_reweigh`` is not
 supported. This is token-ID BLEU: it depends on the tokenizer; report SacreBLEU for papers.
 """
+
 from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -240,14 +241,21 @@ def _prepare(candidates, references, pad_id, candidate_lengths, reference_length
     return candidates.long(), cand_mask, references.long(), ref_mask, present
 
 
-def _statistics(candidates, references, pad_id, candidate_lengths, reference_lengths, num_references,
-                max_n, vocab_size, backend):
+def _statistics(
+    candidates, references, pad_id, candidate_lengths, reference_lengths, num_references, max_n, vocab_size, backend
+):
     cand, cmask, refs, rmask, present = _prepare(
         candidates, references, pad_id, candidate_lengths, reference_lengths, num_references
     )
     num, den = ngram_statistics(
-        cand, refs, candidate_mask=cmask, reference_mask=rmask, reference_present=present,
-        max_n=max_n, vocab_size=vocab_size, backend=backend,
+        cand,
+        refs,
+        candidate_mask=cmask,
+        reference_mask=rmask,
+        reference_present=present,
+        max_n=max_n,
+        vocab_size=vocab_size,
+        backend=backend,
     )
     hyp_len = cmask.sum(1)
     ref_len = _closest_reference_length(hyp_len, rmask.sum(2), present)
@@ -293,8 +301,9 @@ def sentence_bleu(
     num, den, hyp_len, ref_len = _statistics(
         candidates, references, pad_id, candidate_lengths, reference_lengths, num_references, n, vocab_size, backend
     )
-    return bleu_from_statistics(num, den, hyp_len, ref_len, weights=w, smoothing=_smoothing_id(smoothing),
-                                epsilon=epsilon, dtype=dtype)
+    return bleu_from_statistics(
+        num, den, hyp_len, ref_len, weights=w, smoothing=_smoothing_id(smoothing), epsilon=epsilon, dtype=dtype
+    )
 
 
 def corpus_bleu(
@@ -321,7 +330,13 @@ def corpus_bleu(
         candidates, references, pad_id, candidate_lengths, reference_lengths, num_references, n, vocab_size, backend
     )
     score = bleu_from_statistics(
-        num.sum(0, keepdim=True), den.sum(0, keepdim=True), hyp_len.sum(0, keepdim=True),
-        ref_len.sum(0, keepdim=True), weights=w, smoothing=_smoothing_id(smoothing), epsilon=epsilon, dtype=dtype,
+        num.sum(0, keepdim=True),
+        den.sum(0, keepdim=True),
+        hyp_len.sum(0, keepdim=True),
+        ref_len.sum(0, keepdim=True),
+        weights=w,
+        smoothing=_smoothing_id(smoothing),
+        epsilon=epsilon,
+        dtype=dtype,
     )
     return score[0]

@@ -24,14 +24,30 @@ original is >= 0.99 (8 degrees: ~20x the 4-layer figure, which grows about linea
 and its norm is within 2 % (``grad_rtol``). A wrong gradient (a dropped term, a wrong scale)
 misses one of the two.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stallscope.fixes.base import Diagnosis, Fix, PatchHandle, Target, Tolerance, register
 
-GEMM_CLASSES = ("Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                "ConvTranspose3d", "MultiheadAttention", "LSTM", "GRU", "RNN", "LazyLinear", "NonDynamicallyQuantizableLinear")
+GEMM_CLASSES = (
+    "Linear",
+    "Bilinear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "MultiheadAttention",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "LazyLinear",
+    "NonDynamicallyQuantizableLinear",
+)
 
 
 def fp32_gemm_modules(root: Any) -> list[str]:
@@ -62,11 +78,26 @@ def tf32_state() -> dict[str, Any]:
 class TF32(Fix):
     id = "tf32"
     answers = ("fp32-matmul-off-tensor-cores", "precision")
-    description = "Run fp32 matmuls/convolutions in TF32 on the tensor cores (torch.set_float32_matmul_precision('high'))."
-    tolerance = Tolerance(rtol=1e-2, atol=1e-6, grad_rtol=2e-2, grad_atol=1e-6, scale="tensor", grad_min_cosine=0.99,
-                          note="TF32 rounds GEMM inputs to 10 mantissa bits (u = 4.9e-4): ~1e-3 of the output scale per GEMM, "
-                               "1e-2 leaves room for a dozen stacked layers; gradients: the rounding flips a few ReLU/dropout "
-                               "decisions near zero, so they are judged by direction (cosine >= 0.99) and norm (2 %)")
+    description = (
+        "Run fp32 matmuls/convolutions in TF32 on the tensor cores (torch.set_float32_matmul_precision('high'))."
+    )
+    advice = (
+        'Let fp32 matmuls and convolutions use the tensor cores: `torch.set_float32_matmul_precision("high")` '
+        "and `torch.backends.cudnn.allow_tf32 = True` at start-up (TF32 rounds GEMM inputs to 10 mantissa bits, "
+        "about 1e-3 of a GEMM's output scale). `stallscope profile --auto-patch -- CMD` switches it on, checks "
+        "parity and keeps it only when faster."
+    )
+    tolerance = Tolerance(
+        rtol=1e-2,
+        atol=1e-6,
+        grad_rtol=2e-2,
+        grad_atol=1e-6,
+        scale="tensor",
+        grad_min_cosine=0.99,
+        note="TF32 rounds GEMM inputs to 10 mantissa bits (u = 4.9e-4): ~1e-3 of the output scale per GEMM, "
+        "1e-2 leaves room for a dozen stacked layers; gradients: the rounding flips a few ReLU/dropout "
+        "decisions near zero, so they are judged by direction (cosine >= 0.99) and norm (2 %)",
+    )
     scope = "process"
     requires_cuda = True
 
