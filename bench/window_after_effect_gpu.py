@@ -1,0 +1,753 @@
+"""Does a trace window slow the rest of the run? (issue 22) Interleaved fresh processes, one YAML.
+
+Two parts in one file:
+
+``worker``: one training run in one fresh process. Synthetic data on the GPU (no DataLoader), so
+only the GPU side varies. 80 steps (``--steps``); a CUDA event at every step boundary; the figure
+is the median of the last 40 steps (``--measure``). ``--mode window`` runs a ``torch.profiler``
+window over steps 5-10 (``--window-start``, ``--window-steps``) inside the script, with options
+for each hypothesis (activities, record_shapes/with_stack/profile_memory/with_flops, calls after
+the window stops, an environment variable set just before the stop). Diagnostics, all taken
+where they cannot touch the measured steps or outside them:
+
+* ``nvml``: SM/memory clocks, clock-event (throttle) reasons, power and temperature read through
+  NVML under load at step 3 (before the window) and at the second-to-last step;
+* ``threads``: CPU time each thread of the process used between step 12 and the last step
+  (a CUPTI worker thread left busy after the window would show here);
+* ``diag``: after the last measured step, ``--diag-steps`` steps each queued behind a long GPU
+  sleep, so the GPU runs the whole step from a backlog: ``gpu_backlog_ms`` is the GPU's own time
+  for a step (no launch gaps) and ``host_enqueue_ms`` the host's time to issue it. A slowdown
+  that moves ``gpu_backlog_ms`` is on the GPU; one that moves only ``host_enqueue_ms`` (and the
+  step time) is host-side launch cost;
+* ``--kernels``: kernel names and counts per step from the window trace and from a 2-step
+  ``--tail-trace`` taken after everything else (is the cuDNN algorithm choice the same?).
+
+``drive``: runs workers for ``--models`` x ``--conditions`` in rounds (every condition once per
+round, order shuffled per round, seeded), ``--runs`` rounds or until ``--deadline-s``. The next
+worker imports and builds its model on the CPU while the current one runs, and touches CUDA
+only when the current one has finished its GPU phase (a go/done file pair), so process start-up
+costs no device time. ``stallscope`` conditions run the worker in ``plain`` mode under
+``python3 -m stallscope.cli profile`` (its default window: ``--skip 5 --steps 5``). Writes
+``$OUT/<name>.yaml`` (date, GPU, driver, torch, command; per model and condition: run medians,
+spread, ``after_window_pct`` = median of run medians vs plain, with a bootstrap 95 % interval
+from ``stallscope.analyzers.stats``; the diagnostics' medians) after every run, and every run's
+raw record to ``$OUT/<name>.runs.jsonl``.
+
+    python3 bench/window_after_effect_gpu.py drive --models resnet50,gpt2 --runs 5 --out $OUT
+    python3 bench/window_after_effect_gpu.py drive --conditions plain,window,window_teardown ...
+    python3 bench/window_after_effect_gpu.py worker --model resnet50 --mode window --json r.json
+    python3 bench/window_after_effect_gpu.py drive --smoke --out /tmp/x   # CPU, tiny model: the plumbing only
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("resnet50", "convnext_tiny", "efficientnet_b0", "vit_small", "gpt2", "cnn_graphs")
+DEFAULT_MODELS = "resnet50,convnext_tiny,efficientnet_b0,vit_small,gpt2,cnn_graphs"
+
+# name -> (mode, worker flags, environment). Environment variables are set in the worker's
+# environment at its start (before torch initialises CUDA or CUPTI), as stallscope's bootstrap would.
+CONDITIONS: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "plain": ("plain", [], {}),
+    "window": ("window", [], {}),
+    "window_teardown": ("window", [], {"TEARDOWN_CUPTI": "1"}),
+    "window_nolazy": ("window", [], {"DISABLE_CUPTI_LAZY_REINIT": "1"}),
+    "window_teardown_nolazy": ("window", [], {"TEARDOWN_CUPTI": "1", "DISABLE_CUPTI_LAZY_REINIT": "1"}),
+    "window_teardown_late": ("window", ["--setenv-before-stop", "TEARDOWN_CUPTI=1"], {}),
+    "window_cpu": ("window", ["--activities", "cpu"], {}),
+    "window_full": ("window", ["--record-shapes", "--with-stack", "--profile-memory", "--with-flops"], {}),
+    "window_stallscope_opts": ("window", ["--record-shapes", "--with-flops"], {}),
+    "window_sync": ("window", ["--after-stop", "sync,empty_cache,gc"], {}),
+    "window_teardown_sync": ("window", ["--after-stop", "sync,empty_cache,gc"], {"TEARDOWN_CUPTI": "1"}),
+    "window_noexport": ("window", ["--no-export"], {}),
+    "plain_nobench": ("plain", ["--no-cudnn-benchmark"], {}),
+    "window_nobench": ("window", ["--no-cudnn-benchmark"], {}),
+    "window_teardown_nobench": ("window", ["--no-cudnn-benchmark"], {"TEARDOWN_CUPTI": "1"}),
+    "stallscope": ("stallscope", [], {}),
+    "stallscope_teardown": ("stallscope", [], {"TEARDOWN_CUPTI": "1"}),
+}
+
+
+# ----------------------------------------------------------------------------------- worker
+def _build(model_name: str, device: str):
+    """(model built on the CPU, make_step(model) -> (step, batch_info)). No CUDA touched here."""
+    import torch
+
+    if model_name == "tiny":  # --smoke only
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+        return model, dict(kind="image", batch=4, size=16, classes=10)
+    if model_name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config()  # 124 M, from the config: nothing downloaded
+        model = GPT2LMHeadModel(cfg)
+        return model, dict(kind="lm", batch=16, seq=512, vocab=cfg.vocab_size)
+    if model_name == "cnn_graphs":
+        layers: list = []
+        ch = 3
+        for out, stride in ((64, 2), (128, 2), (128, 1), (256, 2), (256, 1), (256, 1)):
+            layers += [torch.nn.Conv2d(ch, out, 3, stride=stride, padding=1, bias=False), torch.nn.BatchNorm2d(out),
+                       torch.nn.ReLU(inplace=True)]
+            ch = out
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(ch, 1000)]
+        return torch.nn.Sequential(*layers), dict(kind="image", batch=128, size=112, classes=1000, compile=True)
+    import timm
+
+    name = {"vit_small": "vit_small_patch16_224"}.get(model_name, model_name)
+    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    return model, dict(kind="image", batch=128, size=224, classes=1000)
+
+
+def _nvml_read() -> dict:
+    try:
+        import pynvml as nv
+
+        nv.nvmlInit()
+        h = nv.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+        out = {"sm_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+               "mem_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)}
+        try:
+            reasons = nv.nvmlDeviceGetCurrentClocksEventReasons(h)
+        except Exception:
+            reasons = nv.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+        out["event_reasons"] = hex(int(reasons))
+        try:
+            out["power_w"] = round(nv.nvmlDeviceGetPowerUsage(h) / 1000.0, 1)
+            out["temp_c"] = nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)
+        except Exception:
+            pass
+        return out
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
+
+
+def _threads() -> dict:
+    """tid -> (name, cpu ticks) of this process's threads."""
+    out = {}
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    stat = f.read()
+                fields = stat[stat.rindex(")") + 2:].split()
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                out[tid] = (name, int(fields[11]) + int(fields[12]))
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def _thread_delta(a: dict, b: dict, seconds: float) -> list:
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    rows = []
+    for tid, (name, ticks) in b.items():
+        base = a.get(tid, (name, 0))[1]
+        rows.append({"tid": int(tid), "name": name, "cpu_s": round((ticks - base) / hz, 3), "new": tid not in a})
+    rows.sort(key=lambda r: -r["cpu_s"])
+    return [dict(r, cpu_pct=round(100 * r["cpu_s"] / max(seconds, 1e-9), 1)) for r in rows[:12]]
+
+
+def _kernel_counts(path: str, steps: int) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
+    counts: dict[str, int] = {}
+    for ev in data.get("traceEvents", []):
+        if ev.get("ph") == "X" and ev.get("cat") == "kernel":
+            counts[ev["name"]] = counts.get(ev["name"], 0) + 1
+    return {"steps": steps, "kernels_per_step": round(sum(counts.values()) / max(steps, 1), 1),
+            "distinct": len(counts), "counts": counts}
+
+
+def _cupti_loaded() -> list:
+    try:
+        with open("/proc/self/maps") as f:
+            return sorted({line.split()[-1] for line in f if "cupti" in line.lower()})
+    except OSError:
+        return []
+
+
+def worker(a: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    here = os.path.dirname(os.path.abspath(__file__))  # bench/ must not shadow anything the models import
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    import torch
+
+    result: dict = {"model": a.model, "mode": a.mode, "pid": os.getpid(), "argv": sys.argv[1:],
+                    "env": {k: os.environ[k] for k in ("TEARDOWN_CUPTI", "DISABLE_CUPTI_LAZY_REINIT") if k in os.environ},
+                    "under_stallscope": any("stallscope" in k.lower() for k in os.environ)}
+    device = "cpu" if a.smoke else "cuda"
+    torch.manual_seed(a.seed)
+    model, info = _build(a.model, device)
+    result["t_cpu_setup_s"] = round(time.perf_counter() - t_start, 2)
+
+    if a.go:  # wait for the GPU: the previous run has finished its GPU phase
+        while not os.path.exists(a.go):
+            time.sleep(0.01)
+    t_go = time.perf_counter()
+    cuda = device == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = not a.no_cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = model.to(device)
+    g = torch.Generator(device=device).manual_seed(a.seed)
+    if info["kind"] == "image":
+        model = model.to(memory_format=torch.channels_last)
+        x = torch.randn(info["batch"], 3, info["size"], info["size"], device=device, generator=g)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, info["classes"], (info["batch"],), device=device, generator=g)
+    else:
+        x = torch.randint(0, info["vocab"], (info["batch"], info["seq"]), device=device, generator=g)
+        y = x
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = model
+    graphs = bool(info.get("compile"))
+    if graphs and not a.smoke:
+        fwd = torch.compile(model, mode="reduce-overhead")
+    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    losses: list = []
+
+    def step(keep_loss: bool = False) -> None:
+        if graphs and not a.smoke:
+            torch.compiler.cudagraph_mark_step_begin()
+        with amp:
+            if info["kind"] == "image":
+                loss = torch.nn.functional.cross_entropy(fwd(x), y)
+            else:
+                loss = fwd(input_ids=x, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if keep_loss:
+            losses.append(loss.detach().float().clone())
+
+    n = a.steps
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)] if cuda else []
+    host_ns = [0] * (n + 1)
+    w0, w1 = a.window_start, a.window_start + a.window_steps
+    prof = None
+    trace_path = f"/tmp/waae_trace_{os.getpid()}.json"
+    nvml: dict = {}
+    thr_a: dict = {}
+    t_thr_a = 0.0
+    window_times: dict = {}
+    mem: dict = {}
+    for i in range(n):
+        if a.mode == "window" and i == w0:
+            if cuda:
+                mem["before_window_reserved_mib"] = torch.cuda.memory_reserved() >> 20
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if "cuda" in a.activities and cuda:
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            if a.activities == "cuda" and cuda:
+                acts = [torch.profiler.ProfilerActivity.CUDA]
+            t0 = time.perf_counter()
+            prof = torch.profiler.profile(activities=acts, record_shapes=a.record_shapes, with_stack=a.with_stack,
+                                          profile_memory=a.profile_memory, with_flops=a.with_flops)
+            prof.start()
+            window_times["start_s"] = round(time.perf_counter() - t0, 3)
+        if a.mode == "window" and i == w1 and prof is not None:
+            t0 = time.perf_counter()
+            for kv in a.setenv_before_stop:
+                k, _, v = kv.partition("=")
+                os.environ[k] = v
+            prof.stop()
+            window_times["stop_s"] = round(time.perf_counter() - t0, 3)
+            if not a.no_export:
+                t0 = time.perf_counter()
+                prof.export_chrome_trace(trace_path)
+                window_times["export_s"] = round(time.perf_counter() - t0, 3)
+            acts_after = [s for s in a.after_stop.split(",") if s]
+            if "sync" in acts_after and cuda:
+                torch.cuda.synchronize()
+            if "empty_cache" in acts_after and cuda:
+                torch.cuda.empty_cache()
+            if "gc" in acts_after:
+                gc.collect()
+            prof = None
+        if cuda:
+            ev[i].record()
+        host_ns[i] = time.perf_counter_ns()
+        if i == 3:
+            nvml["before"] = _nvml_read()
+        if i == 12:
+            thr_a, t_thr_a = _threads(), time.perf_counter()
+        if i == n - 2:
+            nvml["late"] = _nvml_read()
+        step(keep_loss=(i == n - 1))
+    if cuda:
+        ev[n].record()
+    host_ns[n] = time.perf_counter_ns()
+    thr_b, t_thr_b = _threads(), time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize()
+        step_ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(n)]
+        mem["end_reserved_mib"] = torch.cuda.memory_reserved() >> 20
+        mem["max_allocated_mib"] = torch.cuda.max_memory_allocated() >> 20
+    else:
+        step_ms = [(host_ns[i + 1] - host_ns[i]) / 1e6 for i in range(n)]
+    result["final_loss"] = float(losses[-1].item()) if losses else None
+    with torch.no_grad():
+        result["param_checksum"] = float(sum(p.detach().float().abs().sum().item() for p in list(model.parameters())[:8]))
+
+    # diagnostics after the measured steps: each step queued behind a GPU sleep (GPU from a backlog)
+    diag = {"gpu_backlog_ms": [], "host_enqueue_ms": [], "sleep_ms": []}
+    if cuda:
+        for _ in range(a.diag_steps):
+            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            torch.cuda.synchronize()
+            e0.record()
+            torch.cuda._sleep(a.diag_sleep_cycles)
+            e1.record()
+            h0 = time.perf_counter()
+            step()
+            h1 = time.perf_counter()
+            e2.record()
+            torch.cuda.synchronize()
+            diag["sleep_ms"].append(round(e0.elapsed_time(e1), 3))
+            diag["gpu_backlog_ms"].append(round(e1.elapsed_time(e2), 3))
+            diag["host_enqueue_ms"].append(round((h1 - h0) * 1e3, 3))
+    t_gpu = time.perf_counter() - t_go
+
+    tail_path = f"/tmp/waae_tail_{os.getpid()}.json"
+    if a.tail_trace and cuda:  # a second CUPTI session after everything else (re-init after the window)
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as tp:
+            for _ in range(2):
+                step()
+            torch.cuda.synchronize()
+        tp.export_chrome_trace(tail_path)
+        torch.cuda.synchronize()
+        result["tail_trace_ok"] = True
+    if a.done:
+        Path(a.done).touch()  # the GPU is free for the next run; what follows is host-side only
+
+    m = a.measure
+    last = step_ms[n - m:]
+    result.update({
+        "step_ms": [round(s, 4) for s in step_ms],
+        "median_last_ms": round(statistics.median(last), 4),
+        "segments_ms": {f"{lo}-{hi}": round(statistics.median(step_ms[lo:hi]), 4)
+                        # steps 1..w0-2: step w0-1 ends after the profiler's start, step w1-1 after its stop
+                        for lo, hi in ((1, w0 - 1), (w1 + 2, 26), (26, 40), (40, 60), (60, n)) if hi - lo >= 2 and hi <= n},
+        "host_step_ms_last": round(statistics.median([(host_ns[i + 1] - host_ns[i]) / 1e6 for i in range(n - m, n)]), 4),
+        "nvml": nvml, "threads_after_window": _thread_delta(thr_a, thr_b, t_thr_b - t_thr_a) if thr_a else [],
+        "thread_count": {"step12": len(thr_a), "end": len(thr_b)},
+        "mem": mem, "window_times": window_times,
+        "diag": {k: v for k, v in diag.items()},
+        "diag_median": {k: round(statistics.median(v), 3) for k, v in diag.items() if v},
+        "cupti_libs_loaded": _cupti_loaded(),
+        "t_gpu_phase_s": round(t_gpu, 2), "cudnn_benchmark": not a.no_cudnn_benchmark, "graphs": graphs,
+    })
+    if a.kernels:
+        if a.mode == "window" and not a.no_export and "cuda" in a.activities:
+            result["kernels_window"] = _kernel_counts(trace_path, a.window_steps)
+        if a.tail_trace:
+            result["kernels_tail"] = _kernel_counts(tail_path, 2)
+    for p in (trace_path, tail_path):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+    result["t_total_s"] = round(time.perf_counter() - t_start, 2)
+    text = json.dumps(result)
+    if a.json:
+        Path(a.json).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- driver
+def _sh(cmd: list, timeout: float = 10) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except Exception as exc:  # noqa: BLE001
+        return f"error: {exc}"
+
+
+def _smi() -> str:
+    out = _sh(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,clocks_event_reasons.active", "--format=csv,noheader"], 8)
+    return out.splitlines()[-1] if out else out
+
+
+def _bootstrap_pct(base: list, cur: list) -> tuple:
+    import numpy as np
+
+    try:
+        from stallscope.analyzers.stats import bootstrap_quantile_ratio
+        ratios = bootstrap_quantile_ratio(np.asarray(base), np.asarray(cur), q=0.5)
+        how = "stallscope.analyzers.stats.bootstrap_quantile_ratio"
+    except Exception:  # noqa: BLE001 - the bench must still run without stallscope installed
+        rng = np.random.default_rng(20260101)
+        b, c = np.asarray(base, float), np.asarray(cur, float)
+        rb = np.median(b[rng.integers(0, b.size, (2000, b.size))], axis=1)
+        rc = np.median(c[rng.integers(0, c.size, (2000, c.size))], axis=1)
+        ratios, how = rc / rb, "numpy percentile bootstrap (stallscope not importable)"
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return round(float(lo - 1) * 100, 2), round(float(hi - 1) * 100, 2), how
+
+
+def _med(v: list):
+    v = [x for x in v if x is not None]
+    return round(statistics.median(v), 3) if v else None
+
+
+def summarize(runs: list, meta: dict) -> dict:
+    out = dict(meta)
+    out["runs_total"] = len(runs)
+    models: dict = {}
+    how = None
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == model]
+        conds: dict = {}
+        plain = [r["median_last_ms"] for r in mine if r["condition"] == "plain" and r.get("ok")]
+        for cond in dict.fromkeys(r["condition"] for r in mine):
+            rs = [r for r in mine if r["condition"] == cond]
+            ok = [r for r in rs if r.get("ok")]
+            meds = [r["median_last_ms"] for r in ok]
+            entry: dict = {"runs": len(ok), "failed": len(rs) - len(ok)}
+            if meds:
+                entry.update({
+                    "median_ms": _med(meds), "run_medians_ms": [round(x, 3) for x in meds],
+                    "min_ms": round(min(meds), 3), "max_ms": round(max(meds), 3),
+                    "spread_pct": round((max(meds) / min(meds) - 1) * 100, 2),
+                })
+                if cond != "plain" and len(plain) >= 2 and len(meds) >= 2:
+                    pm = statistics.median(plain)
+                    lo, hi, how = _bootstrap_pct(plain, meds)
+                    entry["after_window_pct"] = round((statistics.median(meds) / pm - 1) * 100, 2)
+                    entry["after_window_ci95_pct"] = [lo, hi]
+                    entry["run_pct_vs_plain"] = [round((x / pm - 1) * 100, 2) for x in meds]
+                    entry["runs_within_1pct"] = f"{sum(abs(x / pm - 1) <= 0.01 for x in meds)}/{len(meds)}"
+                entry["segments_ms"] = {k: _med([r["segments_ms"].get(k) for r in ok])
+                                        for k in ok[0].get("segments_ms", {})}
+                entry["gpu_backlog_ms"] = _med([r.get("diag_median", {}).get("gpu_backlog_ms") for r in ok])
+                entry["host_enqueue_ms"] = _med([r.get("diag_median", {}).get("host_enqueue_ms") for r in ok])
+                entry["sm_mhz_before_late"] = [_med([r["nvml"].get("before", {}).get("sm_mhz") for r in ok]),
+                                               _med([r["nvml"].get("late", {}).get("sm_mhz") for r in ok])]
+                reasons = sorted({str(r["nvml"].get(w, {}).get("event_reasons")) for r in ok for w in ("before", "late")})
+                entry["clock_event_reasons_seen"] = reasons
+                busiest: dict = {}
+                for r in ok:  # per run, the busiest thread of each name (several threads share a name)
+                    per_name: dict = {}
+                    for t in r.get("threads_after_window", []):
+                        per_name[t["name"]] = max(per_name.get(t["name"], 0.0), t["cpu_pct"])
+                    for name, pct in per_name.items():
+                        busiest.setdefault(name, []).append(pct)
+                entry["thread_cpu_pct_after_window"] = {k: _med(v) for k, v in sorted(busiest.items(), key=lambda kv: -max(kv[1]))[:5]}
+                fl = [r.get("final_loss") for r in ok if r.get("final_loss") is not None]
+                if fl:
+                    entry["final_loss"] = [round(x, 5) for x in fl]
+            errs = [r.get("error") for r in rs if not r.get("ok")]
+            if errs:
+                entry["errors"] = errs[:3]
+            conds[cond] = entry
+        models[model] = conds
+    out["bootstrap"] = f"{how or 'n/a'}: median of run medians, condition vs plain, 95 % percentile interval (2,000 resamples, seeded)"
+    out["models"] = models
+    kern = [r for r in runs if r.get("kernels_window") or r.get("kernels_tail")]
+    if kern:
+        out["kernels"] = _kernel_summary(kern)
+    return out
+
+
+def _kernel_summary(runs: list) -> dict:
+    """Kernel-set comparisons: window vs tail in one process, and tail vs tail across conditions."""
+    res: dict = {}
+    tails = {}
+    for r in runs:
+        key = f"{r['model']}/{r['condition']}/run{r['round']}"
+        kw, kt = r.get("kernels_window"), r.get("kernels_tail")
+        item: dict = {}
+        for label, k in (("window", kw), ("tail", kt)):
+            if k and "counts" in k:
+                item[f"{label}_kernels_per_step"] = k["kernels_per_step"]
+                item[f"{label}_distinct"] = k["distinct"]
+        if kw and kt and "counts" in kw and "counts" in kt:
+            a, b = set(kw["counts"]), set(kt["counts"])
+            item["only_in_window"] = sorted(a - b)[:15]
+            item["only_in_tail"] = sorted(b - a)[:15]
+        if kt and "counts" in kt:
+            tails[(r["model"], r["condition"])] = set(kt["counts"])
+        res[key] = item
+    for (model, cond), names in tails.items():
+        base = tails.get((model, "plain"))
+        if base is not None and cond != "plain":
+            res[f"{model}/tail_{cond}_vs_tail_plain"] = {"only_here": sorted(names - base)[:15],
+                                                        "only_plain": sorted(base - names)[:15]}
+    return res
+
+
+def drive(a: argparse.Namespace) -> int:
+    out = Path(a.out or os.environ.get("OUT") or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(a.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    models = ["tiny"] if a.smoke else [m for m in a.models.split(",") if m]
+    conds = [c for c in a.conditions.split(",") if c]
+    matrix = {m: list(conds) for m in models}
+    if a.matrix:  # "model:cond,cond;model:cond": each model its own conditions
+        matrix = {}
+        for part in a.matrix.split(";"):
+            m, _, cs = part.partition(":")
+            if m.strip():
+                matrix["tiny" if a.smoke else m.strip()] = [c for c in cs.split(",") if c]
+        models = list(matrix)
+        conds = list(dict.fromkeys(c for cs in matrix.values() for c in cs))
+    for m in models:
+        if m not in MODELS + ("tiny",):
+            raise SystemExit(f"unknown model {m!r}; known: {', '.join(MODELS)}")
+    for c in conds:
+        if c not in CONDITIONS:
+            raise SystemExit(f"unknown condition {c!r}; known: {', '.join(CONDITIONS)}")
+    kern_conds = set(c for c in a.kernels_conditions.split(",") if c)
+    me = os.path.abspath(__file__)
+    t0 = time.monotonic()
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(shlex.quote(x) for x in [os.path.relpath(me)] + sys.argv[1:]),
+        "gpu": _sh(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]),
+        "driver": _sh(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+        "torch": _sh([sys.executable, "-c", "import torch;print(torch.__version__, torch.version.cuda)"], 60),
+        "stallscope": _sh([sys.executable, "-m", "stallscope.cli", "--version"], 60),
+        "workload": f"steps {a.steps}, figure = median of the last {a.measure} (CUDA events); window steps "
+                    f"{a.window_start}-{a.window_start + a.window_steps}; synthetic data on the GPU; bf16 autocast, "
+                    "AdamW; image models channels-last batch 128 (224 px; cnn_graphs 112 px, torch.compile "
+                    "mode=reduce-overhead); gpt2 batch 16 x 512",
+        "conditions": {c: {"mode": CONDITIONS[c][0], "flags": " ".join(CONDITIONS[c][1]), "env": CONDITIONS[c][2]} for c in conds},
+        "smi_start": _smi(),
+    }
+    jobs = []
+    for rnd in range(a.runs):
+        order = [(m, c) for m in models for c in matrix[m]]
+        random.Random(a.seed * 1000 + rnd).shuffle(order)
+        jobs += [(rnd, m, c) for m, c in order]
+    runs: list = []
+    jsonl = out / f"{a.name}.runs.jsonl"
+    jsonl.write_text("")
+    est: dict = {}
+
+    def spawn(job):
+        rnd, model, cond = job
+        k = len(spawned)
+        mode, flags, env_add = CONDITIONS[cond]
+        jpath = work / f"r{k}.json"
+        wargs = ["worker", "--model", model, "--mode", "plain" if mode == "stallscope" else mode,
+                 "--json", str(jpath), "--go", str(work / f"go{k}"), "--done", str(work / f"done{k}"),
+                 "--steps", str(a.steps), "--measure", str(a.measure), "--window-start", str(a.window_start),
+                 "--window-steps", str(a.window_steps), "--diag-steps", str(a.diag_steps)] + flags
+        if a.smoke:
+            wargs.append("--smoke")
+        if cond in kern_conds and rnd == 0:
+            wargs += ["--kernels", "--tail-trace"]
+        if model == "cnn_graphs" and "--tail-trace" not in wargs:
+            wargs.append("--tail-trace")  # a second CUPTI session after the window: the crash case for graphs
+        cmd = [sys.executable, me] + wargs
+        if mode == "stallscope":
+            cmd = [sys.executable, "-m", "stallscope.cli", "profile", "--no-diagnose", "-q",
+                   "-o", str(work / f"ss{k}"), "--"] + cmd
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for key in ("TEARDOWN_CUPTI", "DISABLE_CUPTI_LAZY_REINIT"):
+            env.pop(key, None)
+        env.update(env_add)
+        log = open(work / f"r{k}.log", "w")
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        rec = {"k": k, "round": rnd, "model": model, "condition": cond, "proc": p, "log": log, "json": jpath,
+               "go": work / f"go{k}", "done": work / f"done{k}", "cmd": " ".join(shlex.quote(x) for x in cmd[1:]),
+               "spawned": time.monotonic()}
+        spawned.append(rec)
+        return rec
+
+    def finish(rec, reason=None, record=True):
+        p = rec["proc"]
+        if reason is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, 9)
+            except OSError:
+                pass
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, 9)
+            except OSError:
+                pass
+            p.wait()
+        rec["log"].close()
+        if not record:
+            return
+        r = {"round": rec["round"], "model": rec["model"], "condition": rec["condition"], "rc": p.returncode,
+             "gpu_wall_s": rec.get("gpu_wall_s"), "smi_before": rec.get("smi_before"), "smi_after": rec.get("smi_after")}
+        try:
+            r.update(json.loads(rec["json"].read_text()))
+            r["ok"] = p.returncode == 0 and reason is None
+        except Exception as exc:  # noqa: BLE001
+            r["ok"] = False
+            r["error"] = reason or f"no result ({exc.__class__.__name__}); log tail: " + \
+                (work / f"r{rec['k']}.log").read_text(errors="replace")[-600:]
+        if CONDITIONS[rec["condition"]][0] == "stallscope":
+            traces = list((work / f"ss{rec['k']}").rglob("trace.json.gz"))
+            r["stallscope_trace_written"] = bool(traces)
+            if not traces:
+                r["stallscope_log_tail"] = (work / f"r{rec['k']}.log").read_text(errors="replace")[-400:]
+        if not r["ok"] and "error" not in r:
+            r["error"] = f"rc={p.returncode} {reason or ''}: " + (work / f"r{rec['k']}.log").read_text(errors="replace")[-600:]
+        runs.append(r)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        (out / f"{a.name}.yaml").write_text(_yaml(summarize(runs, dict(meta, elapsed_s=round(time.monotonic() - t0, 1)))))
+        shutil.rmtree(work / f"ss{rec['k']}", ignore_errors=True)
+
+    spawned: list = []
+    finishing: list = []
+    pending = list(jobs)
+    nxt = spawn(pending.pop(0)) if pending else None
+    skipped = 0
+    while nxt is not None:
+        cur, nxt = nxt, None
+        left = a.deadline_s - (time.monotonic() - t0)
+        need = est.get(cur["model"], a.first_estimate_s * (4 if cur["model"] == "cnn_graphs" else 1))
+        if left < need:
+            finish(cur, reason="not started: deadline", record=False)
+            skipped = 1 + len(pending)
+            break
+        cur["smi_before"] = _smi()
+        cur["go"].touch()
+        t_go = time.monotonic()
+        if pending:
+            nxt = spawn(pending.pop(0))
+        limit = min(a.run_timeout_s * (3 if cur["model"] == "cnn_graphs" else 1), max(left, 5))
+        reason = None
+        while not cur["done"].exists():
+            if cur["proc"].poll() is not None:
+                break
+            if time.monotonic() - t_go > limit:
+                reason = f"timeout after {limit:.0f} s"
+                break
+            time.sleep(0.02)
+        cur["gpu_wall_s"] = round(time.monotonic() - t_go, 2)
+        cur["smi_after"] = _smi()
+        if reason is None and cur["done"].exists():
+            prev = est.get(cur["model"])
+            est[cur["model"]] = cur["gpu_wall_s"] if prev is None else max(prev * 0.5 + cur["gpu_wall_s"] * 0.5, cur["gpu_wall_s"] * 0.8)
+        print(f"[{time.monotonic() - t0:6.1f}s] r{cur['round']} {cur['model']:>15} {cur['condition']:<24} "
+              f"gpu {cur['gpu_wall_s']:5.1f}s {reason or ''}", flush=True)
+        if reason is not None or not cur["done"].exists():
+            finish(cur, reason=reason)
+        else:
+            finishing.append(cur)
+        still = []
+        for rec in finishing:
+            if rec["proc"].poll() is not None:
+                finish(rec)
+            else:
+                still.append(rec)
+        finishing = still
+    for rec in finishing:
+        finish(rec)
+    if nxt is not None:
+        finish(nxt, reason="not started", record=False)
+    meta["skipped_runs_deadline"] = skipped
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    meta["smi_end"] = _smi()
+    summary = summarize(runs, meta)
+    (out / f"{a.name}.yaml").write_text(_yaml(summary))
+    _print_table(summary)
+    return 0
+
+
+def _yaml(d: dict) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(d, sort_keys=False, width=200)
+    except Exception:  # noqa: BLE001 - never lose the results to a formatting error
+        return json.dumps(d, indent=1, default=str)
+
+
+def _print_table(s: dict) -> None:
+    print(f"\n{'model':>15} {'condition':<24} {'n':>2} {'median':>8} {'after%':>7} {'ci95%':>16} {'within1%':>8} "
+          f"{'gpu_bl':>7} {'host_enq':>8}  run medians")
+    for model, conds in s.get("models", {}).items():
+        for cond, e in conds.items():
+            ci = e.get("after_window_ci95_pct")
+            print(f"{model:>15} {cond:<24} {e['runs']:>2} {e.get('median_ms', float('nan')):>8.2f} "
+                  f"{e.get('after_window_pct', 0.0):>7.1f} {str(ci) if ci else '':>16} {e.get('runs_within_1pct', ''):>8} "
+                  f"{e.get('gpu_backlog_ms') or 0:>7.2f} {e.get('host_enqueue_ms') or 0:>8.2f}  {e.get('run_medians_ms', [])}"
+                  + (f"  ERR {e['errors'][0][:200]!r}" if e.get("errors") else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("worker", help="one run in this process")
+    w.add_argument("--model", default="resnet50", choices=MODELS + ("tiny",))
+    w.add_argument("--mode", default="plain", choices=("plain", "window"))
+    w.add_argument("--steps", type=int, default=80)
+    w.add_argument("--measure", type=int, default=40)
+    w.add_argument("--window-start", type=int, default=5)
+    w.add_argument("--window-steps", type=int, default=5)
+    w.add_argument("--activities", default="cpu,cuda", help="cpu | cuda | cpu,cuda")
+    w.add_argument("--record-shapes", action="store_true")
+    w.add_argument("--with-stack", action="store_true")
+    w.add_argument("--profile-memory", action="store_true")
+    w.add_argument("--with-flops", action="store_true")
+    w.add_argument("--no-export", action="store_true", help="do not export the window trace")
+    w.add_argument("--after-stop", default="", help="comma list of sync, empty_cache, gc: done when the window stops")
+    w.add_argument("--setenv-before-stop", action="append", default=[], metavar="K=V")
+    w.add_argument("--no-cudnn-benchmark", action="store_true")
+    w.add_argument("--diag-steps", type=int, default=4)
+    w.add_argument("--diag-sleep-cycles", type=int, default=300_000_000)
+    w.add_argument("--kernels", action="store_true", help="kernel names/counts of the window and tail traces")
+    w.add_argument("--tail-trace", action="store_true", help="a 2-step CUDA trace after everything else")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--go", default=None)
+    w.add_argument("--done", default=None)
+    w.add_argument("--json", default=None)
+    w.add_argument("--smoke", action="store_true", help="CPU, for testing the plumbing")
+    d = sub.add_parser("drive", help="interleaved fresh-process runs -> YAML")
+    d.add_argument("--models", default=DEFAULT_MODELS)
+    d.add_argument("--conditions", default="plain,window,stallscope")
+    d.add_argument("--matrix", default="", help='per-model conditions, "resnet50:plain,window;gpt2:plain" (overrides --models/--conditions)')
+    d.add_argument("--kernels-conditions", default="", help="conditions whose first-round run records kernel names")
+    d.add_argument("--runs", type=int, default=5)
+    d.add_argument("--deadline-s", type=float, default=480.0, help="start no run that would end past this")
+    d.add_argument("--first-estimate-s", type=float, default=12.0)
+    d.add_argument("--run-timeout-s", type=float, default=90.0)
+    d.add_argument("--steps", type=int, default=80)
+    d.add_argument("--measure", type=int, default=40)
+    d.add_argument("--window-start", type=int, default=5)
+    d.add_argument("--window-steps", type=int, default=5)
+    d.add_argument("--diag-steps", type=int, default=4)
+    d.add_argument("--seed", type=int, default=22)
+    d.add_argument("--name", default="window-after-effect")
+    d.add_argument("--out", default=None, help="default $OUT")
+    d.add_argument("--workdir", default="/tmp/waae_work")
+    d.add_argument("--smoke", action="store_true")
+    a = p.parse_args(argv)
+    return worker(a) if a.cmd == "worker" else drive(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
