@@ -2,9 +2,9 @@
 
 Run from the repo root on the GPU machine:
 
-    OUT=/tmp/out PYTHONPATH=. python3 bench/autopatch_gpu.py
+    OUT=/tmp/out python3 bench/autopatch_gpu.py
 
-For each scenario it runs ``python3 cli.py profile --auto-patch -o RUN -- python3 SCENARIO``,
+For each scenario it runs ``stallscope profile --auto-patch -o RUN -- python3 SCENARIO``,
 reads ``RUN/rank0/patches.yaml`` and records, per fix: decision (kept / rolled_back /
 skipped / applied), why, parity figures with the tolerance, before/after medians, speedup and
 p-value. Then ``stallscope run --patch-from RUN`` replays the kept fixes on a short run (parity
@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stallscope.profiler.common import read_yaml, write_yaml
 
-from stallscope.profiler.common import read_yaml, write_yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 PATCH_STEPS = int(os.environ.get("AUTOPATCH_STEPS", "10"))
@@ -79,7 +78,7 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     run_dir = out / "runs" / name
     cmd = [PY, "-m", "stallscope.cli", "profile", "--auto-patch", "--patch-steps", str(PATCH_STEPS), "--skip", "3", "--steps", "2",
            "-q", "-o", str(run_dir), "--", *spec["cmd"]]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=spec.get("timeout", TIMEOUT_S))
@@ -128,7 +127,7 @@ def main() -> int:
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)
     only = [s for s in os.environ.get("AUTOPATCH_SCENARIOS", "").split(",") if s]
-    doc: dict[str, Any] = {**env_info(), "script": "PYTHONPATH=. python3 bench/autopatch_gpu.py", "patch_steps": PATCH_STEPS,
+    doc: dict[str, Any] = {**env_info(), "script": "python3 bench/autopatch_gpu.py", "patch_steps": PATCH_STEPS,
                            "scenarios": {}}
     for name, spec in SCENARIOS.items():
         if only and name not in only:

@@ -13,7 +13,7 @@ re-noising. Each schedule is scored two ways against the true distribution:
 full-resolution Euler baseline's quality (the issue's goal: >= 0.9). ``cost`` is in full-resolution
 steps with half of a full step's time in attention (N^2) and half in linear layers (N).
 
-    PYTHONPATH=. python3 bench/bottleneck_quality.py [--size 64] [--samples 256] [--quick] [--out DIR]
+    python3 bench/bottleneck_quality.py [--size 64] [--samples 256] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -28,19 +28,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
-from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
-from stallscope.fixes.bottleneck_sampling.schedule import (  # noqa: E402
+from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality
+from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample
+from stallscope.fixes.bottleneck_sampling.schedule import (
     PAPER_SCHEDULE,
     TUNED_SCHEDULE,
     BottleneckSchedule,
     Stage,
 )
-from stallscope.profiler.common import write_yaml  # noqa: E402
+from stallscope.profiler.common import write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 QUADRATIC_SHARE = 0.5
 
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "torch": str(torch.__version__),
-        "command": "PYTHONPATH=. python3 bench/bottleneck_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python3 bench/bottleneck_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "field": {"spectrum": "(1 + (|k|/k0)^2)^(-alpha/2)", "alpha": GaussianField().alpha, "k0": GaussianField().k0},
         "metric": "quality = 1 - RMS over Fourier modes of the per-mode Frechet distance relative to the mode's "
                   "variance; quality_ratio = quality / quality of 50 full-resolution Euler steps",

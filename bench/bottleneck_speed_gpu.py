@@ -6,8 +6,8 @@ quality ratio for each schedule at the same latent size (closed form, fixes/bott
 Optionally saves torch.profiler traces of one unpatched and one patched sampling run for the
 ``attention`` analyzer (attention_unpatched.json.gz / attention_patched.json.gz, each < 5 MB).
 
-    PYTHONPATH=. python3 bench/bottleneck_speed_gpu.py            # GPU: writes $OUT/bottleneck-sampling.yaml
-    PYTHONPATH=. python3 bench/bottleneck_speed_gpu.py --quick    # CPU smoke run of every code path
+    python3 bench/bottleneck_speed_gpu.py            # GPU: writes $OUT/bottleneck-sampling.yaml
+    python3 bench/bottleneck_speed_gpu.py --quick    # CPU smoke run of every code path
 """
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality
+from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample
+from stallscope.fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE
+from stallscope.profiler.common import write_yaml
 
-from stallscope.fixes.bottleneck_sampling.analytic import GaussianField, exact_quality  # noqa: E402
-from stallscope.fixes.bottleneck_sampling.sampler import bottleneck_sample, euler_sample  # noqa: E402
-from stallscope.fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_SCHEDULE  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRACE_LIMIT_BYTES = 5 * 1024 * 1024
 ATTENTION_KERNEL = ("flash", "fmha", "attention", "sdpa", "_attn_", "cudnn_mha")
@@ -269,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         **gpu_info(),
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
-        "command": "PYTHONPATH=. python3 bench/bottleneck_speed_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python3 bench/bottleneck_speed_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": bool(args.quick),
         "model": {"kind": "TinyDiT (random weights, SDPA)", "dim": model.dim, "depth": len(model.blocks),
                   "patch": model.patch, "batch": args.batch, "latent": [channels, args.size, args.size],

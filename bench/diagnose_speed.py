@@ -1,10 +1,10 @@
 """`stallscope diagnose` end to end vs HTA on the same trace: wall time and peak memory.
 
-    PYTHONPATH=. python bench/diagnose_speed.py --trace bench/data/diagnose_big/rank0.pt.trace.json.gz
+    python bench/diagnose_speed.py --trace bench/data/diagnose_big/rank0.pt.trace.json.gz
 
 The trace is the real H200 trace recorded by ``bench/diagnose_trace_gpu.py`` (keep it under
 ``bench/data/``, which git ignores). Each measurement is a fresh subprocess, from process start
-until the report is written (ours: ``python -m cli diagnose TRACE -f yaml -o report.yaml``;
+until the report is written (ours: ``python -m stallscope.cli diagnose TRACE -f yaml -o report.yaml``;
 HTA: ``TraceAnalysis(trace_dir)`` + ``get_temporal_breakdown``), with its peak RSS from
 ``wait4``; the two tools alternate, ``--runs`` times each, and medians are compared. Then
 traces of ``--big-gb`` sizes (default 0.5 and 1 GB) are built by concatenating the trace's steps
@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 HTA_SCRIPT = r"""
 import json, logging, sys
@@ -170,7 +169,7 @@ def concatenate_steps(src: Path, dest: Path, target_bytes: float) -> dict[str, f
 
 def crosscheck(trace: Path, hta_json: Path) -> dict[str, float] | None:
     from stallscope.analyzers.breakdown import hta_temporal
-    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.context import load_context
 
     if not hta_json.exists():
         return None
@@ -195,7 +194,7 @@ def main() -> int:
     if not args.trace.exists():
         print(f"{args.trace}: no trace; record it on the GPU with bench/diagnose_trace_gpu.py and copy it there", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     work = Path(tempfile.mkdtemp(prefix="diagnose-speed-"))
     try:
         hta_dir = work / "hta"
@@ -217,7 +216,7 @@ def main() -> int:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {os.cpu_count()} cores, load average {load_before:.1f} at start",
             "python": platform.python_version(),
-            "command": "PYTHONPATH=. python " + " ".join(sys.argv),
+            "command": "python " + " ".join(sys.argv),
             "trace_gz_mb": round(args.trace.stat().st_size / 1e6, 1),
             "trace": str(args.trace),
             **{f"trace_{k}": v for k, v in trace_figures(args.trace).items()},

@@ -1,6 +1,6 @@
 """Stand-in trace for bench/diagnose_speed.py until the real H200 trace is recorded.
 
-    PYTHONPATH=. python bench/diagnose_speed_synth.py SRC.json DEST.json COPIES
+    python bench/diagnose_speed_synth.py SRC.json DEST.json COPIES
 
 Takes a real CPU torch.profiler trace (e.g. the one tests/diagnose_traces.py records with
 with_stack and shapes), repeats its steps COPIES times, and gives every CPU op shorter than

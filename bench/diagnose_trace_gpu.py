@@ -1,6 +1,6 @@
 """Record the large real trace the diagnose speed benchmark uses (run on the H200).
 
-    OUT=/tmp/out PYTHONPATH=. python3 bench/diagnose_trace_gpu.py
+    OUT=/tmp/out python3 bench/diagnose_trace_gpu.py
 
 30 profiled steps of a 6-layer transformer encoder (d_model 512, 8 heads, batch 16 x 256
 tokens, AdamW with foreach=False so every parameter gets its own kernels) with
@@ -74,7 +74,7 @@ def main() -> int:
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "command": "OUT=$OUT PYTHONPATH=. python3 bench/diagnose_trace_gpu.py",
+        "command": "OUT=$OUT python3 bench/diagnose_trace_gpu.py",
         "steps": STEPS,
         "events": events,
         "json_mb": round(json_bytes / 1e6, 1),

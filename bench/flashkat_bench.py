@@ -3,7 +3,7 @@
 against the copy bandwidth measured in the same run, and a KAT-T-like training step fast vs
 baseline.
 
-    PYTHONPATH=. python3 bench/flashkat_bench.py [--out $OUT/flashkat.yaml] [--budget-s 330]
+    python3 bench/flashkat_bench.py [--out $OUT/flashkat.yaml] [--budget-s 330]
 
 Effective bandwidth = minimum bytes / median time; minimum bytes per element are 8 (forward:
 read x, write y) and 12 (backward: read x and dy, write dx), all float32 as in KAT. Times are
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from stallscope.fixes.flashkat import baseline as B
+from stallscope.fixes.flashkat import kernels as K
+from stallscope.fixes.flashkat.modules import INIT_COEFFICIENTS
+from stallscope.profiler.common import write_yaml
 
-from stallscope.fixes.flashkat import baseline as B  # noqa: E402
-from stallscope.fixes.flashkat import kernels as K  # noqa: E402
-from stallscope.fixes.flashkat.modules import INIT_COEFFICIENTS  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # for the sibling bench package (bench.models.kat_vit); stallscope is installed
+    sys.path.insert(0, str(ROOT))
 
 L = 197
 GROUPS = 8
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "driver": _driver(),
         "torch": str(torch.__version__),
         "triton": str(triton.__version__),
-        "command": "PYTHONPATH=. python3 " + " ".join([sys.argv[0], *sys.argv[1:]]),
+        "command": "python3 " + " ".join([sys.argv[0], *sys.argv[1:]]),
         "copy_tbps": round(copy, 3),
         "units": {"tbps": "TB/s (1e12 B/s), minimum bytes / median time", "ms": "milliseconds", "pct": "percent of copy_tbps"},
         "shapes": {},

@@ -5,7 +5,7 @@ Two paired comparisons, each base/head interleaved A B A B A B in this one job:
 1. regression: TF32 on (base) vs TF32 off (head): fp32 matmuls off the tensor cores. Must exit 1.
 2. same code:  TF32 on vs TF32 on. Must exit 0.
 
-Run from the repo root, without installing:  OUT=/tmp/out PYTHONPATH=. python3 bench/gate_gpu.py
+Run from the repo root, with stallscope installed:  OUT=/tmp/out python3 bench/gate_gpu.py
 Writes $OUT/gate.yaml (for bench/results/gate.yaml: verdicts, exit codes, p-values, effect
 sizes, per-round medians) and each comparison's verdict YAML and JUnit XML; prints a table last.
 Without a GPU it runs a small smoke version (host-side pause as the regression) and says so.
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stallscope.profiler.common import write_yaml
 
-from stallscope.profiler.common import write_yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GATE_YAML = {
     "alpha": 0.01,
@@ -61,9 +60,8 @@ def _gate_ab(name: str, base: str, head: str, rounds: int, out: Path, work: Path
     verdict_path, junit_path = out / f"{name}.yaml", out / f"{name}.xml"
     argv = [sys.executable, "-m", "stallscope.cli", "gate", "ab", "--base-cmd", base, "--head-cmd", head, "--rounds", str(rounds),
             "--config", str(config), "--workdir", str(work / name), "--output", str(verdict_path), "--junit", str(junit_path)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     start = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - start
     print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", flush=True)
     result: dict = {"command": " ".join(argv[1:]), "exit_code": proc.returncode, "wall_s": round(wall, 1)}

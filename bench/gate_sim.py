@@ -4,7 +4,7 @@ Writes bench/results/gate-sim.yaml (or $OUT/gate-sim.yaml) and prints a table. T
 figures docs/ci.md quotes. Step times are log-normal (right-skewed, like real ones) with the
 given coefficient of variation; each trial draws fresh base and current samples.
 
-    PYTHONPATH=. python3 bench/gate_sim.py
+    python3 bench/gate_sim.py
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stallscope.analyzers.stats import DEFAULT_ALPHA, median_rule_decisions
+from stallscope.profiler.common import write_yaml
 
-from stallscope.analyzers.stats import DEFAULT_ALPHA, median_rule_decisions  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRIALS = 10_000
 THRESHOLD_PCT = 3.0
@@ -60,7 +59,7 @@ def main() -> int:
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "what": "default median rule: effect beyond threshold and one-sided Mann-Whitney p < alpha",
-        "command": "PYTHONPATH=. python3 bench/gate_sim.py",
+        "command": "python3 bench/gate_sim.py",
         "trials": TRIALS,
         "seed": SEED,
         "threshold_pct": THRESHOLD_PCT,

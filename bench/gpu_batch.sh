@@ -7,10 +7,21 @@
 # at most 8 files of 16 MiB each.
 set -u
 root_out=${OUT:?set OUT}
-export PYTHONUNBUFFERED=1 PYTHONPATH=".:${PYTHONPATH:-}"
+export PYTHONUNBUFFERED=1
+# The scripts import stallscope from the installed package, so install this checkout first: editable,
+# offline, without dependencies (the GPU machine has them and no network). PIP_BREAK_SYSTEM_PACKAGES
+# lets it through on a distribution Python that marks itself externally managed.
+if ! PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
+  # No usable build backend there: a link named stallscope to this checkout gives the same imports
+  # (python3 -m stallscope.cli; no `stallscope` console script).
+  mkdir -p /tmp/stallscope-src && ln -sfn "$PWD" /tmp/stallscope-src/stallscope
+  export PYTHONPATH="/tmp/stallscope-src${PYTHONPATH:+:$PYTHONPATH}"
+  echo "gpu_batch: pip could not install the checkout; stallscope is imported through /tmp/stallscope-src" >&2
+fi
+python3 -c 'import stallscope.cli' || { echo "gpu_batch: stallscope is not importable" >&2; exit 2; }
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/site"
 fi
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c 'import torch;print("torch", torch.__version__, torch.version.cuda)'; } > "$root_out/env.txt" 2>&1
 summary="$root_out/summary.txt"; : > "$summary"

@@ -1,7 +1,7 @@
 """GPU preprocessing vs the torchvision PIL pipeline in DataLoader workers.
 
-    PYTHONPATH=. python3 bench/gpu_preprocess_gpu.py           # GPU machine: writes $OUT/gpu-preprocess.yaml
-    PYTHONPATH=. python3 bench/gpu_preprocess_gpu.py --quick   # tiny smoke run on any machine
+    python3 bench/gpu_preprocess_gpu.py           # GPU machine: writes $OUT/gpu-preprocess.yaml
+    python3 bench/gpu_preprocess_gpu.py --quick   # tiny smoke run on any machine
 
 Data: ``--images`` (1,024) synthetic JPEGs around 500x375 (portrait and landscape, 440-560 x
 330-420 px, quality 90) of varied content (gradients, stripes, discs and boxes, texture noise),
@@ -456,7 +456,7 @@ def cpu_model() -> str | None:
 def environment(device: torch.device) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
-           "torchvision": None, "cpu": cpu_model(), "command": "PYTHONPATH=. python3 " + " ".join(sys.argv), "device": str(device)}
+           "torchvision": None, "cpu": cpu_model(), "command": "python3 " + " ".join(sys.argv), "device": str(device)}
     if HAVE_TV:
         import torchvision
 

@@ -1,6 +1,6 @@
 """Where the light telemetry's cost on a launch-bound step comes from (GPU machine).
 
-    PYTHONPATH=. python3 bench/overhead_probe_gpu.py [--rounds 3] [--measure 200]
+    python3 bench/overhead_probe_gpu.py [--rounds 3] [--measure 200]
 
 Runs the small-MLP workload of bench/profile_overhead_gpu.py unprofiled and in light mode with
 one telemetry part turned off at a time (NVML sampling, PCIe reads, the sampler thread
@@ -17,11 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from stallscope.profiler.common import write_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.profile_overhead_gpu); stallscope is installed
 
 from bench.profile_overhead_gpu import run_once  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
 
 VARIANTS = {
     "unprofiled": ("unprofiled", 25.0, {}),
@@ -52,7 +53,7 @@ def main() -> int:
             print(f"round {r} {name:<22} median {statistics.median(data['step_ms']):.4f} ms", flush=True)
     base = statistics.median(steps["unprofiled"])
     doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": "PYTHONPATH=. python3 bench/overhead_probe_gpu.py " + " ".join(sys.argv[1:]),
+           "command": "python3 bench/overhead_probe_gpu.py " + " ".join(sys.argv[1:]),
            "model": args.model, "rounds": args.rounds, "steps_per_variant": {k: len(v) for k, v in steps.items()},
            "median_step_ms": {k: round(statistics.median(v), 4) for k, v in steps.items()},
            "overhead_pct": {k: round((statistics.median(v) / base - 1) * 100, 2) for k, v in steps.items()}}

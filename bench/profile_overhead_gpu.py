@@ -1,7 +1,7 @@
 """Overhead of `stallscope profile` on the GPU, plus NVML-on-the-step-clock and demo checks.
 
-    PYTHONPATH=. python3 bench/profile_overhead_gpu.py            # on the GPU machine, writes $OUT/profile-overhead.yaml
-    PYTHONPATH=. python3 bench/profile_overhead_gpu.py --smoke    # CPU smoke run of the same path (tiny sizes)
+    python3 bench/profile_overhead_gpu.py            # on the GPU machine, writes $OUT/profile-overhead.yaml
+    python3 bench/profile_overhead_gpu.py --smoke    # CPU smoke run of the same path (tiny sizes)
 
 Workloads (bench/profile_overhead_workload.py): (a) a GPU-bound transformer training step
 (~30 ms on an H200), (b) a launch-bound small MLP step (< 1 ms). Modes: unprofiled, light
@@ -27,15 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from stallscope.analyzers.stats import bootstrap_quantile_ratio
+from stallscope.profiler.command import child_environment
+from stallscope.profiler.options import ProfileOptions
+from stallscope.profiler.common import write_yaml
+from stallscope.profiler.rundir import MetaWriter
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from stallscope.analyzers.stats import bootstrap_quantile_ratio  # noqa: E402
-from stallscope.profiler.command import child_environment  # noqa: E402
-from stallscope.profiler.common import write_yaml  # noqa: E402
-from stallscope.profiler.rundir import MetaWriter  # noqa: E402
 
 WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
@@ -52,13 +52,10 @@ def run_once(model: str, mode: str, work: Path, tag: str, warmup: int, measure: 
     cmd += WORKLOAD_FLAGS
     if mode == "unprofiled":
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     else:
         run_dir.mkdir(parents=True)
         skip = warmup if mode == "window" else 10**9
-        env = child_environment(run_dir, skip=skip, steps=measure, sample_hz=sample_hz, stack=False, memory=False,
-                                auto_patch=False, patch_steps=20)
-        env["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + str(ROOT)
+        env = child_environment(run_dir, ProfileOptions(skip=skip, steps=measure, sample_hz=sample_hz))
         MetaWriter(run_dir, cmd, skip, measure).write()
     env.update(extra_env or {})
     t0 = time.perf_counter()
@@ -165,9 +162,8 @@ def paired_run(model: str, procs: int, pairs: int, block: int, warmup: int, smal
         if small:
             cmd += ["--small", "--settle", "2"]
         cmd += WORKLOAD_FLAGS
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         t0 = time.perf_counter()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise SystemExit(f"paired {model} {i} failed ({res.returncode}):\n{res.stderr[-3000:]}")
         data = json.loads(out_json.read_text())
@@ -265,7 +261,7 @@ def main() -> None:
 
     result: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "PYTHONPATH=. python3 bench/profile_overhead_gpu.py " + " ".join(sys.argv[1:]),
+        "command": "python3 bench/profile_overhead_gpu.py " + " ".join(sys.argv[1:]),
     }
     try:
         import torch
@@ -320,7 +316,6 @@ def main() -> None:
         demo_dir = None
     if demo_dir is not None:
         demo = subprocess.run([sys.executable, "-m", "stallscope.cli", "demo", "--out", str(demo_dir)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                               capture_output=True, text=True, timeout=300)
         result["demo_exit_code"] = demo.returncode
         result["demo_wall_s"] = round(time.perf_counter() - t0, 2)
@@ -332,7 +327,6 @@ def main() -> None:
                 result["demo_check"] = {"error": f"{exc.__class__.__name__}: {exc}"}
     if not args.smoke and not args.no_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_profile_gpu.py"], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
                                capture_output=True, text=True, timeout=300)
         result["gpu_tests_exit_code"] = tests.returncode
         result["gpu_tests_tail"] = tests.stdout[-800:]

@@ -109,7 +109,7 @@ def _light_block(step, sync, block: int, settle: int, sample_hz: float, out: str
     with Session(out=out, skip=10**9, steps=1, sample_hz=hz or sample_hz, command=["paired", variant]) as s:
         rec = s.recorder
         if off == "events" and rec is not None:
-            rec._no_cuda = True
+            rec.record_event = None
         if off == "boundary" and rec is not None:
             rec.boundary = lambda *a, **k: None
         try:

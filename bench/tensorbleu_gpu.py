@@ -1,7 +1,7 @@
 """TensorBLEU on the GPU vs NLTK sentence_bleu on the same machine's CPU.
 
-    PYTHONPATH=. python3 bench/tensorbleu_gpu.py            # on the GPU machine, writes $OUT/tensorbleu.yaml
-    PYTHONPATH=. python3 bench/tensorbleu_gpu.py --quick    # tiny sizes, any machine (CPU if no CUDA)
+    python3 bench/tensorbleu_gpu.py            # on the GPU machine, writes $OUT/tensorbleu.yaml
+    python3 bench/tensorbleu_gpu.py --quick    # tiny sizes, any machine (CPU if no CUDA)
 
 Cases B in {32,128,256,512} x L in {256,1024} token ids from a 50,257-token vocabulary, one
 reference per sentence made from the candidate with 30 % of its tokens replaced and a random
@@ -102,7 +102,7 @@ def cpu_model() -> str | None:
 def environment() -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads(),
-           "cpu": cpu_model(), "command": "PYTHONPATH=. python3 " + " ".join(sys.argv)}
+           "cpu": cpu_model(), "command": "python3 " + " ".join(sys.argv)}
     try:
         import nltk
 
@@ -134,7 +134,7 @@ def main() -> int:
         import nltk  # noqa: F401
     except ImportError:
         print("nltk is not importable: install the wheel first (pip install --no-deps --target /tmp/site .whl/nltk-*.whl; "
-              "PYTHONPATH=/tmp/site:.)", file=sys.stderr)
+              "PYTHONPATH=/tmp/site)", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [(b, l) for l in (256, 1024) for b in (32, 128, 256, 512)]

@@ -42,7 +42,7 @@ prof.export_chrome_trace(sys.argv[1])
 
 def _findings(tmp_path: Path, mode: str) -> dict:
     from stallscope.analyzers.builtin.attention import Attention
-    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.context import load_context
 
     path = tmp_path / f"{mode}.json"
     proc = subprocess.run([sys.executable, "-c", RECORD, str(path), mode, str(ROOT)], capture_output=True, text=True, timeout=180)

@@ -1,6 +1,6 @@
 """Distributed scenarios on 2 GPUs (device kind nvidia-h200-x2), results in $OUT/distributed.yaml.
 
-    PYTHONPATH=. python3 bench/distributed/run_gpu.py [--quick]
+    python3 bench/distributed/run_gpu.py [--quick]
 
 1. The link's all-reduce bus bandwidth (nccl-tests formula, 2(n-1)/n) over message sizes, the
    peak that the communication analyzer compares against.
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 BUSBW_SCRIPT = r"""
 import os, time, torch, torch.distributed as dist
@@ -117,7 +116,7 @@ def main() -> None:
 
     result = {"date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
               "gpus": torch.cuda.device_count(), "torch": str(torch.__version__), "cuda": str(torch.version.cuda),
-              "command": "PYTHONPATH=. python3 bench/distributed/run_gpu.py", "busbw": measure_busbw(out), "scenarios": {}}
+              "command": "python3 bench/distributed/run_gpu.py", "busbw": measure_busbw(out), "scenarios": {}}
     try:
         result["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                           capture_output=True, text=True).stdout.split()[0]

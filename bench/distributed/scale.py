@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 
 def _source_traces(src: Path) -> list[Path]:
@@ -90,7 +89,8 @@ def main() -> None:
         for n in sorted(args.ranks):
             folder = Path(tmp) / f"r{n}"
             build_folder(sources, n, folder)
-            # Children's peak RSS is a running maximum: run each N in its own measuring process.
+            # Children's peak RSS is a running maximum: run each N in its own measuring process. The
+            # repository root goes on its path for this bench module only; stallscope is installed.
             code = ("import sys, json; sys.path.insert(0, %r); from bench.distributed.scale import diagnose; "
                     "from pathlib import Path; print(json.dumps(diagnose(Path(%r), Path(%r))))") % (str(ROOT), str(folder), str(folder / "report.yaml"))
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

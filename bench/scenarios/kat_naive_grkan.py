@@ -11,6 +11,8 @@ EXPECTED = "memory-bound"
 REQUIRES = "cuda"  # atomic contention is a GPU phenomenon; a CPU index_add is not slow
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -104,7 +106,9 @@ def main():
     torch.manual_seed(0)
     if dev.type == "cuda":
         # KAT-T as trained: 12 blocks of width 192, 224^2 images, bf16 autocast, fused AdamW,
-        # 24 GR-KAN activations on the KAT-like baseline kernels.
+        # 24 GR-KAN activations on the KAT-like baseline kernels. bench.models lives in the
+        # checkout, not in an installed package: the repository root goes on the path for it.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from bench.models.kat_vit import kat_tiny
 
         model, batch, img, amp = kat_tiny(act="baseline").to(dev), args.batch, 224, True

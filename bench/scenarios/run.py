@@ -1,13 +1,13 @@
 """Profile and diagnose every planted-bottleneck scenario; check the top finding.
 
-    PYTHONPATH=. python3 bench/scenarios/run.py                 # GPU: all scenarios
-    PYTHONPATH=. python3 bench/scenarios/run.py --device cpu --only kat_naive_grkan,healthy_cnn
+    python3 bench/scenarios/run.py                 # GPU: all scenarios
+    python3 bench/scenarios/run.py --device cpu --only kat_naive_grkan,healthy_cnn
 
 Each ``bench/scenarios/<name>.py`` declares ``EXPECTED = "<category>"`` (or ``"healthy"``) and
 optionally ``REQUIRES = "cuda"``. For each one this runs
 
-    python3 cli.py profile -o RUN --no-diagnose -q -- python3 <scenario> --steps N --device D
-    python3 cli.py diagnose RUN -f yaml -o RUN/report.yaml
+    stallscope profile -o RUN --no-diagnose -q -- python3 <scenario> --steps N --device D
+    stallscope diagnose RUN -f yaml -o RUN/report.yaml
 
 with a per-scenario timeout, never stopping at a failure, and writes ``scenarios.yaml`` to
 ``$OUT`` when set, else ``bench/results/`` (``--results`` overrides). A planted scenario passes
@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stallscope.profiler.common import read_yaml, write_yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from stallscope.profiler.common import atomic_write_text, read_yaml, write_yaml  # noqa: E402
 
 BLOCKING = {"high", "medium"}
 CATEGORIES_OK = {"healthy", "memory-bound", "input-pipeline", "communication", "host-bound", "synchronization",
@@ -99,7 +98,6 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     if run_dir.exists():
         shutil.rmtree(run_dir)
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     target = [sys.executable, str(s["path"]), "--device", device]
     if steps:
         target += ["--steps", str(steps)]

@@ -5,6 +5,8 @@ atomics. ``stallscope profile --auto-patch`` should find them (duck typing on th
 Parameters), swap in the fast kernels, check parity, and keep the patch.
 """
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--depth", type=int, default=12)
     args = ap.parse_args()
+    # bench.models lives in the checkout, not in an installed package: the repository root goes on the path for it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.models.kat_vit import kat_tiny
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
