@@ -30,7 +30,7 @@ def record(path: Path, step_fn: Callable[[int], None], steps: int = 3, stacks: b
 
 
 def context(path: Path):  # -> AnalysisContext
-    from stallscope.analyzers.loader import load_context
+    from stallscope.analyzers.context import load_context
 
     return load_context(path)
 

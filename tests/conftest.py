@@ -1,9 +1,19 @@
 import os
-import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _diagnose_trace_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CPU traces of tests/diagnose_traces.py go to a folder of this session (recorded on first use)."""
+    from tests import diagnose_traces
+
+    diagnose_traces.use_cache(tmp_path_factory.mktemp("diagnose-traces"))
+
 
 try:  # CI runs the same hypothesis examples every time (derandomized); local runs keep exploring.
     from hypothesis import settings as _hyp_settings

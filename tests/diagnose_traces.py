@@ -1,11 +1,18 @@
-"""Real torch.profiler traces for the diagnose tests, recorded on the CPU once per machine.
+"""Real torch.profiler traces for the diagnose tests, recorded on the CPU once per test session.
 
-Every function returns paths under a cache folder keyed by the torch version and this file's
-content, so the traces are recorded once and shared by all diagnose test modules.
+Every function returns a path under this session's folder (conftest.py hands pytest's session
+temp folder to :func:`use_cache`), so a trace is recorded on first use, shared by the diagnose
+test modules of the session, and never outlives it: no recording made by another checkout or an
+earlier session is ever read.
+
+The ``steps`` trace's DataLoader sleeps ``STEPS_SLEEP_PER_SAMPLE_S`` in every ``__getitem__``, so
+each step waits at least ``STEPS_DATA_WAIT_FLOOR_MS`` (160 ms) for data by construction. The rest
+of a step (a tiny MLP on one thread) takes about a millisecond, 5 ms in the first profiled step
+with three CPU-bound processes on two cores: the data wait stays the largest part of every step
+unless the rest grows more than a hundredfold, which is the margin the tests' assertions rely on.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,10 +24,21 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 GPU_FIXTURES = HERE.parent / "fixtures" / "gpu"
 
-_SCRIPT = r'''
+STEPS_SLEEP_PER_SAMPLE_S = 0.01
+STEPS_BATCH = 16
+STEPS_DATA_WAIT_FLOOR_MS = 1000.0 * STEPS_SLEEP_PER_SAMPLE_S * STEPS_BATCH
+"""Lower bound of every step's data wait in :func:`cpu_steps_trace` (``time.sleep`` never returns early)."""
+
+_cache_root: Path | None = None
+
+_SCRIPT = f"SLEEP_PER_SAMPLE_S = {STEPS_SLEEP_PER_SAMPLE_S!r}\nBATCH = {STEPS_BATCH!r}\n" + r'''
 import os, sys, time, json
 import torch, torch.nn as nn
 from torch.profiler import profile, schedule, ProfilerActivity, tensorboard_trace_handler
+
+# One intra-op thread: on a machine with more runnable processes than cores, spinning OpenMP
+# workers would stretch every op and shrink the loader's share of the step.
+torch.set_num_threads(1)
 
 def ddp_work(rank, world, port, out):
     import torch.distributed as dist
@@ -42,7 +60,7 @@ out = sys.argv[1] if len(sys.argv) > 2 else ""
 what = sys.argv[2] if len(sys.argv) > 2 else ""
 torch.manual_seed(0)
 
-def loop(prof, steps, sleep_data=0.0):
+def loop(prof, steps, sleep_data=0.0, batch=16):
     m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     class DS(torch.utils.data.Dataset):
@@ -50,7 +68,7 @@ def loop(prof, steps, sleep_data=0.0):
         def __getitem__(self, i):
             if sleep_data: time.sleep(sleep_data)
             return torch.randn(64), i % 10
-    dl = torch.utils.data.DataLoader(DS(), batch_size=16)
+    dl = torch.utils.data.DataLoader(DS(), batch_size=batch)
     for i, (x, y) in enumerate(dl):
         loss = nn.functional.cross_entropy(m(x), y)
         opt.zero_grad(); loss.backward(); opt.step(); loss.item()
@@ -60,7 +78,7 @@ def loop(prof, steps, sleep_data=0.0):
 acts = [ProfilerActivity.CPU]
 if what == "steps":
     with profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1), record_shapes=True, with_stack=True, with_flops=True) as p:
-        loop(p, 8, sleep_data=0.0002)
+        loop(p, 8, sleep_data=SLEEP_PER_SAMPLE_S, batch=BATCH)
     p.export_chrome_trace(os.path.join(out, "steps.json"))
 elif what == "plain":
     with profile(activities=acts, schedule=schedule(wait=0, warmup=1, active=3, repeat=1)) as p:
@@ -81,39 +99,46 @@ elif what == "ddp":
 '''
 
 
-def _cache() -> Path:
-    import torch
+def use_cache(folder: Path) -> None:
+    """Record this session's traces into ``folder`` (called once by conftest.py's session fixture)."""
+    global _cache_root
+    folder.mkdir(parents=True, exist_ok=True)
+    _cache_root = folder
 
-    key = hashlib.sha256((torch.__version__ + _SCRIPT).encode()).hexdigest()[:12]
-    root = Path(tempfile.gettempdir()) / f"stallscope-test-traces-{key}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+
+def _cache() -> Path:
+    """The session's trace folder; outside pytest, a fresh private folder for this process."""
+    global _cache_root
+    if _cache_root is None:
+        _cache_root = Path(tempfile.mkdtemp(prefix="stallscope-test-traces-"))
+    return _cache_root
 
 
 def _record(what: str, produced: Path) -> Path:
+    """Record ``what`` with the script above unless this session already did; return ``produced``.
+
+    The recording is made in a scratch folder and moved into place whole, so a recording that
+    failed or was interrupted never appears under the name the tests read.
+    """
     if produced.exists():
         return produced
     root = _cache()
+    script = root / "record.py"
+    if not script.exists():
+        script.write_text(_SCRIPT)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         env = dict(os.environ, PYTHONWARNINGS="ignore")
-        script = root / "record.py"
-        if not script.exists():
-            part = root / f".record.{os.getpid()}.py"
-            part.write_text(_SCRIPT)
-            os.replace(part, script)
-        subprocess.run([sys.executable, str(script), tmp, what], check=True, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-        made = Path(tmp) / produced.relative_to(root)
-        try:
-            os.replace(made, produced)
-        except OSError:
-            if not produced.exists():  # another test process won the race: use its copy
-                raise
+        proc = subprocess.run([sys.executable, str(script), tmp, what], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"recording the {what!r} trace failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        os.replace(Path(tmp) / produced.relative_to(root), produced)
     return produced
 
 
 def cpu_steps_trace() -> Path:
-    """CPU training loop: ProfilerStep#N, DataLoader, record_shapes, with_stack, with_flops."""
+    """CPU training loop: ProfilerStep#N, a slow DataLoader (see the module docstring), record_shapes,
+    with_stack, with_flops; four profiled steps."""
     return _record("steps", _cache() / "steps.json")
 
 
@@ -144,6 +169,7 @@ def gpu_fixture(name: str) -> Path | None:
 
 
 def empty_trace(folder: Path) -> Path:
+    """A valid trace file with no events."""
     p = folder / "empty.json"
     p.write_text(json.dumps({"schemaVersion": 1, "traceEvents": []}))
     return p
