@@ -10,6 +10,7 @@ Importing it is cheap (no torch). In a training script::
             train_step(batch)
             stallscope.step()                      # optional: optimizer steps are found anyway
 """
+
 from typing import Any
 
 from stallscope.profiler import step
