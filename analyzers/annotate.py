@@ -98,6 +98,7 @@ def write_annotated_trace(ctx: AnalysisContext, report: dict[str, Any], path: st
     rd = next((r for r in ctx.ranks if r.trace_path), None)
     if rd is None:
         raise ToolError("--annotated-trace: the target has no trace to annotate (telemetry only)")
+    assert rd.trace_path is not None  # chosen above for its trace
     out = Path(path)
     if out.is_dir():
         raise ToolError(f"{out}: is a directory; pass a file name such as {out / 'annotated.json.gz'}")

@@ -166,7 +166,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
         k: {"a": float(pa.get(k, 0.0) or 0.0), "b": float(pb.get(k, 0.0) or 0.0)} for k in dict.fromkeys([*pa, *pb])
     }
     ka, kb = _per_step_kernel_ms(a), _per_step_kernel_ms(b)
-    kernels = [
+    kernels: list[dict[str, Any]] = [
         {
             "name": n,
             "a_ms_per_step": ka.get(n, 0.0),

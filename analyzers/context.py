@@ -16,6 +16,7 @@ computed (:mod:`analyzers.breakdown`). No torch import.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ _RANK_IN_NAME = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
 _TB_NAME = re.compile(r"^(?P<who>.+?)\.(?P<stamp>\d+)\.pt\.trace\.json(?:\.gz)?$")
 
 
-def load_context(target: str | Path) -> AnalysisContext:
+def load_context(target: str | os.PathLike[str]) -> AnalysisContext:
     """Load a run directory, a trace file or a folder of per-rank traces (see module doc)."""
     root = Path(target)
     if not root.exists():

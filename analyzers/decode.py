@@ -41,7 +41,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = ["EventColumns", "exact_ns"]
 
-_KIND_INT = {k: int(v) for k, v in KIND_OF_CATEGORY.items()}
+# looked up with the event's category, which may be missing (None: Kind.OTHER)
+_KIND_INT: dict[str | None, int] = {k: int(v) for k, v in KIND_OF_CATEGORY.items()}
 _GPU_ARG_INTS = frozenset(int(k) for k in GPU_ARG_KINDS)
 _COLLECTIVE_OP = "record_param_comms"
 

@@ -250,7 +250,7 @@ def deepen(ctx: AnalysisContext, findings: list[Finding], top_n: int = 3, runner
     Returns notices (ncu absent or refused, kernels without counters; one line per kernel
     measured that no finding names)."""
     results, notices = profile_kernels(ctx, findings, top_n, runner)
-    used = set()
+    used: set[str] = set()
     for f in findings:
         if _attach(f.where, f.evidence, results):
             used.update(k for k in f.where.get("kernels", []) if k in results)

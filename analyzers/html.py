@@ -127,6 +127,7 @@ def nvml_chart(ctx: AnalysisContext | None) -> str | None:
     if rd is None:
         return None
     nv = rd.nvml
+    assert nv is not None  # chosen above for its NVML samples
     t = np.asarray(nv["t_ns"], dtype=np.float64)
     t0 = t.min()
     x = (t - t0) / 1e9

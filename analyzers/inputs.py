@@ -51,7 +51,12 @@ def is_report_file(path: Path) -> bool:
 
 
 def open_report(
-    target: str | Path, *, debug: bool = False, check_version: bool = True, use_saved: bool = False
+    target: str | Path,
+    *,
+    debug: bool = False,
+    check_version: bool = True,
+    use_saved: bool = False,
+    need: str = "summary",
 ) -> OpenedReport:
     """The report of ``target``: read from a report file, or diagnosed from a trace, a folder of
     traces or a run directory (then with its context).
@@ -59,7 +64,8 @@ def open_report(
     ``debug`` lets an analyzer's exception propagate; ``check_version=False`` accepts a report
     of another schema version (the gate compares two reports' versions itself); ``use_saved``
     reads the report a run directory already holds (``runformat.REPORT``) instead of
-    diagnosing it again.
+    diagnosing it again; ``need`` is the part a report file must have (``summary`` to present
+    it, ``findings`` to plan patches from it).
     """
     path = Path(target)
     if not path.exists():
@@ -68,8 +74,8 @@ def open_report(
             "a trace file or a folder of traces"
         )
     if path.is_file() and is_report_file(path):
-        return OpenedReport(load_report(path, check_version=check_version), None)
+        return OpenedReport(load_report(path, check_version=check_version, need=need), None)
     if use_saved and path.is_dir() and (path / runformat.REPORT).is_file():
-        return OpenedReport(load_report(path / runformat.REPORT, check_version=check_version), None)
+        return OpenedReport(load_report(path / runformat.REPORT, check_version=check_version, need=need), None)
     ctx = load_context(path)
     return OpenedReport(report_from_context(ctx, debug=debug), ctx)

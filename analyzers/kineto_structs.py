@@ -34,7 +34,8 @@ try:  # orjson is ~5x faster than json on Kineto's values
 except ImportError:  # pragma: no cover - depends on the environment
     import json as _json
 
-    def _dumps_bytes(value: Any) -> bytes:
+    # the fallback takes only the value, which is all this module passes to orjson.dumps
+    def _dumps_bytes(value: Any) -> bytes:  # type: ignore[misc]
         return _json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
@@ -91,7 +92,7 @@ ARG_KEYS = {
 
 if AVAILABLE:
 
-    class Args(msgspec.Struct, rename=ARG_KEYS, gc=False):  # type: ignore[call-arg,misc]
+    class Args(msgspec.Struct, rename=ARG_KEYS, gc=False):
         external_id: Any = None
         correlation: Any = None
         input_dims: msgspec.Raw = None  # type: ignore[assignment]  # raw JSON: decoded once per distinct value
@@ -235,7 +236,8 @@ def from_dicts(events: list[dict[str, Any]]) -> list[Any]:
     msgspec (in C) when installed and the values fit, else wrapped one by one."""
     if AVAILABLE:
         try:
-            return msgspec.convert(events, list[PlainEvent])
+            # PlainEvent is a class that msgspec.defstruct builds at run time: mypy sees a variable
+            return msgspec.convert(events, list[PlainEvent])  # type: ignore[valid-type]
         except (msgspec.ValidationError, TypeError):  # e.g. ``args`` that is not a mapping
             pass
     return [DictEvent(e) for e in events]

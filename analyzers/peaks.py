@@ -356,7 +356,7 @@ def _ops_info(ev: EventTable, op_rows: np.ndarray) -> list[tuple[str, float | No
     none = ("", None, None, "fp32")
     seen: dict[tuple[int, float, int], tuple[str, float | None, int | None, str]] = {}
     extra = ev.extra
-    out = []
+    out: list[tuple[str, float | None, int | None, str]] = []
     for o in op_rows.tolist():
         if o < 0:
             out.append(none)

@@ -72,8 +72,10 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         last = ((rd.meta.get("rank") or {}).get("window") or {}).get("last_step")
         if isinstance(last, int):
             ok &= step != last + 1
+        untraced = rd.untraced_step_mask()
+        assert untraced is not None  # None only without telemetry wall_ms, skipped above
         choices = (
-            (rd.untraced_step_mask(), f"steps outside the trace window and after the {skip} warm-up steps"),
+            (untraced, f"steps outside the trace window and after the {skip} warm-up steps"),
             (ok & (inw == 0), "steps outside the trace window"),
             (ok, "all steps"),
         )
@@ -96,7 +98,7 @@ def _environment(ctx: AnalysisContext) -> dict[str, Any]:
     meta = ctx.meta or {}
     env: dict[str, Any] = {}
     per_rank = meta.get("per_rank") if isinstance(meta.get("per_rank"), dict) else {}
-    first = next(iter(per_rank.values()), {}) if per_rank else {}
+    first: Any = next(iter(per_rank.values()), {}) if per_rank else {}  # meta.yaml: any YAML value
     first = first if isinstance(first, dict) else {}
     tm = ctx.trace_meta or {}
     gpu = first.get("gpu") if isinstance(first.get("gpu"), dict) else None
@@ -120,7 +122,8 @@ def _environment(ctx: AnalysisContext) -> dict[str, Any]:
     if env.get("driver") is None and tm.get("cuda_driver_version"):
         env["driver"] = str(tm.get("cuda_driver_version"))
     env["host"] = meta.get("host") or tm.get("host_name")
-    dist = tm.get("distributedInfo") if isinstance(tm.get("distributedInfo"), dict) else {}
+    dist_info = tm.get("distributedInfo")
+    dist: dict[str, Any] = dist_info if isinstance(dist_info, dict) else {}
     env["world_size"] = meta.get("world_size") or dist.get("world_size") or len(ctx.ranks)
     env["backend"] = dist.get("backend")
     env["command"] = meta.get("command")
@@ -273,7 +276,7 @@ def validate_report(report: dict[str, Any]) -> None:
     jsonschema.validate(report, schema())
 
 
-def load_report(path: str | Path, *, check_version: bool = True) -> dict[str, Any]:
+def load_report(path: str | Path, *, check_version: bool = True, need: str = "summary") -> dict[str, Any]:
     """Read a report file: JSON for ``.json``, else YAML. It must be a mapping of kind
     ``stallscope-report`` with a ``schema_version`` (this one's, unless ``check_version`` is
     False: the gate compares two reports' versions itself) and a ``summary`` mapping; anything
@@ -291,6 +294,13 @@ def load_report(path: str | Path, *, check_version: bool = True) -> dict[str, An
             ) from None
     else:
         doc = read_yaml(p)
+    # Presenting a report needs its summary; planning patches needs only its findings.
+    wanted = dict if need == "summary" else list
+    if isinstance(doc, dict) and not isinstance(doc.get(need), wanted):
+        raise ToolError(
+            f"{p}: not a stallscope report (no `{need}` {'mapping' if wanted is dict else 'list'}); "
+            "make one with stallscope diagnose RUN -o report.yaml"
+        )
     if (
         not isinstance(doc, dict)
         or doc.get("kind", "stallscope-report") != "stallscope-report"
@@ -303,9 +313,5 @@ def load_report(path: str | Path, *, check_version: bool = True) -> dict[str, An
         raise ToolError(
             f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
             f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report"
-        )
-    if not isinstance(doc.get("summary"), dict):
-        raise ToolError(
-            f"{p}: not a stallscope report (no summary mapping); make one with stallscope diagnose RUN -o report.yaml"
         )
     return doc

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -104,7 +105,7 @@ def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ranks.reshape(arr.shape), tie_sum.reshape(arr.shape[:-1])
 
 
-def mann_whitney_greater(base: np.ndarray, current: np.ndarray) -> np.ndarray:
+def mann_whitney_greater(base: ArrayLike, current: ArrayLike) -> np.ndarray:
     """One-sided Mann-Whitney U p-value for "current tends to be larger than base".
 
     Normal approximation with tie and continuity corrections; fine from about 8 samples per

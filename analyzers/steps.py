@@ -7,6 +7,8 @@ out.
 
 from __future__ import annotations
 
+from operator import methodcaller
+
 import numpy as np
 
 from stallscope.analyzers.model import EventTable, Kind, Step
@@ -22,7 +24,7 @@ def find_steps(t: EventTable) -> tuple[list[Step], str | None]:
     (with a notice). Returns ``(steps, notice)``."""
     cpu_like = np.asarray([Kind.CPU_OP, Kind.ANNOTATION], dtype=np.int8)
     for prefix, source in _MARKERS:
-        ids = t.name_ids_matching(lambda s, p=prefix: s.startswith(p))
+        ids = t.name_ids_matching(methodcaller("startswith", prefix))
         if ids.size == 0:
             continue
         rows = np.flatnonzero(np.isin(t.name, ids) & np.isin(t.kind, cpu_like))

@@ -97,7 +97,7 @@ class Plan:
 def _load_report(path: Path) -> dict[str, Any]:
     """The report ``patch plan`` reads: a report file, or a run directory's saved report (diagnosed
     on the spot when it has none; that path loads numpy and the trace decoders)."""
-    return dict(open_report(path, use_saved=True).report)
+    return dict(open_report(path, use_saved=True, need="findings").report)
 
 
 def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:

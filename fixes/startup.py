@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stallscope.fixes.base import Fix, PatchHandle, registered_fixes
-from stallscope.fixes.parity import ParityProbe, check_parity, in_parity_check, unwrap_model
+from stallscope.fixes.parity import ParityProbe, ParityResult, check_parity, in_parity_check, unwrap_model
 from stallscope.profiler import runformat
 from stallscope.profiler.common import ToolError, read_yaml
 
@@ -81,6 +81,11 @@ def patch_entries(doc: Any) -> list[Mapping[str, Any]]:
     return found
 
 
+def _instance(fix: Fix | type[Fix]) -> Fix:
+    """``fix`` itself, or a new instance where it is a class."""
+    return fix() if isinstance(fix, type) else fix
+
+
 class _StartupPatcher:
     """Applies kept fixes to each root module at its first forward, checks parity on that
     first batch, and reverts (with one line on stderr) what fails."""
@@ -88,14 +93,12 @@ class _StartupPatcher:
     def __init__(
         self,
         fix_ids: Sequence[str],
-        fixes: Mapping[str, Any] | None,
+        fixes: Mapping[str, Fix | type[Fix]] | None,
         loaders: Callable[[], list[Any]],
         log: Callable[[str], None],
     ) -> None:
-        registry = dict(fixes) if fixes is not None else dict(registered_fixes())
-        self.fixes = {
-            i: (registry[i]() if isinstance(registry[i], type) else registry[i]) for i in fix_ids if i in registry
-        }
+        registry: dict[str, Fix | type[Fix]] = dict(fixes) if fixes is not None else dict(registered_fixes())
+        self.fixes: dict[str, Fix] = {i: _instance(registry[i]) for i in fix_ids if i in registry}
         self.unknown = [i for i in fix_ids if i not in registry]
         self.loaders = loaders
         self.log = log
@@ -164,13 +167,11 @@ class _StartupPatcher:
                         res = check_parity(model, args, {}, suspender(fix, h), fix.tolerance_for(t), name=t.name)
                         self._report(fix, h, res.passed, res.reason, res)
                     elif module is not None:
-                        ParityProbe(
-                            module,
-                            suspender(fix, h),
-                            fix.tolerance_for(t),
-                            lambda p, r, fix=fix, h=h: self._report(fix, h, r.passed, r.reason, r),
-                            name=t.name,
-                        )
+
+                        def on_result(p: ParityProbe, r: ParityResult, fix: Fix = fix, h: PatchHandle = h) -> None:
+                            self._report(fix, h, r.passed, r.reason, r)
+
+                        ParityProbe(module, suspender(fix, h), fix.tolerance_for(t), on_result, name=t.name)
 
     def _report(self, fix: Fix, handle: PatchHandle, passed: bool, reason: str, result: Any = None) -> None:
         self.results.setdefault(fix.id, []).append(
@@ -198,7 +199,11 @@ class _StartupPatcher:
 
 
 def attach_from_report(
-    report: Path, *, fixes: Mapping[str, Any] | None = None, hooks: Any = None, log: Callable[[str], None] | None = None
+    report: str | Path,
+    *,
+    fixes: Mapping[str, Fix | type[Fix]] | None = None,
+    hooks: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> _StartupPatcher:
     """Apply the fixes an earlier auto-patch run kept (``stallscope run --patch-from``).
 

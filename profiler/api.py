@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from stallscope.profiler import runformat
 from stallscope.profiler.options import ProfileOptions
@@ -96,7 +96,7 @@ class Session:
         if self.recorder is not None and self.recorder.live():
             self.recorder.boundary("api")
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if self.nested or self.recorder is None:
             return False
         from stallscope.profiler import runtime

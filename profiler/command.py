@@ -207,8 +207,9 @@ class RunSummary:
         from rich.text import Text
 
         m = self.meta
-        ex = m.get("exit") or {}
-        style = {"ok": "green", "signal": "yellow"}.get(ex.get("status"), "red")
+        ex: dict[str, Any] = m.get("exit") or {}
+        styles: dict[str | None, str] = {"ok": "green", "signal": "yellow"}
+        style = styles.get(ex.get("status"), "red")
         head = Text.assemble(
             ("stallscope ", "bold"),
             ("run ", ""),

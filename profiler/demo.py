@@ -14,7 +14,7 @@ import argparse
 import io
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from stallscope.profiler.command import ProfileResult, profile_command
 from stallscope.profiler.options import ProfileOptions
@@ -34,8 +34,8 @@ def run_demo(out: Optional[Path] = None, quiet: bool = False, diagnose: bool = T
     return profile_command(cmd, options, out=out, diagnose=diagnose, quiet=quiet)
 
 
-def _build(torch):  # noqa: ANN001 - torch passed in so that importing this module stays cheap
-    nn = torch.nn
+def _build(torch: Any) -> Any:  # torch passed in so that importing this module stays cheap
+    nn: Any = torch.nn  # a module from the argument: its classes are bases below
 
     class GroupRational(nn.Module):
         """Group-rational activation: y = P(x) / (1 + |Q(x)|), coefficients shared per channel group.
@@ -140,6 +140,8 @@ def main(argv: Optional[list] = None) -> int:
         torch.set_num_threads(1)
     samples = _make_jpegs(128, 192, seed=0)
 
+    # Image.BICUBIC & co.: Pillow sets these module constants in a loop mypy cannot follow (hence the
+    # ignores below); Image.Resampling would need Pillow 9.1, and the project allows 9.0.
     class JpegDataset(Dataset):
         def __len__(self) -> int:
             return len(samples)
@@ -151,13 +153,13 @@ def main(argv: Optional[list] = None) -> int:
             w, h = img.size
             cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((128, 128), Image.BICUBIC)
+            img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((128, 128), Image.BICUBIC)  # type: ignore[attr-defined]
             if rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)  # type: ignore[attr-defined]
             img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
             img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.3))
             img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 1.5))))
-            img = img.resize((32, 32), Image.BILINEAR)
+            img = img.resize((32, 32), Image.BILINEAR)  # type: ignore[attr-defined]
             arr = np.asarray(img, dtype=np.float32) / 255.0
             t = torch.from_numpy(arr).permute(2, 0, 1)
             return (t - 0.5) / 0.25, label

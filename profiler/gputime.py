@@ -62,7 +62,7 @@ class GpuTimer:
         self._query_lock = threading.Lock()
         self._stream_key: Any = None
         self._stream: Any = None
-        self._C = getattr(torch, "_C", None)
+        self._C: Any = getattr(torch, "_C", None)  # None: record() takes the AttributeError path
 
     # ------------------------------------------------------------------ device
     def check(self) -> bool:

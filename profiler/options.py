@@ -110,7 +110,7 @@ class ProfileOptions:
             raw = env.get(_ENV[f.name])
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind: type[Any] = type(f.default)  # every field has a default
             if kind is bool:
                 values[f.name] = raw.strip() not in ("0", "false", "False", "no")
                 continue

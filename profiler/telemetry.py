@@ -241,7 +241,8 @@ class Sampler:
         reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None
         )
-        reasons = self._read("clock_event_reasons", lambda: reasons_fn(h))  # None -> TypeError -> unavailable
+        # None -> TypeError -> unavailable (_read reports it so)
+        reasons = self._read("clock_event_reasons", lambda: reasons_fn(h))  # type: ignore[misc]
         power = self._read("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
         row = [
             t_ns,

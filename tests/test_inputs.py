@@ -56,7 +56,7 @@ def test_a_run_directory_can_give_its_saved_report(tmp_path: Path, diagnosed: tu
     ("r.yaml", "just text", "not a stallscope report"),
     ("r.json", "{broken", "not a readable JSON report"),
     ("r.yaml", "schema_version: 7\nsummary: {}\n", "schema_version 7"),
-    ("r.yaml", "schema_version: 1\n", "no summary"),
+    ("r.yaml", "schema_version: 1\n", "no `summary` mapping"),
 ])
 def test_bad_inputs_are_one_line_errors_naming_the_path(tmp_path: Path, name: str, content: str | None, message: str) -> None:
     path = tmp_path / name

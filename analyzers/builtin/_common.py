@@ -54,7 +54,7 @@ def window_ns(rank: RankData) -> tuple[int, int]:
         ev = rank.events
         start, end = rank.steps[0].start_ns, rank.steps[-1].end_ns
         cpu_ns = int(sum(s.end_ns - s.start_ns for s in rank.steps))
-        gpu = (
+        gpu: np.ndarray | list[int] = (
             np.flatnonzero(np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0))
             if len(ev)
             else []
@@ -199,7 +199,7 @@ def top_counts(items: Iterable[Any], n: int = 5) -> list[Any]:
     for it in items:
         if it is not None:
             counts[it] = counts.get(it, 0) + 1
-    return sorted(counts, key=counts.get, reverse=True)[:n]
+    return sorted(counts, key=counts.__getitem__, reverse=True)[:n]
 
 
 def peaks(ctx: AnalysisContext) -> GpuPeaks | None:
@@ -283,4 +283,4 @@ class IntervalIndex:
     def of_rows(ev: EventTable, rows: np.ndarray) -> IntervalIndex:  # type: ignore[misc]
         return IntervalIndex(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
 
-    of_rows = staticmethod(of_rows)  # type: ignore[assignment]
+    of_rows = staticmethod(of_rows)

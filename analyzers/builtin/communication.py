@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from stallscope.analyzers.base import Analyzer, Finding, Impact, register
+from stallscope.analyzers.base import Analyzer, Finding, Impact, Severity, register
 from stallscope.analyzers.builtin._common import covered_ns, grade
 from stallscope.analyzers.model import AnalysisContext, Kind, RankData
 
@@ -311,7 +311,7 @@ def _straggler(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     waits: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for inst in instances:
         durs = {r: c.dur_ns for r, c in inst.items()}
-        last = min(durs, key=durs.get)
+        last = min(durs, key=durs.__getitem__)
         if max(durs.values()) - durs[last] <= 0:
             continue
         late[last] += 1
@@ -320,7 +320,7 @@ def _straggler(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
                 waits[(last, r)].append((c.ts_ns, c.ts_ns + c.dur_ns - durs[last]))
     if not late:
         return None
-    who = max(late, key=late.get)
+    who = max(late, key=late.__getitem__)
     share_late = late[who] / len(instances)
     peers_waits = [
         covered_ns(np.array([a for a, _ in iv]), np.array([b for _, b in iv]))
@@ -450,7 +450,7 @@ def _cause(ctx: AnalysisContext, who: int, wait_ms: float) -> tuple[str, dict[st
         if deficit > 0.05 or throttled:
             # A clock deficit slows the compute it runs: charge it the compute excess it explains.
             excess["gpu-health"] = max(excess["compute"], 0.0) + deficit * _per_step(me, "compute_ms")
-    cause = max(excess, key=excess.get)
+    cause = max(excess, key=excess.__getitem__)
     best = excess[cause]
     if best <= 0:
         return "unknown", ev, 0.4
@@ -470,7 +470,7 @@ def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     if not rates or peak is None:
         return None
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    worst = min(med, key=med.get)
+    worst = min(med, key=med.__getitem__)
     if med[worst] >= SLOW_LINK_FRACTION * peak:
         return None
     comm_ms = sum(b.comm_exposed_ms for rd in ctx.ranks for b in rd.breakdown) / max(
@@ -534,7 +534,7 @@ def _bandwidth(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
             id="comm-bandwidth",
             category="communication",
             title="Collective bandwidth (nccl-tests bus bandwidth of the last arriver)",
-            severity="info",
+            severity=Severity.INFO,
             impact=Impact(0.0, 0.0),
             evidence={"by_collective": table, "link_peak_busbw_gbps": LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")},
             where={"ranks": sorted(instances[0])},
@@ -563,7 +563,7 @@ def _hangs(
             id="comm-hang-risk",
             category="communication",
             title="Collectives that waited for seconds or never finished (hang evidence)",
-            severity="high",
+            severity=Severity.HIGH,
             impact=Impact(0.0, 0.0),
             evidence=evidence,
             where={"ranks": sorted(stuck)},

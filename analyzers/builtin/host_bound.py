@@ -146,7 +146,7 @@ class HostBound(Analyzer):
         ]
 
 
-def untraced_share(rd, trace_step_ms: float, trace_idle_ms: float) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+def untraced_share(rd, trace_step_ms: float, trace_idle_ms: float) -> tuple[float, dict]:
     """(fraction of the trace's host idle that also exists without the profiler, evidence).
 
     (1.0, {}) when the run has no untraced steps to compare with (a plain trace)."""

@@ -140,7 +140,7 @@ WORKER_SATURATED_PCT = 85.0
 FEW_WORKERS_WITHOUT_CORE_COUNT = 4
 
 
-def _window_host(rd) -> dict | None:  # type: ignore[no-untyped-def]
+def _window_host(rd) -> dict | None:
     host = rd.host
     if not host or "t_ns" not in host:
         return None
@@ -162,7 +162,7 @@ def _window_host(rd) -> dict | None:  # type: ignore[no-untyped-def]
     }
 
 
-def _image_like_float_h2d(rd) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
+def _image_like_float_h2d(rd) -> tuple[float, float | None]:
     """(HtoD MB per step, bytes per sample of float32 image-shaped copies or None)."""
     ev = rd.events
     rows = ev.rows_named(lambda s: "HtoD" in s, Kind.MEMCPY)

@@ -62,7 +62,7 @@ _MATMUL_OPS = {
 }
 
 
-def _fp32_op(ev, op: int) -> bool:  # type: ignore[no-untyped-def]
+def _fp32_op(ev, op: int) -> bool:
     if op < 0 or ev.name_of(op) not in _MATMUL_OPS:
         return False
     types = [t for t in (ev.extra.get(op, {}).get("input_types") or []) if t not in ("Scalar", "", "ScalarList")]
@@ -125,7 +125,7 @@ class Precision(c.PerRank):
         ]
 
     @staticmethod
-    def _fp32_kernel_rows(ev, kernels: np.ndarray) -> list[int]:  # type: ignore[no-untyped-def]
+    def _fp32_kernel_rows(ev, kernels: np.ndarray) -> list[int]:
         """Kernel rows (in ``kernels`` order) that are fp32 GEMMs/convs off the tensor cores.
 
         Name tests run once per distinct kernel name; only rows whose name is a GEMM without a

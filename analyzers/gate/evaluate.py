@@ -122,6 +122,7 @@ def _evaluate_samples(
                 f"{side} report has no per-step samples at {parent}.samples (rule {rule.name!r}); regenerate it with stallscope diagnose, which keeps them"
             )
     b, c = sides
+    assert b is not None and c is not None  # a missing side raised above
     test = rule.test or ("mann-whitney" if statistic in ("median", "mean") else "bootstrap")
     if min(len(b), len(c)) < config.min_samples:
         return _result(
@@ -241,7 +242,8 @@ def evaluate_findings(rule: FindingRule, base: dict[str, Any], current: dict[str
         return RuleResult(rule.name, "findings", "skipped", "finding rule turned off (fail_on_new: off)")
     base_ids = {str(f.get("id")) for f in _findings_of(base, "baseline") if isinstance(f, dict)}
     floor = SEVERITY_RANK[rule.fail_on_new]
-    new, allowed = [], []
+    new: list[str] = []
+    allowed: list[str] = []
     for f in _findings_of(current, "current"):
         if not isinstance(f, dict) or str(f.get("id")) in base_ids:
             continue

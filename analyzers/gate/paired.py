@@ -124,7 +124,8 @@ def run_rounds(
     announce: Callable[[str], None] = lambda s: None,
 ) -> tuple[list[dict], list[dict]]:
     """Run A B A B ... ``rounds`` times; return the per-round reports of each side."""
-    base, head = [], []
+    base: list[dict] = []
+    head: list[dict] = []
     for i in range(1, rounds + 1):
         for label, cmd, bucket in (("base", base_cmd, base), ("head", head_cmd, head)):
             run_dir = workdir / f"{label}-{i}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -70,7 +71,7 @@ class GaussianField:
     def _kgrid(self, size: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
         axes = [torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64, device=device) for n in size]
         grids = torch.meshgrid(*axes, indexing="ij")
-        return torch.sqrt(sum(g**2 for g in grids))
+        return torch.sqrt(cast(torch.Tensor, sum(g**2 for g in grids)))  # size is never empty: a tensor sum
 
     def _power(self, k: torch.Tensor) -> torch.Tensor:
         return (1.0 + (k / self.k0) ** 2) ** (-self.alpha / 2.0)

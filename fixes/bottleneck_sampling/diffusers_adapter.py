@@ -64,6 +64,7 @@ def why_not(pipe: Any) -> str | None:
     sched = getattr(pipe, "scheduler", None)
     if type(sched).__name__ != "FlowMatchEulerDiscreteScheduler":
         return f"{name} uses {type(sched).__name__}; bottleneck sampling needs FlowMatchEulerDiscreteScheduler"
+    assert sched is not None  # its class name matched
     cfg = sched.config
     for flag in (
         "use_karras_sigmas",

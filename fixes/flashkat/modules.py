@@ -18,7 +18,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -275,8 +275,9 @@ def _fast_adapter(original: Callable[..., torch.Tensor]):
             return original(x, numerator, denominator, num_groups, *args, **kwargs)
         return fast_rational(x, numerator, denominator)
 
-    rational.__wrapped__ = original
-    rational.stallscope_fast = True
+    # Marks read back with getattr (inspect.unwrap, use_fast_kernels); mypy has no function attributes.
+    rational.__wrapped__ = original  # type: ignore[attr-defined]
+    rational.stallscope_fast = True  # type: ignore[attr-defined]
     return rational
 
 
@@ -302,7 +303,7 @@ def use_fast_kernels(module: nn.Module) -> FastKernelHandle:
     num_name, den_name = _coefficient_pair(module)
     if num_name == "weight_numerator":
         original = module.__dict__.get("rational", _MISSING)
-        current = module.rational
+        current = cast(Callable[..., torch.Tensor], module.rational)  # why_not_fast checked it is callable
         if getattr(current, "stallscope_fast", False):
             return FastKernelHandle(module, "rational", original, restored=False)
         object.__setattr__(module, "rational", _fast_adapter(current))

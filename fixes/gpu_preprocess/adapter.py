@@ -14,12 +14,15 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import default_collate
 
 from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, PackedImages, PackedJpegs, pil_decode_hwc
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 __all__ = [
     "read_bytes",
@@ -131,7 +134,7 @@ class GpuPreprocessLoader:
                     worker.join(timeout=0.05)
 
 
-def _patched_class(cls: type) -> type:
+def _patched_class(cls: type[DataLoader]) -> type:
     cached = _PATCHED.get(cls)
     if cached is None:
 

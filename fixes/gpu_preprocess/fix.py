@@ -65,6 +65,7 @@ class GpuPreprocessFix(Fix):
                 f"dataset {type(dataset).__name__} decodes inside __getitem__ (no .loader/.transform attributes); "
                 "wrap a bytes-yielding loader in stallscope.fixes.gpu_preprocess.GpuPreprocessLoader instead"
             )
+        assert dataset is not None  # it has a callable .loader
         if getattr(dataset, "target_transform", None) is not None and not callable(dataset.target_transform):
             return "target_transform is not callable"
         from torch.utils.data import default_collate

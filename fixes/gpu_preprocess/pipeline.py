@@ -208,7 +208,10 @@ def random_resized_crop_params(
     log_ratio = torch.log(torch.tensor(ratio))  # float32 as torchvision: same draws for the same seed
     for _ in range(10):
         target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        # 0-dim tensor bounds, as torchvision passes them (torch reads them as doubles; its stub says float)
+        aspect = torch.exp(
+            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)  # type: ignore[arg-type]
+        ).item()
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
@@ -281,7 +284,9 @@ def geometry_for(
         raise Unsupported(f"output sizes differ within the batch {sorted(out_sizes)}; add a CenterCrop or fixed Resize")
     cols = list(zip(*rows, strict=False))
     as_long = lambda c: torch.tensor(c, dtype=torch.long)  # noqa: E731
-    return Geometry(*(as_long(c) for c in cols[:8]), torch.tensor(cols[8], dtype=torch.bool), out_sizes.pop())
+    tops, lefts, heights, widths, resize_hs, resize_ws, out_tops, out_lefts = (as_long(c) for c in cols[:8])
+    flips = torch.tensor(cols[8], dtype=torch.bool)
+    return Geometry(tops, lefts, heights, widths, resize_hs, resize_ws, out_tops, out_lefts, flips, out_sizes.pop())
 
 
 def pil_decode_hwc(data: bytes | torch.Tensor) -> torch.Tensor:

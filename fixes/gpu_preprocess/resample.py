@@ -12,6 +12,8 @@ sample's crop box. Out-of-image rows of a centre crop get zero weights (torchvis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["Geometry", "pil_bilinear_weights", "resample_batch", "pad_batch"]
@@ -25,29 +27,38 @@ class Geometry:
     (``resize_h``, ``resize_w``); then the output window (``out_top``, ``out_left``) of fixed size
     ``out_size`` = (h, w) inside the resized image; then ``flip`` (bool)."""
 
-    def __init__(self, top, left, height, width, resize_h, resize_w, out_top, out_left, flip, out_size):
+    def __init__(
+        self,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        height: torch.Tensor,
+        width: torch.Tensor,
+        resize_h: torch.Tensor,
+        resize_w: torch.Tensor,
+        out_top: torch.Tensor,
+        out_left: torch.Tensor,
+        flip: torch.Tensor,
+        out_size: Sequence[int],
+    ) -> None:
         self.top, self.left, self.height, self.width = top, left, height, width
         self.resize_h, self.resize_w = resize_h, resize_w
         self.out_top, self.out_left, self.flip = out_top, out_left, flip
         self.out_size = (int(out_size[0]), int(out_size[1]))
 
     def to(self, device: torch.device) -> Geometry:
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
         return Geometry(
-            *(
-                move(t)
-                for t in (
-                    self.top,
-                    self.left,
-                    self.height,
-                    self.width,
-                    self.resize_h,
-                    self.resize_w,
-                    self.out_top,
-                    self.out_left,
-                    self.flip,
-                )
-            ),
+            move(self.top),
+            move(self.left),
+            move(self.height),
+            move(self.width),
+            move(self.resize_h),
+            move(self.resize_w),
+            move(self.out_top),
+            move(self.out_left),
+            move(self.flip),
             self.out_size,
         )
 

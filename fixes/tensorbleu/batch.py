@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["sentence_bleu_batch", "corpus_bleu_batch", "suggestion", "SUGGESTION"]
 
@@ -47,8 +47,8 @@ def _encode(list_of_references: Sequence[Sequence[Sequence[Hashable]]], hypothes
         )
     vocabulary: dict[Any, int] = {}
 
-    def ids(tokens: Sequence[Hashable]) -> list[int]:
-        out = []
+    def ids(tokens: Sequence[Hashable]) -> list[tuple[str, Hashable]]:
+        out: list[tuple[str, Hashable]] = []
         for t in tokens:
             if isinstance(t, int) and not isinstance(t, bool) and t >= 0:
                 out.append(("int", t))
@@ -64,9 +64,9 @@ def _encode(list_of_references: Sequence[Sequence[Sequence[Hashable]]], hypothes
         kind == "int" for refs in ref_rows for row in refs for kind, _ in row
     )
 
-    def as_ids(row: list[tuple[str, Any]]) -> list[int]:
-        if ints_only:
-            return [t for _, t in row]
+    def as_ids(row: list[tuple[str, Hashable]]) -> list[int]:
+        if ints_only:  # every token is tagged "int": a non-negative int
+            return cast(list[int], [t for _, t in row])
         return [vocabulary.setdefault(item, len(vocabulary)) for item in row]
 
     hyp_ids = [as_ids(r) for r in hyp_rows]
