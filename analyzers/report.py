@@ -294,24 +294,22 @@ def load_report(path: str | Path, *, check_version: bool = True, need: str = "su
             ) from None
     else:
         doc = read_yaml(p)
+    if not isinstance(doc, dict) or doc.get("kind", "stallscope-report") != "stallscope-report":
+        raise ToolError(f"{p}: not a stallscope report; pass a report written by stallscope diagnose")
+    if "schema_version" in doc and check_version and doc["schema_version"] != SCHEMA_VERSION:
+        raise ToolError(
+            f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
+            f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report"
+        )
     # Presenting a report needs its summary; planning patches needs only its findings.
     wanted = dict if need == "summary" else list
-    if isinstance(doc, dict) and not isinstance(doc.get(need), wanted):
+    if not isinstance(doc.get(need), wanted):
         raise ToolError(
             f"{p}: not a stallscope report (no `{need}` {'mapping' if wanted is dict else 'list'}); "
             "make one with stallscope diagnose RUN -o report.yaml"
         )
-    if (
-        not isinstance(doc, dict)
-        or doc.get("kind", "stallscope-report") != "stallscope-report"
-        or "schema_version" not in doc
-    ):
+    if "schema_version" not in doc:
         raise ToolError(
             f"{p}: not a stallscope report (no schema_version); pass a report written by stallscope diagnose"
-        )
-    if check_version and doc.get("schema_version") != SCHEMA_VERSION:
-        raise ToolError(
-            f"{p}: unknown report schema_version {doc.get('schema_version')!r}; this stallscope reads "
-            f"version {SCHEMA_VERSION}: upgrade stallscope or regenerate the report"
         )
     return doc

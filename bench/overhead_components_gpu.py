@@ -8,6 +8,7 @@ nearly off (0.1 Hz), so the step hooks' cost on the training thread and the samp
 share of the GIL separate; the CUDA calls the recorder makes per step are timed alone. Each
 figure is the median of 5 repetitions of 20000 calls.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -53,7 +54,8 @@ def main() -> None:
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python3 bench/overhead_components_gpu.py",
-        "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": str(torch.__version__),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "unit": "microseconds per call",
     }
     res["optimizer_step_bare_us"] = per_call_us(opt.step)
@@ -115,7 +117,7 @@ def main() -> None:
                     del rec.boundary  # the class's method again
             if label == "sampler_25hz" and rec is not None and rec.sampler is not None:
                 res["sampler_sample_once_us"] = per_call_us(rec.sampler.sample_once, n=200)
-                res["sampler_tick_us"] = per_call_us(rec.tick, n=200)
+                res["sampler_tick_us"] = per_call_us(rec.upkeep.tick, n=200)
     bare = res["optimizer_step_bare_us"]
     res["light_added_us_per_step_sampler_off"] = round(res["optimizer_step_light_sampler_off_us"] - bare, 3)
     res["light_added_us_per_step_sampler_25hz"] = round(res["optimizer_step_light_sampler_25hz_us"] - bare, 3)

@@ -8,8 +8,8 @@ the trace window starts and stops. The work is done by collaborators that own th
   (light mode never synchronizes the GPU);
 * :class:`~profiler.window.TraceWindow`: the Kineto window, its export and its cost;
 * :class:`~profiler.rankfiles.RankFiles`: the rank folder's files;
-* :class:`~profiler.telemetry.Sampler`: host and NVML samples on a background thread, which
-  also flushes the files (:meth:`Recorder.tick`).
+* :class:`~profiler.telemetry.Sampler`: host and NVML samples on a background thread, whose
+  ticks drive :class:`~profiler.upkeep.Upkeep` (heartbeat, late CUDA events, periodic flush).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from stallscope.profiler.ranks import (
 )
 from stallscope.profiler.steps import StepLog
 from stallscope.profiler.telemetry import Sampler
+from stallscope.profiler.upkeep import Upkeep
 from stallscope.profiler.window import TraceWindow
 
 __all__ = ["Recorder", "SOURCE_RANK"]
@@ -44,14 +45,9 @@ __all__ = ["Recorder", "SOURCE_RANK"]
 # Higher wins: an explicit call beats the user's prof.step(), which beats optimizer steps, which
 # beat outermost module calls.
 SOURCE_RANK = {"module": 1, "optimizer": 2, "profiler_step": 3, "api": 4}
-FLUSH_PERIOD_S = 5.0
-STATUS_PERIOD_S = 0.5
 # Finished CUDA events are read on the training thread at most this often, in one batch (warm code
 # and data; no second thread calling into the CUDA driver while this one launches kernels).
 POLL_PERIOD_NS = 40_000_000
-# The sampler thread reads them only when the training thread has not for this long (a long step,
-# a stall, the end of the run), so steps.csv never waits on a paused loop.
-POLL_STALE_NS = 1_000_000_000
 
 
 class Recorder(HookEvents):
@@ -112,8 +108,7 @@ class Recorder(HookEvents):
         # Phase ranges are made only while someone reads them (NVTX listener or the window); one
         # flag, so the hooks on the hot path test one attribute.
         self.phases_on = self.phases.nvtx_on
-        self._last_flush = 0.0
-        self._last_status = 0.0
+        self.upkeep = Upkeep(self)
 
     # ------------------------------------------------------------------ basics
     def live(self) -> bool:
@@ -162,7 +157,7 @@ class Recorder(HookEvents):
             worker_pids=hooks.worker_pids,
             pcie_period_s=opts.pcie_period_s,
         )
-        self.sampler.on_tick(self.tick)
+        self.sampler.on_tick(self.upkeep.tick)
         if self.gpu.check() and self.gpu.props is not None:
             self.sampler.device = (self.gpu.props["index"], self.gpu.props.get("uuid"))
         self.sampler.start()
@@ -317,63 +312,10 @@ class Recorder(HookEvents):
         return self.window.slowdown(self.log.walls, self.log.window_flags)
 
     # ------------------------------------------------------------------ files
-    def tick(self) -> None:
-        """Sampler-thread housekeeping: read finished CUDA events, heartbeat, periodic flush."""
-        self.log.drain(self.source)
-        if self.gpu.pending and time.time_ns() - self._polled_ns > POLL_STALE_NS:
-            self.gpu.poll()
-        now = time.monotonic()
-        if now - self._last_status >= STATUS_PERIOD_S:
-            self._last_status = now
-            self.write_status()
-        if self.log.dirty and now - self._last_flush >= FLUSH_PERIOD_S:
-            self.flush()
-
-    def write_status(self) -> None:
-        """Rewrite the heartbeat ``.status.json`` (read by the parent's live status line)."""
-        if self.files is None or not self.live():
-            return
-        self.files.write_status(
-            {
-                "rank": self.rank,
-                "pid": self.pid,
-                "steps": self.index,
-                "last_step_ms": self.log.last_wall_ms,
-                "gpu_util_pct": self.sampler.last_gpu_util if self.sampler else None,
-                "window": self.window.state,
-                "t_ns": time.time_ns(),
-            }
-        )
-
     def rank_info(self, final: bool = True) -> dict:
         """The content of rank.yaml (``final``: with the window's slowdown figures)."""
         self.log.drain(self.source)
         return rank_info(self, final)
-
-    def flush(self, final: bool = False) -> None:
-        """Append the settled steps and new samples to the CSV files and rewrite rank.yaml.
-
-        Each row is written once; the cost of a flush is proportional to what is new.
-        """
-        files = self.files
-        if files is None:
-            return
-        self.log.drain(self.source)
-        with self.log.lock:
-            self._last_flush = time.monotonic()
-            try:
-                ready = self.log.take_settled()
-                if ready or final:
-                    files.steps.append(ready)
-                if self.sampler is not None:
-                    host, nvml = self.sampler.take_rows()
-                    if self.sampler.host_available:
-                        files.host.append(host)
-                    if nvml:
-                        files.nvml.append(nvml)
-                files.write_info(self.rank_info(final=final))
-            except Exception as exc:
-                sys.stderr.write(f"stallscope: could not write {files.folder}: {exc}\n")
 
     # ------------------------------------------------------------------ end
     def finish(self, error: Optional[str] = None) -> None:
@@ -394,7 +336,7 @@ class Recorder(HookEvents):
             if self.sampler is not None:
                 self.sampler.stop()
             self.gpu.finish()
-            self.flush(final=True)
+            self.upkeep.flush(final=True)
             if self.files is not None:
                 self.files.remove_status()
 

@@ -1,6 +1,7 @@
 """The recorder's short path for steady-state steps: each step is one mark on the training thread,
 made into its row later. Driven by a scripted clock (every boundary gets its end time), so the
 rows can be checked exactly against the steps that were run."""
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,13 @@ def recorder(tmp_path: Path, skip: int, steps: int = 3, gpu: GpuTimer | None = N
     # the sampler thread ticks every 10 s: the marks wait for a reader the test controls;
     # the CPU path on every build (no CUDA event per step) unless a scripted GPU is given
     gpu = gpu or GpuTimer(torch, lambda message: None, enabled=False)
-    rec = Recorder(ProfileOptions(skip=skip, steps=steps, nvml=False, sample_hz=0.1), tmp_path,
-                   rank_dir=tmp_path / "rank0", origin="api", gpu=gpu)
+    rec = Recorder(
+        ProfileOptions(skip=skip, steps=steps, nvml=False, sample_hz=0.1),
+        tmp_path,
+        rank_dir=tmp_path / "rank0",
+        origin="api",
+        gpu=gpu,
+    )
     rec.origin_ns = 1  # the scripted clock starts here
     return rec
 
@@ -145,8 +151,8 @@ def test_finished_events_are_read_in_batches_on_the_training_thread(tmp_path: Pa
     settled = [row for row in rec.log.rows if row[8]]
     assert len(settled) == len(reads) < 40 and all(row[4] == 2.0 for row in settled)  # each step its own pair
     rec._polled_ns = time.time_ns()  # (the scripted clock is not the wall clock the sampler reads)
-    rec.tick()  # the sampler thread leaves fresh events to the training thread
+    rec.upkeep.tick()  # the sampler thread leaves fresh events to the training thread
     assert len(reads) < 40
     rec._polled_ns -= 2 * 10**9  # ... unless the training thread has not read them for a while
-    rec.tick()
+    rec.upkeep.tick()
     assert len(reads) == 40 and all(row[4] == 2.0 for row in rec.log.rows)
