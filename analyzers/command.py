@@ -18,7 +18,7 @@ from stallscope.analyzers.annotate import write_annotated_trace
 from stallscope.analyzers.deep import deepen_report
 from stallscope.analyzers.inputs import open_report
 from stallscope.analyzers.render import FixAdvice, ReportView, to_markdown
-from stallscope.profiler.common import ToolError, atomic_write_text
+from stallscope.profiler.common import ToolError, atomic_write_text, check_outputs
 
 __all__ = ["FORMATS", "diagnose_command", "format_report"]
 
@@ -61,6 +61,7 @@ def diagnose_command(
     if fmt not in FORMATS:
         raise ToolError(f"--format {fmt!r}: unknown format; use one of {', '.join(FORMATS)}")
     target = Path(target)
+    check_outputs({"--output": output, "--annotated-trace": annotated_trace}, (target,))
     report, ctx = open_report(target, debug=debug)
     extra: list[str] = []
     if deep or annotated_trace is not None:

@@ -109,7 +109,8 @@ def _finish(ctx: AnalysisContext) -> AnalysisContext:
 
 def _load_run_dir(root: Path) -> AnalysisContext:
     meta = runformat.read_meta(root)
-    notices: list[str] = [str(n) for n in meta.get("notices", []) or []]
+    raw = meta.get("notices") or []
+    notices: list[Any] = list(raw[:100]) if isinstance(raw, list) else [raw]
     ranks: list[RankData] = []
     for r, folder in runformat.rank_dirs(root):
         trace = runformat.rank_trace(folder)

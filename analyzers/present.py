@@ -9,7 +9,7 @@ from stallscope.analyzers.compare import compare_reports
 from stallscope.analyzers.html import render_html
 from stallscope.analyzers.inputs import open_report
 from stallscope.analyzers.render import FixAdvice
-from stallscope.profiler.common import ToolError, atomic_write_text, write_yaml
+from stallscope.profiler.common import ToolError, atomic_write_text, check_outputs, write_yaml
 
 __all__ = ["COMPARE_FORMATS", "compare_command", "report_command"]
 
@@ -22,8 +22,7 @@ def report_command(
     """Write the self-contained HTML report of ``target`` (run directory, trace or report);
     ``fix_advice(fix_id)`` is shown under the findings that name a fix."""
     out = Path(html_path)
-    if out.is_dir():
-        raise ToolError(f"{out}: is a directory; pass a file name such as {out / 'report.html'}")
+    check_outputs({"--html": out}, (target,))
     report, ctx = open_report(target, debug=debug)
     atomic_write_text(out, render_html(report, ctx, fix_advice=fix_advice))
     print(f"HTML report written to {out}")
@@ -36,6 +35,7 @@ def compare_command(
     """Compare A (before) with B (after); print in ``fmt``; write YAML/markdown to ``output``."""
     if fmt not in COMPARE_FORMATS:
         raise ToolError(f"--format {fmt!r}: unknown format; use one of {', '.join(COMPARE_FORMATS)}")
+    check_outputs({"--output": output}, (a, b))
     comparison = compare_reports(open_report(a, debug=debug).report, open_report(b, debug=debug).report)
     if output is not None:
         out = Path(output)

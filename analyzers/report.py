@@ -193,6 +193,22 @@ def _per_rank(ctx: AnalysisContext) -> list[dict[str, Any]]:
     return out
 
 
+# A report says what it could not do in a few lines; notices come partly from files we did not
+# write (meta.yaml), so their number and length are capped.
+MAX_NOTICES = 50
+MAX_NOTICE_CHARS = 500
+
+
+def bounded_notices(notices: list[Any]) -> list[str]:
+    """Distinct notices as strings, each cut to ``MAX_NOTICE_CHARS``, at most ``MAX_NOTICES``
+    (the last line then says how many were left out)."""
+    out = list(dict.fromkeys(n if isinstance(n, str) else repr(n)[:MAX_NOTICE_CHARS] for n in notices))
+    out = [n if len(n) <= MAX_NOTICE_CHARS else n[: MAX_NOTICE_CHARS - 1] + "…" for n in out]
+    if len(out) > MAX_NOTICES:
+        out = out[: MAX_NOTICES - 1] + [f"{len(out) - MAX_NOTICES + 1} more notices left out"]
+    return out
+
+
 def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, Any]:
     """Run the analyzers on a loaded context and assemble the report dict."""
     result = run_analyzers(ctx, debug=debug)
@@ -237,7 +253,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
         "top_kernels": _top_kernels(ctx),
         "findings": [f.to_dict() for f in result.findings],
         "analyzers": {"ran": result.ran, "skipped": result.skipped, "failed": result.failed},
-        "notices": list(dict.fromkeys(ctx.notices)),
+        "notices": bounded_notices(ctx.notices),
     }
     if len(ctx.ranks) > 1:
         report["per_rank"] = _per_rank(ctx)

@@ -19,7 +19,7 @@ from stallscope.analyzers.gate.rules import GateConfig, load_config
 from stallscope.analyzers.gate.verdict import Verdict
 from stallscope.analyzers.inputs import open_report
 from stallscope.analyzers.report import SCHEMA_VERSION as SUPPORTED_REPORT_SCHEMA
-from stallscope.profiler.common import ToolError, atomic_write_bytes, write_yaml
+from stallscope.profiler.common import ToolError, atomic_write_bytes, check_outputs, write_yaml
 
 __all__ = ["SUPPORTED_REPORT_SCHEMA", "emit", "gate_command", "judge", "load_report", "update_baseline"]
 
@@ -119,6 +119,8 @@ def gate_command(
 
     With ``update``, CURRENT becomes the baseline (atomic copy) and the exit code is 0.
     """
+    if not update:
+        check_outputs({"--output": output, "--junit": junit}, (current, baseline, config))
     if update:
         written = update_baseline(current, baseline)
         if not quiet:

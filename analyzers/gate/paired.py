@@ -26,7 +26,7 @@ import numpy as np
 from stallscope.analyzers.gate.command import emit, judge, load_report
 from stallscope.analyzers.gate.rules import load_config
 from stallscope.analyzers.stats import summary
-from stallscope.profiler.common import ToolError
+from stallscope.profiler.common import ToolError, check_outputs
 
 __all__ = ["ab_command", "pool_reports", "profile_run", "run_rounds"]
 
@@ -153,6 +153,7 @@ def ab_command(
         raise ToolError(f"--rounds must be at least 1, got {rounds}")
     if warmup < 0:
         raise ToolError(f"--warmup must be >= 0, got {warmup}")
+    check_outputs({"--output": output, "--junit": junit}, (config,))
     cfg = load_config(config)
     base_argv, head_argv = _split(base_cmd, "--base-cmd"), _split(head_cmd, "--head-cmd")
     extra_args = _split(profile_args, "--profile-args") if profile_args.strip() else []
