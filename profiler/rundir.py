@@ -82,12 +82,11 @@ def prepare_run_dir(out: Path, shared: bool = False) -> list[Path]:
         for d in reversed(missing):
             try:
                 d.mkdir()
-            except FileExistsError:
-                if not (shared and d.is_dir()):  # another task of the same job made it first
-                    raise
+            except FileExistsError:  # another stallscope made it first: the claim below decides
                 continue
             created.append(d)
-        probe = out / ".stallscope-write-probe"
+        # A probe name of this process's own: the tasks of one job start at the same moment.
+        probe = out / f".stallscope-write-probe.{socket.gethostname()}.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -96,7 +95,30 @@ def prepare_run_dir(out: Path, shared: bool = False) -> list[Path]:
         raise ToolError(
             f"--out {out}: cannot write the run directory there ({reason}); choose a writable path"
         ) from None
+    if not shared:
+        _claim(out)
     return created
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` this run's, atomically (``O_EXCL``): of two runs started into the same empty
+    folder one wins; the other stops with exit 2 and touches nothing, not even a folder it made
+    (the winner may already be writing into it)."""
+    marker = out / runformat.CLAIM
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ToolError(
+            f"--out {out}: another stallscope run claimed this folder first; choose a new run directory path"
+        ) from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+    entries = [
+        e for e in out.iterdir() if e.name != runformat.CLAIM and not e.name.startswith(".stallscope-write-probe")
+    ]
+    if entries:  # something arrived between the emptiness check and the claim
+        marker.unlink()
+        raise ToolError(f"--out {out}: folder is not empty; choose a new run directory path")
 
 
 def remove_created(created: list[Path]) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "TRACE",
     "TRACE_PLAIN",
     "STATUS",
+    "CLAIM",
     "PROCS",
     "EXTRA_PROCESSES",
     "STEP_FIELDS",
@@ -86,6 +87,7 @@ NVML_CSV = "nvml.csv"
 TRACE = "trace.json.gz"
 TRACE_PLAIN = "trace.json"  # accepted when reading (a user may have unpacked the trace)
 STATUS = ".status.json"
+CLAIM = ".stallscope-claim"  # the O_EXCL marker that makes a run directory one run's (host, pid)
 PROCS = ".procs"
 EXTRA_PROCESSES = "extra-processes"
 
