@@ -2,7 +2,8 @@
 
 Read from the source with ast (nothing is imported): every `import stallscope.X` / `from
 stallscope.X import Y` of a module under profiler/, analyzers/, fixes/ or cli.py, at any depth
-in the module (function-local imports count too: they are still arrows).
+in the module (function-local imports count too: they are still arrows). Imports under
+`if TYPE_CHECKING:` are left out: they are annotations, never run.
 """
 from __future__ import annotations
 
@@ -29,7 +30,17 @@ def _graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        type_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for stmt in block.body
+            for n in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
