@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from stallscope.profiler.recorder import Recorder
 
-__all__ = ["Upkeep", "FLUSH_PERIOD_S", "STATUS_PERIOD_S", "POLL_STALE_NS"]
+__all__ = ["Upkeep", "FLUSH_PERIOD_S", "INFO_PERIOD_S", "STATUS_PERIOD_S", "POLL_STALE_NS"]
 
-# A kill loses at most this much of the per-step rows (the parent's view is the heartbeat).
-FLUSH_PERIOD_S = 5.0
+# A SIGKILL of the target loses at most this much of its per-step rows (plus one sampler tick):
+# the CSV files take whole appended lines, so a flush costs what is new, a few rows a second.
+FLUSH_PERIOD_S = 1.0
+# rank.yaml is rewritten whole (its YAML dump costs milliseconds on the sampler thread, which
+# shares the GIL with the training loop), so less often; and at the end of the run.
+INFO_PERIOD_S = 5.0
 STATUS_PERIOD_S = 0.5
 # The sampler thread reads finished CUDA events only when the training thread has not for this
 # long (a long step, a stall, the end of the run), so steps.csv never waits on a paused loop.
@@ -31,6 +35,7 @@ class Upkeep:
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
         self.last_flush = 0.0
+        self.last_info = 0.0
         self.last_status = 0.0
 
     def tick(self) -> None:
@@ -44,7 +49,7 @@ class Upkeep:
             self.last_status = now
             self.write_status()
         if rec.log.dirty and now - self.last_flush >= FLUSH_PERIOD_S:
-            self.flush()
+            self.flush(info=now - self.last_info >= INFO_PERIOD_S)
 
     def write_status(self) -> None:
         """Rewrite the heartbeat ``.status.json`` (read by the parent's live status line)."""
@@ -63,8 +68,9 @@ class Upkeep:
             }
         )
 
-    def flush(self, final: bool = False) -> None:
-        """Append the settled steps and new samples to the CSV files and rewrite rank.yaml.
+    def flush(self, final: bool = False, info: bool = True) -> None:
+        """Append the settled steps and new samples to the CSV files; rewrite rank.yaml when
+        ``info`` (always when ``final``).
 
         Each row is written once; the cost of a flush is proportional to what is new.
         """
@@ -75,6 +81,8 @@ class Upkeep:
         rec.log.drain(rec.source)
         with rec.log.lock:
             self.last_flush = time.monotonic()
+            if info or final:
+                self.last_info = self.last_flush
             try:
                 ready = rec.log.take_settled()
                 if ready or final:
@@ -85,6 +93,7 @@ class Upkeep:
                         files.host.append(host)
                     if nvml:
                         files.nvml.append(nvml)
-                files.write_info(rec.rank_info(final=final))
+                if info or final:
+                    files.write_info(rec.rank_info(final=final))
             except Exception as exc:
                 sys.stderr.write(f"stallscope: could not write {files.folder}: {exc}\n")

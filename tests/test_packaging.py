@@ -83,3 +83,35 @@ def test_target_with_its_own_profiler_cli_fixes_analyzers_runs_unchanged(tmp_pat
     assert want in profiled.stdout
     assert "Traceback" not in profiled.stderr
     assert (run / "rank0" / "steps.csv").is_file()  # and it was profiled, under its own names
+
+
+SESSION_TARGET = """\
+import sys
+import stallscope
+import torch
+x = torch.randn(64, 64)
+with stallscope.Session(out=sys.argv[1], skip=2, steps=2, sample_hz=5) as s:
+    for _ in range(8):
+        (x @ x).sum()
+        stallscope.step()
+print("done", stallscope.__version__)
+"""
+
+
+@pytest.mark.slow
+def test_in_target_api_is_import_stallscope(tmp_path):
+    """`import stallscope; stallscope.Session(...)` / `stallscope.step()` write a run directory
+    whose steps come from the API calls (no optimizer, no module calls to find them)."""
+    script = tmp_path / "nb.py"
+    script.write_text(SESSION_TARGET)
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STALLSCOPE_")}
+    env.update(OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(script), str(run)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("done ")
+    rows = (run / "rank0" / "steps.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    sources = {r.split(",")[header.index("source")] for r in rows[1:]}
+    assert len(rows) - 1 >= 7 and sources == {"api"}
