@@ -98,6 +98,19 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _after_window(run_dir: Path) -> None:
+    """Add the window's after-effect to meta.yaml and say it when the later steps were slower.
+    Never changes the exit code: a failure here is one line on stderr."""
+    from stallscope.analyzers.overhead import describe, record_after_window
+
+    try:
+        line = describe(record_after_window(run_dir) or {})
+    except Exception as exc:  # the target's exit code stands whatever this figure does
+        line = f"after-window figure not computed: {exc.__class__.__name__}: {exc}"
+    if line:
+        typer.echo(f"stallscope: {line}", err=True)
+
+
 def _diagnose_profiled(run_dir: Path, deep: bool) -> None:
     """Diagnose a run that `profile` or `demo` just wrote. The exit code stays the target's: a
     diagnosis that fails is one line on stderr, the run directory is there to diagnose again."""
@@ -147,6 +160,8 @@ def profile(
         patch_steps=patch_steps,
     )
     result = profile_command(list(ctx.args), options, out=out, diagnose=not no_diagnose, deep=deep, quiet=quiet)
+    if result.run_dir is not None and result.run_dir.is_dir():
+        _after_window(result.run_dir)
     if result.diagnose:
         _diagnose_profiled(result.run_dir, deep)
     raise typer.Exit(result.exit_code)

@@ -1,0 +1,86 @@
+"""What the trace window left behind: the light steps after it against the light steps before it.
+
+Both are the same loop with the same light telemetry, so a difference is the window's after-effect
+(Kineto's CUPTI left attached cost ResNet-50 a third more per step for the rest of the run:
+docs/overhead.md, "After the window"). The first step (start-up), the profiler's warm-up step
+before the window and the export step after it are left out. A step's time is the slower of its
+host wall time and its GPU time (a host that runs ahead only queues work).
+
+The figure is the ratio of medians with a seeded bootstrap 95 % interval (the gate's statistics,
+:mod:`stallscope.analyzers.stats`); it is called a slowdown only when the whole interval lies
+above +1 %, the accuracy the window benchmark holds itself to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stallscope.analyzers.stats import bootstrap_quantile_ratio
+from stallscope.profiler import runformat
+
+__all__ = ["MIN_STEPS", "SLOWED_PCT", "after_window", "describe", "record_after_window"]
+
+# Fewer steps on a side than this and a median says little; the figure is then left out (with why).
+MIN_STEPS = 3
+SLOWED_PCT = 1.0
+
+
+def after_window(steps: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The after-window figures of one rank's ``steps.csv`` columns (see module docstring)."""
+    idx = np.asarray(steps["step"], dtype=np.int64)
+    wall = np.asarray(steps["wall_ms"], dtype=np.float64)
+    gpu = np.nan_to_num(np.asarray(steps["gpu_ms"], dtype=np.float64), nan=0.0)
+    flags = np.asarray(steps["in_window"], dtype=np.float64) > 0
+    if not flags.any():
+        return {"after_window_pct": None, "why": "no traced steps"}
+    first, last = int(idx[flags].min()), int(idx[flags].max())
+    step_ms = np.maximum(wall, gpu)
+    before = step_ms[(idx >= 1) & (idx < first - 1)]
+    after = step_ms[idx > last + 1]
+    out: dict[str, Any] = {"before_steps": int(before.size), "after_steps": int(after.size)}
+    if before.size < MIN_STEPS or after.size < MIN_STEPS:
+        out.update(
+            after_window_pct=None,
+            why=f"needs {MIN_STEPS} light steps on each side of the window (raise --skip or run longer)",
+        )
+        return out
+    ratios = bootstrap_quantile_ratio(before, after)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    pct = (float(np.median(after)) / float(np.median(before)) - 1.0) * 100.0
+    lo_pct, hi_pct = (float(lo) - 1.0) * 100.0, (float(hi) - 1.0) * 100.0
+    out.update(
+        after_window_pct=round(pct, 2),
+        after_window_ci95_pct=[round(lo_pct, 2), round(hi_pct, 2)],
+        slowed=lo_pct > SLOWED_PCT,
+    )
+    return out
+
+
+def record_after_window(run_dir: Path) -> dict[str, Any] | None:
+    """Compute rank 0's after-window figures and add them to ``meta.yaml``'s ``overhead``;
+    None when the run has no steps.csv for rank 0."""
+    cols = runformat.read_csv_columns(runformat.rank_dir(run_dir, 0) / runformat.STEPS_CSV)
+    if not cols or not all(k in cols for k in ("step", "wall_ms", "gpu_ms", "in_window")):
+        return None
+    fig = after_window(cols)
+    meta = runformat.read_meta(run_dir)
+    if meta:
+        meta["overhead"] = {**(meta.get("overhead") or {}), **fig}
+        runformat.write_meta(run_dir, meta)
+    return fig
+
+
+def describe(fig: dict[str, Any]) -> str | None:
+    """One line for the console when the steps after the window were slower, else None."""
+    if not fig or not fig.get("slowed"):
+        return None
+    lo, hi = fig["after_window_ci95_pct"]
+    return (
+        f"steps after the trace window ran {fig['after_window_pct']:+.1f} % slower than before it "
+        f"(95 % interval {lo:+.1f} .. {hi:+.1f} %, {fig['before_steps']} vs {fig['after_steps']} steps); "
+        "suspected cause: the profiler's CUPTI left attached (TEARDOWN_CUPTI not 1) or the clocks "
+        "(nvml.csv); the report's step time, taken after the window, includes it"
+    )

@@ -1,0 +1,68 @@
+"""The window's after-effect: light steps after the trace window against those before it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import yaml
+
+from stallscope.analyzers.overhead import MIN_STEPS, after_window, describe
+
+
+def _steps(before_ms: list[float], window: int, after_ms: list[float]) -> dict[str, np.ndarray]:
+    """steps.csv columns: step 0 (start-up), the light steps, a warm-up step, the window, the
+    export step, then the light steps after it."""
+    wall = [500.0, *before_ms, 40.0] + [45.0] * window + [900.0, *after_ms]
+    flags = [0] * (len(before_ms) + 2) + [1] * window + [0] * (len(after_ms) + 1)
+    n = len(wall)
+    return {"step": np.arange(n), "wall_ms": np.array(wall), "gpu_ms": np.full(n, np.nan),
+            "in_window": np.array(flags, dtype=float)}
+
+
+def test_a_slower_loop_after_the_window_is_named_with_its_interval():
+    rng = np.random.default_rng(0)
+    before = list(30 + rng.normal(0, 0.3, 12))
+    after = list(36 + rng.normal(0, 0.3, 30))  # +20 %
+    fig = after_window(_steps(before, 5, after))
+    assert 18 < fig["after_window_pct"] < 22 and fig["slowed"]
+    lo, hi = fig["after_window_ci95_pct"]
+    assert lo > 1 and lo <= fig["after_window_pct"] <= hi
+    assert (fig["before_steps"], fig["after_steps"]) == (12, 30)  # start-up, warm-up, export left out
+    assert "+20" in describe(fig) or "+19" in describe(fig) or "+21" in describe(fig)
+
+
+def test_the_same_loop_is_not_called_slowed():
+    rng = np.random.default_rng(1)
+    fig = after_window(_steps(list(30 + rng.normal(0, 0.5, 12)), 5, list(30 + rng.normal(0, 0.5, 30))))
+    lo, hi = fig["after_window_ci95_pct"]
+    assert abs(fig["after_window_pct"]) < 2 and lo < 1 and not fig["slowed"] and describe(fig) is None
+
+
+def test_too_few_steps_say_why():
+    fig = after_window(_steps([30.0] * (MIN_STEPS - 1), 3, [30.0] * 10))
+    assert fig["after_window_pct"] is None and "--skip" in fig["why"]
+
+
+TARGET = """\
+import torch
+x = torch.randn(128, 128)
+m = torch.nn.Linear(128, 128)
+opt = torch.optim.SGD(m.parameters(), lr=0.01)
+for _ in range(24):
+    m(x).sum().backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_profile_writes_after_window_pct_into_meta(tmp_path):
+    (tmp_path / "t.py").write_text(TARGET)
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "stallscope.cli", "profile", "-q", "--no-diagnose", "-o", str(run),
+                          "--skip", "6", "--steps", "3", "--", sys.executable, "t.py"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    over = yaml.safe_load((run / "meta.yaml").read_text())["overhead"]
+    assert over["before_steps"] == 4 and over["after_steps"] >= 10
+    assert isinstance(over["after_window_pct"], float) and len(over["after_window_ci95_pct"]) == 2
