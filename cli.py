@@ -115,9 +115,10 @@ def _diagnose_profiled(run_dir: Path, deep: bool) -> None:
     """Diagnose a run that `profile` or `demo` just wrote. The exit code stays the target's: a
     diagnosis that fails is one line on stderr, the run directory is there to diagnose again."""
     from stallscope.analyzers.command import diagnose_command
+    from stallscope.fixes import advice_for
 
     try:
-        diagnose_command(run_dir, deep=deep, debug=_state["debug"])
+        diagnose_command(run_dir, deep=deep, debug=_state["debug"], fix_advice=advice_for)
     except ToolError as exc:
         typer.echo(f"stallscope: diagnosis skipped: {exc}", err=True)
     except Exception as exc:
