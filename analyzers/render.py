@@ -68,6 +68,8 @@ def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> l
 def _num(v: Any, unit: str = "") -> str:
     if v is None:
         return "n/a"
+    if isinstance(v, bool):  # evidence flags read as words, not Python's True/False
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.3g}{unit}" if abs(v) < 1e4 else f"{v:,.0f}{unit}"
     return f"{v}{unit}"

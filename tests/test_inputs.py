@@ -87,3 +87,13 @@ def test_fix_advice_shows_under_the_finding_that_names_the_fix() -> None:
     for text in (to_markdown(report, fix_advice=advice), console.export_text(), render_html(report, fix_advice=advice)):
         assert text.count("ADVICE FOR KNOWN FIX") == 1
     assert "ADVICE" not in to_markdown(report)  # without a lookup: only the fix ids
+
+
+def test_evidence_flags_read_as_words_on_the_console() -> None:
+    finding = {"id": "x", "category": "input-pipeline", "title": "T", "severity": "high", "confidence": 0.9,
+               "impact": {"step_time_pct": 10.0, "est_saving_ms_per_step": 1.0},
+               "evidence": {"gpu_timeline": False, "pinned": True}, "where": {}, "fixes": [], "analyzer": "a"}
+    console = Console(record=True, width=160)
+    console.print(ReportView({"summary": {}, "findings": [finding]}))
+    lines = {ln.split()[0]: ln.split()[1] for ln in console.export_text().splitlines() if ln.split()[:1] in (["gpu_timeline"], ["pinned"])}
+    assert lines == {"gpu_timeline": "no", "pinned": "yes"}
