@@ -3,8 +3,8 @@
 Both are the same loop with the same light telemetry, so a difference is the window's after-effect
 (Kineto's CUPTI left attached cost ResNet-50 a third more per step for the rest of the run:
 docs/overhead.md, "After the window"). The first step (start-up), the profiler's warm-up step
-before the window and the export step after it are left out. A step's time is the slower of its
-host wall time and its GPU time (a host that runs ahead only queues work).
+before the window and the export step after it are left out. A step's time is the one the report
+uses (:func:`~stallscope.analyzers.model.step_time_ms`).
 
 The figure is the ratio of medians with a seeded bootstrap 95 % interval (the gate's statistics,
 :mod:`stallscope.analyzers.stats`); it is called a slowdown only when the whole interval lies
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.model import step_time_ms
 from stallscope.analyzers.stats import bootstrap_quantile_ratio
 from stallscope.profiler import runformat
 
@@ -32,12 +33,11 @@ def after_window(steps: dict[str, np.ndarray]) -> dict[str, Any]:
     """The after-window figures of one rank's ``steps.csv`` columns (see module docstring)."""
     idx = np.asarray(steps["step"], dtype=np.int64)
     wall = np.asarray(steps["wall_ms"], dtype=np.float64)
-    gpu = np.nan_to_num(np.asarray(steps["gpu_ms"], dtype=np.float64), nan=0.0)
     flags = np.asarray(steps["in_window"], dtype=np.float64) > 0
     if not flags.any():
         return {"after_window_pct": None, "why": "no traced steps"}
     first, last = int(idx[flags].min()), int(idx[flags].max())
-    step_ms = np.maximum(wall, gpu)
+    step_ms = step_time_ms(wall, np.asarray(steps["gpu_ms"], dtype=np.float64))
     before = step_ms[(idx >= 1) & (idx < first - 1)]
     after = step_ms[idx > last + 1]
     out: dict[str, Any] = {"before_steps": int(before.size), "after_steps": int(after.size)}

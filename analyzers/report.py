@@ -18,7 +18,7 @@ import numpy as np
 from stallscope.analyzers import peaks
 from stallscope.analyzers.breakdown import breakdown_pct, breakdown_totals
 from stallscope.analyzers.context import load_context
-from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown
+from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown, step_time_ms
 from stallscope.analyzers.run import run_analyzers
 from stallscope.analyzers.stats import summary
 from stallscope.profiler.common import ToolError, __version__, read_yaml
@@ -51,9 +51,7 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
     (they run under the profiler's overhead, the latter writes the trace) as long as at least 3
     steps remain.
 
-    A step's time is the slower of the host's wall time and the GPU's (CUDA events): a host
-    that runs ahead of the GPU only queues work, so its wall time understates the step until the
-    queue fills (a compiled CNN on an H200: host 4.7 ms, GPU 8.8 ms a step)."""
+    A step's time is :func:`~stallscope.analyzers.model.step_time_ms`."""
     window = (ctx.meta or {}).get("window") or {}
     skip = window.get("skip") if isinstance(window, dict) and isinstance(window.get("skip"), int) else 0
     for rd in ctx.ranks:
@@ -68,7 +66,7 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         except (TypeError, ValueError):
             continue
         ok = np.isfinite(wall)
-        wall = np.where(np.isfinite(gpu), np.fmax(wall, gpu), wall)
+        wall = step_time_ms(wall, gpu)
         last = ((rd.meta.get("rank") or {}).get("window") or {}).get("last_step")
         if isinstance(last, int):
             ok &= step != last + 1
