@@ -538,14 +538,29 @@ def drive(a: argparse.Namespace) -> int:
         "conditions": {c: {"mode": CONDITIONS[c][0], "flags": " ".join(CONDITIONS[c][1]), "env": CONDITIONS[c][2]} for c in conds},
         "smi_start": _smi(),
     }
+    runs: list = []
+    if a.resume:  # an earlier part of the same measurement (one device call is at most 10 minutes)
+        prior = Path(a.resume)
+        runs = [json.loads(line) for line in prior.read_text().splitlines() if line.strip()]
+        prior_meta = prior.with_name(prior.name.replace(".runs.jsonl", ".yaml"))
+        parts = []
+        if prior_meta.exists():
+            import yaml  # noqa: PLC0415 (only the resume path needs it)
+            pm = yaml.safe_load(prior_meta.read_text()) or {}
+            parts = list(pm.get("parts") or [{k: pm.get(k) for k in ("date", "command", "elapsed_s", "smi_start", "smi_end")}])
+        meta["parts"] = parts
+    done_ok: dict = {}
+    for r in runs:
+        if r.get("ok"):
+            done_ok[(r["model"], r["condition"])] = done_ok.get((r["model"], r["condition"]), 0) + 1
+    first_round = max((r.get("round", -1) for r in runs), default=-1) + 1
     jobs = []
     for rnd in range(a.runs):
-        order = [(m, c) for m in models for c in matrix[m]]
+        order = [(m, c) for m in models for c in matrix[m] if done_ok.get((m, c), 0) + rnd < a.runs]
         random.Random(a.seed * 1000 + rnd).shuffle(order)
-        jobs += [(rnd, m, c) for m, c in order]
-    runs: list = []
+        jobs += [(first_round + rnd, m, c) for m, c in order]
     jsonl = out / f"{a.name}.runs.jsonl"
-    jsonl.write_text("")
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in runs))
     est: dict = {}
 
     def spawn(job):
@@ -671,6 +686,8 @@ def drive(a: argparse.Namespace) -> int:
     meta["skipped_runs_deadline"] = skipped
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["smi_end"] = _smi()
+    if "parts" in meta:
+        meta["parts"] = meta["parts"] + [{k: meta.get(k) for k in ("date", "command", "elapsed_s", "smi_start", "smi_end")}]
     summary = summarize(runs, meta)
     (out / f"{a.name}.yaml").write_text(_yaml(summary))
     _print_table(summary)
@@ -745,6 +762,8 @@ def main(argv=None) -> int:
     d.add_argument("--out", default=None, help="default $OUT")
     d.add_argument("--workdir", default="/tmp/waae_work")
     d.add_argument("--smoke", action="store_true")
+    d.add_argument("--resume", default=None, metavar="RUNS_JSONL",
+                   help="continue an earlier part: keep its runs, run only what each model/condition still lacks of --runs")
     a = p.parse_args(argv)
     return worker(a) if a.cmd == "worker" else drive(a)
 
