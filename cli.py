@@ -160,9 +160,9 @@ def profile(
         auto_patch=auto_patch,
         patch_steps=patch_steps,
     )
-    result = profile_command(list(ctx.args), options, out=out, diagnose=not no_diagnose, deep=deep, quiet=quiet)
-    if result.run_dir is not None and result.run_dir.is_dir():
-        _after_window(result.run_dir)
+    result = profile_command(
+        list(ctx.args), options, out=out, diagnose=not no_diagnose, deep=deep, quiet=quiet, after_run=_after_window
+    )
     if result.diagnose:
         _diagnose_profiled(result.run_dir, deep)
     raise typer.Exit(result.exit_code)

@@ -345,6 +345,16 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
     patches = _patches(report)
     if patches:
         body.append(f"<section><h2>Patches</h2>{patches}</section>")
+    if summary.get("phases"):
+        rows = "".join(
+            f"<tr><td>{_e(ph.get('phase'))}</td><td>{_e(ph.get('steps'))}</td><td>{_e(ph.get('median'))}</td>"
+            f"<td>{_e(ph.get('p90'))}</td></tr>"
+            for ph in summary["phases"]
+        )
+        body.append(
+            "<section><h2>Step time by auto-patch phase</h2><table><tr><th>phase</th><th>steps</th>"
+            f"<th>median ms</th><th>p90 ms</th></tr>{rows}</table></section>"
+        )
     body.append(f"<section><h2>Top kernels</h2>{_top_kernels(report)}</section>")
     body.append(f"<section><h2>Environment</h2>{_kv(report.get('environment', {}))}</section>")
     if report.get("notices"):
@@ -356,7 +366,8 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
     src = report.get("source", {})
     head = (
         f"{summary.get('steps', 0)} steps, median {st.get('median', 0) or 0:.3f} ms "
-        f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}) &middot; {_e(src.get('path', ''))}"
+        f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}; {_e(st.get('source', ''))}) "
+        f"&middot; {_e(src.get('path', ''))}"
     )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>stallscope report</title>"

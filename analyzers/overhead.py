@@ -6,6 +6,10 @@ docs/overhead.md, "After the window"). The first step (start-up), the profiler's
 before the window and the export step after it are left out. A step's time is the one the report
 uses (:func:`~stallscope.analyzers.model.step_time_ms`).
 
+Under ``--auto-patch`` the steps after the window may run a patched program; both sides are then
+taken from the window's own phase (:mod:`stallscope.profiler.patchphases`), and so is the
+window's own slowdown (its steps against the light steps of that phase), named with the phase.
+
 The figure is the ratio of medians with a seeded bootstrap 95 % interval (the gate's statistics,
 :mod:`stallscope.analyzers.stats`); it is called a slowdown only when the whole interval lies
 above +1 %, the accuracy the window benchmark holds itself to.
@@ -21,6 +25,8 @@ import numpy as np
 from stallscope.analyzers.model import step_time_ms
 from stallscope.analyzers.stats import bootstrap_quantile_ratio
 from stallscope.profiler import runformat
+from stallscope.profiler.common import read_yaml
+from stallscope.profiler.patchphases import Phase, phase_mask, phase_of, read_phases
 
 __all__ = ["MIN_STEPS", "SLOWED_PCT", "after_window", "describe", "record_after_window"]
 
@@ -29,8 +35,9 @@ MIN_STEPS = 3
 SLOWED_PCT = 1.0
 
 
-def after_window(steps: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The after-window figures of one rank's ``steps.csv`` columns (see module docstring)."""
+def after_window(steps: dict[str, np.ndarray], phases: list[Phase] | None = None) -> dict[str, Any]:
+    """The after-window figures of one rank's ``steps.csv`` columns, within the window's phase
+    when ``phases`` are given (see module docstring)."""
     idx = np.asarray(steps["step"], dtype=np.int64)
     wall = np.asarray(steps["wall_ms"], dtype=np.float64)
     flags = np.asarray(steps["in_window"], dtype=np.float64) > 0
@@ -38,9 +45,19 @@ def after_window(steps: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"after_window_pct": None, "why": "no traced steps"}
     first, last = int(idx[flags].min()), int(idx[flags].max())
     step_ms = step_time_ms(wall, np.asarray(steps["gpu_ms"], dtype=np.float64))
-    before = step_ms[(idx >= 1) & (idx < first - 1)]
-    after = step_ms[idx > last + 1]
+    phase = phase_of(phases or [], first)
+    same = phase_mask(phase, idx)
+    before = step_ms[same & (idx >= 1) & (idx < first - 1)]
+    after = step_ms[same & (idx > last + 1)]
     out: dict[str, Any] = {"before_steps": int(before.size), "after_steps": int(after.size)}
+    if phase is not None:
+        out["phase"] = phase.label()
+        light = np.concatenate([before, after])
+        inside = step_ms[flags & same]
+        if light.size and inside.size and float(np.median(light)) > 0:
+            out["window_step_median_ms"] = round(float(np.median(inside)), 4)
+            out["light_step_median_ms"] = round(float(np.median(light)), 4)
+            out["window_slowdown_pct"] = round((float(np.median(inside)) / float(np.median(light)) - 1) * 100, 2)
     if before.size < MIN_STEPS or after.size < MIN_STEPS:
         out.update(
             after_window_pct=None,
@@ -65,8 +82,9 @@ def record_after_window(run_dir: Path) -> dict[str, Any] | None:
     cols = runformat.read_csv_columns(runformat.rank_dir(run_dir, 0) / runformat.STEPS_CSV)
     if not cols or not all(k in cols for k in ("step", "wall_ms", "gpu_ms", "in_window")):
         return None
-    fig = after_window(cols)
     meta = runformat.read_meta(run_dir)
+    patches = read_yaml(run_dir / runformat.PATCHES) if (run_dir / runformat.PATCHES).is_file() else None
+    fig = after_window(cols, read_phases(patches))
     if meta:
         meta["overhead"] = {**(meta.get("overhead") or {}), **fig}
         runformat.write_meta(run_dir, meta)
@@ -78,9 +96,10 @@ def describe(fig: dict[str, Any]) -> str | None:
     if not fig or not fig.get("slowed"):
         return None
     lo, hi = fig["after_window_ci95_pct"]
+    within = f", {fig['phase']}" if fig.get("phase") else ""
     return (
         f"steps after the trace window ran {fig['after_window_pct']:+.1f} % slower than before it "
-        f"(95 % interval {lo:+.1f} .. {hi:+.1f} %, {fig['before_steps']} vs {fig['after_steps']} steps); "
+        f"(95 % interval {lo:+.1f} .. {hi:+.1f} %, {fig['before_steps']} vs {fig['after_steps']} steps{within}); "
         "suspected cause: the profiler's CUPTI left attached (TEARDOWN_CUPTI not 1) or the clocks "
         "(nvml.csv); the report's step time, taken after the window, includes it"
     )

@@ -65,6 +65,14 @@ def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> l
     return out
 
 
+def _phase_line(ph: dict[str, Any]) -> str:
+    """One auto-patch phase's step time: ``name (steps a-b): median .. ms, p90 .. ms, n steps``."""
+    return (
+        f"{ph.get('phase')}: median {_num(ph.get('median'))} ms, p90 {_num(ph.get('p90'))} ms, "
+        f"{ph.get('steps')} steps (rank {ph.get('rank')})"
+    )
+
+
 def _num(v: Any, unit: str = "") -> str:
     if v is None:
         return "n/a"
@@ -177,6 +185,8 @@ class ReportView:
             f"p90 {_num(st.get('p90'))} ms over {len(st.get('samples') or [])} samples "
             f"({st.get('source', '')})",
         )
+        for ph in summ.get("phases") or []:
+            head.add_row("  phase", _phase_line(ph))
         parts: list[Any] = [
             Panel(head, title="stallscope diagnose", expand=False),
             BreakdownBar(summ.get("breakdown_pct") or {}, gpu=bool(summ.get("gpu_events", True))),
@@ -240,6 +250,7 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
         f"- **steps**: {summ.get('steps')} (from {src.get('steps_from')})",
         f"- **step time**: median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, p90 {_num(st.get('p90'))} ms "
         f"({len(st.get('samples') or [])} samples, {st.get('source', '')})",
+        *[f"  - phase {_phase_line(ph)}" for ph in summ.get("phases") or []],
         "",
         "## Step-time breakdown" + ("" if summ.get("gpu_events", True) else " (CPU timeline: no GPU events)"),
         "",

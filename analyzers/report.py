@@ -22,6 +22,7 @@ from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown, ste
 from stallscope.analyzers.run import run_analyzers
 from stallscope.analyzers.stats import summary
 from stallscope.profiler.common import ToolError, __version__, read_yaml
+from stallscope.profiler.patchphases import Phase, phase_mask, phase_of, read_phases
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -72,14 +73,52 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
             ok &= step != last + 1
         untraced = rd.untraced_step_mask()
         assert untraced is not None  # None only without telemetry wall_ms, skipped above
+        # under --auto-patch: the steps of the window's phase, the program the findings describe
+        first = ((rd.meta.get("rank") or {}).get("window") or {}).get("first_step")
+        phase = phase_of(_phases(ctx), first if isinstance(first, int) else 0)
+        same = phase_mask(phase, step)
+        within = f", {phase.label()}" if phase is not None else ""
         choices = (
-            (untraced, f"steps outside the trace window and after the {skip} warm-up steps"),
-            (ok & (inw == 0), "steps outside the trace window"),
-            (ok, "all steps"),
+            (untraced & same, f"steps outside the trace window and after the {skip} warm-up steps{within}"),
+            (ok & (inw == 0) & same, f"steps outside the trace window{within}"),
+            (ok & same, f"all steps{within}"),
         )
         for mask, why in choices:
-            if mask.sum() >= 3 or (why == "all steps" and mask.any()):
+            if mask.sum() >= 3 or (why.startswith("all steps") and mask.any()):
                 return [float(x) for x in wall[mask]], f"telemetry (rank {rd.rank} steps.csv, {why})"
+    return None
+
+
+def _phases(ctx: AnalysisContext) -> list[Phase]:
+    """The run's auto-patch phases ([] without ``patches.yaml``)."""
+    return read_phases((ctx.meta or {}).get("patches"))
+
+
+def _phase_stats(ctx: AnalysisContext) -> list[dict[str, Any]] | None:
+    """Step-time statistics per auto-patch phase, from the first rank with telemetry."""
+    phases = _phases(ctx)
+    if not phases:
+        return None
+    for rd in ctx.ranks:
+        tel = rd.telemetry
+        if not tel or "wall_ms" not in tel or "step" not in tel:
+            continue
+        wall = np.asarray(tel["wall_ms"], dtype=np.float64)
+        gpu = np.asarray(tel.get("gpu_ms", np.full(wall.size, np.nan)), dtype=np.float64)
+        step_ms = step_time_ms(wall, gpu)
+        step = np.asarray(tel["step"], dtype=np.float64)
+        out = []
+        for ph in phases:
+            st = summary([float(x) for x in step_ms[phase_mask(ph, step) & np.isfinite(step_ms)]])
+            out.append(
+                {
+                    "phase": ph.label(),
+                    "rank": rd.rank,
+                    "steps": int(phase_mask(ph, step).sum()),
+                    **{k: None if v is None else round(v, 4) for k, v in st.items() if k in ("median", "p10", "p90")},
+                }
+            )
+        return out
     return None
 
 
@@ -218,6 +257,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
         samples, samples_source = _trace_samples(ctx), "trace steps (slowest rank per step)"
     steps_stats = _stats(samples)
     steps_stats["source"] = samples_source
+    phase_stats = _phase_stats(ctx)
     totals = breakdown_totals(all_bd)
     n_steps = max((len(rd.steps) for rd in ctx.ranks), default=0)
     per_step = {k: round(v / max(len(all_bd), 1), 4) for k, v in totals.items()}
@@ -245,6 +285,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
             "gpu_events": has_gpu,
             "timeline": "gpu" if has_gpu else "cpu",
             "step_time_ms": steps_stats,
+            **({"phases": phase_stats} if phase_stats else {}),
             "breakdown_pct": breakdown_pct(all_bd),
             "breakdown_ms_per_step": per_step,
         },

@@ -38,6 +38,7 @@ from stallscope.fixes.parity import ParityProbe, ParityResult, merge_results, un
 from stallscope.fixes.startup import attach_from_report, load_kept_fixes, module_names, suspender
 from stallscope.profiler import runformat
 from stallscope.profiler.common import write_yaml
+from stallscope.profiler.patchphases import BEFORE_PATCHES, phase_name
 
 __all__ = [
     "ALPHA",
@@ -181,11 +182,15 @@ class AutoPatcher:
         self._phase_steps = 0
         self._own_checks = 0
         self._finished = False
+        # which patches each step ran with: a new entry whenever that changes (patchphases.Phase)
+        self.phases: list[dict[str, Any]] = [{"name": BEFORE_PATCHES, "first_step": 0}]
+        self._step = -1
 
     # -- step listener -------------------------------------------------------------------
     def on_step(self, event: Any) -> None:
         """Called at every step end with a StepEvent(index, wall_ms, data_wait_ms, in_window)."""
         self.steps_seen += 1
+        self._step = int(getattr(event, "index", self._step + 1))
         if self.phase == "done":
             return
         if getattr(event, "in_window", False) or event.index < self.skip:
@@ -292,6 +297,7 @@ class AutoPatcher:
             self._next_fix()
             return
         rec.decision = "applied"
+        self._mark_phase()
         self._parity_results, self._probes, self._phase_steps, self._own_checks = [], [], 0, 0
         self.phase = "parity"
         self._start_parity(rec, fix)
@@ -350,6 +356,7 @@ class AutoPatcher:
         figures = f"median {_median(before):.3f} -> {_median(rec.after):.3f} ms ({gain:+.1f} %), p = {rec.p_value:.2g}"
         if rec.p_value < ALPHA and gain >= MIN_GAIN_PCT:
             rec.decision, rec.why = "kept", f"faster: {figures} (needs p < {ALPHA} and gain >= {MIN_GAIN_PCT} %)"
+            self._mark_phase()
             self.baseline = list(rec.after)
             self._next_fix()
         else:
@@ -367,6 +374,7 @@ class AutoPatcher:
     def _rollback(self, rec: FixRecord, why: str, advance: bool = True) -> None:
         self._revert_all(rec)
         rec.decision, rec.why = "rolled_back", why
+        self._mark_phase()
         if advance:
             self._next_fix()
         else:
@@ -384,6 +392,16 @@ class AutoPatcher:
         self.queue = []
         self.phase = "done"
         self._write(note=why)
+
+    def _mark_phase(self) -> None:
+        """Start a new phase with the step after this one: the patch set just changed."""
+        kept = [r.id for r in self.records if r.decision == "kept"]
+        name = phase_name(kept, self.current.id if self.current and self.current.decision == "applied" else None)
+        first = self._step + 1
+        if self.phases and self.phases[-1]["first_step"] >= first:
+            self.phases[-1] = {"name": name, "first_step": first}  # two changes within one step
+        else:
+            self.phases.append({"name": name, "first_step": first})
 
     # -- output --------------------------------------------------------------------------
     def finish(self) -> None:
@@ -436,6 +454,7 @@ class AutoPatcher:
             },
             "baseline": _samples(self.baseline) if self.baseline else None,
             "note": note,
+            "phases": [dict(p) for p in self.phases],
             "fixes": [r.to_dict() for r in self.records],
         }
 

@@ -14,15 +14,17 @@ import signal
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from stallscope.profiler import runformat
 from stallscope.profiler._bootstrap import inject
-from stallscope.profiler.common import ToolError
+from stallscope.profiler.common import ToolError, read_yaml
 from stallscope.profiler.live import LiveStatus
 from stallscope.profiler.options import ProfileOptions
+from stallscope.profiler.patchphases import phase_of, read_phases
 from stallscope.profiler.rundir import MetaWriter, default_run_dir, prepare_run_dir, remove_created, shared_out
 from stallscope.profiler.window import CUPTI_TEARDOWN_OURS
 
@@ -127,12 +129,14 @@ def profile_command(
     diagnose: bool = True,
     deep: bool = False,
     quiet: bool = False,
+    after_run: Optional[Callable[[Path], None]] = None,
 ) -> ProfileResult:
     """Run ``cmd_argv`` under the profiler and write the run directory; prints the summary.
 
     ``options`` must be validated (``ProfileOptions.validate``). ``deep`` is recorded with the
     options (the caller's diagnosis uses it). The diagnosis itself is the caller's: the capture
-    package does not depend on the analysis package.
+    package does not depend on the analysis package. ``after_run(run_dir)`` runs once the target
+    has ended and ``meta.yaml`` is final, before the summary (which then shows what it added).
     """
     argv = list(cmd_argv)
     if argv and argv[0] == "--":
@@ -169,6 +173,12 @@ def profile_command(
             live.stop()
     code, sig_name = _exit_code(rc)
     final = meta.finalize(code, sig_name, [])
+    if after_run is not None and run_dir.is_dir():
+        after_run(run_dir)
+        try:
+            final = runformat.read_meta(run_dir) or final
+        except ToolError:
+            pass
     will_diagnose = bool(diagnose and final["ranks"])
     if not quiet:
         print_summary(run_dir, final, notices=not will_diagnose)  # the diagnosis shows the notices
@@ -218,7 +228,9 @@ class RunSummary:
             (f"  {ex.get('error')}" if ex.get("error") else "", "red"),
         )
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("rank", "steps", "source", "median step ms", "GPU ms", "data wait %", "window"):
+        phases = _phase_table(self.run_dir, m)
+        median_col = "median step ms" if phases is None else "median step ms (all phases)"
+        for col in ("rank", "steps", "source", median_col, "GPU ms", "data wait %", "window"):
             table.add_column(col, justify="right" if col not in ("source", "window") else "left")
         for r in m.get("ranks") or []:
             rows = runformat.read_csv_rows(runformat.rank_dir(self.run_dir, r) / runformat.STEPS_CSV)
@@ -243,13 +255,45 @@ class RunSummary:
                 win_txt,
             )
         parts: list = [head, table]
-        slow = (m.get("overhead") or {}).get("window_slowdown_pct")
+        if phases is not None:
+            parts.append(phases)
+        over = m.get("overhead") or {}
+        slow = over.get("window_slowdown_pct")
         if slow is not None:
-            parts.append(Text(f"window trace slowed steps by {slow:+.1f} % (median, vs light telemetry)", style="dim"))
+            within = f", {over['phase']}" if isinstance(over.get("phase"), str) else ""
+            parts.append(
+                Text(f"window trace slowed steps by {slow:+.1f} % (median, vs light telemetry{within})", style="dim")
+            )
         for n in (m.get("notices") or []) if self.notices else []:
             parts.append(Text(f"note: {n}", style="yellow"))
         parts.append(Text.assemble(("run directory: ", "bold"), (str(self.run_dir), "cyan")))
         return Group(*parts)
+
+
+def _phase_table(run_dir: Path, meta: dict) -> object | None:
+    """Rank 0's step time per auto-patch phase (None when the run has no phases)."""
+    from rich.table import Table
+
+    patches = runformat.PATCHES
+    try:
+        phases = read_phases(read_yaml(run_dir / patches)) if (run_dir / patches).is_file() else []
+    except ToolError:
+        phases = []
+    ranks = meta.get("ranks") or []
+    if not phases or not ranks:
+        return None
+    rows = runformat.read_csv_rows(runformat.rank_dir(run_dir, ranks[0]) / runformat.STEPS_CSV)
+    table = Table(box=None, pad_edge=False, header_style="bold", title=f"rank {ranks[0]} by auto-patch phase")
+    for col in ("phase", "steps", "median step ms"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for ph in phases:
+        walls = [
+            float(x["wall_ms"])
+            for x in rows
+            if x.get("wall_ms") and str(x.get("step", "")).isdigit() and phase_of(phases, int(x["step"])) == ph
+        ]
+        table.add_row(ph.label(), str(len(walls)), f"{statistics.median(walls):.2f}" if walls else "-")
+    return table
 
 
 def print_summary(run_dir: Path, meta: dict, notices: bool = True) -> None:
