@@ -258,6 +258,15 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
     steps_stats = _stats(samples)
     steps_stats["source"] = samples_source
     phase_stats = _phase_stats(ctx)
+    over = (ctx.meta or {}).get("overhead")
+    if isinstance(over, dict) and over.get("slowed") is True and tel is not None:
+        # the telemetry samples are mostly steps after the window: they carry its after-effect
+        steps_stats["after_window_pct"] = over.get("after_window_pct")
+        ctx.notices.append(
+            f"the steps after the trace window ran {over.get('after_window_pct')} % slower than those before it "
+            f"(95 % interval {over.get('after_window_ci95_pct')}); the step time above includes that after-effect "
+            "(suspected: the profiler's CUPTI left attached; see docs/overhead.md)"
+        )
     totals = breakdown_totals(all_bd)
     n_steps = max((len(rd.steps) for rd in ctx.ranks), default=0)
     per_step = {k: round(v / max(len(all_bd), 1), 4) for k, v in totals.items()}
