@@ -48,6 +48,14 @@ class OneLineUsageErrors(typer.core.TyperCommand):
             typer.echo(f"stallscope: error: {exc.format_message()}; see `stallscope {ctx.info_name} --help`", err=True)
             raise typer.Exit(EXIT_USAGE) from None
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The parameters, with on/off flags (``--help`` too) shown without a ``<bool>`` value in help."""
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False):
+                p.metavar = ""
+        return params
+
 
 def _version(value: bool) -> None:
     if value:
@@ -125,7 +133,7 @@ def _diagnose_profiled(run_dir: Path, deep: bool) -> None:
         typer.echo(f"stallscope: diagnosis failed: {exc.__class__.__name__}: {exc}", err=True)
 
 
-@app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors)
+@app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors, options_metavar="[OPTIONS] -- CMD [ARGS]...")
 @user_errors
 def profile(
     ctx: typer.Context,
@@ -182,12 +190,12 @@ def demo(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(cls=OneLineUsageErrors)
 @user_errors
 def diagnose(
     target: Path = typer.Argument(..., help="A run directory, a trace (.json/.json.gz) or a folder of traces."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report here."),
-    fmt: str = typer.Option("console", "--format", "-f", help="console | yaml | json | md"),
+    fmt: str = typer.Option("console", "--format", "-f", help="Output format.", metavar="[console|yaml|json|md]"),
     deep: bool = typer.Option(False, "--deep", help="Run Nsight Compute on the top kernels when available."),
     annotated_trace: Optional[Path] = typer.Option(
         None, "--annotated-trace", help="Write the trace with findings on the timeline."
@@ -228,7 +236,7 @@ gate_app = typer.Typer(
 app.add_typer(gate_app, name="gate")
 
 
-@gate_app.command("check")
+@gate_app.command("check", cls=OneLineUsageErrors)
 @user_errors
 def gate_check(
     current: Path = typer.Argument(..., help="The current report (.yaml/.json) or run directory."),
@@ -266,7 +274,7 @@ def gate_check(
     )
 
 
-@gate_app.command("ab")
+@gate_app.command("ab", cls=OneLineUsageErrors)
 @user_errors
 def gate_ab(
     base_cmd: str = typer.Option(..., "--base-cmd", help="The base command, quoted (e.g. 'python train.py')."),
@@ -303,11 +311,11 @@ def gate_ab(
     )
 
 
-@patch_app.command("plan")
+@patch_app.command("plan", cls=OneLineUsageErrors)
 @user_errors
 def patch_plan(
     report: Path = typer.Argument(..., help="A report (.yaml/.json) or a run directory."),
-    fmt: str = typer.Option("console", "--format", "-f", help="console | yaml"),
+    fmt: str = typer.Option("console", "--format", "-f", help="Output format.", metavar="[console|yaml]"),
 ) -> None:
     """Print which fixes the report's findings call for, why, and what an earlier auto-patch run decided."""
     from stallscope.fixes.command import plan_command
@@ -315,7 +323,7 @@ def patch_plan(
     raise typer.Exit(plan_command(report, fmt=fmt))
 
 
-@app.command(context_settings=PASSTHROUGH)
+@app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors, options_metavar="[OPTIONS] -- CMD [ARGS]...")
 @user_errors
 def run(
     ctx: typer.Context,
@@ -329,7 +337,7 @@ def run(
     raise typer.Exit(run_command(list(ctx.args), patch_from))
 
 
-@app.command()
+@app.command(cls=OneLineUsageErrors)
 @user_errors
 def report(
     target: Path = typer.Argument(..., help="A run directory, a trace, a folder of traces, or a report."),
@@ -342,12 +350,12 @@ def report(
     raise typer.Exit(report_command(target, html_out, debug=_state["debug"], fix_advice=advice_for))
 
 
-@app.command()
+@app.command(cls=OneLineUsageErrors)
 @user_errors
 def compare(
     a: Path = typer.Argument(..., help="Before: a report, a trace or a run directory."),
     b: Path = typer.Argument(..., help="After: a report, a trace or a run directory."),
-    fmt: str = typer.Option("console", "--format", "-f", help="console | md | yaml"),
+    fmt: str = typer.Option("console", "--format", "-f", help="Output format.", metavar="[console|md|yaml]"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the comparison (.md or .yaml)."),
 ) -> None:
     """Compare two runs: step time with the gate's statistics, breakdown, kernels, findings."""
