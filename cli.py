@@ -8,6 +8,7 @@ usage), a traceback only with ``--debug``.
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -129,8 +130,29 @@ def _diagnose_profiled(run_dir: Path, deep: bool) -> None:
         diagnose_command(run_dir, deep=deep, debug=_state["debug"], fix_advice=advice_for)
     except ToolError as exc:
         typer.echo(f"stallscope: diagnosis skipped: {exc}", err=True)
+        return
     except Exception as exc:
         typer.echo(f"stallscope: diagnosis failed: {exc.__class__.__name__}: {exc}", err=True)
+        return
+    typer.echo(_next_steps(run_dir), err=True)
+
+
+def _next_steps(run_dir: Path) -> str:
+    """What to run next after a profile's diagnosis: the page, the YAML, the fixes."""
+    from stallscope.profiler import runformat
+
+    run = shlex.quote(str(run_dir))
+    try:
+        argv = runformat.read_meta(run_dir).get("command")
+    except ToolError:
+        argv = None
+    cmd = " ".join(shlex.quote(str(a)) for a in argv) if isinstance(argv, list) and argv else "CMD"
+    command = f"stallscope profile --auto-patch -- {cmd}"
+    return (
+        f"next: stallscope report {run} --html report.html   (charts, one offline page)\n"
+        f"      stallscope diagnose {run} -o report.yaml   (these findings as YAML, for scripts and `compare`)\n"
+        f"      {command}   (apply the fixes it calls for, verify, keep what is faster)"
+    )
 
 
 @app.command(context_settings=PASSTHROUGH, cls=OneLineUsageErrors, options_metavar="[OPTIONS] -- CMD [ARGS]...")

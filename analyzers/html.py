@@ -109,12 +109,15 @@ def step_time_chart(report: dict[str, Any]) -> str | None:
         return None
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(9, 2.2))
-    ax.plot(range(len(samples)), samples, marker=".", lw=1, color="#4c78a8")
+    steps = report["summary"]["step_time_ms"].get("sample_steps")
+    xs = steps if isinstance(steps, list) and len(steps) == len(samples) else list(range(len(samples)))
+    ax.plot(xs, samples, marker=".", lw=1, color="#4c78a8")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
     med = report["summary"]["step_time_ms"].get("median")
     if med is not None:
         ax.axhline(med, color="#e45756", lw=1, ls="--", label=f"median {med:.2f} ms")
         ax.legend(frameon=False, fontsize=8)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step" if xs is steps else "sample")
     ax.set_ylabel("step time (ms)")
     return _svg(fig)
 
@@ -326,11 +329,22 @@ def _top_kernels(report: dict[str, Any]) -> str:
     )
 
 
+def _steps_text(summary: dict[str, Any], src: dict[str, Any]) -> str:
+    """``24 steps in the run, 5 traced``; a lone trace has only the traced count."""
+    traced = f"{summary.get('steps', 0)} traced"
+    return (
+        f"{summary['run_steps']} steps in the run, {traced}"
+        if summary.get("run_steps") is not None
+        else f"{traced} steps"
+    )
+
+
 def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_advice: FixAdvice | None = None) -> str:
     """The whole report as one HTML document (no external resources); ``fix_advice`` adds each
     fix's advice under the finding that names it."""
     summary = report.get("summary", {})
     st = summary.get("step_time_ms", {})
+    src = report.get("source", {})
     sections: list[tuple[str, str | None]] = [
         ("Step-time breakdown", breakdown_chart(report)),
         ("Step time", step_time_chart(report)),
@@ -363,9 +377,8 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
             + "".join(f"<li>{_e(n)}</li>" for n in report["notices"])
             + "</ul></section>"
         )
-    src = report.get("source", {})
     head = (
-        f"{summary.get('steps', 0)} steps, median {st.get('median', 0) or 0:.3f} ms "
+        f"{_e(_steps_text(summary, src))}, median {st.get('median', 0) or 0:.3f} ms "
         f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}; {_e(st.get('source', ''))}) "
         f"&middot; {_e(src.get('path', ''))}"
     )

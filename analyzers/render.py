@@ -65,6 +65,12 @@ def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> l
     return out
 
 
+def _steps_line(summ: dict[str, Any], src: dict[str, Any]) -> str:
+    """``24 in the run, 5 traced (from ProfilerStep)``; a lone trace has only the traced count."""
+    traced = f"{summ.get('steps')} traced (from {src.get('steps_from')})"
+    return f"{summ['run_steps']} in the run, {traced}" if summ.get("run_steps") is not None else traced
+
+
 def _phase_line(ph: dict[str, Any]) -> str:
     """One auto-patch phase's step time: ``name (steps a-b): median .. ms, p90 .. ms, n steps``."""
     return (
@@ -178,7 +184,7 @@ class ReportView:
         versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "cuda", "driver", "python") if env.get(k))
         if versions:
             head.add_row("versions", versions)
-        head.add_row("steps", f"{summ.get('steps')} (from {src.get('steps_from')})")
+        head.add_row("steps", _steps_line(summ, src))
         head.add_row(
             "step time",
             f"median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, "
@@ -247,7 +253,7 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
         "",
         f"- **source**: `{src.get('path')}` ({src.get('kind')}, {len(src.get('ranks') or [])} rank(s))",
         f"- **GPU**: {gpu}",
-        f"- **steps**: {summ.get('steps')} (from {src.get('steps_from')})",
+        f"- **steps**: {_steps_line(summ, src)}",
         f"- **step time**: median {_num(st.get('median'))} ms, p10 {_num(st.get('p10'))} ms, p90 {_num(st.get('p90'))} ms "
         f"({len(st.get('samples') or [])} samples, {st.get('source', '')})",
         *[f"  - phase {_phase_line(ph)}" for ph in summ.get("phases") or []],

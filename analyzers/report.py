@@ -46,7 +46,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
     return out
 
 
-def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
+def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str, list[int]] | None:
     """Whole-run step times from the first rank's steps.csv, leaving out the warm-up steps before
     the trace window (``meta.yaml`` window.skip), the window's own steps and the step after it
     (they run under the profiler's overhead, the latter writes the trace) as long as at least 3
@@ -85,7 +85,11 @@ def _telemetry_samples(ctx: AnalysisContext) -> tuple[list[float], str] | None:
         )
         for mask, why in choices:
             if mask.sum() >= 3 or (why.startswith("all steps") and mask.any()):
-                return [float(x) for x in wall[mask]], f"telemetry (rank {rd.rank} steps.csv, {why})"
+                return (
+                    [float(x) for x in wall[mask]],
+                    f"telemetry (rank {rd.rank} steps.csv, {why})",
+                    [int(x) for x in step[mask]],
+                )
     return None
 
 
@@ -251,13 +255,19 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
     result = run_analyzers(ctx, debug=debug)
     all_bd: list[StepBreakdown] = [b for rd in ctx.ranks for b in rd.breakdown]
     tel = _telemetry_samples(ctx)
+    sample_steps: list[int] | None = None
     if tel is not None:
-        samples, samples_source = tel
+        samples, samples_source, sample_steps = tel
     else:
         samples, samples_source = _trace_samples(ctx), "trace steps (slowest rank per step)"
     steps_stats = _stats(samples)
     steps_stats["source"] = samples_source
+    if sample_steps is not None and len(sample_steps) == len(steps_stats["samples"]):
+        steps_stats["sample_steps"] = sample_steps  # the step index of each sample, for charts
     phase_stats = _phase_stats(ctx)
+    run_steps = next(
+        (len(rd.telemetry["wall_ms"]) for rd in ctx.ranks if rd.telemetry and "wall_ms" in rd.telemetry), None
+    )
     over = (ctx.meta or {}).get("overhead")
     if isinstance(over, dict) and over.get("slowed") is True and tel is not None:
         # the telemetry samples are mostly steps after the window: they carry its after-effect
@@ -291,6 +301,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
         "environment": _environment(ctx),
         "summary": {
             "steps": n_steps,
+            **({"run_steps": run_steps} if run_steps is not None else {}),
             "gpu_events": has_gpu,
             "timeline": "gpu" if has_gpu else "cpu",
             "step_time_ms": steps_stats,

@@ -1,6 +1,7 @@
 """`stallscope demo`: the bundled workload runs through `profile` and its bottleneck is real."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def test_demo_profiles_a_data_bound_workload(tmp_path: Path) -> None:
     assert wait / wall > 0.25
     names = {e["name"] for e in trace(out / "rank0")["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")}
     assert names == {f"ProfilerStep#{i}" for i in range(6, 11)}
+
+    # the screen: one step-time median, the run's and the traced step counts, no GPU talk on a
+    # CPU run, and the next commands to try
+    screen = res.stdout + res.stderr
+    assert len(re.findall(r"\bmedian\b \d", screen)) == 1, screen
+    assert "24 in the run, 5 traced" in screen
+    assert "GPU computes" not in screen and "gpu-preprocess" not in screen
+    assert not re.search(r"\s(True|False)\s*$", screen, re.M)  # flags read yes/no, not Python
+    tail = screen.strip().splitlines()[-3:]
+    assert tail[0].startswith("next: stallscope report") and "--html" in tail[0]
+    assert "stallscope profile --auto-patch -- " in tail[2] and "demo.py" in tail[2]
 
 
 def test_group_rational_matches_its_formula() -> None:

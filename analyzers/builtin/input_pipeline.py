@@ -220,14 +220,16 @@ def input_causes(ctx: AnalysisContext, single_process: bool, evidence: dict) -> 
                     causes.append("too few workers")
                     fixes.append("dataloader-workers")
                     advice.append(f"raise num_workers above {workers} (each worker is a full core busy)")
-                fixes.append("gpu-preprocess")
-                advice.append("move per-sample decode/resize/normalise to the GPU")
+                if ctx.has("gpu"):  # moving preprocessing to a GPU needs one
+                    fixes.append("gpu-preprocess")
+                    advice.append("move per-sample decode/resize/normalise to the GPU")
         if "proc_cpu_pct" in host and len(host["proc_cpu_pct"]):
             evidence["main_process_cpu_pct"] = float(np.nanmean(host["proc_cpu_pct"]))
     if single_process or workers == 0:
         causes.append("preprocessing in the main process")
-        fixes += ["dataloader-workers", "gpu-preprocess"]
-        advice.append("DataLoader(num_workers=N) so batches are prepared while the GPU computes")
+        fixes += ["dataloader-workers", "gpu-preprocess"] if ctx.has("gpu") else ["dataloader-workers"]
+        device = "GPU" if ctx.has("gpu") else "model"
+        advice.append(f"DataLoader(num_workers=N) so batches are prepared while the {device} computes")
     pageable = rd.events.rows_named(lambda s: "HtoD" in s and "Pageable" in s, Kind.MEMCPY)
     pageable = pageable[rd.events.step[pageable] >= 0] if pageable.size else pageable
     if pageable.size:
