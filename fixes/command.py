@@ -30,7 +30,7 @@ class PlanItem:
     fix_id: str
     findings: list[str] = field(default_factory=list)
     saving_ms: float = 0.0
-    status: str = "would apply"  # would apply | advisory | unavailable
+    status: str = "would apply"  # would apply | advisory | unavailable | kept | rolled back | skipped | applied
     description: str = ""
     scope: str = ""
     tolerance: dict[str, Any] = field(default_factory=dict)
@@ -100,11 +100,13 @@ def _load_report(path: Path) -> dict[str, Any]:
     return dict(open_report(path, use_saved=True, need="findings").report)
 
 
-def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _earlier_decisions(report: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """fix id -> (decision, one line) of an earlier auto-patch run recorded in the report."""
+    out: dict[str, tuple[str, str]] = {}
     for e in patch_entries(report.get("patches") or {}):
         speed = f", {e['speedup']:.2f}x" if isinstance(e.get("speedup"), (int, float)) else ""
-        out[str(e["id"])] = f"{e.get('decision')}{speed}"
+        decision = str(e.get("decision"))
+        out[str(e["id"])] = (decision, f"{decision}{speed}")
     return out
 
 
@@ -129,7 +131,7 @@ def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
             item.saving_ms = max(item.saving_ms, saving)
     for fix_id, item in items.items():
         cls = registry.get(fix_id)
-        item.earlier = earlier.get(fix_id, "")
+        decision, item.earlier = earlier.get(fix_id, ("", ""))
         if cls is None:
             item.status, item.description = "unavailable", "no such fix in this version (advice only)"
             continue
@@ -137,7 +139,10 @@ def build_plan(report: Mapping[str, Any], source: str = "report") -> Plan:
         item.tolerance = cls.tolerance.to_dict()
         if getattr(cls, "advisory", "") or cls.scope not in ("module", "process", "dataloader"):
             item.status = "advisory"
-    ordered = sorted(items.values(), key=lambda i: (i.status != "would apply", -i.saving_ms, i.fix_id))
+        elif decision in ("kept", "rolled_back", "skipped", "applied"):
+            # auto-patch already decided on this run: say what it did, not what it would do
+            item.status = decision.replace("_", " ")
+    ordered = sorted(items.values(), key=lambda i: (i.status in ("advisory", "unavailable"), -i.saving_ms, i.fix_id))
     others = sorted(
         i
         for i, c in registry.items()

@@ -263,6 +263,7 @@ class RunSummary:
         parts: list = [head, table]
         if phases is not None:
             parts.append(phases)
+        parts += [Text(line) for line in _patch_lines(self.run_dir)]
         over = m.get("overhead") or {}
         slow = over.get("window_slowdown_pct")
         if slow is not None:
@@ -277,6 +278,30 @@ class RunSummary:
             parts.append(Text(f"note: {n}", style="yellow"))
         parts.append(Text.assemble(("run directory: ", "bold"), (str(self.run_dir), "cyan")))
         return Group(*parts)
+
+
+def _patch_lines(run_dir: Path) -> list[str]:
+    """What auto-patch decided, one line per fix it tried and one for those it skipped."""
+    path = run_dir / runformat.PATCHES
+    try:
+        doc = read_yaml(path) if path.is_file() else None
+    except ToolError:
+        return [f"auto-patch: {path} unreadable"]
+    fixes = doc.get("fixes") if isinstance(doc, dict) else None
+    if not isinstance(fixes, list):
+        return []
+    lines, skipped = [], []
+    for f in fixes[:50]:
+        if not isinstance(f, dict):
+            continue
+        decision, why = str(f.get("decision")), str(f.get("why") or "")[:160]
+        if decision == "skipped":
+            skipped.append(str(f.get("id")))
+        else:
+            lines.append(f"auto-patch: {f.get('id')} {decision.replace('_', ' ')}: {why}")
+    if skipped:
+        lines.append(f"auto-patch: not tried: {', '.join(skipped)} (why in {path})")
+    return lines
 
 
 def _phase_table(run_dir: Path, meta: dict) -> object | None:

@@ -40,8 +40,10 @@ def test_plan_orders_by_saving_and_joins_the_registry():
     plan = build_plan(REPORT, "r.yaml")
     by_id = {i.fix_id: i for i in plan.items}
     assert [i.fix_id for i in plan.items][:3] == ["flashkat", "tf32", "dataloader-workers"]
-    assert by_id["flashkat"].status == "would apply" and by_id["flashkat"].earlier == "kept, 41.50x"
-    assert by_id["tf32"].earlier == "rolled_back, 1.01x"
+    # an earlier auto-patch run decided these: the plan says what it did, not "would apply"
+    assert by_id["flashkat"].status == "kept" and by_id["flashkat"].earlier == "kept, 41.50x"
+    assert by_id["tf32"].status == "rolled back" and by_id["tf32"].earlier == "rolled_back, 1.01x"
+    assert by_id["dataloader-workers"].status == "would apply"
     assert by_id["dataloader-workers"].findings == ["input-pipeline-data-wait"]  # underscore ids normalized
     assert by_id["amp"].status == "unavailable"
     assert "cudnn-benchmark" in plan.other_fixes and "flashkat" not in plan.other_fixes
@@ -53,7 +55,7 @@ def test_plan_cli_console_and_yaml(tmp_path):
     runner = CliRunner()
     out = runner.invoke(app, ["patch", "plan", str(report)])
     assert out.exit_code == 0, out.output
-    assert "flashkat" in out.output and "would apply" in out.output
+    assert "flashkat" in out.output and "would apply" in out.output and "rolled back" in out.output
     out = runner.invoke(app, ["patch", "plan", str(report), "--format", "yaml"])
     doc = yaml.safe_load(out.output)
     assert doc["kind"] == "stallscope-patch-plan" and doc["fixes"][0]["fix"] == "flashkat"

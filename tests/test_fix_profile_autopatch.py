@@ -70,6 +70,7 @@ def test_profile_auto_patch_keeps_dataloader_workers(tmp_path):
     console.print(RunSummary(run, meta))
     text = console.export_text()
     assert "median step ms (all phases)" in text and "with dataloader-workers (steps" in text
+    assert "auto-patch: dataloader-workers kept: faster" in text and "not tried: " in text
 
     report_path = tmp_path / "report.yaml"
     d = subprocess.run(
