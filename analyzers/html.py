@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stallscope.analyzers.peaks import kernel_rooflines, peaks_for
-from stallscope.analyzers.render import FixAdvice, fix_advice_lines
+from stallscope.analyzers.render import FixAdvice, fix_advice_lines, nothing_found
 from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ def _findings(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> st
             f"{_kv({'id': f['id'], 'category': f['category'], 'confidence': f.get('confidence'), **f.get('evidence', {}), **{'where.' + k: v for k, v in where.items()}, 'fixes': f.get('fixes'), 'advice': f.get('advice')})}"
             f"{_fix_advice(f, fix_advice)}</details>"
         )
-    return "".join(items) or "<p class='muted'>No findings.</p>"
+    return "".join(items) or f"<p class='muted'>{_e(nothing_found(report))}</p>"
 
 
 def _patches(report: dict[str, Any]) -> str | None:

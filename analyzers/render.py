@@ -65,6 +65,29 @@ def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> l
     return out
 
 
+def nothing_found(r: dict[str, Any]) -> str:
+    """Why a report has no finding, with what was looked at: the steps, the analyzers that ran and
+    those that could not (a report over no steps found nothing because it looked at nothing)."""
+    summ, an = r.get("summary") or {}, r.get("analyzers") or {}
+    ran = an.get("ran") or []
+    skipped = an.get("skipped") or {}
+    if not summ.get("steps") and (r.get("source") or {}).get("kind") == "run-dir":
+        return (
+            "nothing analysed: no step of the run was traced (the trace window was not reached or not "
+            "written; see the notes below); lower --skip or run more steps"
+        )
+    if not summ.get("steps"):
+        return (
+            "nothing analysed: the trace has no steps (no ProfilerStep ranges or step markers in it); "
+            "record at least one step in the window (stallscope profile --skip/--steps, or torch.profiler with "
+            "schedule and prof.step())"
+        )
+    st = summ.get("step_time_ms") or {}
+    looked = f"{summ.get('steps')} traced steps (median {_num(st.get('median'))} ms)"
+    not_run = f"; could not run: {', '.join(sorted(skipped))}" if skipped else ""
+    return f"no bottleneck above the noise threshold in {looked}; {len(ran)} analyzers ran ({', '.join(ran)}){not_run}"
+
+
 def _steps_line(summ: dict[str, Any], src: dict[str, Any]) -> str:
     """``24 in the run, 5 traced (from ProfilerStep)``; a lone trace has only the traced count."""
     traced = f"{summ.get('steps')} traced (from {src.get('steps_from')})"
@@ -231,7 +254,7 @@ class ReportView:
         findings = r.get("findings") or []
         parts.append(Text(f"findings ({len(findings)}), ranked by impact", style="bold underline"))
         if not findings:
-            parts.append(Text("no bottleneck above the noise threshold was found", style="green"))
+            parts.append(Text(nothing_found(r), style="green" if (r.get("summary") or {}).get("steps") else "yellow"))
         for i, f in enumerate(findings, 1):
             parts.append(FindingView(f, i, self.fix_advice))
         for n in r.get("notices") or []:
@@ -290,7 +313,7 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
     findings = r.get("findings") or []
     out += ["", f"## Findings ({len(findings)}, ranked by impact)", ""]
     if not findings:
-        out.append("No bottleneck above the noise threshold was found.")
+        out.append(nothing_found(r))
     for i, f in enumerate(findings, 1):
         imp = f.get("impact", {})
         out.append(f"### {i}. [{f.get('severity')}] {f.get('title')}")

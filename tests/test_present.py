@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from stallscope.analyzers.render import nothing_found
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RECORD = r'''
@@ -139,3 +141,30 @@ def test_report_of_a_missing_target_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+def test_nothing_found_says_what_was_looked_at(tmp_path):
+    """A run whose window was never reached is not 'no bottleneck': it says nothing was analysed
+    and what to change; a trace without findings names the steps and analyzers it looked at."""
+    script = tmp_path / "short.py"
+    script.write_text(
+        "import torch\n"
+        "m = torch.nn.Linear(16, 16); opt = torch.optim.SGD(m.parameters(), lr=0.01); x = torch.randn(8, 16)\n"
+        "for _ in range(8):\n"
+        "    m(x).sum().backward(); opt.step(); opt.zero_grad()\n"
+    )
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "stallscope.cli", "profile", "-o", str(run), "--skip", "40", "--", sys.executable,
+         str(script)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    screen = " ".join((res.stdout + res.stderr).split())
+    assert "nothing analysed: no step of the run was traced" in screen and "lower --skip" in screen
+    assert "no bottleneck" not in screen
+    report = {"summary": {"steps": 3, "step_time_ms": {"median": 12.0}}, "source": {"kind": "trace"},
+              "analyzers": {"ran": ["compile", "input-pipeline"], "skipped": {"precision": ["gpu"]}}}
+    line = nothing_found(report)
+    assert "3 traced steps" in line and "2 analyzers ran (compile, input-pipeline)" in line
+    assert "could not run: precision" in line
