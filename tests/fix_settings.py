@@ -5,10 +5,12 @@ program it can patch on the CPU (a model and an input, or a DataLoader), or an
 :class:`Advisory` entry saying why it cannot be patched into a program on the CPU.
 ``tests/test_fix_contract.py`` runs the same contract over every runnable entry.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,13 +61,25 @@ class ConvNet(nn.Module):
         return self.head(self.conv(x).flatten(1))
 
 
+def fast_kernels_in_force(model: nn.Module) -> bool:
+    """Every GR-KAN activation of ``model`` runs the swapped-in fast path (the flashkat patch)."""
+    from stallscope.fixes.flashkat.modules import is_grkan_module
+
+    acts = [m for m in model.modules() if is_grkan_module(m)]
+    return bool(acts) and all(getattr(m.__dict__.get("rational"), "stallscope_fast", False) for m in acts)
+
+
 def kat_like_mlp() -> nn.Module:
     """Two GR-KAN activations (our KAT_Group drop-in on the baseline kernels) in an MLP block."""
     from stallscope.fixes.flashkat.modules import BaselineKATGroup
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), BaselineKATGroup(num_groups=4, mode="swish"), nn.Linear(32, 16),
-                         BaselineKATGroup(num_groups=4, mode="identity"))
+    return nn.Sequential(
+        nn.Linear(16, 32),
+        BaselineKATGroup(num_groups=4, mode="swish"),
+        nn.Linear(32, 16),
+        BaselineKATGroup(num_groups=4, mode="identity"),
+    )
 
 
 class SquaresDataset(Dataset):
@@ -88,9 +102,11 @@ def shuffled_loader() -> DataLoader:
 SETTINGS: dict[str, FixSetting | Advisory] = {
     "flashkat": FixSetting(
         build=lambda: {"model": kat_like_mlp(), "input": torch.randn(4, 5, 16)},
+        effect=lambda built: fast_kernels_in_force(built["model"]),
         min_targets=2,
-        note="on the CPU both sides run the PyTorch path of the same maths; kernel parity runs on the GPU "
-             "(bench/autopatch_gpu.py)",
+        note="on the CPU both sides run the PyTorch path of the same maths; the kernels are compared with an "
+        "independent implementation under the Triton interpreter (tests/flashkat_*interp_cases.py) and on "
+        "the GPU (bench/autopatch_gpu.py)",
     ),
     "tf32": FixSetting(
         build=lambda: {"model": GemmNet(), "input": torch.randn(6, 16)},
@@ -111,8 +127,12 @@ SETTINGS: dict[str, FixSetting | Advisory] = {
         effect=lambda built: built["loader"].num_workers > 0,
     ),
     "tensorbleu": Advisory("the per-sentence BLEU loop must be rewritten to one batched call; the fix only advises"),
-    "gpu-preprocess": Advisory("patches an ImageFolder-style DataLoader with torchvision transforms over JPEG files "
-                               "(torchvision is not on the CPU CI); its own tests cover it (tests/test_gpu_preprocess.py)"),
-    "bottleneck-sampling": Advisory("patches a diffusers pipeline object (not installed on the CPU CI) with an "
-                                    "approximate schedule verified by its own quality benchmark, not by elementwise parity"),
+    "gpu-preprocess": Advisory(
+        "patches an ImageFolder-style DataLoader with torchvision transforms over JPEG files "
+        "(torchvision is not on the CPU CI); its own tests cover it (tests/test_gpu_preprocess.py)"
+    ),
+    "bottleneck-sampling": Advisory(
+        "patches a diffusers pipeline object (not installed on the CPU CI) with an "
+        "approximate schedule verified by its own quality benchmark, not by elementwise parity"
+    ),
 }

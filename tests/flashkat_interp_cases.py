@@ -1,9 +1,13 @@
 """Cases for the Triton kernels (fast and baseline) on CPU tensors under TRITON_INTERPRET=1.
 
+Checked against two references: the module's own float64 maths (``reference.py``) and an
+independent implementation of the paper's formula through autograd (``tests/flashkat_oracle.py``).
+
 Run by tests/test_flashkat_triton_interp.py in a subprocess: the variable must be set before
 triton is first imported, which a test module inside a shared pytest process cannot promise.
 Tiny shapes: the interpreter runs each program in numpy.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,12 +15,14 @@ import os
 import pytest
 import torch
 
-
 from stallscope.fixes.flashkat import reference as R  # noqa: E402
-
+from tests.flashkat_oracle import coefficient_scale, grkan_fp64  # noqa: E402
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through tests/test_flashkat_triton_interp.py (needs TRITON_INTERPRET=1 before triton loads)", allow_module_level=True)
+    pytest.skip(
+        "run through tests/test_flashkat_triton_interp.py (needs TRITON_INTERPRET=1 before triton loads)",
+        allow_module_level=True,
+    )
 
 from stallscope.fixes.flashkat import baseline as _baseline  # noqa: E402
 from stallscope.fixes.flashkat import kernels as _kernels  # noqa: E402
@@ -51,7 +57,14 @@ def _check(y, dx, dn, dd, x, num, den, g):
 
 # (rows, D, G): group widths 24 (KAT-T act1), 96 (act2, one tile of 32 x 3), 1 (per-channel),
 # 12 (not a multiple of 8: masked column tile), G = 1, rows not a multiple of the tile (L = 197).
-CASES = [(197, 48, 2, True), (197, 48, 2, False), (5, 192, 2, True), (9, 8, 8, False), (17, 36, 3, True), (11, 16, 1, False)]
+CASES = [
+    (197, 48, 2, True),
+    (197, 48, 2, False),
+    (5, 192, 2, True),
+    (9, 8, 8, False),
+    (17, 36, 3, True),
+    (11, 16, 1, False),
+]
 
 
 @pytest.mark.parametrize("rows,width,groups,shared", CASES)
@@ -66,6 +79,38 @@ def test_fast_kernels_match_fp64_reference(kern, rows, width, groups, shared):
     torch.testing.assert_close(dda, dd, rtol=1e-5, atol=1e-6)
 
 
+def _check_against_paper(y, dx, dn, dd, x, num, den, g):
+    """Outputs and all three gradients against the paper's formula through float64 autograd."""
+    y64, dx64, dn64, dd64 = grkan_fp64(x, num, den, g)
+    mass_n, mass_d = coefficient_scale(x, num, den, g)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx.double(), dx64, rtol=1e-5, atol=1e-5)
+    assert dn.shape == num.shape and dd.shape == den.shape
+    assert torch.all((dn.double() - dn64).abs() <= 1e-5 * mass_n), (dn, dn64)
+    assert torch.all((dd.double() - dd64).abs() <= 1e-5 * mass_d), (dd, dd64)
+
+
+# (rows, D, G, shared numerator, identity-initialised group: b = 0 there)
+PAPER_CASES = [(40, 48, 2, True, False), (13, 36, 3, False, True), (9, 8, 8, True, True), (33, 96, 1, False, False)]
+
+
+@pytest.mark.parametrize("rows,width,groups,shared,zero_group", PAPER_CASES)
+def test_every_kernel_matches_the_paper_formula(kern, rows, width, groups, shared, zero_group):
+    """Fast kernels (both reductions) and baseline kernels, forward and backward, against the
+    independent autograd oracle, including exact zeros of x and b where the sign convention decides."""
+    kernels, baseline = kern
+    x, num, den, g = _inputs(rows, width, groups, shared, seed=100 + rows)
+    if zero_group:
+        den[0] = 0.0
+    y = kernels.flashkat_forward(x, num, den)
+    _check_against_paper(y, *kernels.flashkat_backward(x, num, den, g), x, num, den, g)
+    _check_against_paper(y, *kernels.flashkat_backward(x, num, den, g, reduction="atomic"), x, num, den, g)
+    yb = baseline.baseline_forward(x, num, den)
+    _check_against_paper(yb, *baseline.baseline_backward(x, num, den, g), x, num, den, g)
+    if zero_group:  # b = 0 still gets a gradient (s(0) = +1): an identity-initialised layer learns
+        assert torch.all(kernels.flashkat_backward(x, num, den, g)[2][0] != 0)
+
+
 @pytest.mark.parametrize("rows,width,groups", [(197, 48, 2), (9, 8, 8)])
 def test_baseline_kernels_match_fp64_reference(kern, rows, width, groups):
     _, baseline = kern
@@ -78,7 +123,9 @@ def test_baseline_kernels_match_fp64_reference(kern, rows, width, groups):
 def test_fast_and_baseline_forward_agree_to_ulps(kern):
     kernels, baseline = kern
     x, num, den, _ = _inputs(33, 64, 4, False, seed=11)
-    torch.testing.assert_close(kernels.flashkat_forward(x, num, den), baseline.baseline_forward(x, num, den), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        kernels.flashkat_forward(x, num, den), baseline.baseline_forward(x, num, den), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_two_stage_reduction_is_bitwise_deterministic(kern):
@@ -87,7 +134,7 @@ def test_two_stage_reduction_is_bitwise_deterministic(kern):
     first = kernels.flashkat_backward(x, num, den, g)
     for _ in range(2):
         again = kernels.flashkat_backward(x, num, den, g)
-        for a, b in zip(first, again):
+        for a, b in zip(first, again, strict=True):
             assert torch.equal(a, b)
 
 
@@ -133,7 +180,7 @@ def test_module_paths_through_interpreter(kern):
     torch.testing.assert_close(y_fast, y_base, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(x_fast.grad, x.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-    for p, gb, pr in zip(base.parameters(), grads_base, ref.parameters()):
+    for p, gb, pr in zip(base.parameters(), grads_base, ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad, gb, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(p.grad, pr.grad, rtol=1e-4, atol=1e-5)
     # bf16 autocast input gives a float32 output, as KAT's cast_inputs=float32 does

@@ -1,7 +1,10 @@
 """gpu-health analyzer: NVML clock-event reasons decoded and graded. The GPU machine does not
 throttle on demand, so the samples here are written out by hand in nvml.csv's format, with the
 NVML reason bit values (0x20 SW thermal, 0x4 SW power cap) and a real CPU trace for the steps."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,7 +15,9 @@ from tests.analyzer_traces import context, record, run
 
 
 def _ctx(tmp_path, reasons, sm_clock, util=95.0):
-    ctx = context(record(tmp_path / "t.json", lambda i: torch.mm(torch.randn(64, 64), torch.randn(64, 64)), stacks=False))
+    ctx = context(
+        record(tmp_path / "t.json", lambda i: torch.mm(torch.randn(64, 64), torch.randn(64, 64)), stacks=False)
+    )
     n = len(reasons)
     ctx.ranks[0].nvml = {
         "t_ns": np.arange(n, dtype=np.float64) * 4e7,
@@ -32,11 +37,28 @@ def test_thermal_throttling_while_busy_is_found(tmp_path):
     f = found[0]
     assert f.id == "gpu-throttled" and f.where["reasons"] == ["sw_thermal"]
     assert f.evidence["thermal_or_hw_throttled_pct_of_busy"] == 80.0
-    # 80 % of samples x 29 % clock deficit, times the share of the step the device was busy
-    bd = ctx.ranks[0].breakdown
-    busy = sum(b.compute_ms + b.memory_ms for b in bd) / sum(b.wall_ms for b in bd)
-    assert f.impact.step_time_pct == pytest.approx(100 * 0.8 * (1 - 1400 / 1980) * busy, rel=1e-6)
     assert f.severity.rank >= Severity.MEDIUM.rank
+
+
+def _device_busy(ctx, share: float):
+    """The same steps with the device busy for ``share`` of each (known by construction)."""
+    rd = ctx.ranks[0]
+    rd.breakdown = [
+        dataclasses.replace(b, compute_ms=share * b.wall_ms, memory_ms=0.0, host_other_ms=(1 - share) * b.wall_ms)
+        for b in rd.breakdown
+    ]
+    return ctx
+
+
+def test_throttling_costs_only_while_the_device_is_busy(tmp_path):
+    reasons, clocks = ["0x20"] * 8 + ["0x0"] * 2, [1400.0] * 8 + [1980.0] * 2
+    (full,) = run("gpu-health", _device_busy(_ctx(tmp_path, reasons, clocks), 1.0))
+    (half,) = run("gpu-health", _device_busy(_ctx(tmp_path, reasons, clocks), 0.5))
+    # busy throughout, 80 % of the time at 1400 of 1980 MHz: the step is 23.4 % slower than at full clocks
+    assert full.impact.step_time_pct == pytest.approx(100 * 0.8 * (1 - 1400 / 1980), rel=1e-6)
+    assert half.impact.step_time_pct == pytest.approx(full.impact.step_time_pct / 2, rel=1e-6)
+    (deeper,) = run("gpu-health", _device_busy(_ctx(tmp_path, reasons, [1000.0] * 8 + [1980.0] * 2), 1.0))
+    assert deeper.impact.step_time_pct > full.impact.step_time_pct
 
 
 def test_power_cap_is_at_most_low(tmp_path):

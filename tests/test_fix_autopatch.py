@@ -6,6 +6,7 @@ back), one numerically wrong (fails parity on the first real input and is rolled
 the patched code ever runs). After each run the program's results are compared bit for bit
 with an unpatched run.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,7 +21,11 @@ from stallscope.fixes.base import Fix, PatchHandle, Target, Tolerance
 from stallscope.profiler.common import read_yaml
 from stallscope.profiler.hooks import StepEvent
 
-DELAY_S = 0.010
+# The slow activation sleeps 50 ms a call; the rest of a step is ~1 ms of tiny ops. "Faster" is
+# then decided by 12 + 12 samples whose medians differ ~50x: a loaded 2-core machine (a few ms of
+# scheduling delay per step) cannot make an unpatched step look as short as a patched one, where
+# with a 10 ms sleep three delayed patched steps already cost the test its p < 0.01.
+DELAY_S = 0.050
 STEPS = 50  # skip 2 + clock start 1 + baseline 12 + two fixes x (parity 1 + warm-up 1 + 12 measured) = 43
 
 

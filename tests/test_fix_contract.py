@@ -1,19 +1,30 @@
 """Generic contract tests for every registered fix, driven by ``tests/fix_settings.py``.
 
-For each fix: find targets on its settings program -> apply -> parity within its tolerance ->
-revert -> the program is bit-identical to before (parameters, buffers, outputs); Parameter
-identity, ``state_dict`` keys, optimizer param identity, hooks and device kept after apply and
-after revert.
+For each fix: find targets on its settings program -> apply -> parity check -> revert -> the
+program is bit-identical to before (parameters, buffers, outputs); Parameter identity,
+``state_dict`` keys, optimizer param identity, hooks and device kept after apply and after revert.
+
+On the CPU the patched numerics of tf32, cudnn-benchmark and flashkat equal the original ones (TF32
+and cuDNN do not exist there; flashkat falls back to the same PyTorch maths), so a passing parity
+check would compare a function with itself. What is checked instead is what makes the check that
+guards these fixes on the GPU meaningful: its reference run really runs with the fix suspended,
+the fix is back in force afterwards, and the fix's own tolerance rejects an output perturbed by
+4x its bound while accepting one perturbed by a quarter of it. (TF32's rounding itself is emulated
+in tests/test_fix_parity.py; the flashkat kernels are compared with an independent implementation
+under the Triton interpreter.)
 """
+
 from __future__ import annotations
 
+import contextlib
+import functools
 import subprocess
 import sys
 
 import pytest
 import torch
-
 from fix_settings import SETTINGS, Advisory, FixSetting
+
 from stallscope.fixes.base import Fix, registered_fixes
 from stallscope.fixes.parity import check_parity
 
@@ -50,6 +61,28 @@ def test_fix_module_imports_without_torch(fix_id: str):
     assert out.stdout.strip() == "False", f"{module} imports torch at import time"
 
 
+@contextlib.contextmanager
+def _watched_suspension(fix, handle, seen: list, in_force):
+    """``fix.suspended(handle)``, recording whether the fix is in force while it is suspended."""
+    with fix.suspended(handle):
+        seen.append(in_force())
+        yield
+
+
+def _not_reverted(handle) -> bool:
+    return not handle.reverted
+
+
+@contextlib.contextmanager
+def _scaled_output(module: torch.nn.Module, factor: float):
+    """The "original" run of a parity check with its output multiplied by ``factor``."""
+    handle = module.register_forward_hook(lambda m, a, out: out * factor)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _snapshot(model: torch.nn.Module, x: torch.Tensor) -> dict:
     model.eval()  # eval: the snapshot itself must not move BatchNorm statistics
     with torch.no_grad():
@@ -59,7 +92,10 @@ def _snapshot(model: torch.nn.Module, x: torch.Tensor) -> dict:
         "params": {n: (p, p.detach().clone(), p.device) for n, p in model.named_parameters()},
         "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
         "keys": list(model.state_dict().keys()),
-        "hooks": {n: (dict(m._forward_pre_hooks), dict(m._forward_hooks), dict(m._backward_hooks)) for n, m in model.named_modules()},
+        "hooks": {
+            n: (dict(m._forward_pre_hooks), dict(m._forward_hooks), dict(m._backward_hooks))
+            for n, m in model.named_modules()
+        },
         "out": out,
     }
 
@@ -86,8 +122,11 @@ def test_model_fix_contract(fix_id: str):
     fix = registered_fixes()[fix_id]()
     targets = fix.find_targets(model)
     inputs = {}  # each target module's real input, from one forward before the patch
-    hooks = [t.obj.register_forward_pre_hook(lambda m, a, t=t: inputs.setdefault(t.name, a[0].detach().clone()))
-             for t in targets if t.kind == "module"]
+    hooks = [
+        t.obj.register_forward_pre_hook(lambda m, a, t=t: inputs.setdefault(t.name, a[0].detach().clone()))
+        for t in targets
+        if t.kind == "module"
+    ]
     with torch.no_grad():
         model(x)
     for hook in hooks:
@@ -105,11 +144,28 @@ def test_model_fix_contract(fix_id: str):
         module = fix.parity_module(h)
         probe_input = x if module is model else inputs[h.target.name]
         grads_before = [p.grad for p in model.parameters()]
-        result = check_parity(module, (probe_input,), {}, lambda h=h: fix.suspended(h), fix.tolerance_for(h.target))
+        tol = fix.tolerance_for(h.target)
+        seen: list = []
+        in_force = (
+            functools.partial(setting.effect, built)
+            if setting.effect is not None
+            else functools.partial(_not_reverted, h)
+        )
+        suspended = functools.partial(_watched_suspension, fix, h, seen, in_force)
+        result = check_parity(module, (probe_input,), {}, suspended, tol)
         assert result.passed, result.reason
+        assert seen == [False], "parity's reference run must run without the fix"
+        assert in_force() and not h.reverted, "the fix is back in force after the check"
         assert result.tensors_compared >= 2
         assert [p.grad for p in model.parameters()] == grads_before  # nothing accumulated
-        assert not h.reverted
+        # the fix's tolerance tells a result off by 4x its bound from one off by a quarter of it
+        off = check_parity(module, (probe_input,), {}, functools.partial(_scaled_output, module, 1 + 4 * tol.rtol), tol)
+        assert not off.passed and off.reason.startswith("out: ") and "exceeds" in off.reason, off.reason
+        near = check_parity(
+            module, (probe_input,), {}, functools.partial(_scaled_output, module, 1 + tol.rtol / 4), tol
+        )
+        assert near.passed, near.reason
+        assert [p.grad for p in model.parameters()] == grads_before
 
     for h in reversed(handles):
         fix.revert(h)

@@ -1,4 +1,5 @@
 """stallscope.fixes.parity: the comparison is right, and the program cannot notice that it ran."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,12 +40,16 @@ def test_identical_modules_pass_and_nothing_is_left_behind():
     hook_calls = []
     handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda mod, a: hook_calls.append(mod))
     try:
-        result = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.0), Tolerance(rtol=0, atol=0, grad_rtol=0, grad_atol=0))
+        result = check_parity(
+            m, (x,), {}, lambda: scaled_last_layer(m, 1.0), Tolerance(rtol=0, atol=0, grad_rtol=0, grad_atol=0)
+        )
     finally:
         handle.remove()
     assert result.passed and result.max_abs_err_out == 0 and result.max_abs_err_grad == 0
     assert result.tensors_compared == 1 + 1 + 6  # output, input grad, 6 parameter grads (dropout masks matched)
-    assert all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))  # BatchNorm statistics restored
+    assert all(
+        torch.equal(a, b) for a, b in zip(stats, list(m.buffers()), strict=True)
+    )  # BatchNorm statistics restored
     assert torch.equal(rng[0], torch.random.get_rng_state()) and rng[1] == random.getstate()
     assert np.array_equal(rng[2], np.random.get_state()[1])
     assert all(p.grad is None for p in m.parameters())
@@ -56,8 +61,13 @@ def test_differences_are_measured_against_the_tolerance():
     off = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.001), Tolerance(rtol=1e-5, atol=1e-6))
     assert not off.passed and "exceeds" in off.reason
     assert off.max_rel_err_out == pytest.approx(1e-3, rel=0.05)
-    loose = check_parity(m, (x,), {}, lambda: scaled_last_layer(m, 1.001),
-                         Tolerance(rtol=2e-3, atol=0, grad_rtol=1.0, grad_atol=0, scale="tensor"))
+    loose = check_parity(
+        m,
+        (x,),
+        {},
+        lambda: scaled_last_layer(m, 1.001),
+        Tolerance(rtol=2e-3, atol=0, grad_rtol=1.0, grad_atol=0, scale="tensor"),
+    )
     assert loose.passed, loose.reason
 
 
@@ -161,7 +171,10 @@ class _ReluMLP(nn.Module):
             if self.mode == "tf32":
                 h = _EmulatedTF32Linear.apply(h, layer.weight, layer.bias)
             elif self.mode == "broken":  # a wrong fix: right forward, gradient 5 % too large
-                h = _EmulatedTF32Linear.apply(h, layer.weight * 1.05, layer.bias) - h @ (0.05 * layer.weight).detach().t()
+                h = (
+                    _EmulatedTF32Linear.apply(h, layer.weight * 1.05, layer.bias)
+                    - h @ (0.05 * layer.weight).detach().t()
+                )
             else:
                 h = torch.nn.functional.linear(h, layer.weight, layer.bias)
             if layer is not self.head:
@@ -193,3 +206,40 @@ def test_tf32_rounding_passes_by_gradient_direction_where_elementwise_bounds_fai
     m.mode = "broken"
     bad = check_parity(m, (x,), {}, lambda: _fp32(m), TF32.tolerance)
     assert not bad.passed and "norm ratio" in bad.reason
+
+
+@contextlib.contextmanager
+def _scaled_output(m: nn.Module, factor: float):
+    handle = m.register_forward_hook(lambda mod, a, out: out * factor)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_cudnn_benchmark_is_held_to_tf32_bounds_only_while_cudnn_tf32_is_on():
+    """Another cuDNN algorithm may also switch TF32 use when cuDNN's TF32 is on, not when it is
+    off; an error between the two bounds passes the one and fails the other."""
+    from fix_settings import ConvNet
+
+    from stallscope.fixes.cudnn_benchmark.fix import CudnnBenchmark
+    from stallscope.fixes.tf32.fix import TF32
+
+    fix = CudnnBenchmark()
+    torch.manual_seed(0)
+    m, x = ConvNet().train(), torch.randn(2, 3, 8, 8)
+    (target,) = fix.find_targets(m)
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        on = fix.tolerance_for(target)
+        torch.backends.cudnn.allow_tf32 = False
+        off = fix.tolerance_for(target)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    assert (on.rtol, on.grad_rtol) == (TF32.tolerance.rtol, TF32.tolerance.grad_rtol)
+    assert off.rtol < on.rtol and off.grad_rtol < on.grad_rtol
+    between = (off.rtol * on.rtol) ** 0.5
+    assert check_parity(m, (x,), {}, lambda: _scaled_output(m, 1 + between), on).passed
+    r = check_parity(m, (x,), {}, lambda: _scaled_output(m, 1 + between), off)
+    assert not r.passed and r.reason.startswith("out: ")

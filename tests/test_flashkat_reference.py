@@ -1,9 +1,11 @@
 """GR-KAN reference maths and modules on the CPU (PyTorch path; no Triton needed)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+import stallscope.fixes.flashkat.modules as modules
 from stallscope.fixes.flashkat import reference as R
 from stallscope.fixes.flashkat.modules import (
     INIT_COEFFICIENTS,
@@ -15,19 +17,7 @@ from stallscope.fixes.flashkat.modules import (
     use_fast_kernels,
     why_not_fast,
 )
-
-
-def _autograd_oracle(x, num, den):
-    """Independent float64 formula through torch autograd (valid away from x = 0 and b = 0)."""
-    groups = den.shape[0]
-    xg = x.reshape(-1, groups, x.shape[-1] // groups)
-    a = num.expand(groups, 6).reshape(1, groups, 6, 1)
-    b = den.reshape(1, groups, 4, 1)
-    powers = torch.stack([xg**i for i in range(6)], dim=2)
-    p = (a * powers).sum(dim=2)
-    apow = torch.stack([xg.abs() ** (j + 1) for j in range(4)], dim=2)
-    q = 1 + (b.abs() * apow).sum(dim=2)
-    return (p / q).reshape(x.shape)
+from tests.flashkat_oracle import grkan, grkan_fp64
 
 
 def _away_from_zero(shape, scale=2.0, gen=None):
@@ -38,12 +28,18 @@ def _away_from_zero(shape, scale=2.0, gen=None):
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("shape,groups", [((2, 5, 24), 4), ((7, 12), 3), ((3, 4, 8), 8), ((2, 3, 6), 1)])
 def test_reference_matches_independent_autograd(shape, groups, shared):
+    """The module's maths against the paper's formula through autograd (tests/flashkat_oracle.py),
+    with an exact zero of x and a b = 0 coefficient, where the sign convention s(0) = +1 decides."""
     gen = torch.Generator().manual_seed(1)
-    x = _away_from_zero(shape, gen=gen).requires_grad_()
+    x = _away_from_zero(shape, gen=gen)
+    x.view(-1)[0] = 0.0
+    x.requires_grad_()
     num = (torch.randn(1 if shared else groups, 6, dtype=torch.float64, generator=gen) * 0.5).requires_grad_()
-    den = _away_from_zero((groups, 4), 0.3, gen).requires_grad_()
+    den = _away_from_zero((groups, 4), 0.3, gen)
+    den[0, 1] = 0.0
+    den.requires_grad_()
     g = torch.randn(shape, dtype=torch.float64, generator=gen)
-    y_ref = _autograd_oracle(x, num, den)
+    y_ref = grkan(x, num, den)
     y_ref.backward(g)
     y = R.reference_fp64(x.detach(), num.detach(), den.detach())
     dx, dn, dd = R.reference_grads_fp64(x.detach(), num.detach(), den.detach(), g)
@@ -60,7 +56,9 @@ def test_gradcheck_reference_3d_and_2d():
         x = _away_from_zero(shape, gen=gen).requires_grad_()
         num = (torch.randn(1, 6, dtype=torch.float64, generator=gen) * 0.4).requires_grad_()
         den = _away_from_zero((groups, 4), 0.3, gen).requires_grad_()
-        assert torch.autograd.gradcheck(lambda a, b, c: reference_rational(a, b, c, groups), (x, num, den))
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, groups=groups: reference_rational(a, b, c, groups), (x, num, den)
+        )
 
 
 def test_identity_init_gets_nonzero_denominator_gradient():
@@ -117,7 +115,8 @@ def test_cpu_module_runs_reference_maths_and_autocast_gives_fp32():
         act.weight_denominator.add_(torch.randn(4, 4) * 0.2)
     x = torch.randn(2, 9, 32) * 3
     y = act(x)
-    torch.testing.assert_close(y.double(), R.reference_fp64(x, act.weight_numerator, act.weight_denominator), rtol=1e-5, atol=1e-5)
+    want = grkan_fp64(x, act.weight_numerator, act.weight_denominator)[0]
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
     xb = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yb = act(xb)
@@ -150,27 +149,49 @@ class _KATLike(torch.nn.Module):
 
     def forward(self, x):
         self.calls += 1
-        return self.rational(x, self.weight_numerator.repeat(self.num_groups, 1), self.weight_denominator, self.num_groups)
+        return self.rational(
+            x, self.weight_numerator.repeat(self.num_groups, 1), self.weight_denominator, self.num_groups
+        )
 
 
-def test_swap_keeps_parameters_and_restores():
+def _fast_path_spy(monkeypatch) -> list:
+    """Replace the fast path with a recorder: (x, numerator, denominator) of each call; it returns
+    a tensor no GR-KAN maths would, so the caller can tell whose result it got. (Whether the fast
+    kernels compute the right thing is checked under the Triton interpreter:
+    tests/flashkat_interp_cases.py and flashkat_module_interp_cases.py.)"""
+    calls: list = []
+
+    def spy(x, numerator, denominator):
+        calls.append((x, numerator.detach().clone(), denominator))
+        return torch.full_like(x, 7.0)
+
+    monkeypatch.setattr(modules, "fast_rational", spy)
+    return calls
+
+
+def test_swap_keeps_parameters_and_restores(monkeypatch):
     torch.manual_seed(4)
+    calls = _fast_path_spy(monkeypatch)
     mod = _KATLike()
     other = _KATLike()
     params_before = [id(p) for p in mod.parameters()]
     keys = list(mod.state_dict())
     x = torch.randn(2, 7, 16)
-    y0 = mod(x)
     handle = use_fast_kernels(mod)
     assert getattr(mod.rational, "stallscope_fast", False)
     assert other.rational is reference_rational, "swap must be instance-scoped"
-    y1 = mod(x)  # CPU: fast path falls back to reference maths
-    torch.testing.assert_close(y1, y0, rtol=1e-6, atol=1e-6)
+    other(x)
+    assert calls == []  # the other instance still runs the reference
+    assert torch.equal(mod(x), torch.full_like(x, 7.0))  # the swapped instance computes on the fast path
+    ((seen_x, seen_num, seen_den),) = calls
+    assert seen_x is x and seen_den is mod.weight_denominator
+    assert torch.equal(seen_num, mod.weight_numerator.detach().repeat(4, 1))  # KAT's repeat'ed numerator
     assert [id(p) for p in mod.parameters()] == params_before and list(mod.state_dict()) == keys
     restore(handle)
     assert mod.rational is reference_rational
-    torch.testing.assert_close(mod(x), y0, rtol=0, atol=0)
+    assert not torch.equal(mod(x), torch.full_like(x, 7.0)) and len(calls) == 1
     restore(handle)  # idempotent
+    assert mod.rational is reference_rational
 
 
 def test_recognition_by_duck_typing():
@@ -195,7 +216,9 @@ def test_recognition_by_duck_typing():
     assert why_not_fast(torch.nn.Linear(2, 2)).startswith("Linear is not")
 
 
-def test_flash_like_forward_swap():
+def test_flash_like_forward_swap(monkeypatch):
+    calls = _fast_path_spy(monkeypatch)
+
     class FlashLike(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -207,8 +230,10 @@ def test_flash_like_forward_swap():
 
     m = FlashLike()
     x = torch.randn(2, 3, 8)
-    y0 = m(x)
     h = use_fast_kernels(m)
-    torch.testing.assert_close(m(x), y0)
+    assert torch.equal(m(x), torch.full_like(x, 7.0))
+    ((seen_x, seen_num, seen_den),) = calls
+    assert seen_x is x and seen_den is m.denominator_v and torch.equal(seen_num, m.numerator_v.detach())
     restore(h)
     assert "forward" not in m.__dict__
+    assert not torch.equal(m(x), torch.full_like(x, 7.0)) and len(calls) == 1

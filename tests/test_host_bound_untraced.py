@@ -1,6 +1,7 @@
 """host-bound compares the trace with the steps the profiler did not trace (H200 run directories
 recorded by ``bench/scenarios/run.py --keep-runs``: the scenarios healthy_cnn, before it moved to
 NCHW, pageable_float32_copies, and healthy_cnn_compiled, the channels-last torch.compile version)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,6 +35,13 @@ def test_gaps_only_in_the_trace_are_not_a_host_bound_stall():
     assert "profiler" in f.title
 
 
+def _trace_alone(name: str):  # type: ignore[no-untyped-def]
+    """The run's trace without its telemetry: nothing untraced to compare with."""
+    ctx = _ctx(name)
+    ctx.ranks[0].telemetry = {}
+    return ctx
+
+
 def test_host_that_keeps_pace_keeps_what_the_profiler_did_not_add():
     ctx = _ctx("pageable_float32_copies")
     found = run("host-bound", ctx)
@@ -43,12 +51,69 @@ def test_host_that_keeps_pace_keeps_what_the_profiler_did_not_add():
     assert added > 0 and "host_ahead" not in f.evidence
     trace_idle = f.evidence["trace_host_idle_pct"]
     assert 0 < f.impact.step_time_pct < trace_idle
+    (alone,) = run("host-bound", _trace_alone("pageable_float32_copies"))
+    assert (
+        0 < f.impact.est_saving_ms_per_step < alone.impact.est_saving_ms_per_step
+    )  # part of the idle was the profiler's
+    assert f.severity.rank < alone.severity.rank
+
+
+# The same recorded run with its untraced steps rewritten, so that what they say is known by
+# construction: as slow as the traced steps (the profiler cost nothing), faster by twice the
+# trace's host idle (all of it was the profiler's), far ahead of the GPU, or too few to compare.
+
+
+def _per_step(name: str) -> tuple[float, float]:
+    """(mean traced step, mean host idle in it), in ms: the inputs the rewrites are built from."""
+    bd = _ctx(name).ranks[0].breakdown
+    return sum(b.wall_ms for b in bd) / len(bd), sum(b.launch_overhead_ms + b.host_other_ms for b in bd) / len(bd)
+
+
+def _untraced_rewritten(name: str, host_ms: float, gpu_ms: float, keep_steps: int | None = None):  # type: ignore[no-untyped-def]
+    ctx = _ctx(name)
     rd = ctx.ranks[0]
-    step_ms = sum(b.wall_ms for b in rd.breakdown) / len(rd.breakdown)
-    idle_ms = sum(b.launch_overhead_ms + b.host_other_ms for b in rd.breakdown) / len(rd.breakdown)
-    keep, _ = untraced_share(rd, step_ms, idle_ms)
-    assert f.impact.est_saving_ms_per_step == pytest.approx(max(0.0, idle_ms - added), rel=1e-6)
-    assert keep == pytest.approx(f.impact.est_saving_ms_per_step / idle_ms, rel=1e-6)
+    rows = np.flatnonzero(rd.untraced_step_mask())
+    assert rows.size >= 3
+    rd.telemetry["wall_ms"][rows] = host_ms
+    rd.telemetry["gpu_ms"][rows] = gpu_ms
+    if keep_steps is not None:
+        rd.telemetry["wall_ms"][rows[keep_steps:]] = np.nan  # unmeasured steps do not count
+    return ctx
+
+
+def test_untraced_steps_as_slow_as_the_traced_ones_keep_the_whole_trace_idle():
+    step_ms, _ = _per_step("pageable_float32_copies")
+    (alone,) = run("host-bound", _trace_alone("pageable_float32_copies"))
+    assert alone.severity.rank >= Severity.MEDIUM.rank  # what the trace alone says: a finding of note
+    (f,) = run("host-bound", _untraced_rewritten("pageable_float32_copies", step_ms, step_ms))
+    assert f.evidence["profiler_added_ms_per_step"] == pytest.approx(0.0, abs=1e-9)
+    assert f.impact.est_saving_ms_per_step == pytest.approx(alone.impact.est_saving_ms_per_step, rel=1e-9)
+    assert f.severity == alone.severity
+
+
+def test_host_idle_that_the_profiler_added_is_not_a_finding():
+    step_ms, idle_ms = _per_step("pageable_float32_copies")
+    untraced = step_ms - 2 * idle_ms  # the profiler added more than all of the trace's host idle
+    assert untraced > 0
+    assert run("host-bound", _untraced_rewritten("pageable_float32_copies", untraced, untraced)) == []
+
+
+def test_host_far_ahead_of_the_gpu_untraced_is_info_with_no_saving():
+    step_ms, _ = _per_step("pageable_float32_copies")
+    (f,) = run("host-bound", _untraced_rewritten("pageable_float32_copies", 0.5 * step_ms, step_ms))
+    assert f.evidence["host_ahead"] is True
+    assert f.severity == Severity.INFO and f.impact.est_saving_ms_per_step == 0
+    assert "profiler" in f.title
+
+
+def test_too_few_untraced_steps_leave_the_trace_as_it_is():
+    step_ms, _ = _per_step("pageable_float32_copies")
+    (alone,) = run("host-bound", _trace_alone("pageable_float32_copies"))
+    # far ahead of the GPU, but in two steps only: not enough to overrule the trace
+    (f,) = run("host-bound", _untraced_rewritten("pageable_float32_copies", 0.5 * step_ms, step_ms, keep_steps=2))
+    assert f.evidence["untraced_steps"] == 2 and "host_ahead" not in f.evidence
+    assert f.impact.est_saving_ms_per_step == pytest.approx(alone.impact.est_saving_ms_per_step, rel=1e-9)
+    assert f.severity == alone.severity
 
 
 def test_a_plain_trace_has_nothing_to_compare_with():
@@ -90,4 +155,6 @@ def test_a_host_running_ahead_does_not_shorten_the_reported_step():
     assert np.median(wall) < 0.95 * np.median(gpu)
     samples = report["summary"]["step_time_ms"]["samples"]
     assert samples == pytest.approx(list(np.maximum(wall, gpu)))
-    assert report["summary"]["step_time_ms"]["median"] == pytest.approx(float(np.median(np.maximum(wall, gpu))), rel=1e-3)
+    assert report["summary"]["step_time_ms"]["median"] == pytest.approx(
+        float(np.median(np.maximum(wall, gpu))), rel=1e-3
+    )
