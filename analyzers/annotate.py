@@ -5,37 +5,63 @@ per finding (a complete event over the analysed steps, its evidence in ``args``)
 events at the first occurrences of the kernels each finding names. Perfetto and
 chrome://tracing show them beside the GPU streams. The output is plain Chrome trace JSON
 (gzipped when the name ends in ``.gz``), written atomically.
+
+The trace is streamed: read in batches of whole events (:mod:`analyzers.tracefile`, about 1 MB
+of JSON at a time), each batch written out (one line of JSON) before the next is read, the
+findings' events appended at the end of ``traceEvents``, then the trace's other keys. Memory
+does not grow with the trace (a file without Kineto's layout, e.g. a bare event array, is read
+whole, as the reader does). ``traceEvents`` comes first in the output; the other keys keep
+their order. Every pid and tid written is an integer, as the trace-event format defines them.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
+import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from stallscope.profiler.common import ToolError, atomic_write_bytes
+from stallscope.analyzers.tracefile import iter_trace_batches
+from stallscope.analyzers.vocab import Kind
+from stallscope.profiler.common import ToolError
+
+try:  # orjson writes events ~5x faster than json
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+except ImportError:  # pragma: no cover - depends on the environment
+    import json
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode("utf-8")
+
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext
 
-__all__ = ["FINDINGS_PID", "annotate_trace", "write_annotated_trace"]
+__all__ = ["FINDINGS_PID", "annotation_events", "write_annotated_trace", "stream_annotated_trace"]
 
-FINDINGS_PID = "stallscope findings"
+
+class _Sink(Protocol):
+    """Where the output goes: the file itself, or the gzip stream around it."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+# The trace-event format's pid is an integer: one above every Linux pid (pid_max is at most
+# 2**22) and every GPU index, inside int32 (what viewers store), so it never merges with a
+# process of the trace.
+FINDINGS_PID = 0x7FFF0000
+FINDINGS_NAME = "stallscope findings"
 KERNEL_MARKS_PER_FINDING = 20
+GZIP_LEVEL = 3  # as the recorder's trace.json.gz: most of level 6's size at a third of its time
 
 
-def _read(path: Path) -> dict[str, Any]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        data = json.load(fh)
-    return data if isinstance(data, dict) else {"traceEvents": data}
-
-
-def annotate_trace(
-    trace: dict[str, Any], ctx: AnalysisContext, report: dict[str, Any], rank_index: int = 0
-) -> dict[str, Any]:
-    """A copy of ``trace`` with the report's findings added as events (timestamps in trace µs)."""
+def annotation_events(ctx: AnalysisContext, report: dict[str, Any], rank_index: int = 0) -> list[dict[str, Any]]:
+    """The events that put ``report``'s findings on rank ``rank_index``'s timeline (trace µs)."""
     rd = ctx.ranks[rank_index]
     ev = rd.events
     if rd.steps:
@@ -44,26 +70,21 @@ def annotate_trace(
         start_ns, end_ns = int(ev.ts_ns.min()), int((ev.ts_ns + ev.dur_ns).max())
     else:
         start_ns, end_ns = 0, 0
+    pid = FINDINGS_PID
     added: list[dict[str, Any]] = [
-        {"ph": "M", "name": "process_name", "pid": FINDINGS_PID, "tid": 0, "args": {"name": FINDINGS_PID}},
-        {"ph": "M", "name": "process_sort_index", "pid": FINDINGS_PID, "tid": 0, "args": {"sort_index": -1}},
+        {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": FINDINGS_NAME}},
+        {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": -1}},
     ]
-    first_of: dict[str, list[int]] = {}
-    for row in range(len(ev)):
-        if int(ev.kind[row]) == 2:  # Kind.KERNEL
-            first_of.setdefault(ev.names[int(ev.name[row])], [])
-            lst = first_of[ev.names[int(ev.name[row])]]
-            if len(lst) < KERNEL_MARKS_PER_FINDING:
-                lst.append(int(ev.ts_ns[row]))
+    marks: dict[str, list[int]] = {}
     for track, f in enumerate(report.get("findings", []), start=1):
         label = f"[{f['severity']}] {f['title']}"
-        added.append({"ph": "M", "name": "thread_name", "pid": FINDINGS_PID, "tid": track, "args": {"name": f["id"]}})
+        added.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": track, "args": {"name": f["id"]}})
         added.append(
             {
                 "ph": "X",
                 "cat": "stallscope_finding",
                 "name": label,
-                "pid": FINDINGS_PID,
+                "pid": pid,
                 "tid": track,
                 "ts": start_ns / 1000.0,
                 "dur": max(end_ns - start_ns, 1) / 1000.0,
@@ -76,25 +97,27 @@ def annotate_trace(
             }
         )
         for kernel in (f.get("where", {}) or {}).get("kernels", []) or []:
-            for ts in first_of.get(str(kernel), []):
+            name = str(kernel)
+            if name not in marks:  # the first launches of the kernel, in table order
+                rows = ev.rows_named(name.__eq__, Kind.KERNEL)[:KERNEL_MARKS_PER_FINDING]
+                marks[name] = [int(t) for t in ev.ts_ns[rows]]
+            for ts in marks[name]:
                 added.append(
                     {
                         "ph": "i",
                         "s": "t",
                         "cat": "stallscope_finding",
-                        "name": f"{f['id']}: {str(kernel)[:60]}",
-                        "pid": FINDINGS_PID,
+                        "name": f"{f['id']}: {name[:60]}",
+                        "pid": pid,
                         "tid": track,
                         "ts": ts / 1000.0,
                     }
                 )
-    out = dict(trace)
-    out["traceEvents"] = list(trace.get("traceEvents", [])) + added
-    return out
+    return added
 
 
 def write_annotated_trace(ctx: AnalysisContext, report: dict[str, Any], path: str | Path) -> Path:
-    """Annotate rank 0's trace and write it to ``path`` (``.gz`` compresses)."""
+    """Annotate rank 0's trace and write it to ``path`` (``.gz`` compresses), streaming."""
     rd = next((r for r in ctx.ranks if r.trace_path), None)
     if rd is None:
         raise ToolError("--annotated-trace: the target has no trace to annotate (telemetry only)")
@@ -102,6 +125,67 @@ def write_annotated_trace(ctx: AnalysisContext, report: dict[str, Any], path: st
     out = Path(path)
     if out.is_dir():
         raise ToolError(f"{out}: is a directory; pass a file name such as {out / 'annotated.json.gz'}")
-    data = annotate_trace(_read(Path(rd.trace_path)), ctx, report, ctx.ranks.index(rd))
-    raw = json.dumps(data).encode("utf-8")
-    return atomic_write_bytes(out, gzip.compress(raw, compresslevel=6) if out.name.endswith(".gz") else raw)
+    added = annotation_events(ctx, report, ctx.ranks.index(rd))
+    return stream_annotated_trace(Path(rd.trace_path), added, out)
+
+
+def stream_annotated_trace(src: Path, added: list[dict[str, Any]], out: Path) -> Path:
+    """Copy the trace ``src`` to ``out`` batch by batch with ``added`` appended to its
+    ``traceEvents``; atomic (a temporary file renamed at the end), gzipped for ``.gz`` names."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if out.name.endswith(".gz"):
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                    _write_trace(gz, src, added)
+            else:
+                _write_trace(raw, src, added)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, _new_file_mode(out))
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return out
+
+
+def _write_trace(fh: _Sink, src: Path, added: list[dict[str, Any]]) -> None:
+    fh.write(b'{"traceEvents": [\n')
+    first = True
+    meta: dict[str, Any] = {}
+    for events, batch_meta in iter_trace_batches(src):
+        first = _write_events(fh, events, first)
+        if batch_meta is not None:
+            meta = batch_meta
+    _write_events(fh, added, first)
+    fh.write(b"\n]")
+    for key, value in meta.items():
+        if key != "traceEvents":
+            fh.write(b",\n" + _dumps(str(key)) + b": " + _dumps(value))
+    fh.write(b"}\n")
+
+
+def _write_events(fh: _Sink, events: list[dict[str, Any]], first: bool) -> bool:
+    """Write ``events`` as one line (one serializer call per batch: a call per event costs several
+    times more), after a comma unless they are the array's ``first``; returns whether the array
+    is still empty."""
+    if not events:
+        return first
+    text = _dumps(events)[1:-1]
+    fh.write(text if first else b",\n" + text)
+    return False
+
+
+def _new_file_mode(target: Path) -> int:
+    """An existing file's mode, else what open() would give (0o666 & ~umask), not mkstemp's 0o600."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -17,7 +17,7 @@ from typing import Any
 
 from stallscope.profiler.common import ToolError
 
-__all__ = ["ProfileOptions", "PCIE_PERIOD_S"]
+__all__ = ["ProfileOptions", "PCIE_PERIOD_S", "PARENT_PID_ENV"]
 
 # NVML's PCIe counters take ~20 ms per direction to read (the driver samples over that interval),
 # so they are read every 5 s by default; 0 turns them off.
@@ -35,6 +35,9 @@ _ENV = {
     "patch_steps": "STALLSCOPE_PATCH_STEPS",
     "pcie_period_s": "STALLSCOPE_PCIE_PERIOD_S",
 }
+# The pid of the process that builds the target's environment (the `stallscope profile` parent):
+# the target watches it and marks the run orphaned when it dies first (profiler/upkeep.py).
+PARENT_PID_ENV = "STALLSCOPE_PARENT_PID"
 # Options without a command-line flag: the user sets them in the environment of `stallscope`
 # (or of the process that opens a Session).
 _ENV_ONLY = ("nvml", "pcie_period_s")
@@ -86,8 +89,9 @@ class ProfileOptions:
         return self
 
     def to_env(self) -> dict[str, str]:
-        """The ``STALLSCOPE_*`` variables that carry these options into the target."""
-        out = {}
+        """The ``STALLSCOPE_*`` variables that carry these options into the target, and this
+        process's pid (``STALLSCOPE_PARENT_PID``), which the target watches."""
+        out = {PARENT_PID_ENV: str(os.getpid())}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool):

@@ -2,7 +2,8 @@
 
 The injected bootstrap calls :func:`attach_from_env` right after the target imports torch; a
 ``Session`` calls :func:`attach` and :func:`detach`. A bootstrap recorder also flushes at exit,
-records an uncaught exception's line, and writes its files on SIGTERM.
+records an uncaught exception's line, writes its files on SIGTERM, and watches the ``profile``
+process (``STALLSCOPE_PARENT_PID``) so that its death leaves the run marked ``orphaned``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stallscope.profiler import hooks
-from stallscope.profiler.options import ProfileOptions
+from stallscope.profiler.options import PARENT_PID_ENV, ProfileOptions
 from stallscope.profiler.recorder import Recorder
 
 __all__ = ["active", "attach", "attach_from_env", "detach"]
@@ -66,7 +67,11 @@ def attach_from_env() -> Optional[Recorder]:
     run_dir = os.environ.get("STALLSCOPE_RUN_DIR")
     if not run_dir:
         return None
-    return attach(ProfileOptions.from_env(), Path(run_dir))
+    rec = attach(ProfileOptions.from_env(), Path(run_dir))
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if parent.isdigit():
+        rec.upkeep.watch_parent(int(parent))
+    return rec
 
 
 def _excepthook_chain(rec: Recorder) -> None:
