@@ -19,6 +19,7 @@ import numpy as np
 
 from stallscope.analyzers.peaks import kernel_rooflines, peaks_for
 from stallscope.analyzers.render import FixAdvice, fix_advice_lines, nothing_found
+from stallscope.analyzers.views.report import views_of
 from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
@@ -370,6 +371,10 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
             f"<th>median ms</th><th>p90 ms</th></tr>{rows}</table></section>"
         )
     body.append(f"<section><h2>Top kernels</h2>{_top_kernels(report)}</section>")
+    titles = {"cpu_ops": "Top CPU ops", "modules": "Time per module", "streams": "GPU streams", "memory": "Memory"}
+    for key, title in titles.items():
+        for v in views_of(report, (key,)):
+            body.append(f"<section><h2>{_e(title)}</h2>{v.to_html()}</section>")
     body.append(f"<section><h2>Environment</h2>{_kv(report.get('environment', {}))}</section>")
     if report.get("notices"):
         body.append(

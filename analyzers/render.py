@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Optional
 
+from stallscope.analyzers.views.report import views_of
+from stallscope.analyzers.vocab import short_kernel_name
+
 __all__ = [
     "BREAKDOWN_PARTS",
     "BreakdownBar",
@@ -33,24 +36,6 @@ BREAKDOWN_PARTS = (
     ("launch_overhead_pct", "launch overhead", "cyan"),
     ("host_other_pct", "other host", "white"),
 )
-
-
-def short_kernel_name(name: str, width: int = 60) -> str:
-    """A kernel name a person can read: no return type, no argument list, templates elided."""
-    if name.startswith("void "):
-        name = name[5:]
-    depth, out = 0, []
-    for ch in name.split("(", 1)[0] if not name.startswith("Memcpy") else name:
-        if ch == "<":
-            if depth == 0:
-                out.append("<…>")
-            depth += 1
-        elif ch == ">" and depth:
-            depth -= 1
-        elif depth == 0:
-            out.append(ch)
-    short = "".join(out).strip() or name
-    return short if len(short) <= width else short[: width - 1] + "…"
 
 
 def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> list[tuple[str, str]]:
@@ -257,6 +242,7 @@ class ReportView:
             parts.append(Text(nothing_found(r), style="green" if (r.get("summary") or {}).get("steps") else "yellow"))
         for i, f in enumerate(findings, 1):
             parts.append(FindingView(f, i, self.fix_advice))
+        parts += views_of(r, ("cpu_ops", "modules"))  # the rest is in markdown and HTML
         for n in r.get("notices") or []:
             parts.append(Text(f"note: {n}", style="dim"))
         return Group(*parts)
@@ -334,6 +320,12 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
             out.append(f"- advice: {f['advice']}")
         for fix_id, text in fix_advice_lines(f, fix_advice):
             out += [f"- fix `{fix_id}`:", "", *(f"  {line}" if line else "" for line in text.splitlines())]
+        out.append("")
+    views = views_of(r)
+    if views:
+        out += ["## Views"]
+        for v in views:
+            out += v.to_markdown()
         out.append("")
     if r.get("notices"):
         out += ["## Notices", ""] + [f"- {n}" for n in r["notices"]]

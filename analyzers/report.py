@@ -21,6 +21,7 @@ from stallscope.analyzers.context import load_context
 from stallscope.analyzers.model import AnalysisContext, Kind, StepBreakdown, step_time_ms
 from stallscope.analyzers.run import run_analyzers
 from stallscope.analyzers.stats import summary
+from stallscope.analyzers.views.report import report_views
 from stallscope.profiler.common import ToolError, __version__, read_yaml
 from stallscope.profiler.patchphases import Phase, phase_mask, phase_of, read_phases
 
@@ -311,6 +312,7 @@ def report_from_context(ctx: AnalysisContext, debug: bool = False) -> dict[str, 
         },
         "top_kernels": _top_kernels(ctx),
         "findings": [f.to_dict() for f in result.findings],
+        "views": report_views(ctx, ctx.notices),
         "analyzers": {"ran": result.ran, "skipped": result.skipped, "failed": result.failed},
         "notices": bounded_notices(ctx.notices),
     }

@@ -13,6 +13,7 @@ from enum import IntEnum
 
 __all__ = [
     "Kind",
+    "short_kernel_name",
     "GPU_KINDS",
     "GPU_ARG_KINDS",
     "KIND_OF_CATEGORY",
@@ -162,3 +163,21 @@ def is_comm_op(name: str) -> bool:
 def is_device_to_host(name: str) -> bool:
     """Device-to-host memcpy rows (``Memcpy DtoH (Device -> Pinned)`` and the like)."""
     return "DtoH" in name or "D2H" in name
+
+
+def short_kernel_name(name: str, width: int = 60) -> str:
+    """A kernel name a person can read: no return type, no argument list, templates elided."""
+    if name.startswith("void "):
+        name = name[5:]
+    depth, out = 0, []
+    for ch in name.split("(", 1)[0] if not name.startswith("Memcpy") else name:
+        if ch == "<":
+            if depth == 0:
+                out.append("<…>")
+            depth += 1
+        elif ch == ">" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    short = "".join(out).strip() or name
+    return short if len(short) <= width else short[: width - 1] + "…"

@@ -89,6 +89,7 @@ def test_html_report_opens_in_headless_chromium(traces: dict[str, Path], tmp_pat
     assert console == [], console
     dom = subprocess.run(["chromium", *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<svg") >= 2 and "<path" in dom
+    assert "<h2>Top CPU ops</h2>" in dom and "aten::addmm" in dom  # the MLP's matmuls are among its top ops
 
 
 def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> None:
@@ -168,3 +169,46 @@ def test_nothing_found_says_what_was_looked_at(tmp_path):
     line = nothing_found(report)
     assert "3 traced steps" in line and "2 analyzers ran (compile, input-pipeline)" in line
     assert "could not run: precision" in line
+
+
+VIEWS = r'''
+import sys, torch, torch.nn as nn
+from torch.profiler import profile, schedule, ProfilerActivity
+torch.set_num_threads(1)
+class Heavy(nn.Module):
+    def forward(self, x):
+        return (x @ x.T).relu() @ x
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__(); self.light = nn.Linear(256, 256); self.heavy = Heavy()
+    def forward(self, x):
+        return self.heavy(self.light(x))
+m, x = Net(), torch.randn(512, 256)
+with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=4, repeat=1), with_stack=True,
+             profile_memory=True, on_trace_ready=lambda pr: pr.export_chrome_trace(sys.argv[1])) as p:
+    for _ in range(5):
+        keep = torch.ones(4, 2**20)  # 16 MB held through the step
+        m(x).sum().backward(); del keep; p.step()
+'''
+
+
+def test_report_views_in_yaml_markdown_and_html(tmp_path: Path) -> None:
+    """Top CPU ops, time per module and the memory view reach every renderer of the report."""
+    pytest.importorskip("matplotlib")
+    trace = tmp_path / "views.json"
+    subprocess.run([sys.executable, "-c", VIEWS, str(trace)], check=True, timeout=180)
+    proc = _cli("diagnose", str(trace), "-f", "yaml")
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    views = yaml.safe_load(proc.stdout)["views"]
+    assert views["cpu_ops"]["rows"] and views["cpu_ops"]["rows"][0]["self_ms_per_step"] > 0
+    modules = {r["module"].split("_")[0]: r for r in views["modules"]["rows"]}
+    assert modules["Heavy"]["forward_ms_per_step"] > modules["Linear"]["forward_ms_per_step"]  # two big matmuls
+    assert max(s["peak_allocated_mb"] for s in views["memory"]["steps"]) >= 16
+    md = _cli("diagnose", str(trace), "-f", "md").stdout
+    assert "## Views" in md and "top cpu ops" in md.lower()
+    page = tmp_path / "r.html"
+    assert _cli("report", str(trace), "--html", str(page)).returncode == 0
+    text = page.read_text()
+    assert all(f"<h2>{t}</h2>" in text for t in ("Top CPU ops", "Time per module", "Memory"))

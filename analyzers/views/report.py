@@ -1,0 +1,63 @@
+"""The views as a section of the report, and back: computed once at diagnosis, rendered from the
+report dict (console, markdown, HTML) so a saved report renders the same as a fresh one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from stallscope.analyzers.model import AnalysisContext
+from stallscope.analyzers.views.common import ViewRows
+from stallscope.analyzers.views.cpu_ops import top_cpu_ops
+from stallscope.analyzers.views.memory import memory_view
+from stallscope.analyzers.views.modules import module_time
+from stallscope.analyzers.views.render import CpuOpsView, MemoryView, ModulesView, StreamsView, TableView
+from stallscope.analyzers.views.streams import stream_view
+
+__all__ = ["report_views", "views_of"]
+
+_TABLES: dict[str, tuple[Callable[[AnalysisContext], ViewRows], Callable[[ViewRows], TableView]]] = {
+    "cpu_ops": (top_cpu_ops, CpuOpsView),
+    "modules": (module_time, ModulesView),
+    "streams": (stream_view, StreamsView),
+}
+
+
+def report_views(ctx: AnalysisContext, notices: list[str]) -> dict[str, Any]:
+    """The report's ``views`` section; a view that fails adds a notice instead of failing the report."""
+    out: dict[str, Any] = {}
+    for key, (fn, _) in _TABLES.items():
+        try:
+            out[key] = fn(ctx).to_dict()
+        except Exception as exc:  # noqa: BLE001 (a view is extra: the diagnosis stands without it)
+            notices.append(f"view {key} not computed: {type(exc).__name__}: {exc}")
+    try:
+        out["memory"] = memory_view(ctx)
+    except Exception as exc:  # noqa: BLE001
+        notices.append(f"view memory not computed: {type(exc).__name__}: {exc}")
+    return out
+
+
+def views_of(
+    report: dict[str, Any], keys: tuple[str, ...] = ("cpu_ops", "modules", "streams", "memory")
+) -> list[TableView]:
+    """Renderable views (``__rich__``, ``to_markdown``, ``to_html``) from a report's ``views``
+    section; views with no rows and no note are left out."""
+    section = report.get("views")
+    if not isinstance(section, dict):
+        return []
+    out: list[TableView] = []
+    for key in keys:
+        v = section.get(key)
+        if key == "memory":
+            if isinstance(v, dict):
+                out.append(MemoryView(v))
+            continue
+        if not isinstance(v, dict) or not isinstance(v.get("rows"), list):
+            continue
+        rows = ViewRows(
+            [r for r in v["rows"] if isinstance(r, dict)], v.get("note") if isinstance(v.get("note"), str) else None
+        )
+        if rows or rows.note:
+            out.append(_TABLES[key][1](rows))
+    return out
