@@ -261,8 +261,12 @@ app.add_typer(gate_app, name="gate")
 @gate_app.command("check", cls=OneLineUsageErrors)
 @user_errors
 def gate_check(
-    current: Path = typer.Argument(..., help="The current report (.yaml/.json) or run directory."),
-    baseline: Path = typer.Option(..., "--baseline", "-b", help="The baseline report or run directory."),
+    current: Path = typer.Argument(
+        ..., help="The current report (.yaml/.json), run directory, or a folder of reports (one per run)."
+    ),
+    baseline: Path = typer.Option(
+        ..., "--baseline", "-b", help="The baseline report, run directory, or a folder of reports (one per run)."
+    ),
     config: Optional[Path] = typer.Option(
         None,
         "--config",
@@ -275,7 +279,10 @@ def gate_check(
         False, "--allow-env-change", help="Judge even if GPU, driver, torch, CUDA or clocks differ."
     ),
     update_baseline: bool = typer.Option(
-        False, "--update-baseline", help="Accept CURRENT as the new baseline (atomic copy to --baseline) and exit 0."
+        False,
+        "--update-baseline",
+        help="Accept CURRENT as the new baseline (atomic copy to --baseline; into a baseline folder: added as a "
+        "new run, the newest `baseline_runs` kept) and exit 0.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No console table."),
 ) -> None:
@@ -301,7 +308,9 @@ def gate_check(
 def gate_ab(
     base_cmd: str = typer.Option(..., "--base-cmd", help="The base command, quoted (e.g. 'python train.py')."),
     head_cmd: str = typer.Option(..., "--head-cmd", help="The head command, quoted."),
-    rounds: int = typer.Option(3, "--rounds", "-n", min=1, help="A B rounds, interleaved."),
+    rounds: int = typer.Option(
+        10, "--rounds", "-n", min=1, help="A B rounds, interleaved (10 catch a 5 % slowdown; docs/ci.md)."
+    ),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Steps dropped at the start of every run."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gate.yaml with the rules."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the verdict as YAML here."),

@@ -18,12 +18,10 @@ Tests:
 
 False-positive rate: on identical distributions with independent steps, the one-sided test
 alone fires with probability ``alpha``; requiring the effect beyond the threshold as well can
-only lower that. Simulated at 5 % CV (``bench/gate_sim.py``, 10,000 trials, default rule:
-3 % threshold, ``alpha`` 0.01): 0.85 % with 20 samples per side, 0.36 % with 50, 0.03 % with
-100; ``tests/test_stats.py`` holds it at or below 1 % over 1,000 trials. Steps
-of one process are not independent (clock drift, thermal state), which makes the p-value
-over-confident across separate jobs; the threshold is the guard for that, and paired mode
-(``stallscope gate ab``) removes most of the drift by interleaving base and head runs.
+only lower that. Steps of real runs are not independent: they are autocorrelated and every run
+carries its own offset (clocks, placement, neighbours), so a step-level test is over-confident
+between runs. The gate therefore tests at the run level when it has several runs
+(:mod:`analyzers.gate.variance`, Student's t below); ``bench/gate_sim.py`` measures both.
 
 All functions accept 1-D samples, and the vectorized forms accept ``(trials, n)`` arrays so
 simulations run in one numpy call.
@@ -47,6 +45,8 @@ __all__ = [
     "median_rule_decisions",
     "mann_whitney_greater",
     "normal_sf",
+    "student_t_isf",
+    "student_t_sf",
     "summary",
 ]
 
@@ -57,6 +57,7 @@ _BOOTSTRAP_CELLS = 4_000_000
 _BOOTSTRAP_BUDGET = 20_000_000
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
+_T_DF_CAP = 1000.0  # beyond this Student's t is the normal to 4 digits; a cap keeps the fraction short
 
 
 def summary(samples: Sequence[float] | np.ndarray) -> dict[str, float | None]:
@@ -248,12 +249,13 @@ def median_rule_decisions(
     alpha: float = DEFAULT_ALPHA,
     lower_is_better: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorized form of the default median rule over ``(trials, n)`` arrays.
+    """Vectorized step-level median rule over ``(trials, n)`` arrays (all steps as independent).
 
     Returns boolean arrays ``(regression, improvement)``: the median moved beyond the
     threshold towards worse (better) and the one-sided Mann-Whitney test agrees at ``alpha``.
-    :func:`analyzers.gate.rules.evaluate_metric` reaches the same decisions one pair at a time
-    (a test checks that they agree), so simulations of thousands of trials stay fast.
+    This was the whole gate before run-level variance; the gate's decision now is
+    :func:`analyzers.gate.variance.run_rule_decisions`, which keeps this test as a second
+    condition when one run per side leaves between-run variance unmeasured.
     """
     b = np.atleast_2d(np.asarray(base, dtype=np.float64))
     c = np.atleast_2d(np.asarray(current, dtype=np.float64))
@@ -262,3 +264,67 @@ def median_rule_decisions(
     p_up, p_down = mann_whitney_greater(b, c), mann_whitney_greater(c, b)
     p_worse, p_better = (p_up, p_down) if lower_is_better else (p_down, p_up)
     return (worse > max_regression_pct) & (p_worse < alpha), (-worse > max_regression_pct) & (p_better < alpha)
+
+
+def _t_sf_scalar(t: float, df: float) -> float:
+    """:func:`student_t_sf` for one value in pure Python (numpy's per-call cost dominates scalars)."""
+    if math.isnan(t) or math.isnan(df):
+        return math.nan
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    nu = min(df, _T_DF_CAP)
+    a, b, x = nu / 2.0, 0.5, nu / (nu + t * t)
+    if x >= 1.0:
+        return 0.5
+    flip = x >= (a + 1.0) / (a + b + 2.0)
+    if flip:
+        a, b, x = b, a, 1.0 - x
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        step = 1.0
+        for num in (
+            m * (b - m) * x / ((a - 1 + 2 * m) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1 + 2 * m)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            step = d * c
+            h *= step
+        if abs(step - 1.0) < 1e-15:
+            break
+    inc = front * h / a
+    tail = 0.5 * (1.0 - inc if flip else inc)
+    return tail if t > 0 else 1.0 - tail
+
+
+def student_t_sf(t: ArrayLike, df: ArrayLike) -> np.ndarray:
+    """Survival function of Student's t, ``P(T > t)``, elementwise; ``df`` may be fractional
+    (Welch-Satterthwaite) and is capped at 1000, where t equals the normal to 4 digits.
+    Regularized incomplete beta by its continued fraction (Numerical Recipes 6.4)."""
+    return np.asarray(_t_sf(np.asarray(t, dtype=np.float64), np.asarray(df, dtype=np.float64)), dtype=np.float64)
+
+
+def student_t_isf(p: float, df: float) -> float:
+    """The ``t`` with ``P(T > t) = p`` for Student's t with ``df`` degrees of freedom (bisection
+    on a log scale of ``|t|``, to 1e-12 relative)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    if p == 0.5:
+        return 0.0
+    target, sign = (p, 1.0) if p < 0.5 else (1.0 - p, -1.0)
+    lo, hi = 0.0, 1.0
+    while _t_sf_scalar(hi, df) > target:
+        lo, hi = hi, hi * 4.0
+    while hi - lo > 1e-12 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _t_sf_scalar(mid, df) > target else (lo, mid)
+    return sign * 0.5 * (lo + hi)
+
+
+_t_sf = np.frompyfunc(_t_sf_scalar, 2, 1)

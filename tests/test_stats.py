@@ -1,4 +1,5 @@
 """Statistics of the gate: exactness against scipy, and the acceptance simulations (seeded, vectorized)."""
+
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import pytest
 
 from stallscope.analyzers.gate.evaluate import evaluate_metric
 from stallscope.analyzers.gate.rules import parse_config
+from stallscope.analyzers.gate.variance import run_rule_decisions
 from stallscope.analyzers.stats import (
     average_ranks,
     bootstrap_quantile_ratio,
@@ -15,6 +17,8 @@ from stallscope.analyzers.stats import (
     mann_whitney_greater,
     median_rule_decisions,
     normal_sf,
+    student_t_isf,
+    student_t_sf,
 )
 
 TRIALS = 1000
@@ -50,10 +54,22 @@ def test_mann_whitney_matches_scipy_with_ties() -> None:
         assert ours == pytest.approx(ref, rel=1e-9, abs=1e-15)
 
 
+def test_student_t_matches_scipy_including_fractional_df_and_tails() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(17)
+    t = np.concatenate([rng.normal(0, 4, 400), [0.0, 40.0, -40.0, 1e-3]])
+    df = np.concatenate([rng.uniform(0.7, 900, 400), [1.0, 2.0, 3.5, 250.0]])
+    ours, ref = student_t_sf(t, df), stats.t.sf(t, df)
+    assert np.allclose(ours, ref, rtol=1e-9, atol=1e-300)
+    for p, nu in ((0.01, 1), (0.01, 4), (0.005, 18), (0.99, 7.5), (0.3, 60)):
+        assert student_t_isf(p, nu) == pytest.approx(stats.t.isf(p, nu), rel=1e-9)
+    assert float(student_t_sf(np.inf, 3)) == 0.0 and float(student_t_sf(-np.inf, 3)) == 1.0
+
+
 def test_mann_whitney_vectorized_equals_one_by_one() -> None:
     rng = np.random.default_rng(3)
     base, cur = rng.normal(10, 1, (5, 40)), rng.normal(10.3, 1, (5, 40))
-    rows = [float(mann_whitney_greater(b, c)) for b, c in zip(base, cur)]
+    rows = [float(mann_whitney_greater(b, c)) for b, c in zip(base, cur, strict=True)]
     assert mann_whitney_greater(base, cur).tolist() == pytest.approx(rows)
 
 
@@ -110,22 +126,28 @@ def test_higher_is_better_flips_the_direction() -> None:
 
 
 def _report(samples: np.ndarray) -> dict:
-    return {"schema_version": 1, "summary": {"step_time_ms": {"median": float(np.median(samples)), "samples": samples.tolist()}}}
+    return {
+        "schema_version": 1,
+        "summary": {"step_time_ms": {"median": float(np.median(samples)), "samples": samples.tolist()}},
+    }
 
 
 def test_rule_engine_reaches_the_same_decisions_as_the_vectorized_simulation() -> None:
-    """The simulation above tests the decision the gate really makes, one pair at a time."""
+    """One report per side: the gate decides as :func:`run_rule_decisions` does (the fallback
+    variance model), which only ever vetoes what the step-level rule above would fail."""
     config = parse_config({"rules": [{"metric": "step_time_median", "max_regression_pct": THRESHOLD_PCT}]})
     rule = config.rules[0]
     rng = np.random.default_rng(99)
     factors = np.repeat([1.0, 1.03, 1.05, 0.96], 40)
     base = lognormal_steps(rng, 20.0, 0.05, (factors.size, 60))
     cur = lognormal_steps(rng, 20.0, 0.05, (factors.size, 60)) * factors[:, None]
-    regression, improvement = median_rule_decisions(base, cur, THRESHOLD_PCT)
-    statuses = [evaluate_metric(rule, _report(b), _report(c), config).status for b, c in zip(base, cur)]
+    regression, improvement = run_rule_decisions(base[:, None, :], cur[:, None, :], THRESHOLD_PCT)
+    statuses = [evaluate_metric(rule, _report(b), _report(c), config).status for b, c in zip(base, cur, strict=True)]
     assert [s == "regression" for s in statuses] == regression.tolist()
     assert [s == "improvement" for s in statuses] == improvement.tolist()
     assert {"regression", "pass", "improvement"} <= set(statuses)
+    step_regression, step_improvement = median_rule_decisions(base, cur, THRESHOLD_PCT)
+    assert not (regression & ~step_regression).any() and not (improvement & ~step_improvement).any()
 
 
 def test_default_gate_false_positive_rate_including_p90_bootstrap() -> None:
@@ -136,7 +158,7 @@ def test_default_gate_false_positive_rate_including_p90_bootstrap() -> None:
     base = lognormal_steps(rng, 30.0, 0.05, (trials, 100))
     cur = lognormal_steps(rng, 30.0, 0.05, (trials, 100))
     failed = 0
-    for b, c in zip(base, cur):
+    for b, c in zip(base, cur, strict=True):
         results = [evaluate_metric(rule, _report(b), _report(c), config) for rule in config.rules]
         failed += any(r.status == "regression" for r in results)
     assert failed / trials <= 0.01

@@ -1,8 +1,10 @@
 """Judging gate rules on two reports.
 
 Metrics whose parent holds ``samples`` (``summary.step_time_ms.median``, ``.p90``, ``.mean``)
-are decided on the per-step samples (effect beyond the threshold *and* significant, see
-:mod:`analyzers.stats`); other numbers have no samples and are judged by threshold alone.
+are decided on the per-step samples of each run: effect beyond the threshold *and* significant
+under the run-level variance model of :mod:`analyzers.gate.variance` (measured between runs when
+there are enough runs, else assumed, with the step-level test of :mod:`analyzers.stats` as
+well). Other numbers have no samples and are judged by threshold alone.
 Findings: a finding is new when its id is not in the baseline.
 """
 
@@ -10,7 +12,10 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from typing import Any, Optional
+
+import numpy as np
 
 from stallscope.analyzers.gate.rules import (
     GPU_IDLE,
@@ -22,7 +27,8 @@ from stallscope.analyzers.gate.rules import (
     MetricRule,
     RuleResult,
 )
-from stallscope.analyzers.stats import compare_samples
+from stallscope.analyzers.gate.variance import BETWEEN_RUNS, compare_runs, run_statistic
+from stallscope.analyzers.stats import compare_samples, mann_whitney_greater
 from stallscope.profiler.common import ToolError
 
 __all__ = ["evaluate_findings", "evaluate_metric", "resolve"]
@@ -83,8 +89,15 @@ def evaluate_metric(
     current: dict[str, Any],
     config: GateConfig,
     names: tuple[str, str] = ("baseline", "current"),
+    runs: Optional[tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]]] = None,
+    rounds: bool = False,
 ) -> RuleResult:
-    """Judge one metric rule on two reports."""
+    """Judge one metric rule on two reports.
+
+    ``runs`` holds each side's per-run reports when a side has several (a baseline folder, the
+    rounds of ``gate ab``, then ``rounds`` is true); rules on per-step samples then test at the
+    run level (:mod:`analyzers.gate.variance`). Without it each report is one run.
+    """
     parent, _, statistic = rule.path.rpartition(".")
     sample_parent = bool(STATISTIC.match(statistic)) and (
         parent == "summary.step_time_ms"
@@ -92,7 +105,8 @@ def evaluate_metric(
         or isinstance(resolve(current, f"{parent}.samples"), list)
     )
     if sample_parent and rule.test != "threshold":
-        return _evaluate_samples(rule, parent, statistic, base, current, config, names)
+        sides = runs or ([base], [current])
+        return _evaluate_samples(rule, parent, statistic, sides, config, names, rounds)
     return _evaluate_scalar(rule, base, current, names)
 
 
@@ -106,23 +120,39 @@ def _beyond(rule: MetricRule, worse_pct: float, worse_abs: float) -> bool:
     return worse_abs > float(rule.max_regression_abs or 0.0)
 
 
-def _evaluate_samples(
-    rule: MetricRule,
-    parent: str,
-    statistic: str,
-    base: dict[str, Any],
-    current: dict[str, Any],
-    config: GateConfig,
-    names: tuple[str, str],
-) -> RuleResult:
-    sides = [_samples(base, parent, names[0]), _samples(current, parent, names[1])]
-    for side, samples in zip(names, sides, strict=True):
+def _side_runs(reports: Sequence[dict[str, Any]], parent: str, side: str, rule: MetricRule) -> list[list[float]]:
+    runs = []
+    for report in reports:
+        samples = _samples(report, parent, side)
         if samples is None:
             raise ToolError(
                 f"{side} report has no per-step samples at {parent}.samples (rule {rule.name!r}); regenerate it with stallscope diagnose, which keeps them"
             )
-    b, c = sides
-    assert b is not None and c is not None  # a missing side raised above
+        runs.append(samples)
+    return runs
+
+
+def _step_p(b: list[float], c: list[float], statistic: str, test: str, rule: MetricRule) -> tuple[float, float]:
+    """One-sided step-level p-values (worse, better) of the rule's test on the pooled samples."""
+    if test == "mann-whitney":  # the bootstrap interval of compare_samples is not needed here
+        up, down = float(mann_whitney_greater(b, c)), float(mann_whitney_greater(c, b))
+        return (up, down) if rule.lower_is_better else (down, up)
+    steps = compare_samples(b, c, statistic, test, rule.lower_is_better)
+    return steps.p_worse, steps.p_better
+
+
+def _evaluate_samples(
+    rule: MetricRule,
+    parent: str,
+    statistic: str,
+    sides: tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]],
+    config: GateConfig,
+    names: tuple[str, str],
+    rounds: bool,
+) -> RuleResult:
+    b_runs, c_runs = (_side_runs(reports, parent, side, rule) for reports, side in zip(sides, names, strict=True))
+    b = [v for run in b_runs for v in run]
+    c = [v for run in c_runs for v in run]
     test = rule.test or ("mann-whitney" if statistic in ("median", "mean") else "bootstrap")
     if min(len(b), len(c)) < config.min_samples:
         return _result(
@@ -134,53 +164,67 @@ def _evaluate_samples(
             n_base=len(b),
             n_current=len(c),
         )
-    cmp = compare_samples(b, c, statistic, test, rule.lower_is_better, config.alpha)
-    worse_abs = (cmp.current_value - cmp.base_value) * (1 if rule.lower_is_better else -1)
+    b_runs, c_runs = [r for r in b_runs if len(r) >= 2], [r for r in c_runs if len(r) >= 2]
+    values = [run_statistic(np.asarray(r), statistic) for r in (*b_runs, *c_runs)]
+    if not b_runs or not c_runs or not all(v > 0 for v in values):
+        return _result(
+            rule,
+            "samples",
+            "inconclusive",
+            f"{statistic} of every run must be positive, from at least 2 steps, for the run-level test",
+            test=test,
+            n_base=len(b),
+            n_current=len(c),
+        )
+    cmp = compare_runs(
+        [np.asarray(r) for r in b_runs],
+        [np.asarray(r) for r in c_runs],
+        statistic,
+        rule.lower_is_better,
+        config.alpha,
+        config.run_to_run_cv_pct,
+        rounds,
+    )
+    p_worse, p_better = cmp.p_worse, cmp.p_better
+    if cmp.model == BETWEEN_RUNS:
+        test = "t-test on runs"
+    else:  # too few runs: the step-level test must agree as well
+        step_worse, step_better = _step_p(b, c, statistic, test, rule)
+        p_worse, p_better = max(p_worse, step_worse), max(p_better, step_better)
+    sign = 1 if rule.lower_is_better else -1
+    worse_abs = (cmp.current_value - cmp.base_value) * sign
+    flagged = cmp.flagged_from_pct
+    if rule.max_regression_pct is not None:
+        flagged = max(flagged, rule.max_regression_pct)
     common = dict(
         test=test,
         base=cmp.base_value,
         current=cmp.current_value,
         change_pct=cmp.change_pct,
         ci_ratio=cmp.ci_ratio,
-        n_base=cmp.n_base,
-        n_current=cmp.n_current,
+        n_base=len(b),
+        n_current=len(c),
+        variance_model=cmp.model,
+        variance=cmp.description,
+        runs_base=cmp.runs_base,
+        runs_current=cmp.runs_current,
+        df=cmp.df,
+        flagged_from_pct=flagged,
+        run_cv_pct=cmp.run_cv_pct,
     )
     better_abs, better_pct = -worse_abs, -cmp.worse_pct
+    change = f"{statistic} {cmp.change_pct:+.2f}%"
     if _beyond(rule, cmp.worse_pct, worse_abs):
-        if cmp.p_worse < config.alpha:
-            return _result(
-                rule,
-                "samples",
-                "regression",
-                f"{statistic} {cmp.change_pct:+.2f}% (beyond {rule.threshold_text}, p={cmp.p_worse:.2g})",
-                p_value=cmp.p_worse,
-                **common,
-            )
-        return _result(
-            rule,
-            "samples",
-            "pass",
-            f"{statistic} {cmp.change_pct:+.2f}% but not significant (p={cmp.p_worse:.2g} >= {config.alpha:g})",
-            p_value=cmp.p_worse,
-            **common,
-        )
-    if _beyond(rule, better_pct, better_abs) and cmp.p_better < config.alpha:
-        return _result(
-            rule,
-            "samples",
-            "improvement",
-            f"{statistic} {cmp.change_pct:+.2f}% (better, p={cmp.p_better:.2g})",
-            p_value=cmp.p_better,
-            **common,
-        )
-    return _result(
-        rule,
-        "samples",
-        "pass",
-        f"{statistic} {cmp.change_pct:+.2f}% (within {rule.threshold_text})",
-        p_value=cmp.p_worse,
-        **common,
-    )
+        if p_worse < config.alpha:
+            message = f"{change} (beyond {rule.threshold_text}, p={p_worse:.2g})"
+            return _result(rule, "samples", "regression", message, p_value=p_worse, **common)
+        message = f"{change} but not significant (p={p_worse:.2g} >= {config.alpha:g})"
+        return _result(rule, "samples", "pass", message, p_value=p_worse, **common)
+    if _beyond(rule, better_pct, better_abs) and p_better < config.alpha:
+        message = f"{change} (better, p={p_better:.2g})"
+        return _result(rule, "samples", "improvement", message, p_value=p_better, **common)
+    message = f"{change} (within {rule.threshold_text})"
+    return _result(rule, "samples", "pass", message, p_value=p_worse, **common)
 
 
 def _evaluate_scalar(

@@ -3,29 +3,30 @@
 On a shared CI machine the machine drifts between jobs (clocks, neighbours, thermal state);
 two runs minutes apart in one job see the same machine. Each round runs the base command, then
 the head command, each under ``stallscope profile --no-diagnose`` (a subprocess, so this module
-does not depend on the profiler's internals), diagnoses each run directory, and pools the
-per-step samples per side after dropping each run's first ``warmup`` steps. Scalars (breakdown
-shares, peak memory) are the median over rounds. Findings: the base side is the union over its
-rounds, the head side keeps findings seen in more than half of its rounds, so a finding that
-flickers does not fail the gate.
+does not depend on the profiler's internals), diagnoses each run directory, and drops each
+run's first ``warmup`` steps. Rules on per-step samples test at the run level, each round's
+run being one replicate, so the verdict measures between-run variance from the rounds
+(:mod:`analyzers.gate.variance`; with one round it falls back to an assumed run-to-run CV).
+Scalars (breakdown shares, peak memory) are the median over rounds. Findings: the base side is
+the union over its rounds, the head side keeps findings seen in more than half of its rounds,
+so a finding that flickers does not fail the gate.
 """
 
 from __future__ import annotations
 
-import copy
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from stallscope.analyzers.gate.command import emit, judge, load_report
 from stallscope.analyzers.gate.rules import load_config
-from stallscope.analyzers.stats import summary
+from stallscope.analyzers.gate.runs import pool_reports, trimmed
 from stallscope.profiler.common import ToolError, check_outputs
 
 __all__ = ["ab_command", "pool_reports", "profile_run", "run_rounds"]
@@ -66,53 +67,6 @@ def profile_run(cmd: Sequence[str], run_dir: Path, log: Path, profile_args: Sequ
             f"{shlex.join(cmd)} exited {code} under stallscope profile ({tail[0][:200]}); full log: {log}", 2
         )
     return load_report(run_dir, f"run {run_dir.name}")
-
-
-def _median_scalars(reports: list[dict], node: Any, path: tuple[str, ...]) -> Any:
-    """The first report's tree with every number replaced by its median over the rounds."""
-    if isinstance(node, dict):
-        return {k: _median_scalars(reports, v, (*path, k)) for k, v in node.items()}
-    if isinstance(node, (int, float)) and not isinstance(node, bool):
-        values = []
-        for rep in reports:
-            cur: Any = rep
-            for key in path:
-                cur = cur.get(key) if isinstance(cur, dict) else None
-            if isinstance(cur, (int, float)) and not isinstance(cur, bool):
-                values.append(float(cur))
-        return float(np.median(values)) if values else node
-    return node
-
-
-def pool_reports(reports: list[dict], warmup: int, head_side: bool) -> dict:
-    """Merge one side's per-round reports into one report with pooled per-step samples."""
-    if not reports:
-        raise ToolError("no runs to pool; --rounds must be at least 1")
-    pooled = copy.deepcopy(reports[0])
-    pooled["summary"] = _median_scalars(reports, reports[0].get("summary", {}), ())
-    chunks = []
-    for rep in reports:
-        samples = ((rep.get("summary") or {}).get("step_time_ms") or {}).get("samples")
-        if not isinstance(samples, list):
-            raise ToolError(
-                f"report of {rep.get('source', 'a run')} has no per-step samples (summary.step_time_ms.samples); the profiler found no steps"
-            )
-        chunks.append(np.asarray(samples[warmup:], dtype=np.float64))
-    samples = np.concatenate(chunks) if chunks else np.zeros(0)
-    step = dict(pooled["summary"].get("step_time_ms") or {})
-    step["samples"] = [float(v) for v in samples]
-    if samples.size:
-        step.update(summary(samples))
-    pooled["summary"]["step_time_ms"] = step
-    pooled["summary"]["steps"] = int(samples.size)
-    seen: dict[str, list[dict]] = {}
-    for rep in reports:
-        for finding in rep.get("findings") or []:
-            if isinstance(finding, dict):
-                seen.setdefault(str(finding.get("id")), []).append(finding)
-    keep = (lambda n: n * 2 > len(reports)) if head_side else (lambda n: n >= 1)
-    pooled["findings"] = [found[0] for found in seen.values() if keep(len(found))]
-    return pooled
 
 
 def run_rounds(
@@ -180,7 +134,15 @@ def ab_command(
         "head_round_medians_ms": [_round_median(r, warmup) for r in head_reports],
     }
     verdict = judge(
-        base, head, cfg, baseline_name=f"base: {base_cmd}", current_name=f"head: {head_cmd}", mode="paired", extra=extra
+        base,
+        head,
+        cfg,
+        baseline_name=f"base: {base_cmd}",
+        current_name=f"head: {head_cmd}",
+        mode="paired",
+        extra=extra,
+        runs=([trimmed(r, warmup) for r in base_reports], [trimmed(r, warmup) for r in head_reports]),
+        rounds=True,
     )
     return emit(verdict, output, junit, quiet)
 

@@ -5,6 +5,8 @@ Schema (every key optional; without a file the defaults below apply)::
     schema_version: 1
     alpha: 0.01            # significance level of the one-sided tests
     min_samples: 20        # per side, for rules on per-step samples; fewer -> inconclusive
+    run_to_run_cv_pct: 1   # assumed run-to-run CV when too few runs to measure it (one run per side)
+    baseline_runs: 20      # how many runs --update-baseline keeps in a baseline folder
     rules:
       - metric: step_time_median          # an alias, or any report number by dotted path
         direction: lower_is_better        # or higher_is_better
@@ -18,7 +20,8 @@ Schema (every key optional; without a file the defaults below apply)::
       fail_on_new: medium                 # high | medium | low | info | off
       allow: [host-bound-launch-gaps]     # finding ids that never fail the gate
 
-How each rule is judged on two reports lives in :mod:`analyzers.gate.evaluate`.
+How each rule is judged on two reports lives in :mod:`analyzers.gate.evaluate`, the variance
+models behind rules on per-step samples in :mod:`analyzers.gate.variance`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from stallscope.analyzers.gate.results import RuleResult
 from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = [
@@ -64,7 +68,7 @@ ALIASES = {
 _HIGHER_IS_BETTER = re.compile(r"throughput|per_s(ec)?\b|_per_s_|mfu|tflops|samples_per|tokens_per|util", re.I)
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-#]+$")
 STATISTIC = re.compile(r"^(median|mean|p\d{1,2})$")
-_CONFIG_KEYS = {"schema_version", "alpha", "min_samples", "rules", "findings"}
+_CONFIG_KEYS = {"schema_version", "alpha", "min_samples", "run_to_run_cv_pct", "baseline_runs", "rules", "findings"}
 _RULE_KEYS = {"metric", "name", "direction", "max_regression_pct", "max_regression_abs", "test", "required"}
 _FINDING_KEYS = {"fail_on_new", "allow"}
 
@@ -72,6 +76,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "schema_version": 1,
     "alpha": 0.01,
     "min_samples": 20,
+    "run_to_run_cv_pct": 1.0,
+    "baseline_runs": 20,
     "rules": [
         {"metric": "step_time_median", "max_regression_pct": 3},
         {"metric": "step_time_p90", "max_regression_pct": 10},
@@ -135,54 +141,8 @@ class GateConfig:
     rules: list[MetricRule] = field(default_factory=list)
     findings: FindingRule = field(default_factory=FindingRule)
     source: str = "(defaults)"
-
-
-@dataclass
-class RuleResult:
-    """The judgement of one rule: status is pass, improvement, regression, inconclusive or skipped."""
-
-    name: str
-    kind: str
-    status: str
-    message: str
-    metric: str = ""
-    threshold: str = ""
-    test: str = ""
-    base: Optional[float] = None
-    current: Optional[float] = None
-    change_pct: Optional[float] = None
-    p_value: Optional[float] = None
-    ci_ratio: Optional[tuple[float, float]] = None
-    n_base: Optional[int] = None
-    n_current: Optional[int] = None
-    new_findings: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "regression"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "status": self.status, "message": self.message}
-        for key in ("metric", "threshold", "test"):
-            if getattr(self, key):
-                out[key] = getattr(self, key)
-        for key in ("base", "current", "change_pct"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = _round(value)
-        if self.p_value is not None:
-            out["p_value"] = float(f"{self.p_value:.4g}")
-        if self.ci_ratio is not None:
-            out["ci_ratio"] = [_round(v, 5) for v in self.ci_ratio]
-        if self.n_base is not None:
-            out["n_base"], out["n_current"] = self.n_base, self.n_current
-        if self.kind == "findings":
-            out["new_findings"] = list(self.new_findings)
-        return out
-
-
-def _round(value: float, digits: int = 4) -> float:
-    return float(round(value, digits)) if math.isfinite(value) else float(value)
+    run_to_run_cv_pct: float = 1.0
+    baseline_runs: int = 20
 
 
 def _fail(where: str, what: str) -> ToolError:
@@ -264,7 +224,7 @@ def parse_config(data: Any, source: str = "gate.yaml") -> GateConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise _fail(source, "must be a mapping with keys rules, findings, alpha, min_samples")
+        raise _fail(source, "must be a mapping with keys rules, findings, alpha, min_samples, run_to_run_cv_pct")
     unknown = set(data) - _CONFIG_KEYS
     if unknown:
         raise _fail(source, f"unknown key {sorted(map(str, unknown))[0]!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
@@ -274,6 +234,12 @@ def parse_config(data: Any, source: str = "gate.yaml") -> GateConfig:
     min_samples = data.get("min_samples", DEFAULT_CONFIG["min_samples"])
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 5:
         raise _fail(source, f"min_samples must be an integer >= 5, got {min_samples!r}")
+    run_cv = _number(
+        data.get("run_to_run_cv_pct", DEFAULT_CONFIG["run_to_run_cv_pct"]), source, "run_to_run_cv_pct", 0.0, 50.0
+    )
+    keep = data.get("baseline_runs", DEFAULT_CONFIG["baseline_runs"])
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
+        raise _fail(source, f"baseline_runs must be an integer in [1, 1000], got {keep!r}")
     raw_rules = data.get("rules", DEFAULT_CONFIG["rules"])
     if not isinstance(raw_rules, list):
         raise _fail(source, "rules must be a list of {metric, threshold} mappings")
@@ -296,7 +262,7 @@ def parse_config(data: Any, source: str = "gate.yaml") -> GateConfig:
     allow = raw_findings.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
         raise _fail(f"{source} findings", "allow must be a list of finding ids")
-    return GateConfig(alpha, min_samples, rules, FindingRule(fail_on, list(allow)), source)
+    return GateConfig(alpha, min_samples, rules, FindingRule(fail_on, list(allow)), source, run_cv, keep)
 
 
 def load_config(path: Optional[Path]) -> GateConfig:

@@ -7,6 +7,10 @@ as :class:`profiler.common.ToolError` before a verdict exists).
 A regression wins over inconclusive rules (a rule that fails, fails), except when the
 environments differ: then nothing measured can be blamed on the code, and the verdict is
 inconclusive unless the change is allowed.
+
+Every face names the variance model the rules on per-step samples were judged under
+(:mod:`analyzers.gate.variance`): measured between runs, or assumed because one run per side
+cannot show it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stallscope.analyzers.gate.fingerprint import EnvironmentCheck
-from stallscope.analyzers.gate.rules import RuleResult
+from stallscope.analyzers.gate.results import RuleResult
 from stallscope.profiler.common import __version__, atomic_write_text, write_yaml
 
 __all__ = ["EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_REGRESSION", "Verdict"]
@@ -104,6 +108,16 @@ class Verdict:
             f"median step ms per round: base [{fmt(x.get('base_round_medians_ms'))}], head [{fmt(x.get('head_round_medians_ms'))}]"
         )
 
+    def variance_model(self) -> str:
+        """The variance model(s) of the rules on per-step samples, "none" without such rules."""
+        models = list(dict.fromkeys(r.variance_model for r in self.results if r.variance_model))
+        return ", ".join(models) or "none"
+
+    def variance_line(self) -> str:
+        """One line that says how between-run variance was handled."""
+        texts = list(dict.fromkeys(r.variance for r in self.results if r.variance))
+        return "; ".join(texts) or "no rule on per-step samples"
+
     def to_dict(self) -> dict[str, Any]:
         """The YAML verdict (``--output``)."""
         return {
@@ -117,6 +131,8 @@ class Verdict:
             "current": self.current,
             "config": self.config,
             "alpha": self.alpha,
+            "variance_model": self.variance_model(),
+            "variance": self.variance_line(),
             **({"paired": self.extra} if self.extra else {}),
             "environment": self.environment.to_dict(),
             "rules": [r.to_dict() for r in self.results],
@@ -145,6 +161,8 @@ class Verdict:
             ("baseline", self.baseline),
             ("current", self.current),
             ("config", self.config),
+            ("variance_model", self.variance_model()),
+            ("variance", self.variance_line()),
         ):
             ET.SubElement(props, "property", {"name": name, "value": value})
         for r in cases:
@@ -183,6 +201,7 @@ class Verdict:
                 f"| {_md(r.name)} | {_num(r.base)} | {_num(r.current)} | {_pct(r.change_pct)} | {_md(r.threshold) or '-'} "
                 f"| {_p(r.p_value)} | {_MARK[r.status]} {r.status}: {_md(r.message)} |"
             )
+        lines += ["", f"Variance ({self.variance_model()}): {_md(self.variance_line())}."]
         if self.extra:
             lines += ["", _md(self.paired_line())]
         if self.environment.notes:
@@ -220,7 +239,8 @@ class Verdict:
         line = Text.assemble(
             ("verdict: ", "bold"), (self.status, style), f"  (exit {self.exit_code}) - {self.reason()}"
         )
-        parts: list[Any] = [table, line]
+        variance = Text(f"variance ({self.variance_model()}): {self.variance_line()}", style="dim")
+        parts: list[Any] = [table, variance, line]
         if self.extra:
             parts.insert(1, Text(self.paired_line(), style="dim"))
         return Group(*parts)
