@@ -100,6 +100,8 @@ def test_too_few_samples_is_inconclusive_not_a_pass(tmp_path: Path, reports: dic
     res = gate("--baseline", str(reports["base"]), str(short))
     assert res.exit_code == 3, res.output
     assert "too few samples" in res.output
+    # the exact number of steps to add: 8 samples against the default minimum of 20
+    assert "run at least 12 more step(s)" in " ".join(res.output.split())
 
 
 def test_environment_change_is_inconclusive_unless_allowed(tmp_path: Path, reports: dict[str, Path]) -> None:

@@ -159,7 +159,9 @@ def _evaluate_samples(
             rule,
             "samples",
             "inconclusive",
-            f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side); run more steps (stallscope profile times every step of the run)",
+            f"too few samples ({len(b)} vs {len(c)}, need {config.min_samples} per side): run at least "
+            f"{config.min_samples - min(len(b), len(c))} more step(s), or lower --skip (the samples are the steps "
+            "after --skip, outside the trace window and the step that writes it)",
             test=test,
             n_base=len(b),
             n_current=len(c),
