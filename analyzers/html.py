@@ -162,6 +162,44 @@ def nvml_chart(ctx: AnalysisContext | None) -> str | None:
     return _svg(fig)
 
 
+def host_chart(ctx: AnalysisContext | None) -> str | None:
+    """The host side over time from host.csv: the training process's CPU, the DataLoader
+    workers' CPU and the process's RSS, steps shaded, first rank that has samples."""
+    if ctx is None:
+        return None
+    rd = next((r for r in ctx.ranks if r.host is not None and len(r.host.get("t_ns", ()))), None)
+    if rd is None or rd.host is None:
+        return None
+    host = rd.host
+    t = np.asarray(host["t_ns"], dtype=np.float64)
+    x = (t - t.min()) / 1e9
+    series = [
+        ("proc_cpu_pct", "process CPU (% of a core)"),
+        ("workers_cpu_pct", "DataLoader workers CPU (%)"),
+        ("rss_mb", "process RSS (MB)"),
+    ]
+    # a series that is zero throughout (no DataLoader workers) says nothing: left out
+    series = [(k, lab) for k, lab in series if k in host and np.nanmax(np.abs(np.asarray(host[k], dtype=float))) > 0]
+    if not series:
+        return None
+    plt = _mpl()
+    fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.5 * len(series)), sharex=True)
+    axes = np.atleast_1d(axes)
+    tel = rd.telemetry or {}
+    starts = np.asarray(tel.get("start_ns", []), dtype=np.float64)
+    ends = np.asarray(tel.get("end_ns", []), dtype=np.float64)
+    in_window = np.asarray(tel.get("in_window", np.zeros(len(starts))), dtype=float)
+    for ax, (key, label) in zip(axes, series, strict=False):
+        ax.plot(x, np.asarray(host[key], dtype=float), lw=1, color="#54a24b")
+        ax.set_ylabel(label, fontsize=8)
+        for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
+            if np.isfinite(s) and np.isfinite(e):
+                colour = "#f58518" if i < len(in_window) and in_window[i] > 0 else "#9d9da0"
+                ax.axvspan((s - t.min()) / 1e9, (e - t.min()) / 1e9, color=colour, alpha=0.12 if i % 2 else 0.22, lw=0)
+    axes[-1].set_xlabel("seconds since the first sample (steps shaded; trace window in orange)")
+    return _svg(fig)
+
+
 def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[dict[str, Any]]:
     points = []
     if ctx is not None:
@@ -253,6 +291,8 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):  # yes/no, as on the console: not Python's True/False
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
@@ -350,6 +390,7 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
         ("Step-time breakdown", breakdown_chart(report)),
         ("Step time", step_time_chart(report)),
         ("GPU timeline (NVML)", nvml_chart(ctx)),
+        ("Host CPU and memory (host.csv)", host_chart(ctx)),
         ("Roofline of the top kernels", roofline_chart(report, ctx)),
     ]
     body = []

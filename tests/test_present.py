@@ -212,3 +212,25 @@ def test_report_views_in_yaml_markdown_and_html(tmp_path: Path) -> None:
     assert _cli("report", str(trace), "--html", str(page)).returncode == 0
     text = page.read_text()
     assert all(f"<h2>{t}</h2>" in text for t in ("Top CPU ops", "Time per module", "Memory"))
+    assert ">False<" not in text and ">True<" not in text  # flags read yes/no
+
+
+def test_html_draws_the_host_samples_of_a_run(tmp_path: Path) -> None:
+    """host.csv (process CPU, RSS) becomes a chart in the run's HTML report."""
+    pytest.importorskip("matplotlib")
+    script = tmp_path / "t.py"
+    script.write_text(
+        "import torch, time\n"
+        "m = torch.nn.Linear(64, 64); opt = torch.optim.SGD(m.parameters(), lr=0.01); x = torch.randn(32, 64)\n"
+        "for _ in range(14):\n"
+        "    m(x).sum().backward(); opt.step(); opt.zero_grad(); time.sleep(0.05)\n"
+    )
+    run = tmp_path / "run"
+    res = _cli("profile", "-q", "--no-diagnose", "-o", str(run), "--skip", "2", "--steps", "2", "--", sys.executable, str(script))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (run / "rank0" / "host.csv").is_file()
+    page = tmp_path / "r.html"
+    assert _cli("report", str(run), "--html", str(page)).returncode == 0
+    text = page.read_text()
+    section = text.split("<h2>Host CPU and memory (host.csv)</h2>", 1)
+    assert len(section) == 2 and "<svg" in section[1].split("</section>", 1)[0]
