@@ -147,19 +147,25 @@ def nvml_chart(ctx: AnalysisContext | None) -> str | None:
     plt = _mpl()
     fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.5 * len(series)), sharex=True)
     axes = np.atleast_1d(axes)
-    tel = rd.telemetry or {}
-    starts = np.asarray(tel.get("start_ns", []), dtype=np.float64)
-    ends = np.asarray(tel.get("end_ns", []), dtype=np.float64)
-    in_window = np.asarray(tel.get("in_window", np.zeros(len(starts))), dtype=float)
     for ax, (key, label) in zip(axes, series, strict=False):
         ax.plot(x, np.asarray(nv[key], dtype=float), lw=1, color="#4c78a8")
         ax.set_ylabel(label, fontsize=8)
+    _shade_steps(axes, rd.telemetry or {}, t0)
+    return _svg(fig)
+
+
+def _shade_steps(axes: Any, tel: dict[str, Any], t0: float) -> None:
+    """Shade each step of ``tel`` (steps.csv columns) on time axes in seconds since ``t0`` (ns);
+    the trace window's steps in orange."""
+    starts = np.asarray(tel.get("start_ns", []), dtype=np.float64)
+    ends = np.asarray(tel.get("end_ns", []), dtype=np.float64)
+    in_window = np.asarray(tel.get("in_window", np.zeros(len(starts))), dtype=float)
+    for ax in axes:
         for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
             if np.isfinite(s) and np.isfinite(e):
                 colour = "#f58518" if i < len(in_window) and in_window[i] > 0 else "#9d9da0"
                 ax.axvspan((s - t0) / 1e9, (e - t0) / 1e9, color=colour, alpha=0.12 if i % 2 else 0.22, lw=0)
     axes[-1].set_xlabel("seconds since the first sample (steps shaded; trace window in orange)")
-    return _svg(fig)
 
 
 def host_chart(ctx: AnalysisContext | None) -> str | None:
@@ -185,18 +191,10 @@ def host_chart(ctx: AnalysisContext | None) -> str | None:
     plt = _mpl()
     fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.5 * len(series)), sharex=True)
     axes = np.atleast_1d(axes)
-    tel = rd.telemetry or {}
-    starts = np.asarray(tel.get("start_ns", []), dtype=np.float64)
-    ends = np.asarray(tel.get("end_ns", []), dtype=np.float64)
-    in_window = np.asarray(tel.get("in_window", np.zeros(len(starts))), dtype=float)
     for ax, (key, label) in zip(axes, series, strict=False):
         ax.plot(x, np.asarray(host[key], dtype=float), lw=1, color="#54a24b")
         ax.set_ylabel(label, fontsize=8)
-        for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
-            if np.isfinite(s) and np.isfinite(e):
-                colour = "#f58518" if i < len(in_window) and in_window[i] > 0 else "#9d9da0"
-                ax.axvspan((s - t.min()) / 1e9, (e - t.min()) / 1e9, color=colour, alpha=0.12 if i % 2 else 0.22, lw=0)
-    axes[-1].set_xlabel("seconds since the first sample (steps shaded; trace window in orange)")
+    _shade_steps(axes, rd.telemetry or {}, float(t.min()))
     return _svg(fig)
 
 
