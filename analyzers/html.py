@@ -142,15 +142,23 @@ def nvml_chart(ctx: AnalysisContext | None) -> str | None:
         ("mem_used_mb", "memory used (MB)"),
     ]
     series = [(k, label) for k, label in series if k in nv and np.isfinite(np.asarray(nv[k], dtype=float)).any()]
+    return _series_chart(x, nv, series, "#4c78a8", rd.telemetry or {}, t0)
+
+
+def _series_chart(
+    x: np.ndarray, cols: dict[str, Any], series: list[tuple[str, str]], colour: str, tel: dict[str, Any], t0: float
+) -> str | None:
+    """One panel per ``(column, label)`` of ``cols`` over ``x`` seconds, the steps shaded; None
+    without series."""
     if not series:
         return None
     plt = _mpl()
     fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.5 * len(series)), sharex=True)
     axes = np.atleast_1d(axes)
     for ax, (key, label) in zip(axes, series, strict=False):
-        ax.plot(x, np.asarray(nv[key], dtype=float), lw=1, color="#4c78a8")
+        ax.plot(x, np.asarray(cols[key], dtype=float), lw=1, color=colour)
         ax.set_ylabel(label, fontsize=8)
-    _shade_steps(axes, rd.telemetry or {}, t0)
+    _shade_steps(axes, tel, t0)
     return _svg(fig)
 
 
@@ -186,16 +194,7 @@ def host_chart(ctx: AnalysisContext | None) -> str | None:
     ]
     # a series that is zero throughout (no DataLoader workers) says nothing: left out
     series = [(k, lab) for k, lab in series if k in host and np.nanmax(np.abs(np.asarray(host[k], dtype=float))) > 0]
-    if not series:
-        return None
-    plt = _mpl()
-    fig, axes = plt.subplots(len(series), 1, figsize=(9, 1.5 * len(series)), sharex=True)
-    axes = np.atleast_1d(axes)
-    for ax, (key, label) in zip(axes, series, strict=False):
-        ax.plot(x, np.asarray(host[key], dtype=float), lw=1, color="#54a24b")
-        ax.set_ylabel(label, fontsize=8)
-    _shade_steps(axes, rd.telemetry or {}, float(t.min()))
-    return _svg(fig)
+    return _series_chart(x, host, series, "#54a24b", rd.telemetry or {}, float(t.min()))
 
 
 def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[dict[str, Any]]:
