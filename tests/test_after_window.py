@@ -92,6 +92,21 @@ def test_profile_writes_after_window_pct_into_meta(tmp_path):
     over = yaml.safe_load((run / "meta.yaml").read_text())["overhead"]
     assert over["before_steps"] == 4 and over["after_steps"] >= 10
     assert isinstance(over["after_window_pct"], float) and len(over["after_window_ci95_pct"]) == 2
+    # a run whose later steps were slowed: the report's step time says it carries that
+    meta = yaml.safe_load((run / "meta.yaml").read_text())
+    meta["overhead"].update(after_window_pct=12.5, after_window_ci95_pct=[10.0, 15.0], slowed=True)
+    (run / "meta.yaml").write_text(yaml.safe_dump(meta))
+    rep = tmp_path / "r.yaml"
+    d = subprocess.run(
+        [sys.executable, "-m", "stallscope.cli", "diagnose", str(run), "-o", str(rep)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert d.returncode == 0, d.stderr[-2000:]
+    report = yaml.safe_load(rep.read_text())
+    assert report["summary"]["step_time_ms"]["after_window_pct"] == 12.5
+    assert any("after the trace window ran 12.5 % slower" in n for n in report["notices"])
 
 
 def test_after_auto_patch_both_sides_come_from_the_window_phase():
@@ -128,18 +143,3 @@ def test_malformed_phases_read_as_none():
     ph = read_phases({"phases": [{"name": "before patches", "first_step": 0}, {"name": "trying x", "first_step": 9}]})
     assert [p.last_step for p in ph] == [8, None]
     assert phase_of(ph, 8).name == "before patches" and phase_of(ph, 9).name == "trying x"
-    # a run whose later steps were slowed: the report's step time says it carries that
-    meta = yaml.safe_load((run / "meta.yaml").read_text())
-    meta["overhead"].update(after_window_pct=12.5, after_window_ci95_pct=[10.0, 15.0], slowed=True)
-    (run / "meta.yaml").write_text(yaml.safe_dump(meta))
-    rep = tmp_path / "r.yaml"
-    d = subprocess.run(
-        [sys.executable, "-m", "stallscope.cli", "diagnose", str(run), "-o", str(rep)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert d.returncode == 0, d.stderr[-2000:]
-    report = yaml.safe_load(rep.read_text())
-    assert report["summary"]["step_time_ms"]["after_window_pct"] == 12.5
-    assert any("after the trace window ran 12.5 % slower" in n for n in report["notices"])
