@@ -21,9 +21,23 @@ MIN_SAMPLES = 5
 SIGNIFICANT_P = 0.01
 
 
+def _section(report: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``report[keys[0]][keys[1]]...`` when each is a mapping, else {} (sections may be missing)."""
+    node: Any = report
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _items(report: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The mappings of the list ``report[key]`` (a missing list is empty)."""
+    value = report.get(key)
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def _per_step_kernel_ms(report: dict[str, Any]) -> dict[str, float]:
-    steps = max(int(report.get("summary", {}).get("steps") or 1), 1)
-    return {k["name"]: float(k.get("total_ms", 0.0)) / steps for k in report.get("top_kernels", [])}
+    steps = max(int(_section(report, "summary").get("steps") or 1), 1)
+    return {str(k.get("name", "?")): float(k.get("total_ms") or 0.0) / steps for k in _items(report, "top_kernels")}
 
 
 @dataclass
@@ -131,8 +145,8 @@ class Comparison:
 
 def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
     """Compare report ``a`` (before) with ``b`` (after)."""
-    sa = a.get("summary", {}).get("step_time_ms", {})
-    sb = b.get("summary", {}).get("step_time_ms", {})
+    sa = _section(a, "summary", "step_time_ms")
+    sb = _section(b, "summary", "step_time_ms")
     step: dict[str, Any] = {
         "a": {k: sa.get(k) for k in ("median", "p10", "p90")},
         "b": {k: sb.get(k) for k in ("median", "p10", "p90")},
@@ -160,8 +174,8 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
         )
     else:
         step["verdict"] = f"inconclusive (fewer than {MIN_SAMPLES} step samples on a side)"
-    pa = a.get("summary", {}).get("breakdown_pct", {})
-    pb = b.get("summary", {}).get("breakdown_pct", {})
+    pa = _section(a, "summary", "breakdown_pct")
+    pb = _section(b, "summary", "breakdown_pct")
     breakdown = {
         k: {"a": float(pa.get(k, 0.0) or 0.0), "b": float(pb.get(k, 0.0) or 0.0)} for k in dict.fromkeys([*pa, *pb])
     }
@@ -176,15 +190,15 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
         for n in dict.fromkeys([*ka, *kb])
     ]
     kernels.sort(key=lambda k: -abs(k["delta_ms_per_step"]))
-    fa = {f["id"]: f for f in a.get("findings", [])}
-    fb = {f["id"]: f for f in b.get("findings", [])}
+    fa = {str(f.get("id")): f for f in _items(a, "findings")}
+    fb = {str(f.get("id")): f for f in _items(b, "findings")}
 
     def brief(f: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": f["id"],
-            "severity": f["severity"],
-            "title": f["title"],
-            "step_time_pct": f["impact"]["step_time_pct"],
+            "id": str(f.get("id")),
+            "severity": f.get("severity", "?"),
+            "title": f.get("title", ""),
+            "step_time_pct": _section(f, "impact").get("step_time_pct"),
         }
 
     findings = {
@@ -193,8 +207,8 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> Comparison:
         "unchanged": [brief(fb[i]) for i in fb if i in fa],
     }
     return Comparison(
-        str(a.get("source", {}).get("path", "A")),
-        str(b.get("source", {}).get("path", "B")),
+        str(_section(a, "source").get("path", "A")),
+        str(_section(b, "source").get("path", "B")),
         step,
         breakdown,
         kernels[:10],

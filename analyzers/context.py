@@ -21,16 +21,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stallscope.analyzers.breakdown import compute_breakdowns
 from stallscope.analyzers.compact import FULL_RANKS, compact_rank
-from stallscope.analyzers.loader import find_traces, load_trace
+from stallscope.analyzers.loader import EVENT_COUNTS, find_traces, load_trace
 from stallscope.analyzers.model import AnalysisContext, RankData, empty_table
 from stallscope.analyzers.steps import assign_steps, find_steps
+from stallscope.analyzers.tracefile import TEXT_REPLACED
 from stallscope.profiler import runformat
 from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = ["load_context", "load_rank"]
 
+MAX_RANK = 10**9  # a rank number past this is not one (the report keeps ranks in int32 arrays)
 _RANK_IN_NAME = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
 _TB_NAME = re.compile(r"^(?P<who>.+?)\.(?P<stamp>\d+)\.pt\.trace\.json(?:\.gz)?$")
 
@@ -53,6 +57,16 @@ def load_rank(path: Path, rank: int | None, notices: list[str]) -> RankData:
     """One trace as a rank: events, steps (a step notice goes to ``notices``) and its rank number
     (``rank``, else the trace's ``distributedInfo.rank`` or ``rank<N>`` in the name, else -1)."""
     table, meta = load_trace(path)
+    if meta.pop(TEXT_REPLACED, False):
+        notices.append(
+            f"{path.name}: invalid Unicode (lone surrogates or bytes that are not UTF-8) replaced by U+FFFD; "
+            "the rest of the trace was read as it is"
+        )
+    bad_time = (meta.get(EVENT_COUNTS) or {}).get("bad_time", 0)
+    if bad_time:
+        notices.append(
+            f"{path.name}: {bad_time} events whose ts is not a time (a finite number of microseconds) were left out"
+        )
     steps, notice = find_steps(table)
     if notice and notice not in notices:
         notices.append(notice)
@@ -65,10 +79,11 @@ def load_rank(path: Path, rank: int | None, notices: list[str]) -> RankData:
 
 def _rank_of(meta: dict[str, Any], path: Path) -> int | None:
     info = meta.get("distributedInfo")
-    if isinstance(info, dict) and isinstance(info.get("rank"), int):
-        return int(info["rank"])
+    rank = info.get("rank") if isinstance(info, dict) else None
+    if isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < MAX_RANK:
+        return rank
     m = _RANK_IN_NAME.search(path.name)
-    return int(m.group(1)) if m else None
+    return int(m.group(1)) if m and len(m.group(1)) <= 9 else None
 
 
 def _device_name(meta: dict[str, Any]) -> str | None:
@@ -107,10 +122,30 @@ def _finish(ctx: AnalysisContext) -> AnalysisContext:
     return ctx
 
 
+# Sections of meta.yaml and rank.yaml that stallscope writes as mappings (docs/run-format.md). In a
+# damaged file one that is anything else is left out (with a notice): the code that reads a
+# section finds a mapping or nothing.
+_MAPPING_SECTIONS = ("tool", "exit", "git", "window", "overhead", "per_rank", "options", "gpu", "clock")
+
+
+def _mapping_sections(doc: dict[str, Any], where: str, notices: list[Any]) -> dict[str, Any]:
+    bad = [k for k in _MAPPING_SECTIONS if doc.get(k) is not None and not isinstance(doc[k], dict)]
+    if bad:
+        notices.append(f"{where}: {', '.join(bad)} not a mapping (a damaged file): left out")
+        doc = {k: v for k, v in doc.items() if k not in bad}
+    if isinstance(doc.get("per_rank"), dict):
+        doc["per_rank"] = {
+            k: _mapping_sections(v, f"{where} per_rank", notices) if isinstance(v, dict) else {}
+            for k, v in doc["per_rank"].items()
+        }
+    return doc
+
+
 def _load_run_dir(root: Path) -> AnalysisContext:
     meta = runformat.read_meta(root)
     raw = meta.get("notices") or []
     notices: list[Any] = list(raw[:100]) if isinstance(raw, list) else [raw]
+    meta = _mapping_sections(meta, runformat.META, notices)
     ranks: list[RankData] = []
     for r, folder in runformat.rank_dirs(root):
         trace = runformat.rank_trace(folder)
@@ -122,12 +157,12 @@ def _load_run_dir(root: Path) -> AnalysisContext:
         else:
             rd = RankData(rank=r, events=empty_table(), steps=[], trace_path=None)
             notices.append(f"rank {r}: no trace in {folder} (the window may not have been reached); telemetry only")
-        rd.telemetry = runformat.read_csv_columns(folder / runformat.STEPS_CSV)
-        rd.nvml = runformat.read_csv_columns(folder / runformat.NVML_CSV)
-        rd.host = runformat.read_csv_columns(folder / runformat.HOST_CSV)
+        rd.telemetry = _step_rows(_finite(runformat.read_csv_columns(folder / runformat.STEPS_CSV)))
+        rd.nvml = _finite(runformat.read_csv_columns(folder / runformat.NVML_CSV))
+        rd.host = _finite(runformat.read_csv_columns(folder / runformat.HOST_CSV))
         rank_info = runformat.read_rank_info(folder)
         if rank_info:
-            rd.meta["rank"] = rank_info
+            rd.meta["rank"] = _mapping_sections(rank_info, f"rank {r} {runformat.RANK_INFO}", notices)
         if len(ranks) >= FULL_RANKS:
             compact_rank(rd)
         ranks.append(rd)
@@ -139,6 +174,25 @@ def _load_run_dir(root: Path) -> AnalysisContext:
         ctx.meta = dict(meta)
         ctx.meta["patches"] = read_yaml(patches)
     return _finish(ctx)
+
+
+def _finite(cols: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """Telemetry columns with the infinities of a damaged file as missing values (NaN)."""
+    if not cols:
+        return cols
+    return {k: np.where(np.isinf(v), np.nan, v) if v.dtype == np.float64 else v for k, v in cols.items()}
+
+
+def _step_rows(cols: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """steps.csv without the rows whose step number is not a number (a damaged file); a step
+    column that holds no numbers at all is left out (the rows are then numbered in order)."""
+    step = (cols or {}).get("step")
+    if cols is None or step is None:
+        return cols
+    if step.dtype != np.float64:
+        return {k: v for k, v in cols.items() if k != "step"}
+    ok = np.isfinite(step) & (np.abs(step) < 2**31)
+    return cols if ok.all() else {k: v[ok] for k, v in cols.items()}
 
 
 def _run_device(meta: dict[str, Any]) -> str | None:

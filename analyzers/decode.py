@@ -29,6 +29,7 @@ from stallscope.analyzers.vocab import (
     SKIPPED_CATEGORIES,
     Kind,
 )
+from stallscope.profiler.common import MAX_DEPTH
 
 try:
     from orjson import dumps as _dumps
@@ -39,7 +40,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         return _json.dumps(value, separators=(",", ":"))
 
 
-__all__ = ["EventColumns", "exact_ns"]
+__all__ = ["MAX_US", "EventColumns", "exact_ns", "times_ns"]
 
 # looked up with the event's category, which may be missing (None: Kind.OTHER)
 _KIND_INT: dict[str | None, int] = {k: int(v) for k, v in KIND_OF_CATEGORY.items()}
@@ -47,33 +48,66 @@ _GPU_ARG_INTS = frozenset(int(k) for k in GPU_ARG_KINDS)
 _COLLECTIVE_OP = "record_param_comms"
 
 
+# Microsecond timestamps beyond this are not times (epoch microseconds reach it in 2096): the
+# bound keeps ``ts_ns + dur_ns`` of any two accepted values inside int64.
+MAX_US = 4.0e15
+
+
 def exact_ns(values: list[Any]) -> np.ndarray:
-    """Microsecond numbers (floats or strings) -> integer nanoseconds, exactly.
+    """Microsecond numbers (floats or strings) -> integer nanoseconds, exactly; values that are
+    not finite numbers within ``MAX_US`` become 0 (:func:`times_ns` says which).
 
     Splitting off the integer part keeps the float error of the fraction far below half a
     nanosecond for any trace timestamp (< 2**43 us), so rounding recovers Kineto's decimals.
     """
+    return times_ns(values)[0]
+
+
+def times_ns(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`exact_ns` of ``values``, which of them were usable times)."""
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        return np.asarray([_one_ns(v) for v in values], dtype=np.int64)
+        if arr.ndim != 1:  # lists of equal length where numbers belong
+            raise ValueError(arr.shape)
+    except (TypeError, ValueError, OverflowError):  # odd values: one at a time
+        ns = [_one_ns(v) for v in values]
+        ok = np.asarray([v is not None for v in ns], dtype=bool)
+        return np.asarray([v or 0 for v in ns], dtype=np.int64), ok
     if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    bad = ~np.isfinite(arr) | (np.abs(arr) > 9.0e15)
-    if bad.any():
-        arr = np.where(bad, 0.0, arr)
+        return np.zeros(0, dtype=np.int64), np.ones(0, dtype=bool)
+    ok = np.isfinite(arr) & (np.abs(arr) <= MAX_US)
+    if not ok.all():
+        arr = np.where(ok, arr, 0.0)
     whole = np.floor(arr)
-    return whole.astype(np.int64) * 1000 + np.rint((arr - whole) * 1000.0).astype(np.int64)
+    return whole.astype(np.int64) * 1000 + np.rint((arr - whole) * 1000.0).astype(np.int64), ok
 
 
-def _one_ns(value: Any) -> int:
+def _one_ns(value: Any) -> int | None:
     try:
         d = Decimal(str(value))
-        if not d.is_finite():
-            return 0
+        if not d.is_finite() or abs(d) > MAX_US:
+            return None
         return int((d * 1000).to_integral_value())
-    except (InvalidOperation, ValueError, OverflowError):
-        return 0
+    except (InvalidOperation, ValueError, OverflowError, TypeError, RecursionError):
+        return None
+
+
+def _int_column(values: list[Any], dtype: Any, outside: Any = None) -> np.ndarray:
+    """Python ints as a numpy column; one outside the dtype's range (ids past 2^63) becomes -1,
+    or ``outside(value)``. The range is checked only when the bulk conversion fails."""
+    try:
+        return np.asarray(values, dtype=dtype)
+    except OverflowError:
+        lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
+        return np.asarray([v if lo <= v <= hi else (outside(v) if outside else -1) for v in values], dtype=dtype)
+
+
+def _float_column(values: list[Any]) -> np.ndarray:
+    """Numbers as float64; an int too large for a float becomes NaN."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        return np.asarray([v if abs(v) < 1e308 else math.nan for v in values], dtype=np.float64)
 
 
 class EventColumns:
@@ -85,6 +119,8 @@ class EventColumns:
         self.blocks: list[dict[str, np.ndarray]] = []
         self.extra: dict[int, dict[str, Any]] = {}
         self.rows = 0
+        self.seen = 0  # event records given to add(), usable or not
+        self.dropped = 0  # rows left out for a timestamp that is not a usable time
         self.process_names: dict[Any, str] = {}
         self.thread_names: dict[tuple[Any, Any], str] = {}
         self._ids: dict[Any, int] = {}
@@ -100,17 +136,17 @@ class EventColumns:
         return i
 
     def _num(self, value: Any) -> int:
-        """pid / tid as an int; strings get stable negative ids."""
+        """pid / tid as an int; strings, and numbers outside int64, get stable negative ids."""
         if value is None:
             return -1
-        if isinstance(value, int):
+        if isinstance(value, int) and -(2**63) <= value < 2**63:
             return int(value)
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
             return int(value)
         try:
             i = self._ids.get(value)
-        except TypeError:  # unhashable oddities share one id
-            value = repr(value)
+        except TypeError:  # unhashable oddities: keyed by their text
+            value = _label(value)
             i = self._ids.get(value)
         if i is None:
             i = self._ids[value] = -2 - len(self._ids)
@@ -122,6 +158,8 @@ class EventColumns:
 
     def add(self, events: Iterable[Any]) -> None:
         """Add a batch of event records (attribute shape of ``kineto_structs``) as one block."""
+        if isinstance(events, list):
+            self.seen += len(events)
         kind: list[int] = []
         name: list[int] = []
         ts: list[Any] = []
@@ -173,7 +211,7 @@ class EventColumns:
                 continue
             nm = e.name
             if type(nm) is not str:
-                nm = str(nm)
+                nm = _label(nm)
             i = name_ids.get(nm)
             if i is None:
                 i = name_ids[nm] = len(names)
@@ -202,7 +240,7 @@ class EventColumns:
             ext.append(x if type(x) is int else -1)
             if k == K_CPU:
                 fl = a.flops
-                flops.append(float(fl) if isinstance(fl, (int, float)) else nan)
+                flops.append(fl if isinstance(fl, (int, float)) else nan)
                 nbytes.append(-1)
                 stream.append(-1)
                 device.append(-1)
@@ -250,23 +288,41 @@ class EventColumns:
             row += 1
         if row == self.rows:
             return
+        ts_ns, usable = times_ns(ts)
+        block = {
+            "kind": np.asarray(kind, dtype=np.int8),
+            "name": np.asarray(name, dtype=np.int32),
+            "ts_ns": ts_ns,
+            "dur_ns": np.maximum(exact_ns(dur), 0),
+            "pid": _int_column(pid, np.int64, num),
+            "tid": _int_column(tid, np.int64, num),
+            "stream": _int_column(stream, np.int32),
+            "device": _int_column(device, np.int32),
+            "correlation": _int_column(corr, np.int64),
+            "external_id": _int_column(ext, np.int64),
+            "flops": _float_column(flops),
+            "bytes": _int_column(nbytes, np.int64),
+        }
+        if not usable.all():
+            row = self._drop_rows(block, usable, row)
+            if row == self.rows:
+                return
         self.rows = row
-        self.blocks.append(
-            {
-                "kind": np.asarray(kind, dtype=np.int8),
-                "name": np.asarray(name, dtype=np.int32),
-                "ts_ns": exact_ns(ts),
-                "dur_ns": np.maximum(exact_ns(dur), 0),
-                "pid": np.asarray(pid, dtype=np.int64),
-                "tid": np.asarray(tid, dtype=np.int64),
-                "stream": np.asarray(stream, dtype=np.int32),
-                "device": np.asarray(device, dtype=np.int32),
-                "correlation": np.asarray(corr, dtype=np.int64),
-                "external_id": np.asarray(ext, dtype=np.int64),
-                "flops": np.asarray(flops, dtype=np.float64),
-                "bytes": np.asarray(nbytes, dtype=np.int64),
-            }
-        )
+        self.blocks.append(block)
+
+    def _drop_rows(self, block: dict[str, np.ndarray], keep: np.ndarray, end: int) -> int:
+        """Leave out the rows of ``block`` (rows ``self.rows`` to ``end``) where ``keep`` is False,
+        their ``extra`` entries with them; returns the new end."""
+        base, kept = self.rows, np.flatnonzero(keep)
+        for key in block:
+            block[key] = block[key][kept]
+        extra = self.extra
+        moved = {base + i: extra.pop(base + int(r)) for i, r in enumerate(kept) if base + int(r) in extra}
+        for r in range(base, end):
+            extra.pop(r, None)
+        extra.update(moved)
+        self.dropped += int(keep.size - kept.size)
+        return base + int(kept.size)
 
     def _meta(self, e: Any) -> None:
         """Process and thread names from ``ph: M`` events."""
@@ -274,9 +330,9 @@ class EventColumns:
         if a is None or a.meta_name is None:
             return
         if e.name == "process_name":
-            self.process_names[e.pid] = str(a.meta_name)
+            self.process_names[_key(e.pid)] = _label(a.meta_name)
         elif e.name == "thread_name":
-            self.thread_names[(e.pid, e.tid)] = str(a.meta_name)
+            self.thread_names[(_key(e.pid), _key(e.tid))] = _label(a.meta_name)
 
     def merge(self, part: EventColumns) -> None:
         """Append a batch parsed elsewhere (its own name ids and row numbers) after these rows."""
@@ -287,6 +343,8 @@ class EventColumns:
                 self.blocks.append(block)
             self.extra.update({self.rows + k: v for k, v in part.extra.items()})
             self.rows += part.rows
+        self.seen += part.seen
+        self.dropped += part.dropped
         self.process_names.update(part.process_names)
         self.thread_names.update(part.thread_names)
 
@@ -309,13 +367,41 @@ class EventColumns:
         )
 
 
+def _key(value: Any) -> Any:
+    """A pid / tid as a dict key: itself when hashable, else its (bounded) repr."""
+    return value if isinstance(value, (int, float, str, type(None))) else _label(value)
+
+
+def _label(value: Any) -> str:
+    """A process or thread name as text, bounded; nested values that repr cannot walk give '?'."""
+    try:
+        return str(value)[:200]
+    except RecursionError:
+        return "?"
+
+
+def _bounded(value: Any) -> Any:
+    """``value``, or None when it nests deeper than ``MAX_DEPTH`` (no code that walks it
+    recursively could follow: the arg is left out). Walked without recursion."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return None
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return value
+
+
 def _shape_args(dims: Any, types: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     """The ``input_dims`` / ``input_types`` dict of a CPU op, one shared dict per distinct pair
     of values ({} when the dims are JSON null)."""
     key = (raw_key(dims), raw_key(types) if types is not None else None)
     sparse = cache.get(key)
     if sparse is None:
-        value, type_value = raw_value(dims), raw_value(types)
+        value, type_value = _bounded(raw_value(dims)), _bounded(raw_value(types))
         if value is None:
             sparse = cache[key] = {}
         elif type_value is None:
@@ -371,7 +457,9 @@ def _kernel_launch_args(a: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, A
 
 
 def _sparse_args(kind: int, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
-    """The args a row keeps in ``extra`` (shapes, launch config, collective, allocator sample)."""
+    """The args a row keeps in ``extra`` (shapes, launch config, collective, allocator sample);
+    values nested deeper than ``MAX_DEPTH`` are left out."""
+    args = {k: v for k, v in args.items() if _bounded(v) is not None}
     out: dict[str, Any] | None = None
     dims = args.get("Input Dims")
     if dims is not None:

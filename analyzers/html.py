@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stallscope.analyzers.peaks import kernel_rooflines, peaks_for
-from stallscope.analyzers.render import FixAdvice, fix_advice_lines, nothing_found
+from stallscope.analyzers.render import FixAdvice, fix_advice_lines, kernel_rows, nothing_found
 from stallscope.analyzers.views.report import views_of
 from stallscope.profiler.common import ToolError
 
@@ -215,7 +215,7 @@ def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[
         except Exception:
             points = []
     if not points:
-        for k in report.get("top_kernels", []):
+        for k in kernel_rows(report):
             if k.get("flops_per_byte") and k.get("achieved_tflops"):
                 points.append(
                     {
@@ -356,7 +356,7 @@ def _top_kernels(report: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td><code>{_e(k['name'][:90])}</code></td><td>{k.get('count')}</td><td>{_fmt(k.get('total_ms'))}</td>"
         f"<td>{_fmt(k.get('pct'))}</td><td>{_e(k.get('class'))}</td></tr>"
-        for k in report.get("top_kernels", [])
+        for k in kernel_rows(report)
     )
     if not rows:
         return "<p class='muted'>No GPU kernels in the trace.</p>"

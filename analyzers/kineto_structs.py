@@ -178,10 +178,13 @@ def args_dict(args: Any) -> dict[str, Any]:
 
 
 def raw_value(value: Any) -> Any:
-    """The value of a shape field: ``msgspec.Raw`` JSON text is decoded, anything else is
-    already a value."""
+    """The value of a shape field: ``msgspec.Raw`` JSON text is decoded (None when it nests too
+    deeply to decode), anything else is already a value."""
     if AVAILABLE and type(value) is msgspec.Raw:
-        return msgspec.json.decode(value)
+        try:
+            return msgspec.json.decode(value)
+        except RecursionError:
+            return None
     return value
 
 

@@ -27,9 +27,20 @@ from stallscope.analyzers.link import sort_and_link
 from stallscope.analyzers.model import EventTable
 from stallscope.profiler.common import ToolError
 
-__all__ = ["PARALLEL_MIN_BYTES", "TRACE_SUFFIXES", "find_traces", "idle_cores", "is_trace_file", "load_trace"]
+__all__ = [
+    "EVENT_COUNTS",
+    "PARALLEL_MIN_BYTES",
+    "TRACE_SUFFIXES",
+    "find_traces",
+    "idle_cores",
+    "is_trace_file",
+    "load_trace",
+]
 
 TRACE_SUFFIXES = (".json", ".json.gz")
+# The metadata key of {"in_file": event records read, "usable": rows kept, "bad_time": rows left
+# out for a timestamp that is no usable time}.
+EVENT_COUNTS = "stallscope_events"
 PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it saves
 
 
@@ -45,7 +56,7 @@ def find_traces(folder: Path) -> list[Path]:
 
 def load_trace(path: str | Path) -> tuple[EventTable, dict[str, Any]]:
     """Parse one trace file into a linked, time-sorted :class:`EventTable` and its metadata (the
-    document's keys besides ``traceEvents``, plus ``process_names``).
+    document's keys besides ``traceEvents``, plus ``process_names`` and ``EVENT_COUNTS``).
 
     Files over ``PARALLEL_MIN_BYTES`` of JSON are parsed by this process and a forked helper
     (``STALLSCOPE_PARSE_WORKERS=0`` turns that off); any doubt (a cut inside a string, a worker
@@ -95,6 +106,7 @@ def _load_trace(path: Path) -> tuple[EventTable, dict[str, Any]]:
     table = sort_and_link(cols.table())
     meta = dict(meta)
     meta["process_names"] = {str(k): v for k, v in cols.process_names.items()}
+    meta[EVENT_COUNTS] = {"in_file": cols.seen, "usable": len(table), "bad_time": cols.dropped}
     return table, meta
 
 

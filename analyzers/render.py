@@ -50,6 +50,19 @@ def fix_advice_lines(finding: dict[str, Any], fix_advice: FixAdvice | None) -> l
     return out
 
 
+def kernel_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's ``top_kernels`` with every field a renderer reads (a report from disk may lack
+    some): the name as text, the rest None when absent."""
+    rows = report.get("top_kernels")
+    out = []
+    for k in rows if isinstance(rows, list) else []:
+        if isinstance(k, dict):
+            out.append(
+                {**k, "name": str(k.get("name", "?")), **{f: k.get(f) for f in ("count", "total_ms", "pct", "class")}}
+            )
+    return out
+
+
 def nothing_found(r: dict[str, Any]) -> str:
     """Why a report has no finding, with what was looked at: the steps, the analyzers that ran and
     those that could not (a report over no steps found nothing because it looked at nothing)."""
@@ -231,9 +244,9 @@ class ReportView:
             for col in ("count", "total ms", "%"):
                 t.add_column(col, justify="right", no_wrap=True)
             t.add_column("class", no_wrap=True)
-            for k in r["top_kernels"][:8]:
+            for k in kernel_rows(r)[:8]:
                 t.add_row(
-                    short_kernel_name(k["name"]), str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), k["class"]
+                    short_kernel_name(k["name"]), str(k["count"]), _num(k["total_ms"]), _num(k["pct"]), str(k["class"])
                 )
             parts.append(t)
         findings = r.get("findings") or []
@@ -292,7 +305,7 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
             )
     if r.get("top_kernels"):
         out += ["", "## Top kernels", "", "| kernel | count | total ms | % | class |", "|---|---:|---:|---:|---|"]
-        for k in r["top_kernels"][:10]:
+        for k in kernel_rows(r)[:10]:
             name = k["name"].replace("|", "\\|")
             name = name if len(name) <= 80 else name[:77] + "..."
             out.append(f"| `{name}` | {k['count']} | {_num(k['total_ms'])} | {_num(k['pct'])} | {k['class']} |")

@@ -34,7 +34,8 @@ def find_steps(t: EventTable) -> tuple[list[Step], str | None]:
         seen: set[int] = set()
         for r in rows[np.argsort(t.ts_ns[rows], kind="stable")]:
             m = STEP_NAME.match(t.name_of(int(r)))
-            idx = int(m.group(1)) if m else len(steps)
+            # a number past int32 is no step number (steps are int32 columns): counted on instead
+            idx = int(m.group(1)) if m and len(m.group(1)) <= 9 else max(seen, default=-1) + 1
             if idx in seen:
                 continue
             seen.add(idx)

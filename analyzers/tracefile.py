@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from stallscope.profiler.common import ToolError
+import numpy as np
+
+from stallscope.profiler.common import MAX_DEPTH, ToolError
 
 try:  # orjson is ~5x faster than json on Kineto traces
     import orjson
@@ -33,12 +35,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 
     _JSONError = (ValueError,)
 
-__all__ = ["iter_trace_batches", "CHUNK_BYTES"]
+__all__ = ["CHUNK_BYTES", "TEXT_REPLACED", "iter_trace_batches", "json_depth"]
 
 CHUNK_BYTES = 1 << 20  # ~2-5k events: their Python objects stay around 10 MB
 _HEAD = re.compile(rb'"traceEvents"\s*:\s*\[')
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
+# Set in a trace's metadata when its text held invalid Unicode that was replaced by U+FFFD.
+TEXT_REPLACED = "stallscope_text_replaced"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+# An escaped backslash (kept, so the "u" after it is no escape), an escaped surrogate pair (kept),
+# a lone escaped surrogate (replaced).
+_ESCAPES = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
 
 
 def _open(path: Path) -> Any:
@@ -78,22 +89,66 @@ def _read(fh: Any, n: int, path: Path) -> bytes:
         raise _unreadable(path, f"cannot read ({exc})") from None
 
 
-def _parse_whole(data: bytes, path: Path) -> Any:
+def json_depth(data: bytes) -> int:
+    """How deeply JSON text nests, counted in C and numpy: brackets first (an upper bound, as
+    brackets inside strings count too), exactly with the strings taken out when that bound is
+    over ``MAX_DEPTH``."""
+    for text in (data, None):
+        if text is None:
+            text = _STRING.sub(b'""', data)
+        brackets = np.frombuffer(text.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+        if brackets.size <= MAX_DEPTH:
+            return int(brackets.size)
+        opens = (brackets == ord("[")) | (brackets == ord("{"))
+        depth = int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max(initial=0))
+        if depth <= MAX_DEPTH:
+            return depth
+    return depth
+
+
+def _loads_bounded(data: bytes, path: Path) -> Any:
+    """Parse JSON that nests at most ``MAX_DEPTH`` levels (a C parser's stack and every recursive
+    walk after it stay safe; Kineto writes a handful)."""
+    if json_depth(data) > MAX_DEPTH:
+        raise _unreadable(path, f"nested more than {MAX_DEPTH} levels deep, which torch.profiler never writes")
+    return _loads(data)
+
+
+def _replace_bad_text(data: bytes) -> bytes:
+    """``data`` with bytes that are not UTF-8 and lone ``\\uD800``-style escapes turned into U+FFFD."""
+    text = data.decode("utf-8", "replace").encode("utf-8")
+    return _ESCAPES.sub(lambda m: m.group() if len(m.group()) != 6 else b"\\ufffd", text)
+
+
+def _parse_whole(data: bytes, path: Path) -> tuple[Any, bool]:
+    """(the parsed document, whether invalid Unicode in it was replaced to parse it). A UTF-8 byte
+    order mark before the document is skipped."""
     try:
-        return _loads(data)
+        return _loads_bounded(data, path), False
     except _JSONError:
         if not data.strip():
             raise _unreadable(path, "the file is empty") from None
-        raise _unreadable(path, "not valid JSON (truncated or corrupt)") from None
+    plain = data.removeprefix(b"\xef\xbb\xbf")
+    fixed = _replace_bad_text(plain)
+    if fixed != data:
+        try:
+            return _loads_bounded(fixed, path), fixed != plain
+        except _JSONError:
+            pass
+    raise _unreadable(path, "not valid JSON (truncated or corrupt)")
 
 
-def _split_whole(doc: Any, path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _split_whole(parsed: tuple[Any, bool], path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    doc, replaced = parsed
     if isinstance(doc, list):  # the bare-array chrome trace form
-        return [e for e in doc if isinstance(e, dict)], {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("traceEvents", None), list):
+        events, meta = doc, {}
+    elif isinstance(doc, dict) and isinstance(doc.get("traceEvents", None), list):
+        events, meta = doc.pop("traceEvents"), doc
+    else:
         raise _unreadable(path, "not a chrome trace (no traceEvents array)")
-    events = doc.pop("traceEvents")
-    return [e for e in events if isinstance(e, dict)], doc
+    if replaced:
+        meta[TEXT_REPLACED] = True
+    return [e for e in events if isinstance(e, dict)], meta
 
 
 def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
@@ -129,7 +184,7 @@ def _batches(fh: Any, path: Path, chunk_bytes: int) -> Iterator[tuple[list[dict[
             continue
         segment = buf[: cut.start() + 1]
         try:
-            events = _loads(b"[" + segment + b"]")
+            events = _loads_bounded(b"[" + segment + b"]", path)
         except _JSONError:
             continue  # cut inside a string or a nested object: wait for more input
         buf = buf[cut.end() - 1 :]
@@ -197,5 +252,5 @@ def parse_segment(blob: bytes, final: bool, path: Path) -> tuple[list[dict[str, 
     """Parse one blob of :func:`iter_trace_segments`: (events, meta or None)."""
     if final:
         return _split_whole(_parse_whole(blob, path), path)
-    events = _loads(blob)
+    events = _loads_bounded(blob, path)
     return [e for e in events if isinstance(e, dict)], None

@@ -14,7 +14,10 @@ __all__ = [
     "__version__",
     "EXIT_INTERNAL",
     "EXIT_USAGE",
+    "MAX_DEPTH",
     "check_outputs",
+    "clean_str",
+    "plain_text",
     "ToolError",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -27,15 +30,20 @@ __version__ = "0.1.0"
 EXIT_USAGE = 2
 # An unexpected exception inside stallscope: a bug to report (BSD sysexits' EX_SOFTWARE).
 EXIT_INTERNAL = 70
+MAX_MESSAGE_CHARS = 600
 
 
 class ToolError(Exception):
     """An error the user caused or can fix: shown as one line, no traceback, with an exit code.
 
-    The message should say what went wrong, where, and what to do about it.
+    The message should say what went wrong, where, and what to do about it. It is kept to one
+    line of at most ``MAX_MESSAGE_CHARS`` (values quoted from a hostile file can be any size).
     """
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        message = " ".join(str(message).splitlines())
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 203] + " ... " + message[-198:]
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -82,18 +90,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 # Bounds for YAML we read (meta.yaml, rank.yaml, reports, gate.yaml). Our own files are a few
-# hundred KiB at most; a document that expands past a million nodes through aliases ("billion
-# laughs": 309 bytes can stand for 10^9 strings) is refused before anything walks it.
+# hundred KiB at most and nest a handful of levels; a document that expands past a million nodes
+# through aliases ("billion laughs": 309 bytes can stand for 10^9 strings), refers to itself, or
+# nests deeper than any code that walks it recursively can follow is refused before anything
+# walks it.
 YAML_MAX_BYTES = 64 * 1024 * 1024
 YAML_MAX_NODES = 1_000_000
+MAX_DEPTH = 100
 
 
-def _expanded_nodes(root: Any) -> int:
-    """How many nodes the document has once every alias is expanded (shared nodes counted once
-    per reference), computed without expanding: memoised on the composed node graph."""
+def _node_stats(root: Any) -> tuple[int, int, bool]:
+    """(nodes once every alias is expanded, nesting depth, whether an alias refers to a node it is
+    inside) of a composed YAML node graph, computed without expanding: memoised per node, walked
+    without recursion. Stops early once the node count passes ``YAML_MAX_NODES``."""
     import yaml
 
-    sizes: dict[int, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -104,21 +117,95 @@ def _expanded_nodes(root: Any) -> int:
         elif isinstance(node, yaml.MappingNode):
             kids = [n for pair in node.value for n in pair]
         else:
-            sizes[id(node)] = 1
+            sizes[id(node)] = (1, 0)
             continue
         if children_done:
-            sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
-            if sizes[id(node)] > YAML_MAX_NODES:
-                return sizes[id(node)]
-        else:
-            stack.append((node, True))
-            stack.extend((k, False) for k in kids if id(k) not in sizes)
-    return sizes.get(id(root), 0)
+            open_nodes.discard(id(node))
+            n = 1 + sum(sizes[id(k)][0] for k in kids)
+            sizes[id(node)] = (n, 1 + max((sizes[id(k)][1] for k in kids), default=0))
+            if n > YAML_MAX_NODES:
+                return n, sizes[id(node)][1], False
+            continue
+        if any(id(k) in open_nodes or k is node for k in kids):
+            return 0, 0, True
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    n, depth = sizes.get(id(root), (0, 0))
+    return n, depth, False
+
+
+def _plain_loader() -> Any:
+    """The safe loader, with timestamps, ``!!binary`` and ``!!set`` read as the plain text and
+    mapping they are written as: what we read is JSON-shaped data, never dates, bytes or sets."""
+    import yaml
+
+    class PlainLoader(yaml.SafeLoader):
+        pass
+
+    def construct_int(loader: PlainLoader, node: Any) -> int:
+        value = loader.construct_yaml_int(node)
+        if abs(value) >= 2**64:  # no count, id or time we write is this large; floats could not hold it
+            raise yaml.constructor.ConstructorError(None, None, "an integer past 64 bits", node.start_mark)
+        return value
+
+    def construct_text(loader: PlainLoader, node: Any) -> Any:
+        return loader.construct_scalar(node)
+
+    def construct_set(loader: PlainLoader, node: Any) -> Any:
+        return loader.construct_mapping(node)
+
+    for tag in ("timestamp", "binary"):
+        PlainLoader.add_constructor(f"tag:yaml.org,2002:{tag}", construct_text)
+    PlainLoader.add_constructor("tag:yaml.org,2002:set", construct_set)
+    PlainLoader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return PlainLoader
+
+
+def plain_text(doc: Any, where: str = "the document") -> Any:
+    """``doc`` (parsed JSON or YAML) with every string, key included, made encodable: lone
+    surrogates (from ``\\ud800`` escapes) become U+FFFD, escaped pairs one character. Walked
+    without recursion; a ToolError when it nests deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ToolError(f"{where}: nested more than {MAX_DEPTH} levels deep; not a file stallscope reads")
+        if isinstance(node, dict):
+            for key in list(node):
+                value = node[key]
+                if isinstance(value, str):
+                    value = clean_str(value)
+                if isinstance(key, str) and clean_str(key) is not key:
+                    del node[key]
+                    key = clean_str(key)
+                node[key] = value
+                if isinstance(value, (dict, list)):
+                    stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                if isinstance(value, str):
+                    node[i] = clean_str(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append((value, depth + 1))
+    return clean_str(doc) if isinstance(doc, str) else doc
+
+
+def clean_str(text: str) -> str:
+    """``text`` itself when it encodes as UTF-8, else with its surrogates paired up or replaced."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Read a YAML file with the safe loader, bounded in size and in alias expansion; unreadable,
-    invalid or oversized YAML becomes a ToolError."""
+    """Read a YAML file with the safe loader, bounded in size, in alias expansion and in depth;
+    undecodable bytes and lone surrogates become U+FFFD. Unreadable, invalid or oversized YAML
+    becomes a ToolError."""
     import yaml
 
     p = Path(path)
@@ -127,17 +214,24 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
             raise ToolError(f"{p}: {p.stat().st_size} bytes, more than a stallscope YAML file can be; check the path")
         with p.open("r", encoding="utf-8", errors="replace") as fh:
             text = fh.read()
-        loader = yaml.SafeLoader(text)
+        loader = _plain_loader()(text)
         try:
             root = loader.get_single_node()
             if root is None:
                 return None
-            if _expanded_nodes(root) > YAML_MAX_NODES:
+            nodes, depth, cyclic = _node_stats(root)
+            if cyclic:
+                raise ToolError(
+                    f"{p}: an alias refers to a node it is part of; not a file stallscope wrote: regenerate it"
+                )
+            if nodes > YAML_MAX_NODES:
                 raise ToolError(
                     f"{p}: its aliases expand to more than {YAML_MAX_NODES:,} nodes; "
                     "not a file stallscope wrote: regenerate it"
                 )
-            return loader.construct_document(root)
+            if depth > MAX_DEPTH:
+                raise ToolError(f"{p}: nested more than {MAX_DEPTH} levels deep; not a file stallscope wrote")
+            return plain_text(loader.construct_document(root), str(p))
         finally:
             loader.dispose()
     except FileNotFoundError:
@@ -145,8 +239,12 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ToolError(f"{p}{where}: not valid YAML; fix or regenerate the file") from None
-    except (OSError, RecursionError) as exc:
+        problem = getattr(exc, "problem", None)
+        what = f"not valid YAML ({problem})" if problem else "not valid YAML"
+        raise ToolError(f"{p}{where}: {what}; fix or regenerate the file") from None
+    except RecursionError:
+        raise ToolError(f"{p}: nested too deeply to read; not a file stallscope wrote") from None
+    except OSError as exc:
         raise ToolError(f"{p}: cannot read ({exc.__class__.__name__}); check the file") from None
 
 

@@ -42,22 +42,31 @@ def views_of(
     report: dict[str, Any], keys: tuple[str, ...] = ("cpu_ops", "modules", "streams", "memory")
 ) -> list[TableView]:
     """Renderable views (``__rich__``, ``to_markdown``, ``to_html``) from a report's ``views``
-    section; views with no rows and no note are left out."""
+    section; views with no rows and no note are left out. A report read from disk may hold
+    anything: a view it cannot build is replaced by a note saying so."""
     section = report.get("views")
     if not isinstance(section, dict):
         return []
     out: list[TableView] = []
     for key in keys:
         v = section.get(key)
-        if key == "memory":
-            if isinstance(v, dict):
-                out.append(MemoryView(v))
-            continue
-        if not isinstance(v, dict) or not isinstance(v.get("rows"), list):
-            continue
-        rows = ViewRows(
-            [r for r in v["rows"] if isinstance(r, dict)], v.get("note") if isinstance(v.get("note"), str) else None
-        )
-        if rows or rows.note:
-            out.append(_TABLES[key][1](rows))
+        try:
+            view = _view(key, v)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            view = TableView()
+            view.notes = [f"the report's views.{key} is not in the form stallscope writes; left out"]
+        if view is not None:
+            for tb in view.tables:  # every cell as text, whatever the file held
+                tb.rows = [[str(c) for c in row] for row in tb.rows]
+            out.append(view)
     return out
+
+
+def _view(key: str, v: Any) -> TableView | None:
+    if key == "memory":
+        return MemoryView(v) if isinstance(v, dict) else None
+    if not isinstance(v, dict) or not isinstance(v.get("rows"), list):
+        return None
+    note = v.get("note") if isinstance(v.get("note"), str) else None
+    rows = ViewRows([r for r in v["rows"] if isinstance(r, dict)], note)
+    return _TABLES[key][1](rows) if rows or rows.note else None
