@@ -215,15 +215,15 @@ def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[
         except Exception:
             points = []
     if not points:
-        for k in kernel_rows(report):
-            if k.get("flops_per_byte") and k.get("achieved_tflops"):
+        for row in kernel_rows(report):
+            if row.get("flops_per_byte") and row.get("achieved_tflops"):
                 points.append(
                     {
-                        "name": k["name"],
-                        "ai": k["flops_per_byte"],
-                        "tflops": k["achieved_tflops"],
-                        "ms": k.get("total_ms", 1.0),
-                        "cls": k.get("class"),
+                        "name": row["name"],
+                        "ai": row["flops_per_byte"],
+                        "tflops": row["achieved_tflops"],
+                        "ms": row.get("total_ms") or 1.0,
+                        "cls": row.get("class"),
                     }
                 )
     return points
