@@ -110,6 +110,16 @@ def test_compare_shows_speedup_and_resolved_finding(traces: dict[str, Path]) -> 
 
     data = yaml.safe_load(proc.stdout)
     assert data["kind"] == "stallscope-comparison" and data["step_time"]["speedup"] > 1.3
+    # two traces: the op-level diff; the slow loop's DataLoader collates with aten::stack, the
+    # fixed loop has its batches ready, so that op is gone in B
+    assert data["trace_diff"]["counts"]["ops"]["removed"] >= 1
+    from stallscope.analyzers.views import trace_diff
+
+    full = trace_diff(open_report(traces["slow"]).context, open_report(traces["fast"]).context, limit=500)
+    removed = {r["name"] for r in full["ops"] if r["status"] == "removed"}
+    assert "aten::stack" in removed, full["ops"][:10]
+    console = _cli("compare", str(traces["slow"]), str(traces["fast"]))
+    assert console.returncode == 0 and "trace diff, CPU ops" in console.stdout
 
 
 def test_annotated_trace_is_valid_chrome_trace(traces: dict[str, Path], tmp_path: Path) -> None:
