@@ -17,14 +17,12 @@ their order. Every pid and tid written is an integer, as the trace-event format 
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stallscope.analyzers.tracefile import iter_trace_batches
 from stallscope.analyzers.vocab import Kind
-from stallscope.profiler.common import ToolError
+from stallscope.profiler.common import ToolError, atomic_output
 
 try:  # orjson writes events ~5x faster than json
     import orjson
@@ -132,25 +130,12 @@ def write_annotated_trace(ctx: AnalysisContext, report: dict[str, Any], path: st
 def stream_annotated_trace(src: Path, added: list[dict[str, Any]], out: Path) -> Path:
     """Copy the trace ``src`` to ``out`` batch by batch with ``added`` appended to its
     ``traceEvents``; atomic (a temporary file renamed at the end), gzipped for ``.gz`` names."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if out.name.endswith(".gz"):
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
-                    _write_trace(gz, src, added)
-            else:
-                _write_trace(raw, src, added)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, _new_file_mode(out))
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_output(out) as raw:
+        if out.name.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                _write_trace(gz, src, added)
+        else:
+            _write_trace(raw, src, added)
     return out
 
 
@@ -179,13 +164,3 @@ def _write_events(fh: _Sink, events: list[dict[str, Any]], first: bool) -> bool:
     text = _dumps(events)[1:-1]
     fh.write(text if first else b",\n" + text)
     return False
-
-
-def _new_file_mode(target: Path) -> int:
-    """An existing file's mode, else what open() would give (0o666 & ~umask), not mkstemp's 0o600."""
-    try:
-        return target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask

@@ -5,10 +5,12 @@ Kept free of torch and numpy imports so that `stallscope --help` and `diagnose` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "__version__",
@@ -48,18 +50,20 @@ class ToolError(Exception):
         self.exit_code = exit_code
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, then rename.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into: a temporary file in the same folder,
+    synced and renamed over ``path`` when the block ends, removed if it raises.
 
-    A reader never sees a half-written file, and an existing file is replaced only once the
-    new content is complete.
+    A reader never sees a half-written file, and an existing file is replaced only once the new
+    content is complete (its mode is kept).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _default_mode(target))
@@ -70,7 +74,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_output`)."""
+    with atomic_output(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def _default_mode(target: Path) -> int:
