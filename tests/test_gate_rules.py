@@ -230,3 +230,14 @@ def test_damaged_reports_give_a_verdict_or_one_clear_error(
         return
     assert verdict.exit_code in (0, 1, 3)
     verdict.to_junit(), verdict.to_markdown(), verdict.to_dict()
+
+
+def test_a_huge_integer_in_gate_config_is_one_line_not_an_overflow() -> None:
+    """An integer too big for a float (a parsed config need not come from our YAML reader) is a
+    usage error naming the key, not an OverflowError from math.isfinite."""
+    try:
+        parse_config({"alpha": 10**400})
+    except ToolError as exc:
+        assert "alpha must be a number" in str(exc)
+    else:
+        raise AssertionError("a huge alpha was accepted")

@@ -153,7 +153,7 @@ def _number(value: Any, where: str, key: str, minimum: float = 0.0, maximum: flo
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not math.isfinite(value)
+        or (isinstance(value, float) and not math.isfinite(value))  # a huge int overflows isfinite
         or not minimum <= value <= maximum
     ):
         bounds = f">= {minimum:g}" if maximum == math.inf else f"in [{minimum:g}, {maximum:g}]"
