@@ -233,7 +233,8 @@ class RunSummary:
             (f"  {ex.get('error')}" if ex.get("error") else "", "red"),
         )
         table = Table(box=None, pad_edge=False, header_style="bold")
-        phases = _phase_table(self.run_dir, m)
+        patches, unreadable = _read_patches(self.run_dir)
+        phases = _phase_table(self.run_dir, m, patches)
         median_col = "median step ms" if phases is None else "median step ms (all phases)"
         cols = ["rank", "steps", "source", median_col, "GPU ms", "data wait %", "traced"]
         if not self.step_time:
@@ -263,7 +264,7 @@ class RunSummary:
         parts: list = [head, table]
         if phases is not None:
             parts.append(phases)
-        parts += [Text(line) for line in _patch_lines(self.run_dir)]
+        parts += [Text(line) for line in ([unreadable] if unreadable else _patch_lines(self.run_dir, patches))]
         over = m.get("overhead") or {}
         slow = over.get("window_slowdown_pct")
         if slow is not None:
@@ -280,13 +281,17 @@ class RunSummary:
         return Group(*parts)
 
 
-def _patch_lines(run_dir: Path) -> list[str]:
-    """What auto-patch decided, one line per fix it tried and one for those it skipped."""
+def _read_patches(run_dir: Path) -> tuple[Any, str | None]:
+    """``patches.yaml`` of the run (None when absent), and a line when it cannot be read."""
     path = run_dir / runformat.PATCHES
     try:
-        doc = read_yaml(path) if path.is_file() else None
+        return (read_yaml(path) if path.is_file() else None), None
     except ToolError:
-        return [f"auto-patch: {path} unreadable"]
+        return None, f"auto-patch: {path} unreadable"
+
+
+def _patch_lines(run_dir: Path, doc: Any) -> list[str]:
+    """What auto-patch decided (``doc``: patches.yaml), one line per fix it tried and one for those it skipped."""
     fixes = doc.get("fixes") if isinstance(doc, dict) else None
     if not isinstance(fixes, list):
         return []
@@ -300,33 +305,31 @@ def _patch_lines(run_dir: Path) -> list[str]:
         else:
             lines.append(f"auto-patch: {f.get('id')} {decision.replace('_', ' ')}: {why}")
     if skipped:
-        lines.append(f"auto-patch: not tried: {', '.join(skipped)} (why in {path})")
+        lines.append(f"auto-patch: not tried: {', '.join(skipped)} (why in {run_dir / runformat.PATCHES})")
     return lines
 
 
-def _phase_table(run_dir: Path, meta: dict) -> object | None:
-    """Rank 0's step time per auto-patch phase (None when the run has no phases)."""
+def _phase_table(run_dir: Path, meta: dict, doc: Any) -> object | None:
+    """Rank 0's step time per auto-patch phase (``doc``: patches.yaml; None when no phases)."""
     from rich.table import Table
 
-    patches = runformat.PATCHES
-    try:
-        phases = read_phases(read_yaml(run_dir / patches)) if (run_dir / patches).is_file() else []
-    except ToolError:
-        phases = []
+    phases = read_phases(doc)
     ranks = meta.get("ranks") or []
     if not phases or not ranks:
         return None
     rows = runformat.read_csv_rows(runformat.rank_dir(run_dir, ranks[0]) / runformat.STEPS_CSV)
+    walls: dict[int, list[float]] = {id(ph): [] for ph in phases}
+    for x in rows:
+        if x.get("wall_ms") and str(x.get("step", "")).isdigit():
+            ph = phase_of(phases, int(x["step"]))
+            if ph is not None:
+                walls[id(ph)].append(float(x["wall_ms"]))
     table = Table(box=None, pad_edge=False, header_style="bold", title=f"rank {ranks[0]} by auto-patch phase")
     for col in ("phase", "steps", "median step ms"):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for ph in phases:
-        walls = [
-            float(x["wall_ms"])
-            for x in rows
-            if x.get("wall_ms") and str(x.get("step", "")).isdigit() and phase_of(phases, int(x["step"])) == ph
-        ]
-        table.add_row(ph.label(), str(len(walls)), f"{statistics.median(walls):.2f}" if walls else "-")
+        w = walls[id(ph)]
+        table.add_row(ph.label(), str(len(w)), f"{statistics.median(w):.2f}" if w else "-")
     return table
 
 
