@@ -93,9 +93,9 @@ def _tail(text: str, n: int = 600) -> str:
 
 
 def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, workdir: Path, stack: bool,
-            window: tuple[int, int] | None = None) -> dict[str, Any]:
+            window: tuple[int, int] | None = None, profile: bool = True) -> dict[str, Any]:
     run_dir = workdir / s["name"]
-    if run_dir.exists():
+    if profile and run_dir.exists():
         shutil.rmtree(run_dir)
     env = dict(os.environ)
     target = [sys.executable, str(s["path"]), "--device", device]
@@ -109,15 +109,18 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     row: dict[str, Any] = {"expected": s["expected"], "summary": s["summary"]}
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(prof + ["--"] + target, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        row["profile_rc"] = p.returncode
-        if p.returncode != 0:
-            row["error"] = "profile failed: " + _tail(p.stderr or p.stdout)
+        if profile:
+            p = subprocess.run(prof + ["--"] + target, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            row["profile_rc"] = p.returncode
+            if p.returncode != 0:
+                row["error"] = "profile failed: " + _tail(p.stderr or p.stdout)
+        elif not run_dir.is_dir():
+            row["error"] = f"no run directory {run_dir} to diagnose"
     except subprocess.TimeoutExpired:
         row["profile_rc"] = None
         row["error"] = f"profile timed out after {timeout:.0f} s"
     row["profile_s"] = round(time.perf_counter() - t0, 2)
-    report_path = run_dir / "report.yaml"
+    report_path = run_dir / ("report.yaml" if profile else "report-rediagnosed.yaml")
     if run_dir.is_dir():
         t1 = time.perf_counter()
         try:
@@ -156,6 +159,16 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     return row
 
 
+def _recorded_on(runs: Path) -> dict[str, Any]:
+    """Where the kept runs were recorded (GPU, torch, date) as their meta.yaml says."""
+    for meta in sorted(runs.glob("*/meta.yaml")):
+        doc = read_yaml(meta) or {}
+        env = doc.get("environment") if isinstance(doc.get("environment"), dict) else {}
+        return {"path": str(runs), "example": meta.parent.name, "created": doc.get("created"),
+                **{k: env.get(k) for k in ("gpu", "torch", "cuda", "driver") if k in env}}
+    return {"path": str(runs)}
+
+
 def environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "host": platform.node()}
     try:
@@ -187,17 +200,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", default=None, help="SKIP,STEPS of the profiler's trace window (default: profile's)")
     ap.add_argument("--results", default=None, help="folder for scenarios.yaml (default $OUT or bench/results)")
     ap.add_argument("--keep-runs", default=None, help="keep run directories here")
+    ap.add_argument("--rediagnose", default=None, metavar="RUNS",
+                    help="diagnose the run directories kept in RUNS by an earlier --keep-runs (no profiling, any "
+                         "machine); writes scenarios-rediagnosed.yaml")
     args = ap.parse_args(argv)
     env = environment()
-    device = args.device or ("cuda" if env.get("gpu") else "cpu")
+    if args.rediagnose:  # the runs were recorded elsewhere: say where and on what, from their meta.yaml
+        env["runs_from"] = _recorded_on(Path(args.rediagnose))
+    device = args.device or ("cuda" if env.get("gpu") or args.rediagnose else "cpu")
     scenarios = discover([n for n in args.only.split(",") if n] or None)
     results_dir = Path(args.results or os.environ.get("OUT") or ROOT / "bench" / "results")
     results_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="stallscope-scenarios-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.rediagnose:
+        workdir = Path(args.rediagnose)
+    else:
+        workdir = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="stallscope-scenarios-"))
+        workdir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, Any] = {}
     start = time.perf_counter()
-    out = results_dir / "scenarios.yaml"
+    out = results_dir / ("scenarios-rediagnosed.yaml" if args.rediagnose else "scenarios.yaml")
     interrupted = False
     try:
         for s in scenarios:
@@ -210,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "pass": False}
                 continue
             window = tuple(int(v) for v in args.window.split(",")) if args.window else None
-            row = run_one(s, device, args.steps, min(args.timeout, left), workdir, args.stack, window)  # type: ignore[arg-type]
+            row = run_one(s, device, args.steps, min(args.timeout, left), workdir, args.stack, window,  # type: ignore[arg-type]
+                          profile=not args.rediagnose)
             rows[s["name"]] = row
             top = row.get("top_finding") or {}
             print(f"{s['name']:<30} expected {s['expected']:<16} top {str(top.get('category')):<16} "
@@ -227,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{doc['planted_correct']}/{doc['planted_total']} planted scenarios diagnosed right, "
           f"{doc['healthy_clean']}/{doc['healthy_total']} healthy ones clean; {len(ran)} run in {doc['total_runtime_s']} s; "
           f"results in {out}")
-    if not args.keep_runs:
+    if not args.keep_runs and not args.rediagnose:
         shutil.rmtree(workdir, ignore_errors=True)
     if interrupted:
         return 130
@@ -241,6 +263,7 @@ def _document(rows: dict[str, Any], argv: list[str] | None, device: str, env: di
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python3", "bench/scenarios/run.py"] + (argv if argv is not None else sys.argv[1:])),
         "device": device,
+        "runs_from": env.get("runs_from"),
         **{k: env.get(k) for k in ("gpu", "driver", "torch", "cuda", "python")},
         "planted_correct": sum(1 for r in rows.values() if r.get("pass") and r.get("expected") != "healthy"),
         "planted_total": sum(1 for r in rows.values() if r.get("expected") != "healthy" and "skipped" not in r),
