@@ -8,7 +8,11 @@ usage), a traceback only with ``--debug``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -395,5 +399,69 @@ def compare(
     raise typer.Exit(compare_command(a, b, fmt=fmt, output=output, debug=_state["debug"]))
 
 
+HELP_STORE = Path(__file__).with_name("cli_help.json")
+# Settings that change what typer prints for --help: with any of them set, typer renders it.
+_HELP_ENV = (
+    "COLUMNS",
+    "TERMINAL_WIDTH",
+    "FORCE_COLOR",
+    "PY_COLORS",
+    "NO_COLOR",
+    "GITHUB_ACTIONS",
+    "_TYPER_FORCE_DISABLE_TERMINAL",
+)
+
+
+def help_variant(tty: bool, columns: int, env: dict[str, str]) -> str | None:
+    """Which stored rendering of ``--help`` matches this output: ``plain`` (not a terminal: typer
+    prints 80 columns without colour), ``ansi80`` / ``ansi100`` (a colour terminal at least that
+    wide), or None when only typer itself can render it (a narrow or dumb terminal, a width or
+    colour setting in the environment)."""
+    if any(env.get(k) for k in _HELP_ENV):
+        return None
+    if not tty:
+        return "plain"
+    if columns < 80 or env.get("TERM", "dumb") == "dumb":
+        return None
+    return "ansi100" if columns >= 100 else "ansi80"
+
+
+def stored_help(argv: list[str], variant: str | None) -> str | None:
+    """The stored ``--help`` text of ``argv`` (``[COMMAND...] --help``) in ``variant``, or None.
+
+    ``cli_help.json`` holds typer's own rendering of every command's help, written by
+    ``python3 -m tests.cli_help_store`` and checked against typer by tests/test_cli_help.py; it
+    spares a help request typer's rendering imports (~0.2 s of pydantic and rich)."""
+    if variant is None or not argv or argv[-1] != "--help" or any(a.startswith("-") for a in argv[:-1]):
+        return None
+    try:
+        doc = json.loads(HELP_STORE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != help_store_key():
+        return None
+    text = (doc.get(variant) or {}).get(" ".join(argv[:-1]))
+    return text if isinstance(text, str) else None
+
+
+def help_store_key() -> str:
+    """What the stored help was rendered from: this file's source, stallscope's and typer's versions
+    (a store written for other code is never used)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"{__version__}/typer-{getattr(typer, '__version__', '?')}/cli-{digest}"
+
+
+def entry() -> None:
+    """The ``stallscope`` command: ``--help`` from the stored rendering when it matches this
+    terminal, everything else through typer."""
+    tty = sys.stdout.isatty()
+    text = stored_help(sys.argv[1:], help_variant(tty, shutil.get_terminal_size().columns, dict(os.environ)))
+    if text is not None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise SystemExit(0)
+    app()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    entry()

@@ -37,11 +37,12 @@ def test_wheel_has_only_the_stallscope_package(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"stallscope"}
     for needed in ("stallscope/__init__.py", "stallscope/cli.py", "stallscope/profiler/boot/sitecustomize.py",
-                   "stallscope/analyzers/report.schema.json", "stallscope/fixes/flashkat/kernels.py"):
+                   "stallscope/analyzers/report.schema.json", "stallscope/fixes/flashkat/kernels.py",
+                   "stallscope/cli_help.json"):
         assert needed in names
     assert not any(n.startswith(("stallscope/tests/", "stallscope/bench/", "stallscope/docs/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "stallscope = stallscope.cli:app" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "stallscope = stallscope.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 TARGET = """\
