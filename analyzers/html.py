@@ -1,9 +1,14 @@
 """A self-contained offline HTML report: inline SVG charts (matplotlib), CSS, no network.
 
-Charts: step-time breakdown per rank (stacked bars), the NVML timeline (GPU utilization, SM
-clock, power, memory) with the steps marked, and a roofline of the top kernels (attained FLOP/s
-against arithmetic intensity under the GPU's roofs; GR-KAN and attention kernels labelled).
-Then findings with evidence and fixes, patch results, and the environment.
+Charts: step-time breakdown per rank (stacked bars), step times by step number, the NVML
+timeline (GPU utilization, SM clock, power, memory) and the host's CPU and RSS (host.csv) with the
+steps marked, the allocator's memory over the traced steps (``--memory``), and a roofline of the
+top kernels (attained FLOP/s against arithmetic intensity under the GPU's roofs; GR-KAN and
+attention kernels labelled). Then findings with evidence and fixes, patch results, the views
+(top CPU ops, time per module, GPU streams, memory) and the environment.
+
+Every part is a ``<section id="view-...">`` (:data:`SECTION_IDS`), listed in a table of contents
+at the top, so that ``report.html#view-memory`` opens at that view.
 
 matplotlib is an optional extra (``pip install 'stallscope[html]'``); it is imported only here.
 """
@@ -19,13 +24,39 @@ import numpy as np
 
 from stallscope.analyzers.peaks import kernel_rooflines, peaks_for
 from stallscope.analyzers.render import FixAdvice, fix_advice_lines, kernel_rows, nothing_found
+from stallscope.analyzers.views.common import MB, pick_rank
+from stallscope.analyzers.views.memory import allocator_samples, device_label
 from stallscope.analyzers.views.report import views_of
 from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext
 
-__all__ = ["render_html"]
+__all__ = ["SECTION_IDS", "TARGET_COLOUR", "render_html"]
+
+# The anchor of each part of the report (``report.html#view-memory``), in the order they appear.
+SECTION_IDS = {
+    "breakdown": "view-breakdown",
+    "steps": "view-steps",
+    "nvml": "view-gpu-timeline",
+    "host": "view-host-cpu",
+    "roofline": "view-roofline",
+    "findings": "view-findings",
+    "patches": "view-patches",
+    "phases": "view-phases",
+    "kernels": "view-kernels",
+    "cpu_ops": "view-cpu-ops",
+    "modules": "view-modules",
+    "streams": "view-streams",
+    "memory": "view-memory",
+    "environment": "view-environment",
+    "notices": "view-notices",
+}
+# The outline of the section a link opens (``report.html#view-memory``): a colour no chart uses.
+TARGET_COLOUR = "#2b6cb0"
+# Points kept per memory series: an SVG path of a few thousand points draws at once, while a
+# long GPU trace has one allocator sample per allocation and free (10^5 and more).
+_MAX_POINTS = 2000
 
 PARTS = [
     ("compute_pct", "compute", "#4c78a8"),
@@ -39,7 +70,8 @@ PARTS = [
 _GRKAN = re.compile(r"rational|grkan|kat_", re.I)
 _ATTENTION = re.compile(r"attention|fmha|flash|sdpa|softmax", re.I)
 
-CSS = """
+CSS = (
+    """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 header{background:#1d2733;color:#fff;padding:16px 28px}header h1{margin:0;font-size:20px}
 header p{margin:4px 0 0;color:#c9d1d9}main{padding:12px 28px;max-width:1200px}
@@ -51,7 +83,11 @@ th{color:#555;font-weight:600}.sev{display:inline-block;padding:1px 8px;border-r
 .kv td:first-child{color:#555;width:34%}.muted{color:#777}.chart svg{max-width:100%;height:auto}
 details summary{cursor:pointer;font-weight:600}code{font-size:12px}
 .fix pre{background:#f4f4f4;padding:8px;border-radius:6px;white-space:pre-wrap;font-size:12px}
+nav.toc{margin:12px 0 0;font-size:13px}nav.toc a{color:#1d4f85;margin-right:14px;white-space:nowrap}
+section{scroll-margin-top:8px}
 """
+    + f"section:target{{border-color:{TARGET_COLOUR};box-shadow:0 0 0 2px {TARGET_COLOUR}}}\n"
+)
 
 
 def _mpl() -> Any:
@@ -195,6 +231,53 @@ def host_chart(ctx: AnalysisContext | None) -> str | None:
     # a series that is zero throughout (no DataLoader workers) says nothing: left out
     series = [(k, lab) for k, lab in series if k in host and np.nanmax(np.abs(np.asarray(host[k], dtype=float))) > 0]
     return _series_chart(x, host, series, "#54a24b", rd.telemetry or {}, float(t.min()))
+
+
+def memory_chart(view: dict[str, Any] | None, ctx: AnalysisContext | None) -> str | None:
+    """Allocated and reserved memory over the traced steps from the allocator samples
+    (``[memory]`` events, ``--memory``) of the memory view's device, steps shaded and numbered,
+    the peak marked; None without a memory view or samples."""
+    if ctx is None or not isinstance(view, dict):
+        return None
+    rd = pick_rank(ctx)
+    if rd is None or not rd.steps:
+        return None
+    s = allocator_samples(rd.events)
+    pairs = np.stack([s["type"], s["id"]], axis=1)
+    devices = [d for d in np.unique(pairs, axis=0).tolist() if device_label(*d) == view.get("device")]
+    mine = (pairs[:, None, :] == np.asarray(devices, dtype=np.int64).reshape(-1, 2)[None]).all(-1).any(-1)
+    if not mine.any():
+        return None
+    t0 = rd.steps[0].start_ns
+    x = (rd.events.ts_ns[s["row"][mine]] - t0) / 1e6
+    alloc, reserved = s["alloc"][mine] / MB, s["reserved"][mine] / MB
+    if x.size > _MAX_POINTS:  # the largest value of each run of samples: peaks survive
+        cuts = np.linspace(0, x.size, _MAX_POINTS, endpoint=False).astype(np.int64)
+        x, alloc, reserved = x[cuts], np.maximum.reduceat(alloc, cuts), np.maximum.reduceat(reserved, cuts)
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    if reserved.max() > 0:  # the CPU allocator reports no reserved memory: no line of zeros
+        ax.step(x, reserved, where="post", lw=1, color="#9d9da0", label="reserved")
+    ax.step(x, alloc, where="post", lw=1.2, color="#b279a2", label="allocated")
+    top = float(max(reserved.max(), alloc.max())) or 1.0
+    for i, st in enumerate(rd.steps):
+        lo, hi = (st.start_ns - t0) / 1e6, (st.end_ns - t0) / 1e6
+        ax.axvspan(lo, hi, color="#9d9da0", alpha=0.10 if i % 2 else 0.20, lw=0)
+        ax.text((lo + hi) / 2, top * 1.04, str(st.index), ha="center", va="bottom", fontsize=7, color="#555")
+    peak = view.get("peak")
+    start = {st.index: st.start_ns for st in rd.steps}
+    if isinstance(peak, dict) and peak.get("step") in start:
+        px = (start[peak["step"]] - t0) / 1e6 + float(peak.get("at_ms") or 0.0)
+        ax.plot([px], [float(peak["allocated_mb"])], "o", color="#e45756", ms=4, label="peak allocated")
+    # the traced steps only: samples before them (the profiler's warm-up) set the starting level
+    ax.set_xlim(0, (rd.steps[-1].end_ns - t0) / 1e6)
+    ax.set_ylim(0, top * 1.15)
+    ax.set_xlabel(
+        f"ms since step {rd.steps[0].index} began (steps numbered at the top; rank {rd.rank}, {view.get('device')})"
+    )
+    ax.set_ylabel("MB")
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _svg(fig)
 
 
 def _kernel_points(report: dict[str, Any], ctx: AnalysisContext | None) -> list[dict[str, Any]]:
@@ -377,49 +460,59 @@ def _steps_text(summary: dict[str, Any], src: dict[str, Any]) -> str:
     )
 
 
+def _section(key: str, title: str, content: str, chart: bool = False) -> tuple[str, str, str]:
+    """(anchor, title, HTML) of one part of the report."""
+    anchor = SECTION_IDS[key]
+    cls = " class='chart'" if chart else ""
+    return anchor, title, f"<section id='{anchor}'{cls}><h2>{_e(title)}</h2>{content}</section>"
+
+
+def _phases(summary: dict[str, Any]) -> str | None:
+    if not summary.get("phases"):
+        return None
+    rows = "".join(
+        f"<tr><td>{_e(ph.get('phase'))}</td><td>{_e(ph.get('steps'))}</td><td>{_e(ph.get('median'))}</td>"
+        f"<td>{_e(ph.get('p90'))}</td></tr>"
+        for ph in summary["phases"]
+    )
+    return f"<table><tr><th>phase</th><th>steps</th><th>median ms</th><th>p90 ms</th></tr>{rows}</table>"
+
+
 def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_advice: FixAdvice | None = None) -> str:
     """The whole report as one HTML document (no external resources); ``fix_advice`` adds each
-    fix's advice under the finding that names it."""
+    fix's advice under the finding that names it. Each part is a section with the id of
+    :data:`SECTION_IDS`, linked from the table of contents at the top."""
     summary = report.get("summary", {})
     st = summary.get("step_time_ms", {})
     src = report.get("source", {})
-    sections: list[tuple[str, str | None]] = [
-        ("Step-time breakdown", breakdown_chart(report)),
-        ("Step time", step_time_chart(report)),
-        ("GPU timeline (NVML)", nvml_chart(ctx)),
-        ("Host CPU and memory (host.csv)", host_chart(ctx)),
-        ("Roofline of the top kernels", roofline_chart(report, ctx)),
+    parts: list[tuple[str, str, str]] = []
+    charts = [
+        ("breakdown", "Step-time breakdown", breakdown_chart(report)),
+        ("steps", "Step time", step_time_chart(report)),
+        ("nvml", "GPU timeline (NVML)", nvml_chart(ctx)),
+        ("host", "Host CPU and memory (host.csv)", host_chart(ctx)),
+        ("roofline", "Roofline of the top kernels", roofline_chart(report, ctx)),
     ]
-    body = []
-    for title, svg in sections:
-        if svg:
-            body.append(f"<section class='chart'><h2>{_e(title)}</h2>{svg}</section>")
-    body.append(f"<section><h2>Findings</h2>{_findings(report, fix_advice)}</section>")
-    patches = _patches(report)
+    parts += [_section(key, title, svg, chart=True) for key, title, svg in charts if svg]
+    parts.append(_section("findings", "Findings", _findings(report, fix_advice)))
+    patches, phases = _patches(report), _phases(summary)
     if patches:
-        body.append(f"<section><h2>Patches</h2>{patches}</section>")
-    if summary.get("phases"):
-        rows = "".join(
-            f"<tr><td>{_e(ph.get('phase'))}</td><td>{_e(ph.get('steps'))}</td><td>{_e(ph.get('median'))}</td>"
-            f"<td>{_e(ph.get('p90'))}</td></tr>"
-            for ph in summary["phases"]
-        )
-        body.append(
-            "<section><h2>Step time by auto-patch phase</h2><table><tr><th>phase</th><th>steps</th>"
-            f"<th>median ms</th><th>p90 ms</th></tr>{rows}</table></section>"
-        )
-    body.append(f"<section><h2>Top kernels</h2>{_top_kernels(report)}</section>")
+        parts.append(_section("patches", "Patches", patches))
+    if phases:
+        parts.append(_section("phases", "Step time by auto-patch phase", phases))
+    parts.append(_section("kernels", "Top kernels", _top_kernels(report)))
     titles = {"cpu_ops": "Top CPU ops", "modules": "Time per module", "streams": "GPU streams", "memory": "Memory"}
+    section = report.get("views")
+    memory = section.get("memory") if isinstance(section, dict) else None
     for key, title in titles.items():
         for v in views_of(report, (key,)):
-            body.append(f"<section><h2>{_e(title)}</h2>{v.to_html()}</section>")
-    body.append(f"<section><h2>Environment</h2>{_kv(report.get('environment', {}))}</section>")
+            chart = memory_chart(memory, ctx) if key == "memory" else None
+            parts.append(_section(key, title, (chart or "") + v.to_html(), chart=chart is not None))
+    parts.append(_section("environment", "Environment", _kv(report.get("environment", {}))))
     if report.get("notices"):
-        body.append(
-            "<section><h2>Notices</h2><ul>"
-            + "".join(f"<li>{_e(n)}</li>" for n in report["notices"])
-            + "</ul></section>"
-        )
+        notices = "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in report["notices"]) + "</ul>"
+        parts.append(_section("notices", "Notices", notices))
+    toc = "<nav class='toc'>" + "".join(f"<a href='#{a}'>{_e(t)}</a>" for a, t, _ in parts) + "</nav>"
     head = (
         f"{_e(_steps_text(summary, src))}, median {st.get('median', 0) or 0:.3f} ms "
         f"(p10 {st.get('p10', 0) or 0:.3f}, p90 {st.get('p90', 0) or 0:.3f}; {_e(st.get('source', ''))}) "
@@ -428,5 +521,5 @@ def render_html(report: dict[str, Any], ctx: AnalysisContext | None = None, fix_
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>stallscope report</title>"
         f"<style>{CSS}</style></head><body><header><h1>stallscope report</h1><p>{head}</p></header>"
-        f"<main>{''.join(body)}</main></body></html>"
+        f"<main>{toc}{''.join(part for _, _, part in parts)}</main></body></html>"
     )

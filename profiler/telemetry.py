@@ -23,6 +23,7 @@ from stallscope.profiler.runformat import HOST_FIELDS, NVML_FIELDS
 __all__ = ["NVML_FIELDS", "HOST_FIELDS", "Sampler", "nvml_handle_for"]
 
 CHILD_RESCAN_S = 1.0
+HOST_MIN_INTERVAL_S = 0.05  # 5 clock ticks: a CPU % read over a shorter interval is off by > 20 %
 
 
 def nvml_handle_for(pynvml: Any, uuid: Optional[str], index: int) -> Any:
@@ -72,6 +73,7 @@ class Sampler:
         self._proc: Any = None
         self._children: dict[int, Any] = {}
         self._last_rescan = 0.0
+        self._last_host_sample = -HOST_MIN_INTERVAL_S
         self._tick_hooks: list[Callable[[], None]] = []
         # DataLoader workers come from the loaders' own process lists: no scan of /proc per sample
         self._worker_pids = worker_pids
@@ -166,6 +168,12 @@ class Sampler:
     def _sample_host(self, t_ns: int) -> None:
         ps = self._psutil
         now = time.monotonic()
+        # psutil's CPU % counts clock ticks (10 ms): over a shorter interval one tick reads as
+        # 1,000 % or more. A sample that soon after the last one is skipped; the next one then
+        # measures the whole interval since the last kept sample.
+        if now - self._last_host_sample < HOST_MIN_INTERVAL_S:
+            return
+        self._last_host_sample = now
         if now - self._last_rescan >= CHILD_RESCAN_S:
             self._last_rescan = now
             try:

@@ -20,16 +20,16 @@ from stallscope.analyzers.views.common import MB, is_step_marker, pick_rank
 from stallscope.analyzers.views.cpu_ops import cpu_nesting
 from stallscope.analyzers.vocab import MEMORY_EVENT
 
-__all__ = ["memory_view"]
+__all__ = ["allocator_samples", "device_label", "memory_view"]
 
 _CUDA = 1
 
 
-def _label(dev_type: int, dev_id: int) -> str:
+def device_label(dev_type: int, dev_id: int) -> str:
     return "cpu" if dev_type == 0 else f"cuda:{dev_id}" if dev_type == _CUDA else f"device type {dev_type}:{dev_id}"
 
 
-def _samples(t: EventTable) -> dict[str, np.ndarray]:
+def allocator_samples(t: EventTable) -> dict[str, np.ndarray]:
     """The allocator samples of ``t`` as columns, in time order."""
     rows = [int(r) for r in t.rows_named(lambda s: s == MEMORY_EVENT) if "memory" in t.extra.get(int(r), {})]
     mem = [t.extra[r]["memory"] for r in rows]
@@ -108,7 +108,7 @@ def memory_view(ctx: AnalysisContext, rank: int | None = None, limit: int = 10) 
     if rd is None:
         return None
     t = rd.events
-    s = _samples(t)
+    s = allocator_samples(t)
     if s["row"].size == 0:
         return None
     devices = sorted({(int(a), int(b)) for a, b in zip(s["type"], s["id"], strict=True)})
@@ -120,8 +120,8 @@ def memory_view(ctx: AnalysisContext, rank: int | None = None, limit: int = 10) 
     s = {k: v[mine] for k, v in s.items()}
     ts = t.ts_ns[s["row"]]
     out: dict[str, Any] = {
-        "device": _label(*dev),
-        "other_devices": [_label(*d) for d in devices if d != dev],
+        "device": device_label(*dev),
+        "other_devices": [device_label(*d) for d in devices if d != dev],
         "samples": int(s["row"].size),
         "steps": [],
         "peak": None,
