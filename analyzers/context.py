@@ -9,26 +9,38 @@
 * a folder of per-rank traces (HTA's layout; the rank comes from ``distributedInfo.rank`` in the
   trace, else from ``rank<N>`` in the file name).
 
-Each trace is loaded (:mod:`analyzers.loader`), its steps found (:mod:`analyzers.steps`), ranks
-beyond the first ``FULL_RANKS`` compacted (:mod:`analyzers.compact`) and every rank's breakdown
-computed (:mod:`analyzers.breakdown`). No torch import.
+Each trace is loaded (:mod:`analyzers.loader`), its clocks checked and its start-up measured
+(:mod:`analyzers.clock`: the verdict goes to ``RankData.meta["clock"]``), its steps found
+(:mod:`analyzers.steps`), ranks beyond the first ``FULL_RANKS`` compacted
+(:mod:`analyzers.compact`) and every rank's breakdown computed (:mod:`analyzers.breakdown`).
+Parsed tables are kept in table files (:mod:`analyzers.tablestore`): the full table of each of
+the first ``FULL_RANKS`` ranks and the compact form of every further rank, written next to the
+trace by the first diagnose or by the rank itself at the end of its window
+(:mod:`analyzers.compaction`), so a repeated diagnose and a 1,024-rank run read small columnar
+files instead of parsing JSON.
+What could not be read (an unknown schema, a GPU clock that is unusable, launches without GPU
+events, ranks of the job that are missing) is said in ``ctx.notices``. No torch import.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers import tablestore
 from stallscope.analyzers.breakdown import compute_breakdowns
+from stallscope.analyzers.clock import CLOCK_KEY, check_gpu_clock, clock_notice, startup_notice, startup_span
 from stallscope.analyzers.compact import FULL_RANKS, compact_rank
-from stallscope.analyzers.loader import EVENT_COUNTS, find_traces, load_trace
-from stallscope.analyzers.model import AnalysisContext, RankData, empty_table
+from stallscope.analyzers.loader import CATEGORIES, EVENT_COUNTS, find_traces, load_trace
+from stallscope.analyzers.model import AnalysisContext, EventTable, Kind, RankData, empty_table
 from stallscope.analyzers.steps import assign_steps, find_steps
 from stallscope.analyzers.tracefile import TEXT_REPLACED
+from stallscope.analyzers.vocab import GPU_KINDS, KIND_OF_CATEGORY, UNTIMED_KINDS, is_work_call
 from stallscope.profiler import runformat
 from stallscope.profiler.common import ToolError, read_yaml
 
@@ -53,10 +65,19 @@ def load_context(target: str | os.PathLike[str]) -> AnalysisContext:
     return _load_trace_folder(root)
 
 
-def load_rank(path: Path, rank: int | None, notices: list[str]) -> RankData:
+def load_rank(
+    path: Path,
+    rank: int | None,
+    notices: list[str],
+    load: Callable[[Path], tuple[EventTable, dict[str, Any]]] | None = None,
+) -> RankData:
     """One trace as a rank: events, steps (a step notice goes to ``notices``) and its rank number
-    (``rank``, else the trace's ``distributedInfo.rank`` or ``rank<N>`` in the name, else -1)."""
-    table, meta = load_trace(path)
+    (``rank``, else the trace's ``distributedInfo.rank`` or ``rank<N>`` in the name, else -1).
+    ``load`` reads the trace (default: :func:`load_trace` through the table cache)."""
+    table, meta = load(path) if load is not None else tablestore.load_cached(path, load_trace)
+    table_notice = meta.pop(tablestore.TABLE_NOTICE, None)
+    if table_notice:
+        notices.append(str(table_notice))
     if meta.pop(TEXT_REPLACED, False):
         notices.append(
             f"{path.name}: invalid Unicode (lone surrogates or bytes that are not UTF-8) replaced by U+FFFD; "
@@ -67,14 +88,65 @@ def load_rank(path: Path, rank: int | None, notices: list[str]) -> RankData:
         notices.append(
             f"{path.name}: {bad_time} events whose ts is not a time (a finite number of microseconds) were left out"
         )
+    table, clock = check_gpu_clock(table)
     steps, notice = find_steps(table)
-    if notice and notice not in notices:
-        notices.append(notice)
+    whole = bool(steps) and steps[0].source == "whole-trace"
+    found = [clock_notice(path.name, clock, steps[0].source if steps else None) or ""]
+    found += _schema_notices(table, meta, path.name, clock)
+    su = startup_span(table, None if whole or not steps else steps[0].start_ns)
+    clock["startup_ms"] = su.ms if su is not None else 0.0
+    if su is not None:
+        clock["startup_calls_ms"] = su.calls_ns / 1e6
+        clock["startup_end_ns"] = su.end_ns
+        if whole:
+            steps, notice = find_steps(table, not_before_ns=su.end_ns)
+        span = int((table.ts_ns + table.dur_ns).max() - table.ts_ns.min())
+        found.append(startup_notice(path.name, su, span, has_steps=not whole) or "")
+    for n in [n for n in found if n] + ([notice] if notice else []):
+        if n not in notices:
+            notices.append(n)
     assign_steps(table, steps)
     r = _rank_of(meta, path) if rank is None else rank
     return RankData(
-        rank=r if r is not None else -1, events=table, steps=steps, meta={"trace": meta}, trace_path=str(path)
+        rank=r if r is not None else -1,
+        events=table,
+        steps=steps,
+        meta={"trace": meta, CLOCK_KEY: clock},
+        trace_path=str(path),
     )
+
+
+# Kinds that show the loader understood the trace (a table with none of them was written in a
+# schema it does not know).
+_READ_KINDS = np.asarray(sorted({int(k) for k in KIND_OF_CATEGORY.values()} | set(UNTIMED_KINDS)), dtype=np.int8)
+
+
+def _schema_notices(t: EventTable, meta: dict[str, Any], label: str, clock: dict[str, Any]) -> list[str]:
+    """What the trace lacks that the analysis needs: any event it can read, and GPU events when
+    the host launched GPU work (their count goes to ``clock["unrecorded_launches"]``)."""
+    cats = meta.get(CATEGORIES) or {}
+    unknown = sorted(c for c, k in cats.items() if k == "other" and c.lower() not in _KNOWN_OTHER)
+    if len(t) and not np.isin(t.kind, _READ_KINDS).any():
+        return [
+            f"{label}: no event category stallscope reads (found: {', '.join(sorted(cats)) or 'none'}; read: "
+            "cpu_op, user_annotation, cuda_runtime, kernel, gpu_memcpy, gpu_memset and their older spellings): "
+            "nothing to analyse; re-export the trace with torch.profiler"
+        ]
+    if np.isin(t.kind, np.asarray(GPU_KINDS + UNTIMED_KINDS, dtype=np.int8)).any():
+        return []
+    launches = np.isin(t.name, t.name_ids_matching(is_work_call)) & (t.kind == Kind.RUNTIME)
+    if not launches.any():
+        return []
+    why = f"categories not read: {', '.join(unknown)}" if unknown else "GPU activity was not recorded"
+    clock["unrecorded_launches"] = int(launches.sum())
+    return [
+        f"{label}: {int(launches.sum())} GPU launches or copies on the host but no GPU events ({why}; profile "
+        "with ProfilerActivity.CUDA): GPU figures are absent; the CPU side is analysed"
+    ]
+
+
+# Kineto categories that are read as Kind.OTHER on purpose (instant events, sync and range marks).
+_KNOWN_OTHER = frozenset({"cpu_instant_event", "cuda_sync", "cuda_profiler_range", "external_correlation"})
 
 
 def _rank_of(meta: dict[str, Any], path: Path) -> int | None:
@@ -114,12 +186,35 @@ def _finish(ctx: AnalysisContext) -> AnalysisContext:
                 ctx.device_name = name
                 break
     if ranks and not ctx.has("gpu"):
-        ctx.notices.append(
-            "no GPU events in the trace (CPU-only run or CUDA activity not recorded): "
-            "GPU figures are absent; the CPU side is analysed"
-        )
+        clocks = [r.meta.get(CLOCK_KEY) or {} for r in ranks]
+        if not any(c.get("untimed_events") or c.get("unrecorded_launches") for c in clocks):
+            # else a clock or schema notice of load_rank says why GPU figures are absent
+            ctx.notices.append(
+                "no GPU events in the trace (CPU-only run or CUDA activity not recorded): "
+                "GPU figures are absent; the CPU side is analysed"
+            )
+    if not ctx.meta:
+        _missing_ranks_notice(ctx)
     compute_breakdowns(ctx)
     return ctx
+
+
+def _missing_ranks_notice(ctx: AnalysisContext) -> None:
+    """Plain traces of a distributed job: say when the job had ranks whose traces are not here."""
+    found = [(r.meta.get("trace") or {}).get("distributedInfo") for r in ctx.ranks]
+    worlds = [info.get("world_size") for info in found if isinstance(info, dict)]
+    sizes = {w for w in worlds if isinstance(w, int) and not isinstance(w, bool) and 0 < w < MAX_RANK}
+    if len(sizes) != 1:
+        return
+    (world,) = sizes
+    have = sorted(r.rank for r in ctx.ranks)
+    if world > len(have):
+        shown = ", ".join(map(str, have[:8])) + (" ..." if len(have) > 8 else "")
+        which = f"the trace of rank {shown}" if len(have) == 1 else f"traces of {len(have)} ranks ({shown})"
+        ctx.notices.append(
+            f"{which} of the job's {world} ranks: cross-rank figures (stragglers, collectives) cover "
+            f"{'this rank' if len(have) == 1 else 'these ranks'} only; pass a folder with every rank's trace for the whole job"
+        )
 
 
 # Sections of meta.yaml and rank.yaml that stallscope writes as mappings (docs/run-format.md). In a
@@ -141,6 +236,19 @@ def _mapping_sections(doc: dict[str, Any], where: str, notices: list[Any]) -> di
     return doc
 
 
+def _compacted_rank(path: Path, rank: int | None, notices: list[str]) -> RankData:
+    """A rank beyond ``FULL_RANKS``: its stored compact form, else the trace loaded (not kept as
+    a full table: a 1,024-rank job would store 1,024 of them) and compacted, its compact form
+    stored for the next diagnose."""
+
+    def build(own: list[str]) -> RankData:
+        rd = load_rank(path, rank, own, load=load_trace)
+        compact_rank(rd)
+        return rd
+
+    return tablestore.compact_rank_cached(path, rank, notices, build)
+
+
 def _load_run_dir(root: Path) -> AnalysisContext:
     meta = runformat.read_meta(root)
     raw = meta.get("notices") or []
@@ -153,7 +261,7 @@ def _load_run_dir(root: Path) -> AnalysisContext:
             traces = find_traces(folder)
             trace = traces[0] if traces else None
         if trace is not None:
-            rd = load_rank(trace, r, notices)
+            rd = _compacted_rank(trace, r, notices) if len(ranks) >= FULL_RANKS else load_rank(trace, r, notices)
         else:
             rd = RankData(rank=r, events=empty_table(), steps=[], trace_path=None)
             notices.append(f"rank {r}: no trace in {folder} (the window may not have been reached); telemetry only")
@@ -163,7 +271,7 @@ def _load_run_dir(root: Path) -> AnalysisContext:
         rank_info = runformat.read_rank_info(folder)
         if rank_info:
             rd.meta["rank"] = _mapping_sections(rank_info, f"rank {r} {runformat.RANK_INFO}", notices)
-        if len(ranks) >= FULL_RANKS:
+        if len(ranks) >= FULL_RANKS and not rd.meta.get("compacted"):
             compact_rank(rd)
         ranks.append(rd)
     if not ranks:
@@ -217,10 +325,7 @@ def _load_trace_folder(root: Path) -> AnalysisContext:
     traces = _pick_traces(traces, notices)
     ranks = []
     for i, p in enumerate(traces):
-        rd = load_rank(p, None, notices)
-        if i >= FULL_RANKS:
-            compact_rank(rd)
-        ranks.append(rd)
+        ranks.append(_compacted_rank(p, None, notices) if i >= FULL_RANKS else load_rank(p, None, notices))
     if len(ranks) > FULL_RANKS:
         notices.append(
             f"{len(ranks)} ranks: per-rank analyzers looked at the first {FULL_RANKS}; the breakdown and the "

@@ -12,6 +12,7 @@ other is :mod:`analyzers.link`'s job.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -23,11 +24,11 @@ from stallscope.analyzers.model import EventTable, empty_table
 from stallscope.analyzers.vocab import (
     COLLECTIVE_ARG_KEYS,
     GPU_ARG_KINDS,
-    KIND_OF_CATEGORY,
     MEMORY_ARG_KEYS,
     MEMORY_EVENT,
-    SKIPPED_CATEGORIES,
+    SKIP,
     Kind,
+    category_kind,
 )
 from stallscope.profiler.common import MAX_DEPTH
 
@@ -42,8 +43,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = ["MAX_US", "EventColumns", "exact_ns", "times_ns"]
 
-# looked up with the event's category, which may be missing (None: Kind.OTHER)
-_KIND_INT: dict[str | None, int] = {k: int(v) for k, v in KIND_OF_CATEGORY.items()}
 _GPU_ARG_INTS = frozenset(int(k) for k in GPU_ARG_KINDS)
 _COLLECTIVE_OP = "record_param_comms"
 
@@ -123,6 +122,9 @@ class EventColumns:
         self.dropped = 0  # rows left out for a timestamp that is not a usable time
         self.process_names: dict[Any, str] = {}
         self.thread_names: dict[tuple[Any, Any], str] = {}
+        # category string as written -> kind int (SKIP: dropped), filled once per distinct
+        # spelling, so letter case costs nothing per event
+        self.categories: dict[str | None, int] = {None: int(Kind.OTHER)}
         self._ids: dict[Any, int] = {}
         self._shapes: dict[Any, dict[str, Any]] = {}  # identical shape args share one (read-only) dict
         self._launches: dict[Any, dict[str, Any]] = {}  # same for kernel launch configs
@@ -143,6 +145,10 @@ class EventColumns:
             return int(value)
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
             return int(value)
+        if type(value) is str:  # PyTorch 1.8/1.9 write tids as text: "25738", "stream 7"
+            m = _NUMERIC_ID.match(value)
+            if m and len(m.group(1)) < 19:
+                return int(m.group(1))
         try:
             i = self._ids.get(value)
         except TypeError:  # unhashable oddities: keyed by their text
@@ -178,8 +184,8 @@ class EventColumns:
         name_ids = self.name_ids
         names = self.names
         num = self._num
-        kind_of_cat = _KIND_INT
-        skipped = SKIPPED_CATEGORIES
+        kind_of_cat = self.categories
+        skip = SKIP
         gpu_kinds = _GPU_ARG_INTS
         nan = math.nan
         row = self.rows
@@ -190,9 +196,11 @@ class EventColumns:
             if ph == "X":
                 cat = e.cat
                 if type(cat) is str or cat is None:
-                    if cat in skipped:
+                    k = kind_of_cat.get(cat, None)
+                    if k is None:
+                        k = kind_of_cat[cat] = category_kind(cat)
+                    if k == skip:
                         continue
-                    k = kind_of_cat.get(cat, K_OTHER)
                 else:
                     k = K_OTHER
                 d = e.dur if e.dur is not None else 0
@@ -236,6 +244,8 @@ class EventColumns:
                 continue
             c = a.correlation
             x = a.external_id
+            if x is None:  # PyTorch 1.8/1.9 runtime and GPU rows: "external id"
+                x = a.external_id_lc
             corr.append(c if type(c) is int else -1)
             ext.append(x if type(x) is int else -1)
             if k == K_CPU:
@@ -250,6 +260,10 @@ class EventColumns:
                         extra[row] = sparse
                 elif a.input_dims is not None:
                     sparse = _shape_args(a.input_dims, a.input_type, shapes)
+                    if sparse:
+                        extra[row] = sparse
+                elif a.input_dims_lc is not None:  # PyTorch 1.8: "Input dims"
+                    sparse = _shape_args(a.input_dims_lc, a.input_type, shapes)
                     if sparse:
                         extra[row] = sparse
                 row += 1
@@ -347,6 +361,7 @@ class EventColumns:
         self.dropped += part.dropped
         self.process_names.update(part.process_names)
         self.thread_names.update(part.thread_names)
+        self.categories.update(part.categories)
 
     def table(self) -> EventTable:
         """The columns as one :class:`EventTable` in file order (links and steps unset: -1)."""
@@ -365,6 +380,9 @@ class EventColumns:
             extra=self.extra,
             **cols,
         )
+
+
+_NUMERIC_ID = re.compile(r"^(?:stream )?(\d+)$")
 
 
 def _key(value: Any) -> Any:

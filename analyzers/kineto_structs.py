@@ -54,11 +54,13 @@ __all__ = [
 
 AVAILABLE = msgspec is not None
 
-# attribute -> key in Kineto's "args"
+# attribute -> key in Kineto's "args" (``*_lc``: the spelling PyTorch 1.8/1.9 wrote)
 ARG_KEYS = {
     "external_id": "External id",
+    "external_id_lc": "external id",
     "correlation": "correlation",
     "input_dims": "Input Dims",
+    "input_dims_lc": "Input dims",
     "input_type": "Input type",
     "flops": "flops",
     "nbytes": "bytes",
@@ -94,8 +96,10 @@ if AVAILABLE:
 
     class Args(msgspec.Struct, rename=ARG_KEYS, gc=False):
         external_id: Any = None
+        external_id_lc: Any = None
         correlation: Any = None
         input_dims: msgspec.Raw = None  # type: ignore[assignment]  # raw JSON: decoded once per distinct value
+        input_dims_lc: msgspec.Raw = None  # type: ignore[assignment]
         input_type: msgspec.Raw = None  # type: ignore[assignment]
         flops: Any = None
         nbytes: Any = None
@@ -198,7 +202,7 @@ def raw_key(value: Any) -> Any:
         return repr(value)
 
 
-_RAW_ATTRS = frozenset({"input_dims", "input_type"})
+_RAW_ATTRS = frozenset({"input_dims", "input_dims_lc", "input_type"})
 _ATTR_OF_KEY = {key: attr for attr, key in ARG_KEYS.items()}
 
 

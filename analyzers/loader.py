@@ -21,13 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stallscope.analyzers import kineto_structs, tracefile
 from stallscope.analyzers.decode import EventColumns
 from stallscope.analyzers.link import sort_and_link
 from stallscope.analyzers.model import EventTable
+from stallscope.analyzers.vocab import MTIA_DEVICE_CATEGORY, MTIA_NOT_WORK, SKIP, Kind, is_mtia_copy
 from stallscope.profiler.common import ToolError
 
 __all__ = [
+    "CATEGORIES",
     "EVENT_COUNTS",
     "PARALLEL_MIN_BYTES",
     "TRACE_SUFFIXES",
@@ -41,6 +45,8 @@ TRACE_SUFFIXES = (".json", ".json.gz")
 # The metadata key of {"in_file": event records read, "usable": rows kept, "bad_time": rows left
 # out for a timestamp that is no usable time}.
 EVENT_COUNTS = "stallscope_events"
+# The metadata key of {category as written: the kind it was read as (a Kind name, or "skipped")}.
+CATEGORIES = "stallscope_categories"
 PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it saves
 
 
@@ -103,11 +109,25 @@ def _load_trace(path: Path) -> tuple[EventTable, dict[str, Any]]:
             cols.add_dicts(events)
             if m is not None:
                 meta = m
-    table = sort_and_link(cols.table())
+    table = cols.table()
+    if any(isinstance(c, str) and c.lower() == MTIA_DEVICE_CATEGORY for c in cols.categories):
+        _mtia_kinds(table)
+    table = sort_and_link(table)
     meta = dict(meta)
     meta["process_names"] = {str(k): v for k, v in cols.process_names.items()}
     meta[EVENT_COUNTS] = {"in_file": cols.seen, "usable": len(table), "bad_time": cols.dropped}
+    meta[CATEGORIES] = {
+        c: ("skipped" if k == SKIP else Kind(k).name.lower()) for c, k in cols.categories.items() if isinstance(c, str)
+    }
     return table, meta
+
+
+def _mtia_kinds(t: EventTable) -> None:
+    """MTIA device rows come as one category (read as kernels): copies become memcpy rows, waits
+    and event records no device work (see ``vocab.MTIA_NOT_WORK``)."""
+    kernel = t.kind == Kind.KERNEL
+    t.kind[kernel & np.isin(t.name, t.name_ids_matching(is_mtia_copy))] = Kind.MEMCPY
+    t.kind[kernel & np.isin(t.name, t.name_ids_matching(MTIA_NOT_WORK.__contains__))] = Kind.OTHER
 
 
 def _add_blob(cols: EventColumns, blob: bytes, final: bool, path: str) -> dict[str, Any] | None:

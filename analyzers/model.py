@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.roles import ThreadRoles, thread_roles
 from stallscope.analyzers.vocab import GPU_KINDS, MEMORY_EVENT, Kind
 
 __all__ = ["AnalysisContext", "EventTable", "GPU_KINDS", "Kind", "RankData", "Step", "StepBreakdown", "empty_table"]
@@ -189,6 +190,12 @@ class RankData:
     host: dict[str, np.ndarray] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     trace_path: str | None = None
+
+    @property
+    def roles(self) -> ThreadRoles:
+        """The role of each CPU thread (training loop, autograd engine, DataLoader, ...): see
+        :mod:`stallscope.analyzers.roles`. Computed once per event table."""
+        return thread_roles(self.events)
 
     def untraced_step_mask(self) -> np.ndarray | None:
         """Rows of ``telemetry`` in the steady state the trace did not see: after the trace window,

@@ -18,6 +18,15 @@ __all__ = [
     "GPU_ARG_KINDS",
     "KIND_OF_CATEGORY",
     "SKIPPED_CATEGORIES",
+    "SKIP",
+    "UNTIMED_OF",
+    "UNTIMED_KINDS",
+    "category_kind",
+    "is_mtia_copy",
+    "MTIA_DEVICE_CATEGORY",
+    "MTIA_NOT_WORK",
+    "is_startup_call",
+    "is_work_call",
     "SYNC_CALLS",
     "COLLECTIVE_ARG_KEYS",
     "MEMORY_ARG_KEYS",
@@ -49,6 +58,13 @@ class Kind(IntEnum):
     GPU_ANNOTATION = 6  # cat gpu_user_annotation
     PYTHON = 7  # cat python_function (with_stack=True)
     OTHER = 8  # everything else kept (e.g. cpu_instant_event); see SKIPPED_CATEGORIES
+    # GPU rows whose device timestamps are unusable (analyzers/clock.py): kept for their names,
+    # args and links (name-based analysis), placed at their launch's time with no duration, and
+    # on no timeline (they are not GPU_KINDS, so no GPU-time figure counts them).
+    UNTIMED_KERNEL = 9
+    UNTIMED_MEMCPY = 10
+    UNTIMED_MEMSET = 11
+    UNTIMED_GPU_ANNOTATION = 12
 
 
 # Rows that run on the GPU (the device timeline).
@@ -56,22 +72,70 @@ GPU_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET)
 # Rows whose args carry a stream and a device.
 GPU_ARG_KINDS = (Kind.KERNEL, Kind.MEMCPY, Kind.MEMSET, Kind.GPU_ANNOTATION)
 
-# Kineto's ``cat`` -> kind; a category not listed becomes Kind.OTHER.
+# Kineto's ``cat`` -> kind, keyed in lower case: every spelling PyTorch >= 1.8 has written
+# (1.8/1.9: ``Operator``, ``Runtime``, ``Kernel``, ``Memcpy``, ``Memset``, ``User`` for the GPU-side
+# annotation; 1.10: ``cpu_op`` with ``gpu_user_Annotation``; later the lower-case names), ROCm
+# (the ``cuda_*`` names with HIP calls in them), MTIA (``mtia_runtime``, ``mtia_ccp_events``) and
+# the other Kineto runtimes. A category not listed becomes Kind.OTHER.
 KIND_OF_CATEGORY = {
     "cpu_op": Kind.CPU_OP,
     "operator": Kind.CPU_OP,
     "cuda_runtime": Kind.RUNTIME,
     "cuda_driver": Kind.RUNTIME,
     "runtime": Kind.RUNTIME,
+    "mtia_runtime": Kind.RUNTIME,
+    "xpu_runtime": Kind.RUNTIME,
+    "privateuse1_runtime": Kind.RUNTIME,
+    "privateuse1_driver": Kind.RUNTIME,
     "kernel": Kind.KERNEL,
+    "mtia_ccp_events": Kind.KERNEL,  # MTIA device work; its copies are re-kinded by name (loader)
     "gpu_memcpy": Kind.MEMCPY,
+    "memcpy": Kind.MEMCPY,
     "gpu_memset": Kind.MEMSET,
+    "memset": Kind.MEMSET,
     "user_annotation": Kind.ANNOTATION,
     "gpu_user_annotation": Kind.GPU_ANNOTATION,
+    "user": Kind.GPU_ANNOTATION,  # 1.8/1.9: record_function ranges on a GPU stream ("stream 7 user")
     "python_function": Kind.PYTHON,
+    "python": Kind.PYTHON,
 }
-# Categories dropped while parsing: the profiler's own range, flow arrows and its overhead marks.
-SKIPPED_CATEGORIES = frozenset({"Trace", "ac2g", "fwdbwd", "overhead"})
+# Categories dropped while parsing (lower case): the profiler's own range, flow arrows and its
+# overhead marks.
+SKIPPED_CATEGORIES = frozenset({"trace", "ac2g", "fwdbwd", "overhead", "async"})
+SKIP = -1
+"""What :func:`category_kind` returns for a skipped category."""
+
+# GPU kind -> the kind its rows take when the GPU clock is unusable (analyzers/clock.py).
+UNTIMED_OF = {
+    Kind.KERNEL: Kind.UNTIMED_KERNEL,
+    Kind.MEMCPY: Kind.UNTIMED_MEMCPY,
+    Kind.MEMSET: Kind.UNTIMED_MEMSET,
+    Kind.GPU_ANNOTATION: Kind.UNTIMED_GPU_ANNOTATION,
+}
+UNTIMED_KINDS = tuple(UNTIMED_OF.values())
+
+
+# MTIA writes all device activity under one category: copies are ``dma_*`` rows, and stream
+# waits and event records are no device work (a wait would read as compute otherwise).
+MTIA_DEVICE_CATEGORY = "mtia_ccp_events"
+MTIA_NOT_WORK = frozenset({"event_wait", "event_record"})
+
+
+def is_mtia_copy(name: str) -> bool:
+    """MTIA device rows that move memory (HTA's MTIA memory pattern: ``dma*``)."""
+    return name.startswith("dma")
+
+
+def category_kind(cat: str | None) -> int:
+    """The kind (as an int) of a Kineto category in any letter case; :data:`SKIP` for a category
+    that is dropped. Callers cache the answer per distinct category string."""
+    if cat is None:
+        return int(Kind.OTHER)
+    low = cat.lower()
+    if low in SKIPPED_CATEGORIES:
+        return SKIP
+    return int(KIND_OF_CATEGORY.get(low, Kind.OTHER))
+
 
 # Runtime and driver calls that block the host until the GPU has caught up.
 SYNC_CALLS = frozenset(
@@ -88,8 +152,48 @@ SYNC_CALLS = frozenset(
         "cuMemcpyDtoH_v2",
         "cuMemcpyDtoH",
         "cuMemcpyHtoD_v2",
+        # ROCm: hipMemcpyWithStream is PyTorch's blocking copy there
+        "hipStreamSynchronize",
+        "hipDeviceSynchronize",
+        "hipEventSynchronize",
+        "hipCtxSynchronize",
+        "hipMemcpy",
+        "hipMemcpy2D",
+        "hipMemcpyWithStream",
+        "hipMemset",
+        # MTIA runtime
+        "synchronizeStream",
+        "synchronize",
     }
 )
+
+# CUDA / HIP set-up work: context creation, device queries, lazy module loading and the first
+# allocations. Before the first GPU work of a trace they are start-up, not a step's cost
+# (analyzers/clock.py); in a step they are ordinary calls.
+_STARTUP = re.compile(
+    r"^(?:cu|cuda|hip)(?:Init|GetDeviceCount|DeviceGetCount|DevicePrimaryCtx\w*|CtxCreate\w*|CtxSetCurrent|"
+    r"SetDevice|GetDevice|DeviceGet\w*|GetDeviceProperties\w*|DriverGetVersion|RuntimeGetVersion|"
+    r"GetProcAddress\w*|GetExportTable|ModuleLoad\w*|ModuleGetFunction|ModuleGetGlobal\w*|LibraryLoad\w*|"
+    r"LibraryGetKernel|KernelGetFunction|FuncGetAttributes?|FuncSetAttribute|Malloc\w*|MemAlloc\w*|"
+    r"HostAlloc|HostMalloc|MallocHost|MemHostAlloc|Free|MemFree\w*|StreamCreate\w*|EventCreate\w*|"
+    r"DeviceSetLimit|DeviceSetCacheConfig)$"
+)
+# Calls that put work on the device: the first one ends start-up.
+_WORK = re.compile(
+    r"^(?:cu|cuda|hip)(?:LaunchKernel\w*|ExtModuleLaunchKernel|ModuleLaunchKernel|LaunchCooperativeKernel\w*|"
+    r"GraphLaunch|Memcpy\w*|Memset\w*)$|^runFunction|^enqueueCommand"
+)
+
+
+def is_startup_call(name: str) -> bool:
+    """CUDA / HIP context creation, device queries, module loading and allocation calls."""
+    return bool(_STARTUP.match(name))
+
+
+def is_work_call(name: str) -> bool:
+    """Runtime calls that put work on the device (launches, copies, sets, graph launches)."""
+    return bool(_WORK.match(name))
+
 
 # Kineto's collective args (``record_param_comms``, NCCL kernels) -> our short keys.
 COLLECTIVE_ARG_KEYS = {

@@ -13,6 +13,8 @@ import gzip
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +35,24 @@ CUPTI_TEARDOWN_OURS = "STALLSCOPE_TEARDOWN_CUPTI"
 # Before CUDA 12.6, re-initialising CUPTI after a teardown crashed processes that use CUDA graphs
 # (torch.compile's cudagraphs path turns teardown off there for the same reason).
 CUPTI_TEARDOWN_MIN_CUDA = (12, 6)
+# "0" turns off the compaction started after the export (see TraceWindow._start_compaction).
+COMPACT_ENV = "STALLSCOPE_COMPACT"
+# The compaction runs below the training's priority: it only has to be done before a diagnose.
+COMPACT_NICE = 10
+# The child loads stallscope from the folder this profiler runs from (the target's Python may
+# not have it installed: the bootstrap found it through STALLSCOPE_HOME), then runs the command.
+_COMPACT_CHILD = (
+    "import importlib.util, os, sys\n"
+    "home = sys.argv[1]\n"
+    "spec = importlib.util.spec_from_file_location('stallscope', os.path.join(home, '__init__.py'), "
+    "submodule_search_locations=[home])\n"
+    "pkg = importlib.util.module_from_spec(spec)\n"
+    "sys.modules['stallscope'] = pkg\n"
+    "spec.loader.exec_module(pkg)\n"
+    "from stallscope.analyzers.compaction import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def cupti_teardown(torch: Any, notice: Callable[[str], None]) -> None:
@@ -86,6 +106,7 @@ class TraceWindow:
         self.clock: dict[str, Any] = {}
         self._prof: Any = None
         self._step_rf: Any = None
+        self._compactor: Optional[subprocess.Popen[bytes]] = None
 
     # ------------------------------------------------------------------ when
     def starts_at(self, index: int) -> bool:
@@ -220,6 +241,53 @@ class TraceWindow:
                 raw.unlink()
             except OSError:
                 pass
+        self._start_compaction(folder / runformat.TRACE)
+
+    def _start_compaction(self, trace: Path) -> None:
+        """Have a detached, low-priority process write the trace's table files next to it
+        (``python -m stallscope.analyzers.compaction``), so that ``diagnose`` of a big job reads
+        small columnar files instead of parsing every rank's trace. The profiler never imports
+        the analyzers (the capture side stays light in the target), hence the subprocess: its
+        own session (a Ctrl-C of the job does not cut a table short; a cut one is ignored anyway),
+        no stdin/stdout, niced, and without the profiler's environment, so it is not profiled."""
+        if os.environ.get(COMPACT_ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+            return
+        env = {k: v for k, v in os.environ.items() if k not in ("STALLSCOPE_RUN_DIR", "STALLSCOPE_PATCH_FROM")}
+        cmd = [
+            sys.executable,
+            "-c",
+            _COMPACT_CHILD,
+            str(_PACKAGE_DIR),
+            str(trace),
+            "--nice",
+            str(COMPACT_NICE),
+            "--quiet",
+        ]
+        try:
+            self._compactor = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+                cwd=str(trace.parent),
+            )
+        except OSError as exc:
+            self.notice(
+                f"trace tables not written at the source ({exc.__class__.__name__}: {exc}); diagnose parses the trace"
+            )
+
+    def compaction_state(self) -> Optional[str]:
+        """``running``, ``done``, ``failed (exit N)``, or None when no compaction was started."""
+        proc = self._compactor
+        if proc is None:
+            return None
+        code = proc.poll()
+        if code is None:
+            return "running"
+        return "done" if code == 0 else f"failed (exit {code})"
 
     # ------------------------------------------------------------------ rank.yaml
     def info(self) -> dict[str, Any]:
@@ -234,6 +302,7 @@ class TraceWindow:
             "note": self.note,
             "stack": self.stack,
             "memory": self.memory,
+            "compaction": self.compaction_state(),
         }
 
     def clock_info(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """Loader: real torch.profiler traces -> columnar table, links, steps, ranks, bad input, fuzz."""
+
 from __future__ import annotations
 
 import gzip
@@ -17,7 +18,14 @@ from stallscope.analyzers.loader import load_trace
 from stallscope.analyzers.model import Kind
 from stallscope.analyzers.tracefile import iter_trace_batches
 from stallscope.profiler.common import ToolError
-from tests.diagnose_traces import cpu_nosteps_trace, cpu_plain_trace, cpu_steps_trace, ddp_folder, empty_trace, tb_folder
+from tests.diagnose_traces import (
+    cpu_nosteps_trace,
+    cpu_plain_trace,
+    cpu_steps_trace,
+    ddp_folder,
+    empty_trace,
+    tb_folder,
+)
 
 
 def _raw_events(path: Path) -> list[dict]:
@@ -47,8 +55,11 @@ def test_sparse_args_shapes_flops() -> None:
     mm = table.rows_named(lambda s: s == "aten::addmm", Kind.CPU_OP)
     assert mm.size
     assert all("input_dims" in table.extra[int(r)] for r in mm)
-    raw_flops = [e["args"]["flops"] for e in _raw_events(cpu_steps_trace())
-                 if e.get("name") == "aten::addmm" and "flops" in e.get("args", {})]
+    raw_flops = [
+        e["args"]["flops"]
+        for e in _raw_events(cpu_steps_trace())
+        if e.get("name") == "aten::addmm" and "flops" in e.get("args", {})
+    ]
     got = table.flops[mm]
     assert sorted(got[np.isfinite(got)].tolist()) == sorted(float(f) for f in raw_flops)
     plain, _ = load_trace(cpu_plain_trace())
@@ -128,10 +139,14 @@ def test_run_directory_with_telemetry(tmp_path: Path) -> None:
     for i in range(12):
         rows.append(f"{i},{i * 10**7},{(i + 1) * 10**7},{10.0 + i % 3},,{1.5},{1 if 2 <= i < 6 else 0},optimizer")
     (run / "rank0" / "steps.csv").write_text("\n".join(rows) + "\n")
-    (run / "rank0" / "host.csv").write_text("t_ns,proc_cpu_pct,workers,workers_cpu_pct,max_worker_cpu_pct,rss_mb\n1,90,0,0,0,500\n")
+    (run / "rank0" / "host.csv").write_text(
+        "t_ns,proc_cpu_pct,workers,workers_cpu_pct,max_worker_cpu_pct,rss_mb\n1,90,0,0,0,500\n"
+    )
     (run / "rank0" / "rank.yaml").write_text("schema_version: 1\nrank: 0\nclock: {trace_to_epoch_ns: 0}\n")
-    (run / "meta.yaml").write_text("schema_version: 1\nkind: stallscope-run\nhost: box\nranks: [0]\nworld_size: 1\n"
-                                  "per_rank: {0: {gpu: null, torch: '2.13.0', python: '3.11'}}\n")
+    (run / "meta.yaml").write_text(
+        "schema_version: 1\nkind: stallscope-run\nhost: box\nranks: [0]\nworld_size: 1\n"
+        "per_rank: {0: {gpu: null, torch: '2.13.0', python: '3.11'}}\n"
+    )
     ctx = load_context(run)
     (rd,) = ctx.ranks
     assert rd.telemetry is not None and rd.telemetry["wall_ms"].size == 12
@@ -161,7 +176,10 @@ def test_empty_trace_loads_without_steps(tmp_path: Path) -> None:
         (lambda d: _write(d / "bad.json", b'{"traceEvents": [{"ph": "X",'), "not valid JSON"),
         (lambda d: _write(d / "empty.json", b""), "empty"),
         (lambda d: _write(d / "list.json", b'{"hello": 1}'), "not a chrome trace"),
-        (lambda d: _write(d / "t.json.gz", gzip.compress(Path(cpu_plain_trace()).read_bytes())[:2000]), "truncated or corrupt"),
+        (
+            lambda d: _write(d / "t.json.gz", gzip.compress(Path(cpu_plain_trace()).read_bytes())[:2000]),
+            "truncated or corrupt",
+        ),
     ],
 )
 def test_bad_input_is_one_clean_error(tmp_path: Path, make, match: str) -> None:
@@ -186,7 +204,9 @@ def _seed_bytes() -> bytes:
     return _SEED
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_fuzz_mutated_and_truncated_traces(tmp_path_factory, data) -> None:
     seed = _seed_bytes()
@@ -254,7 +274,15 @@ def test_parallel_parse_equals_one_process(monkeypatch) -> None:
     assert meta1 == meta2
 
 
-@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0]])
+# PyTorch 1.8 and 1.9 traces (capitalised categories, "external id", "Input dims", tids as text,
+# a bare JSON array in 1.8): public samples trimmed by tests/fixtures/trim_public_traces.py
+_OLD_SCHEMAS = [
+    lambda: Path(__file__).parent / "fixtures" / "public" / "kineto_resnet50_nw0_pt18.pt.trace.json.gz",
+    lambda: Path(__file__).parent / "fixtures" / "public" / "kineto_resnet50_nw0_pt19.pt.trace.json.gz",
+]
+
+
+@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0], *_OLD_SCHEMAS])
 def test_typed_decoding_equals_generic_parse(monkeypatch, make) -> None:
     import stallscope.analyzers.kineto_structs as ks
     import stallscope.analyzers.tracefile as tracefile
@@ -267,11 +295,23 @@ def test_typed_decoding_equals_generic_parse(monkeypatch, make) -> None:
     monkeypatch.setattr(ks, "AVAILABLE", False)
     generic, m2 = load_trace(make())
     assert typed.names == generic.names and typed.extra == generic.extra and m1 == m2
-    for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation", "external_id", "bytes"):
+    for col in (
+        "kind",
+        "name",
+        "ts_ns",
+        "dur_ns",
+        "pid",
+        "tid",
+        "stream",
+        "device",
+        "correlation",
+        "external_id",
+        "bytes",
+    ):
         assert np.array_equal(getattr(typed, col), getattr(generic, col)), col
 
 
-@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0]])
+@pytest.mark.parametrize("make", [cpu_steps_trace, lambda: sorted(ddp_folder().glob("*.json"))[0], *_OLD_SCHEMAS])
 def test_generic_parse_dicts_decode_like_typed_records(monkeypatch, make) -> None:
     """Dicts from the generic parse reach the one decoder through msgspec.convert, or wrapped in
     Python when msgspec is absent: both give the typed decode's columns."""
@@ -294,6 +334,37 @@ def test_generic_parse_dicts_decode_like_typed_records(monkeypatch, make) -> Non
     for table in tables:
         table = sort_and_link(table)
         assert table.names == typed.names and table.extra == typed.extra
-        for col in ("kind", "name", "ts_ns", "dur_ns", "pid", "tid", "stream", "device", "correlation", "external_id",
-                    "bytes", "launch_of", "op_of"):
+        for col in (
+            "kind",
+            "name",
+            "ts_ns",
+            "dur_ns",
+            "pid",
+            "tid",
+            "stream",
+            "device",
+            "correlation",
+            "external_id",
+            "bytes",
+            "launch_of",
+            "op_of",
+        ):
             assert np.array_equal(getattr(table, col), getattr(typed, col)), col
+
+
+def test_categories_are_read_in_any_case_and_listed() -> None:
+    """Each category spelling is classified once and reported in the metadata (what was read as what)."""
+    from stallscope.analyzers.loader import CATEGORIES
+
+    _, meta = load_trace(_OLD_SCHEMAS[1]())
+    assert meta[CATEGORIES] == {
+        "Operator": "cpu_op",
+        "Runtime": "runtime",
+        "Kernel": "kernel",
+        "Memset": "memset",
+        "Memcpy": "memcpy",
+        "Trace": "skipped",
+    }
+    table, _ = load_trace(_OLD_SCHEMAS[1]())
+    runtime = table.rows_of_kind(Kind.RUNTIME)
+    assert np.all(table.external_id[runtime] >= 0), "runtime rows carry their op's id as 'external id'"

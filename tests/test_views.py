@@ -128,7 +128,7 @@ def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
 def test_top_cpu_ops_puts_the_heavy_matmul_first_with_self_below_its_parent(model_ctx: Any) -> None:
     rows = top_cpu_ops(model_ctx, limit=100)
     assert rows[0]["name"] == "aten::mm"  # Heavy's matmuls and their gradients
-    assert {"loop", "backward"} <= {r["role"] for r in rows}
+    assert {"loop", "autograd"} <= {r["role"] for r in rows}
     fwd_mm, matmul = _row(rows, name="aten::mm", role="loop"), _row(rows, name="aten::matmul", role="loop")
     assert fwd_mm["self_ms_per_step"] < matmul["total_ms_per_step"]
     assert matmul["self_ms_per_step"] < 0.5 * matmul["total_ms_per_step"]  # its time is its child mm's
@@ -162,9 +162,9 @@ def test_cpu_ops_self_time_and_roles_on_a_constructed_trace(tmp_path: Path) -> N
         "self_ms_per_step": pytest.approx(0.02),
         "self_pct_of_step": pytest.approx(2.0),
     }
-    assert _row(rows, name="aten::mm")["role"] == "backward"
+    assert _row(rows, name="aten::mm")["role"] == "autograd"
     assert _row(rows, name="MmBackward0")["self_ms_per_step"] == pytest.approx(0.01)
-    assert _row(rows, name="aten::add")["role"] == "backward"
+    assert _row(rows, name="aten::add")["role"] == "autograd"
     assert _row(rows, name="aten::copy_")["role"] == "other"
     assert [r["name"] for r in rows[:2]] == ["aten::addmm", "aten::mm"]  # 180 us of self time each
 

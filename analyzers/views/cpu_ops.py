@@ -2,14 +2,11 @@
 
 The TensorBoard plugin's operator view and ``key_averages()`` in one table. Self time is an op's
 duration minus what its direct children (CPU ops and annotations on the same thread, by interval
-nesting) cover. Roles:
-
-* ``loop``: the thread that holds the step ranges (``ProfilerStep#N``) or the optimizer's
-  ``Optimizer.step#`` range: the training loop's forward, loss and optimizer;
-* ``backward``: autograd's backward. With CUDA tensors the engine runs it on its own thread
-  (whose top-level ops are ``autograd::engine::evaluate_function: *Backward*``); on the CPU it runs
-  on the loop thread, where the ops inside an ``evaluate_function`` range are backward all the same;
-* ``other``: every other thread (DataLoader pin-memory thread, user threads).
+nesting) cover. Each op gets its thread's role from the model (``RankData.roles``, see
+``analyzers/roles.py``: ``loop``, ``autograd``, ``dataloader``, ``pin_memory``, ``comm``,
+``compile``, ``other``), except that an op inside autograd's ``evaluate_function`` range is
+``autograd`` on any thread: on the CPU the engine runs the backward on the loop thread, and that
+work is backward all the same.
 
 No torch import.
 """
@@ -21,17 +18,12 @@ from typing import Any
 import numpy as np
 
 from stallscope.analyzers.model import AnalysisContext, EventTable, Kind
+from stallscope.analyzers.roles import ROLES, thread_roles
 from stallscope.analyzers.views.common import Nesting, ViewRows, is_step_marker, nest, pick_rank
 
 __all__ = ["BACKWARD_RANGE", "ROLES", "cpu_nesting", "row_roles", "top_cpu_ops"]
 
-ROLES = ("loop", "backward", "other")
 BACKWARD_RANGE = "autograd::engine::evaluate_function"
-_LOOP_MARKS = ("Optimizer.step#",)
-
-
-def _is_backward_name(name: str) -> bool:
-    return name.startswith("autograd::engine") or "Backward" in name
 
 
 def cpu_nesting(t: EventTable) -> Nesting:
@@ -42,31 +34,13 @@ def cpu_nesting(t: EventTable) -> Nesting:
     return nest(t, rows, np.isin(t.name[rows], bwd_ids))
 
 
-def _thread_roles(t: EventTable, nz: Nesting) -> list[str]:
-    """The role of each thread of ``nz`` (see module doc)."""
-    loop_ids = t.name_ids_matching(lambda s: is_step_marker(s) or s.startswith(_LOOP_MARKS))
-    is_loop = np.isin(t.name[nz.rows], loop_ids)
-    roots = nz.parent < 0
-    dur = nz.end - nz.start
-    bwd_root = roots & np.isin(t.name[nz.rows], t.name_ids_matching(_is_backward_name))
-    roles = []
-    for th in range(len(nz.threads)):
-        mine = nz.thread == th
-        if is_loop[mine].any():
-            roles.append("loop")
-        elif dur[mine & bwd_root].sum() * 2 > dur[mine & roots].sum():
-            roles.append("backward")
-        else:
-            roles.append("other")
-    return roles
-
-
 def row_roles(t: EventTable, nz: Nesting) -> np.ndarray:
     """The role (index into :data:`ROLES`) of each row of ``nz``: its thread's role, except that
-    a row inside an ``evaluate_function`` range is ``backward``."""
-    thread_role = np.asarray([ROLES.index(r) for r in _thread_roles(t, nz)], dtype=np.int64)
+    a row inside an ``evaluate_function`` range is ``autograd``."""
+    roles = thread_roles(t)
+    thread_role = np.asarray([ROLES.index(roles.role(tid)) for _, tid in nz.threads], dtype=np.int64)
     role = thread_role[nz.thread] if nz.rows.size else np.zeros(0, dtype=np.int64)
-    return np.where(nz.marked, ROLES.index("backward"), role)
+    return np.where(nz.marked, ROLES.index("autograd"), role)
 
 
 def top_cpu_ops(ctx: AnalysisContext, limit: int = 15, rank: int | None = None) -> ViewRows:
@@ -74,7 +48,7 @@ def top_cpu_ops(ctx: AnalysisContext, limit: int = 15, rank: int | None = None) 
     self time inside the steps of rank ``rank`` (default: the first full rank), one row per (op
     name, role), largest self time first.
 
-    Row keys: ``name``, ``role`` (loop / backward / other), ``count``, ``calls_per_step``,
+    Row keys: ``name``, ``role`` (one of :data:`ROLES`), ``count``, ``calls_per_step``,
     ``total_ms_per_step`` (inclusive), ``self_ms_per_step``, ``self_pct_of_step`` (self time
     against the mean step's wall time). Empty with a ``note`` when there are no CPU ops in steps.
     """
