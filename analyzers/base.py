@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATEGORIES",
     "REQUIREMENTS",
+    "SLICES",
     "Analyzer",
     "Finding",
     "Impact",
@@ -47,6 +48,18 @@ CATEGORIES = (
     "cpu-metric",
     "attention",
     "compile",
+)
+
+# The parts of the step-time breakdown (``StepBreakdown`` fields, docs/breakdown.md) a finding's
+# time can come from: ``Finding.slice`` names some of them (analyzers/accounting.py).
+SLICES = (
+    "compute_ms",
+    "memory_ms",
+    "comm_exposed_ms",
+    "data_wait_ms",
+    "sync_wait_ms",
+    "launch_overhead_ms",
+    "host_other_ms",
 )
 
 # What an analyzer may ask for. The context answers ``ctx.has(req)``; an analyzer whose
@@ -110,6 +123,11 @@ class Finding:
 
     ``evidence`` keys carry their unit (``_ms``, ``_pct``, ``_gbps``); ``where`` names kernels,
     modules, Python frames and ranks; ``fixes`` are fix ids from the ``fixes`` registry.
+
+    ``slice`` names the breakdown parts (:data:`SLICES`) the finding's time comes from, when the
+    analyzer knows better than its category's default (``analyzers.accounting.CATEGORY_SLICES``);
+    ``()`` means the whole step (no single part). The accounting caps the estimated saving by
+    the time of those parts (docs/analyzers.md, one accounting of the step).
     """
 
     id: str
@@ -123,10 +141,16 @@ class Finding:
     fixes: list[str] = field(default_factory=list)
     analyzer: str = ""
     advice: str = ""
+    slice: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise ValueError(f"finding {self.id!r}: unknown category {self.category!r}")
+        if self.slice is not None:
+            self.slice = tuple(self.slice)
+            unknown = [s for s in self.slice if s not in SLICES]
+            if unknown:
+                raise ValueError(f"finding {self.id!r}: unknown slice {unknown}; known: {', '.join(SLICES)}")
         self.severity = Severity(self.severity)
         if not 0.0 <= self.confidence <= 1.0:
             raise ValueError(f"finding {self.id!r}: confidence must be in [0, 1]")
@@ -147,6 +171,8 @@ class Finding:
         }
         if self.advice:
             out["advice"] = self.advice
+        if self.slice is not None:
+            out["slice"] = list(self.slice)
         return out
 
 

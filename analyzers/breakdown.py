@@ -42,6 +42,8 @@ from stallscope.analyzers.vocab import (
 
 __all__ = [
     "LAUNCH_GAP_NS",
+    "gpu_sets",
+    "points",
     "Intervals",
     "breakdown_pct",
     "breakdown_totals",
@@ -117,7 +119,10 @@ def _name_mask(t: EventTable, predicate: Callable[[str], bool]) -> np.ndarray:
     return np.isin(t.name, ids)
 
 
-def _gpu_sets(t: EventTable) -> dict[str, Intervals]:
+def gpu_sets(t: EventTable) -> dict[str, Intervals]:
+    """The interval sets the GPU timeline's breakdown is cut from (compute, copies, communication,
+    data waits, blocking calls, runtime calls...), shared with host-bound so its parts add up to
+    the breakdown's exactly."""
     kernel = t.kind == Kind.KERNEL
     comm = kernel & _name_mask(t, is_comm_kernel)
     mem = (t.kind == Kind.MEMCPY) | (t.kind == Kind.MEMSET)
@@ -169,7 +174,9 @@ def _cpu_sets(t: EventTable) -> dict[str, Intervals]:
     }
 
 
-def _points(sets: dict[str, Intervals], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def points(sets: dict[str, Intervals], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Cut ``[lo, hi)`` at every start and end of ``sets``: (segment starts, lengths, per set a
+    mask of the segments it covers)."""
     windows = {k: v.window(lo, hi) for k, v in sets.items()}
     pts = np.unique(np.concatenate([[lo, hi]] + [np.concatenate((w.starts, w.ends)) for w in windows.values()]))
     pts = pts[(pts >= lo) & (pts <= hi)]
@@ -179,7 +186,7 @@ def _points(sets: dict[str, Intervals], lo: int, hi: int) -> tuple[np.ndarray, n
 
 
 def _step_gpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdown:
-    seg, length, m = _points(sets, step.start_ns, step.end_ns)
+    seg, length, m = points(sets, step.start_ns, step.end_ns)
     c = m["compute"]
     mem = m["memory"] & ~c
     comm = m["comm"] & ~c & ~m["memory"]
@@ -205,7 +212,7 @@ def _step_gpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdow
 
 
 def _step_cpu(sets: dict[str, Intervals], step: Step, rank: int) -> StepBreakdown:
-    seg, length, m = _points(sets, step.start_ns, step.end_ns)
+    seg, length, m = points(sets, step.start_ns, step.end_ns)
     data = m["data"]
     mem = m["memory"] & ~data
     comp = m["compute"] & ~data & ~mem
@@ -232,7 +239,7 @@ def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
         return []
     has_gpu = bool(np.isin(t.kind, _GPU_KINDS).any())
     if has_gpu:
-        sets = _gpu_sets(t)
+        sets = gpu_sets(t)
         return [_step_gpu(sets, s, rd.rank) for s in rd.steps]
     sets = _cpu_sets(t)
     return [_step_cpu(sets, s, rd.rank) for s in rd.steps]

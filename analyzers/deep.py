@@ -1,6 +1,8 @@
 """``--deep``: Nsight Compute counters for the top kernels, added to the findings' evidence.
 
-For each of the top-N kernels of rank 0 (those named by findings first, then the longest), run
+For each of the top-N kernels of rank 0 (those named by findings first, then the longest; never a
+communication kernel: ncu replays a kernel alone, and a collective replayed without its peers
+waits for them forever, nor has it a roofline to place it on), run
 
     ncu --clock-control none --kernel-name-base function --kernel-name regex:^NAME$
         --launch-skip K --launch-count 1 --csv --page raw --metrics ... -- <meta.yaml command>
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from stallscope.analyzers.context import load_context
 from stallscope.analyzers.model import AnalysisContext
 from stallscope.analyzers.peaks import kernel_rooflines
+from stallscope.analyzers.vocab import is_comm_kernel
 
 if TYPE_CHECKING:
     from stallscope.analyzers.base import Finding
@@ -170,7 +173,7 @@ def parse_ncu_csv(text: str) -> dict[str, Any] | None:
 
 def _targets(ctx: AnalysisContext, findings: Iterable[Any], top_n: int) -> list[tuple[str, int]]:
     """(kernel, launches per step) of the kernels to profile: named by findings first."""
-    rl = {k.kernel: k for k in kernel_rooflines(ctx)}
+    rl = {k.kernel: k for k in kernel_rooflines(ctx) if not is_comm_kernel(k.kernel)}
     n_steps = max(1, len(ctx.ranks[0].steps)) if ctx.ranks else 1
     ordered: list[str] = []
     for f in findings:

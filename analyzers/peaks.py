@@ -9,6 +9,10 @@ slightly pessimistic.
 
 Classification of a kernel (aggregated by name over the window), in order:
 
+0. **communication** for collective kernels (NCCL/RCCL names, ``vocab.is_comm_kernel``): their
+   time is spent waiting on peers and the link, not on this GPU's memory or arithmetic, so no
+   roofline applies (their launching op's tensor bytes over the kernel's time would read as a
+   badly memory-bound kernel). Their cost is the breakdown's exposed communication.
 1. **latency-bound** when its mean duration is under ``LATENCY_BOUND_US`` (5 µs). A kernel
    launch costs 2-5 µs of CPU and ~1-2 µs of GPU ramp-up (grid launch, tail of the last wave);
    below 5 µs that fixed cost is comparable to the work, so neither roof explains its time and
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stallscope.analyzers.model import Kind
+from stallscope.analyzers.vocab import is_comm_kernel
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -451,7 +456,10 @@ def _kernel_rooflines(ev: EventTable, device_name: str | None) -> list[KernelRoo
                 c_pct = 100.0 * ach_tf / peaks.compute_tflops(dtype)
             if ach_bw is not None:
                 b_pct = 100.0 * ach_bw / peaks.dram_gbps
-        if mean_us < LATENCY_BOUND_US:
+        if is_comm_kernel(kname):  # no roofline: no achieved rates, no % of peak
+            cls = "communication"
+            ach_tf = ach_bw = c_pct = b_pct = None
+        elif mean_us < LATENCY_BOUND_US:
             cls = "latency-bound"
         elif nbytes and flops and peaks is not None:
             ridge = peaks.compute_tflops(dtype) * 1e12 / (peaks.dram_gbps * 1e9)
@@ -484,5 +492,6 @@ def _kernel_rooflines(ev: EventTable, device_name: str | None) -> list[KernelRoo
 
 
 def classify_kernels(ctx: AnalysisContext) -> dict[str, str]:
-    """Kernel name -> ``compute-bound`` | ``memory-bound`` | ``latency-bound`` | ``unknown`` (rank 0)."""
+    """Kernel name -> ``compute-bound`` | ``memory-bound`` | ``latency-bound`` | ``communication`` |
+    ``unknown`` (rank 0)."""
     return {k.kernel: k.cls for k in kernel_rooflines(ctx)}

@@ -15,6 +15,7 @@ from stallscope.analyzers.vocab import short_kernel_name
 
 __all__ = [
     "BREAKDOWN_PARTS",
+    "AccountingView",
     "BreakdownBar",
     "FindingView",
     "FixAdvice",
@@ -136,6 +137,79 @@ class BreakdownBar:
         return Group(title, bar, legend)
 
 
+class AccountingView:
+    """The report's step accounting in a few lines: each part of the step at or above the noise
+    threshold, the findings whose savings explain it, and why the rest is unexplained."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        acc = report.get("accounting")
+        self.acc: dict[str, Any] = acc if isinstance(acc, dict) else {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The parts above noise, in breakdown order, as dicts with ``label`` added."""
+        buckets = self.acc.get("buckets") or {}
+        noise = float(self.acc.get("noise_pct") or 0.0)
+        out = []
+        for key, label, _ in BREAKDOWN_PARTS:
+            b = buckets.get(key.removesuffix("_pct"))
+            if isinstance(b, dict) and float(b.get("pct") or 0.0) >= noise:
+                out.append({**b, "label": label})
+        return out
+
+    def head(self) -> str:
+        a = self.acc
+        capped = (
+            f", capped from {_num(a.get('uncapped_ms_per_step'))}"
+            if a.get("capped") and a.get("uncapped_ms_per_step")
+            else ""
+        )
+        return (
+            f"step accounting (parts >= {_num(a.get('noise_pct'))} % of the step): findings claim "
+            f"{_num(a.get('claimed_ms_per_step'))} of {_num(a.get('step_ms'))} ms/step{capped}"
+        )
+
+    @staticmethod
+    def line(b: dict[str, Any]) -> str:
+        """``sync wait 43.4 %: 38.1 % by blocking-syncs; unexplained 5.3 %: why``."""
+        by = ", ".join(b.get("explained_by") or [])
+        rank = f" (rank {b['rank']})" if b.get("rank") is not None else ""
+        text = f"{b['label']}{rank} {_num(b.get('pct'))} %: " + (
+            f"{_num(b.get('explained_pct'))} % by {by}" if by else "no finding claims it"
+        )
+        if b.get("why"):
+            text += f"; unexplained {_num(b.get('unexplained_pct'))} %: {b['why']}"
+        return text
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        rows = self.rows()
+        if not self.acc:
+            return Group()
+        return Group(Text(self.head(), style="bold"), *(Text("  " + self.line(b)) for b in rows), Text(""))
+
+    def to_markdown(self) -> list[str]:
+        if not self.acc:
+            return []
+        out = [
+            "## Step accounting",
+            "",
+            self.head(),
+            "",
+            "| part | % of step | explained by | explained % | unexplained % | why |",
+        ]
+        out.append("|---|---:|---|---:|---:|---|")
+        for b in self.rows():
+            by = ", ".join(f"`{x}`" for x in b.get("explained_by") or []) or "none"
+            rank = f" (rank {b['rank']})" if b.get("rank") is not None else ""
+            out.append(
+                f"| {b['label']}{rank} | {_num(b.get('pct'))} | {by} | {_num(b.get('explained_pct'))} "
+                f"| {_num(b.get('unexplained_pct'))} | {b.get('why') or ''} |"
+            )
+        return out
+
+
 class FindingView:
     """One finding of a report dict, with its evidence."""
 
@@ -255,6 +329,7 @@ class ReportView:
             parts.append(Text(nothing_found(r), style="green" if (r.get("summary") or {}).get("steps") else "yellow"))
         for i, f in enumerate(findings, 1):
             parts.append(FindingView(f, i, self.fix_advice))
+        parts.append(AccountingView(r))
         parts += views_of(r, ("cpu_ops", "modules"))  # the rest is in markdown and HTML
         for n in r.get("notices") or []:
             parts.append(Text(f"note: {n}", style="dim"))
@@ -334,6 +409,9 @@ def to_markdown(report: dict[str, Any], fix_advice: FixAdvice | None = None) -> 
         for fix_id, text in fix_advice_lines(f, fix_advice):
             out += [f"- fix `{fix_id}`:", "", *(f"  {line}" if line else "" for line in text.splitlines())]
         out.append("")
+    accounting = AccountingView(r).to_markdown()
+    if accounting:
+        out += accounting + [""]
     views = views_of(r)
     if views:
         out += ["## Views"]

@@ -2,7 +2,9 @@
 
 An analyzer whose ``requires`` are not all met by the context is skipped, and the report lists
 it with the missing inputs. An analyzer that raises becomes a notice (its name, the exception in
-one line); with ``debug=True`` the exception propagates instead.
+one line); with ``debug=True`` the exception propagates instead. Once all have run, the
+accounting (:mod:`~stallscope.analyzers.accounting`) caps the findings' savings to the parts of
+the step they come from, then the findings are ranked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from stallscope.analyzers.accounting import Accounting, account
 from stallscope.analyzers.base import Finding, registered_analyzers
 from stallscope.analyzers.loader import idle_cores
 from stallscope.analyzers.model import AnalysisContext
@@ -30,6 +33,7 @@ class AnalyzerRun:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # name -> missing inputs
     failed: dict[str, str] = field(default_factory=dict)  # name -> one-line error
     seconds: dict[str, float] = field(default_factory=dict)
+    accounting: Accounting | None = None  # None when the context has no steps
 
 
 def rank_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -87,8 +91,12 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
     return max(1, min(idle, jobs, 4))
 
 
-def run_analyzers(ctx: AnalysisContext, names: Iterable[str] | None = None, debug: bool = False) -> AnalyzerRun:
-    """Run the registered analyzers (or only ``names``) on ``ctx``; findings ranked by impact.
+def run_analyzers(
+    ctx: AnalysisContext, names: Iterable[str] | None = None, debug: bool = False, step_ms: float | None = None
+) -> AnalyzerRun:
+    """Run the registered analyzers (or only ``names``) on ``ctx``; findings accounted for
+    (savings capped to their parts of the step and to ``step_ms``, the step the report states;
+    without it the accounting window per step) and ranked by impact.
 
     On large traces with several cores the analyzers run in forked worker processes (each sees
     the loaded context copy-on-write; findings and notices come back); with ``debug`` or
@@ -128,5 +136,6 @@ def run_analyzers(ctx: AnalysisContext, names: Iterable[str] | None = None, debu
             continue
         out.ran.append(name)
         out.findings.extend(found)
+    out.accounting = account(ctx, out.findings, step_ms, out.ran, out.skipped, out.failed)
     out.findings = rank_findings(out.findings)
     return out

@@ -32,6 +32,7 @@ SKIP, STEPS, TOTAL = 3, 4, 20
 WINDOW = (1200, 5600)  # taller than the report of this run (about 4,500 px): the whole page is painted
 
 TRAIN = f"""
+import time
 import torch, torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 torch.set_num_threads(1)  # steady on a loaded machine
@@ -64,6 +65,7 @@ for x, y in DataLoader(data, batch_size=32):
     opt.zero_grad()
     loss.backward()
     opt.step()
+    time.sleep(0.05)  # a run long enough for a host.csv series (a sample every 50 ms at most)
 """
 
 VIEWS = ["steps", "host", "memory", "cpu_ops", "modules", "streams", "findings"]

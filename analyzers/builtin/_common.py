@@ -21,6 +21,7 @@ import numpy as np
 from stallscope.analyzers.base import Analyzer, Finding, Severity, severity_from_share
 from stallscope.analyzers.model import GPU_KINDS, Kind
 from stallscope.analyzers.peaks import GpuPeaks, peaks_for
+from stallscope.analyzers.vocab import is_data_wait, is_device_to_host, is_sync_call
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
@@ -284,3 +285,91 @@ class IntervalIndex:
         return IntervalIndex(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
 
     of_rows = staticmethod(of_rows)
+
+
+# ------------------------------------------------ blocking calls, GPU idle and the feeding threads
+
+
+def issuing_threads(rank: RankData) -> np.ndarray:
+    """The CPU threads that feed the GPU the step's work: the training loop and the autograd
+    engine (:mod:`stallscope.analyzers.roles`); every CPU thread when no role is known."""
+    roles = rank.roles
+    tids = [t for t, r in roles.by_tid.items() if r in ("loop", "autograd")]
+    if not tids:
+        tids = list(roles.by_tid)
+    return np.asarray(sorted(tids), dtype=np.int64)
+
+
+def blocking_call_rows(ev: EventTable) -> np.ndarray:
+    """Runtime rows that block the host until the GPU has caught up: the synchronizing calls of
+    :data:`stallscope.analyzers.vocab.SYNC_CALLS` and every call that launched a device-to-host
+    copy, whatever its size (``cudaMemcpyAsync`` of ``.item()``, ``.cpu()``, ``.tolist()``).
+    The breakdown's ``sync_wait_ms`` uses the same calls (docs/breakdown.md)."""
+    sync = ev.rows_named(is_sync_call, Kind.RUNTIME)
+    copies = ev.rows_named(is_device_to_host, Kind.MEMCPY)
+    launch = ev.launch_of[copies] if len(ev.launch_of) and len(copies) else np.empty(0, np.int64)
+    return np.union1d(sync, launch[launch >= 0]).astype(np.int64)
+
+
+def gpu_busy(ev: EventTable) -> tuple[np.ndarray, np.ndarray]:
+    """The union of all GPU activity (kernels, copies, sets; every device and stream)."""
+    g = ev.gpu_rows()
+    return merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
+
+
+def complement(s: np.ndarray, e: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` minus a sorted, disjoint union of intervals."""
+    cs = np.concatenate(([lo], e)).astype(np.int64)
+    ce = np.concatenate((s, [hi])).astype(np.int64)
+    cs, ce = np.clip(cs, lo, hi), np.clip(ce, lo, hi)
+    keep = ce > cs
+    return cs[keep], ce[keep]
+
+
+def intersect(a_s: np.ndarray, a_e: np.ndarray, b_s: np.ndarray, b_e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The intersection of two interval unions, as a sorted, disjoint union."""
+    a_s, a_e = merge(a_s, a_e)
+    b_s, b_e = merge(b_s, b_e)
+    out_s: list[int] = []
+    out_e: list[int] = []
+    i = j = 0
+    while i < len(a_s) and j < len(b_s):
+        lo, hi = max(a_s[i], b_s[j]), min(a_e[i], b_e[j])
+        if hi > lo:
+            out_s.append(int(lo))
+            out_e.append(int(hi))
+        if a_e[i] < b_e[j]:
+            i += 1
+        else:
+            j += 1
+    return np.asarray(out_s, dtype=np.int64), np.asarray(out_e, dtype=np.int64)
+
+
+def step_spans(rank: RankData) -> tuple[np.ndarray, np.ndarray]:
+    """The analysed steps as intervals (the breakdown's partition windows); the whole trace when
+    the trace has no steps."""
+    if rank.steps:
+        return merge(
+            np.asarray([s.start_ns for s in rank.steps], dtype=np.int64),
+            np.asarray([s.end_ns for s in rank.steps], dtype=np.int64),
+        )
+    ev = rank.events
+    if not len(ev):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.asarray([ev.ts_ns.min()], np.int64), np.asarray([(ev.ts_ns + ev.dur_ns).max()], np.int64)
+
+
+def data_wait_spans(ev: EventTable) -> tuple[np.ndarray, np.ndarray]:
+    """The DataLoader's ``__next__`` ranges (any thread): the breakdown's data wait, which it puts
+    before every other reason the GPU idles."""
+    rows = ev.rows_named(is_data_wait, Kind.CPU_OP, Kind.ANNOTATION)
+    return merge(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
+
+
+def enclosing_ops(ev: EventTable, tid: int, ts: int, ops: np.ndarray | None = None) -> np.ndarray:
+    """CPU op rows of thread ``tid`` open at ``ts``, outermost first."""
+    rows = ev.rows_of_kind(Kind.CPU_OP) if ops is None else ops
+    if not len(rows):
+        return rows
+    rows = rows[(ev.tid[rows] == tid) & (ev.ts_ns[rows] <= ts) & (ev.ts_ns[rows] + ev.dur_ns[rows] >= ts)]
+    return rows[np.lexsort((-ev.dur_ns[rows], ev.ts_ns[rows]))]

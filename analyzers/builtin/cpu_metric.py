@@ -4,19 +4,26 @@ Signature (docs/analyzers.md, cpu-metric; the loop TensorBLEU replaces):
 
 * inside a step, a GPU idle gap of at least ``GAP_MIN_MS`` (5 ms) or ``GAP_MIN_PCT`` (10 %)
   of the step: shorter gaps are launch latency and eager dispatch (host-bound analyzer);
-* the host was not waiting for data in it (DataLoader ``__next__`` / the data phase cover
-  less than half the gap: that is the input-pipeline analyzer's), and torch ops cover less
-  than half of it (the host was running plain Python, not dispatching work);
-* and the host was computing a metric: with Python stacks, frames of ``nltk.translate``,
+* the training loop's thread (``RankData.roles.loop``, see ``analyzers/roles.py``; not the
+  thread with the most ops, which is the autograd engine's when backward runs on CUDA) was
+  not waiting for data in it (DataLoader ``__next__`` / the data phase cover less than half
+  the gap: that is the input-pipeline analyzer's), and known work covers less than half of
+  it: the loop thread's own ops and runtime calls (a blocking copy, the optimizer, a sync),
+  torch.compile's compile ranges, and whatever the autograd, communication and compile
+  threads run (the loop is blocked in ``backward()`` or a collective meanwhile). What is left
+  is the loop thread running plain Python;
+* and that Python computes a metric: with Python stacks, frames of ``nltk.translate``,
   ``sacrebleu``, ``rouge_score``, ``evaluate`` or functions named like a metric (bleu,
-  rouge, chrf, meteor, reward, metric, score) are on the stack in the gap (confidence 0.85);
-  without stacks, the gap opens right after a device-to-host copy or ``.item()``/``.tolist()``
-  (the values a metric needs), confidence 0.5.
+  rouge, chrf, meteor, reward, metric, score) are on the loop thread's stack in the gap
+  (confidence 0.85); without stacks, the loop thread read values back just before or in the
+  gap (a device-to-host memcpy it launched, or ``.item()`` / ``.tolist()``: what a metric
+  needs), confidence 0.5. ``aten::to`` / ``aten::copy_`` alone are no readback: they run in
+  every step, mostly host-to-device or on the device.
 
-On a CPU-only trace there are no GPU gaps; with stacks the time in metric frames inside the
-steps is reported instead. Severity by the gaps' share of step time (5 % / 20 %). Fix
-``tensorbleu`` (vectorised per-sentence token-id BLEU on the GPU) when the metric is BLEU or
-unknown; other metrics get the advice to vectorise on the GPU.
+On a CPU-only trace there are no GPU gaps; with stacks the time in metric frames on the loop
+thread inside the steps is reported instead. Severity by the gaps' share of step time (5 % /
+20 %). Fix ``tensorbleu`` (vectorised per-sentence token-id BLEU on the GPU) when the metric is
+BLEU or unknown; other metrics get the advice to vectorise on the GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from stallscope.analyzers.vocab import DATA_PHASE, is_data_wait, is_device_to_ho
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.roles import ThreadRoles
 
 GAP_MIN_MS = 5.0
 GAP_MIN_PCT = 10.0
@@ -41,7 +49,10 @@ PRECEDING_D2H_WINDOW_MS = 1.0
 _METRIC_FRAME = re.compile(
     r"nltk/translate|sacrebleu|rouge_score|(^|/)evaluate/|bleu|rouge|chrf|meteor|cider|reward|metric|score", re.I
 )
-_READBACK_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::tolist", "aten::to", "aten::_to_copy", "aten::copy_"}
+# Host reads of device values that always end in a device-to-host copy; a ``.cpu()`` shows as
+# the memcpy its ``aten::copy_`` launched.
+_READBACK_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::tolist"}
+_STEP_MARK = re.compile(r"^(ProfilerStep#|stallscope\.)")
 
 
 def _is_data(name: str) -> bool:
@@ -93,29 +104,20 @@ class CpuMetric(c.PerRank):
             return self._cpu_only(ctx, ev, py, total_ns, n_steps)
         return []
 
-    def _main_tid(self, ev: EventTable) -> int:
-        ops = ev.rows_of_kind(Kind.CPU_OP)
-        if not len(ops):
-            return -1
-        tids, counts = np.unique(ev.tid[ops], return_counts=True)
-        return int(tids[np.argmax(counts)])
-
     def _gpu(self, ctx: AnalysisContext, ev: EventTable, py: np.ndarray, total_ns: int, n_steps: int) -> list[Finding]:
+        roles = ctx.ranks[0].roles
+        tid = roles.loop
+        if tid is None:
+            return []
         g = ev.gpu_rows()
         gs, ge = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
-        tid = self._main_tid(ev)
-        torch_ops = ev.rows_named(lambda s: s.startswith("aten::"), Kind.CPU_OP)
-        # torch.compile's compile ranges, on any thread (a backward graph compiles on the autograd
-        # thread), count as torch work: the compile analyzer owns that gap
-        compiling = ev.rows_named(lambda s: bool(c.COMPILE_EVENT.match(s)), Kind.CPU_OP, Kind.ANNOTATION)
-        torch_ops = np.concatenate([torch_ops[ev.tid[torch_ops] == tid], compiling])
-        torch_idx = c.IntervalIndex.of_rows(ev, torch_ops)
-        data_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION))
-        readback_idx = c.IntervalIndex.of_rows(ev, ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP))
-        d2h = ev.rows_named(is_device_to_host, Kind.MEMCPY)
-        d2h_end = np.sort(ev.ts_ns[d2h] + ev.dur_ns[d2h])
+        on_loop = ev.tid == tid
+        known = self._known_work(ev, roles, on_loop)
+        data = ev.rows_named(_is_data, Kind.CPU_OP, Kind.ANNOTATION)
+        data_idx = c.IntervalIndex.of_rows(ev, data[on_loop[data]])
+        readback_end = self._readback_ends(ev, on_loop)
         metric = ev.rows_named(_is_metric_frame, Kind.PYTHON)
-        metric = metric[ev.tid[metric] == tid] if len(metric) else metric
+        metric = metric[on_loop[metric]]
         metric = metric[np.argsort(ev.ts_ns[metric], kind="stable")]
         metric_idx = c.IntervalIndex.of_rows(ev, metric)
         win = int(PRECEDING_D2H_WINDOW_MS * 1e6)
@@ -132,13 +134,11 @@ class CpuMetric(c.PerRank):
                     continue
                 if data_idx.covered(lo, hi) >= 0.5 * width:
                     continue
-                if torch_idx.covered(lo, hi) >= OTHER_WORK_MAX_FRACTION * width:
+                if known.covered(lo, hi) >= OTHER_WORK_MAX_FRACTION * width:
                     continue
                 found = metric_idx.covered(lo, hi) > 0
-                k = int(np.searchsorted(d2h_end, lo - win, side="left"))
-                after_d2h = bool(
-                    (k < len(d2h_end) and d2h_end[k] <= lo + win) or readback_idx.covered(lo - win, hi) > 0
-                )
+                k = int(np.searchsorted(readback_end, lo - win, side="left"))
+                after_d2h = bool(k < len(readback_end) and readback_end[k] < hi)
                 if len(py) and not found:
                     continue
                 if not found and not after_d2h:
@@ -171,11 +171,42 @@ class CpuMetric(c.PerRank):
             )
         ]
 
+    @staticmethod
+    def _known_work(ev: EventTable, roles: ThreadRoles, on_loop: np.ndarray) -> c.IntervalIndex:
+        """What the host is known to do besides plain Python on the loop: the loop thread's ops
+        and runtime calls (not its step / phase ranges), torch.compile's compile ranges on any
+        thread (a backward graph compiles on the autograd thread: the compile analyzer owns that
+        gap), and everything the autograd, communication and compile threads run (the loop is
+        blocked in ``backward()`` or a collective while they do)."""
+        busy = np.isin(ev.kind, np.asarray((Kind.CPU_OP, Kind.RUNTIME, Kind.ANNOTATION), dtype=np.int8))
+        marks = np.isin(ev.name, ev.name_ids_matching(lambda s: bool(_STEP_MARK.match(s))))
+        own = busy & on_loop & (ev.kind != Kind.ANNOTATION) & ~marks
+        helper_tids = roles.tids("autograd") + roles.tids("comm") + roles.tids("compile")
+        helpers = busy & np.isin(ev.tid, np.asarray(helper_tids, dtype=np.int64))
+        compiling = np.isin(ev.name, ev.name_ids_matching(lambda s: bool(c.COMPILE_EVENT.match(s))))
+        return c.IntervalIndex.of_rows(ev, np.flatnonzero(own | helpers | (busy & compiling)))
+
+    @staticmethod
+    def _readback_ends(ev: EventTable, on_loop: np.ndarray) -> np.ndarray:
+        """Sorted end times of the loop thread's reads of device values: device-to-host memcpys
+        it launched (or whose launch is unknown) and ``.item()`` / ``.tolist()`` ops."""
+        d2h = ev.rows_named(is_device_to_host, Kind.MEMCPY)
+        launch = ev.launch_of[d2h]
+        op = ev.op_of[d2h]
+        by = np.where(launch >= 0, launch, op)
+        d2h = d2h[(by < 0) | on_loop[np.maximum(by, 0)]]
+        ops = ev.rows_named(lambda s: s in _READBACK_OPS, Kind.CPU_OP)
+        rows = np.concatenate([d2h, ops[on_loop[ops]]])
+        return np.sort(ev.ts_ns[rows] + ev.dur_ns[rows])
+
     def _cpu_only(
         self, ctx: AnalysisContext, ev: EventTable, py: np.ndarray, total_ns: int, n_steps: int
     ) -> list[Finding]:
         hits = py[np.fromiter((_is_metric_frame(ev.name_of(int(r))) for r in py), bool, len(py))]
         hits = c.in_window(ev, hits)
+        loop = ctx.ranks[0].roles.loop
+        if loop is not None:  # a metric on another thread does not hold the loop back
+            hits = hits[ev.tid[hits] == loop]
         if not len(hits):
             return []
         lib = np.fromiter((bool(_METRIC_LIBRARY.search(ev.name_of(int(r)))) for r in hits), bool, len(hits))

@@ -1,10 +1,32 @@
 """input-pipeline: how much of each step the GPU (or, CPU-only, the training loop) waits for data.
 
-Measure: ``data_wait_ms`` of the step breakdown, i.e. time spent inside the DataLoader's
-``__next__`` (``enumerate(DataLoader)#...``) *while the GPU is idle*. Loading that overlaps GPU
-work is free and not counted. For CPU-only traces it is the whole ``__next__`` time, since
-nothing else could have run meanwhile. When the run directory has per-step telemetry for the
-whole run, its ``data_wait_ms`` is reported too (the window may not be typical).
+Two measurements of the data wait, graded from the one that saw more of the run:
+
+* **Telemetry, every steady step of every rank** (run directories: ``steps.csv``, whose
+  ``data_wait_ms`` is the loop thread's time inside the DataLoader's ``__next__``). Per rank, the
+  median over its steps of ``data_wait_ms`` / step time (``model.step_time_ms``: the slower of
+  host wall and GPU time). The steps are :meth:`RankData.untraced_step_mask`'s steady state:
+  not step 0 (start-up, worker spawn), not the warm-up before the window, not the window's
+  steps (the profiler's own overhead lengthens them), not the export step after it. The
+  *worst* rank's figure is graded: in a synchronous job its peers wait for it in a collective,
+  so their own data wait is small while the job is input-bound (a per-rank figure is the only
+  one that shows this; an average over ranks halves it on two ranks). A rank needs
+  :data:`MIN_WHOLE_RUN_STEPS` such steps.
+* **The trace window** (``data_wait_ms`` of the step breakdown): time inside ``__next__`` on the
+  training loop's thread (``RankData.roles.loop``; a prefetching thread's ``__next__`` is not
+  the loop waiting) *while the GPU is idle*. Loading that overlaps GPU work is free and not
+  counted; on a CPU-only trace it is the whole ``__next__`` time. Graded only when there is no
+  usable telemetry (a plain trace, or a run too short to have steady steps after the window);
+  otherwise reported as ``window_data_wait_pct`` and used for the *why* (the causes below).
+
+The telemetry times the host in ``__next__``; on a GPU the host may wait there while the GPU
+still runs queued work (a loop that never synchronizes), which is no stall: on the committed
+healthy CNN run (tests/fixtures/gpu/runs) the GPU idled for 8 % of the loop's ``__next__`` time.
+So a GPU rank's whole-run figure is scaled by the share of its window's ``__next__`` time
+(telemetry, ``in_window`` rows) during which the GPU idled (the breakdown's data wait):
+``gpu_idle_share_of_next_by_rank``, 0 to 1. A GPU rank whose window cannot say (not traced, or
+no data wait in it) takes the median share of the ranks that can, else 1. On a CPU the loop
+does nothing else meanwhile and the share is 1. The causes are read on the graded rank's trace.
 
 Grading (share of step time): >= 20 % high, >= 5 % medium, > 1 % low. These are the cut points
 of TensorFlow's input-pipeline analyzer ("highly" / "moderately input-bound") and the 5 % of
@@ -13,23 +35,78 @@ percent, so a stall under ~5 % is hard to tell from noise and rarely worth a cod
 fifth of every step the input pipeline is the first thing to fix, because no GPU-side change can
 recover time the GPU spends idle.
 
-Impact: the whole data wait is the saving estimate (prefetching with enough workers can hide
-all of it when producing a batch takes less time than a step).
+Impact: the graded rank's whole data wait per step is the saving estimate (prefetching with
+enough workers can hide all of it when producing a batch takes less time than a step).
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stallscope.analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
-from stallscope.analyzers.model import AnalysisContext, Kind
+from stallscope.analyzers.model import AnalysisContext, Kind, RankData, step_time_ms
 from stallscope.analyzers.vocab import is_data_wait
 
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0
 LOW_PCT = 1.0
+# A rank's whole-run figure needs as many steady steps as the default trace window has: a
+# median over fewer steps has seen less of the run than the window, whose figure is then used.
+MIN_WHOLE_RUN_STEPS = 5
+
+
+@dataclass
+class WholeRun:
+    """Per-rank data-wait figures over the steady steps of ``steps.csv`` (ranks with enough steps)."""
+
+    pct: dict[int, float] = field(default_factory=dict)  # median data_wait / step time, in %
+    ms: dict[int, float] = field(default_factory=dict)  # median data wait per step
+    steps: dict[int, int] = field(default_factory=dict)
+    idle_share: dict[int, float] = field(default_factory=dict)  # GPU idle share of __next__ (GPU ranks)
+
+    def worst(self) -> int | None:
+        return max(self.pct, key=lambda r: (self.pct[r], -r)) if self.pct else None
+
+
+@dataclass
+class Window:
+    """The trace window's data wait: all ranks' steps together, and the loop's ``__next__`` time."""
+
+    wall_ms: float = 0.0
+    data_ms: float = 0.0
+    steps: int = 0
+    next_ms: float = 0.0
+    worst_rank: int | None = None  # the rank with the largest share of its own steps
+    iterators: set[str] = field(default_factory=set)
+
+    @property
+    def pct(self) -> float | None:
+        return 100.0 * self.data_ms / self.wall_ms if self.wall_ms > 0 and self.steps else None
+
+
+def window_data_wait(ctx: AnalysisContext) -> Window:
+    """The breakdown's data wait over the traced steps of every rank (module doc)."""
+    out = Window()
+    worst_share = -1.0
+    for rd in ctx.ranks:
+        r_wall = sum(b.wall_ms for b in rd.breakdown)
+        r_data = sum(b.data_wait_ms for b in rd.breakdown)
+        out.wall_ms += r_wall
+        out.data_ms += r_data
+        out.steps += len(rd.breakdown)
+        if r_wall > 0 and r_data / r_wall > worst_share:
+            out.worst_rank, worst_share = rd.rank, r_data / r_wall
+        ev = rd.events
+        rows = ev.rows_named(is_data_wait, Kind.CPU_OP, Kind.ANNOTATION)
+        rows = rows[ev.step[rows] >= 0] if rows.size else rows
+        loop = rd.roles.loop
+        if loop is not None:  # a prefetching thread's __next__ is not the loop waiting
+            rows = rows[ev.tid[rows] == loop]
+        out.next_ms += float(ev.dur_ns[rows].sum()) / 1e6
+        out.iterators.update(ev.name_of(int(r)).split("#", 1)[-1] for r in rows[:50])
+    return out
 
 
 @register
@@ -41,62 +118,64 @@ class InputPipeline(Analyzer):
     description = "GPU idle while the DataLoader produces the next batch"
 
     def analyze(self, ctx: AnalysisContext) -> list[Finding]:
-        wall = data = 0.0
-        steps = 0
-        worst_rank, worst_share = None, -1.0
-        next_ms = 0.0
-        iter_names: set[str] = set()
-        for rd in ctx.ranks:
-            r_wall = sum(b.wall_ms for b in rd.breakdown)
-            r_data = sum(b.data_wait_ms for b in rd.breakdown)
-            wall += r_wall
-            data += r_data
-            steps += len(rd.breakdown)
-            if r_wall > 0 and r_data / r_wall > worst_share:
-                worst_rank, worst_share = rd.rank, r_data / r_wall
-            ev = rd.events
-            rows = ev.rows_named(is_data_wait, Kind.CPU_OP, Kind.ANNOTATION)
-            rows = rows[ev.step[rows] >= 0] if rows.size else rows
-            next_ms += float(ev.dur_ns[rows].sum()) / 1e6
-            iter_names.update(ev.name_of(int(r)).split("#", 1)[-1] for r in rows[:50])
-        if wall <= 0 or steps == 0:
+        win = window_data_wait(ctx)
+        whole = whole_run_data_wait(ctx)
+        worst = whole.worst()
+        evidence: dict[str, object] = {}
+        rank: int | None
+        if worst is not None:
+            share, per_step, rank = whole.pct[worst], whole.ms[worst], worst
+            evidence["graded_from"] = "telemetry"
+        elif win.pct is not None:
+            share, per_step, rank = win.pct, win.data_ms / win.steps, win.worst_rank
+            evidence["graded_from"] = "trace-window"
+        else:
             return []
-        share = 100.0 * data / wall
         if share <= LOW_PCT:
+            if win.pct is not None and win.pct >= MEDIUM_PCT and worst is not None:
+                ctx.notices.append(
+                    f"the trace window waits {win.pct:.1f} % of its steps on the DataLoader, but over "
+                    f"{sum(whole.steps.values())} steady steps of every rank the data wait is at most "
+                    f"{share:.1f} %: the window is not typical of the run, no input-pipeline finding"
+                )
             return []
-        per_step = data / steps
-        evidence: dict[str, object] = {
-            "data_wait_pct": share,
-            "data_wait_ms_per_step": per_step,
-            "step_ms_mean": wall / steps,
-            "dataloader_next_ms_per_step": next_ms / steps,
-            "steps": steps,
-            "gpu_timeline": ctx.has("gpu"),
-        }
-        tel = _telemetry_data_wait(ctx)
-        if tel is not None:
-            evidence["whole_run_data_wait_pct"] = tel
-        single = any("_SingleProcessDataLoaderIter" in n for n in iter_names)
+        evidence["data_wait_pct"] = share
+        evidence["data_wait_ms_per_step"] = per_step
+        if worst is not None:
+            evidence["whole_run_data_wait_pct_by_rank"] = dict(whole.pct)
+            evidence["whole_run_steps"] = dict(whole.steps)
+            if whole.idle_share:
+                evidence["gpu_idle_share_of_next_by_rank"] = dict(whole.idle_share)
+        if win.pct is not None:
+            evidence["window_data_wait_pct"] = win.pct
+            evidence["window_data_wait_ms_per_step"] = win.data_ms / win.steps
+            evidence["step_ms_mean"] = win.wall_ms / win.steps
+            evidence["dataloader_next_ms_per_step"] = win.next_ms / win.steps
+            evidence["steps"] = win.steps
+        evidence["gpu_timeline"] = ctx.has("gpu")
+        single = any("_SingleProcessDataLoaderIter" in n for n in win.iterators)
         if single:
             evidence["num_workers"] = 0
         advice = (
             "raise DataLoader num_workers (and pin_memory=True, persistent_workers=True), "
             "or move per-sample preprocessing to the GPU"
         )
-        causes, fixes, cause_advice = input_causes(ctx, single, evidence)
+        causes, fixes, cause_advice = input_causes(ctx, single, evidence, rank)
         if causes:
             advice = cause_advice
+        who = "GPU idle" if ctx.has("gpu") else "Loop waits"
+        over = f" (rank {worst}, {whole.steps[worst]} steady steps)" if worst is not None else ""
         return [
             Finding(
                 id="input-pipeline-data-wait",
                 category="input-pipeline",
-                title=f"{'GPU idle' if ctx.has('gpu') else 'Loop waits'} {share:.1f}% of step time on the DataLoader",
+                title=f"{who} {share:.1f}% of step time on the DataLoader{over}",
                 severity=severity_from_share(share, MEDIUM_PCT, HIGH_PCT, LOW_PCT),
-                impact=Impact(step_time_pct=share, est_saving_ms_per_step=per_step),
+                impact=Impact(share, per_step),
                 evidence=evidence,
                 where={
-                    "ranks": [worst_rank] if worst_rank is not None else [],
-                    "modules": sorted(iter_names)[:3],
+                    "ranks": [rank] if rank is not None else [],
+                    "modules": sorted(win.iterators)[:3],
                     "causes": causes,
                 },
                 confidence=0.9 if ctx.has("gpu") else 0.75,
@@ -106,22 +185,52 @@ class InputPipeline(Analyzer):
         ]
 
 
-def _telemetry_data_wait(ctx: AnalysisContext) -> float | None:
-    """Whole-run data-wait share from steps.csv (rank 0 first), or None."""
+def _gpu_idle_share_of_next(rd: RankData, tel_dw: np.ndarray, in_window: np.ndarray) -> float | None:
+    """The share of the window's ``__next__`` time (telemetry) the GPU spent idle (the breakdown's
+    data wait), 0..1; None without a GPU timeline or a data wait in the window to compare."""
+    if not rd.breakdown or not len(rd.events.gpu_rows()):
+        return None
+    host = float(np.nansum(tel_dw[in_window]))
+    if host <= 0:
+        return None
+    idle = float(sum(b.data_wait_ms for b in rd.breakdown))
+    return min(1.0, max(0.0, idle / host))
+
+
+def whole_run_data_wait(ctx: AnalysisContext) -> WholeRun:
+    """Each rank's data-wait share over the steady steps of its telemetry (module doc). A GPU rank
+    whose window cannot say how much of ``__next__`` left the GPU idle (untraced, or no data wait
+    in its window) takes the median of the ranks that can, else counts all of it."""
+    out = WholeRun()
+    raw: dict[int, tuple[float, float, bool]] = {}  # rank -> (share, ms, ran on a GPU)
     for rd in ctx.ranks:
         tel = rd.telemetry
-        if not tel or "data_wait_ms" not in tel or "wall_ms" not in tel:
+        mask = rd.untraced_step_mask()
+        if tel is None or mask is None or "data_wait_ms" not in tel:
             continue
         try:
-            dw = np.asarray(tel["data_wait_ms"], dtype=np.float64)
-            wl = np.asarray(tel["wall_ms"], dtype=np.float64)
+            dw = np.clip(np.asarray(tel["data_wait_ms"], dtype=np.float64), 0.0, None)
+            wall = np.asarray(tel["wall_ms"], dtype=np.float64)
+            gpu = np.asarray(tel.get("gpu_ms", np.full(wall.shape, np.nan)), dtype=np.float64)
+            in_window = np.asarray(tel.get("in_window", np.zeros(wall.size)), dtype=np.float64) > 0
         except (TypeError, ValueError):
             continue
-        ok = np.isfinite(dw) & np.isfinite(wl)
-        total = float(wl[ok].sum())
-        if total > 0 and not math.isnan(total):
-            return 100.0 * float(dw[ok].sum()) / total
-    return None
+        t = step_time_ms(wall, gpu)
+        ok = mask & np.isfinite(dw) & np.isfinite(t) & (t > 0)
+        n = int(ok.sum())
+        if n < MIN_WHOLE_RUN_STEPS:
+            continue
+        idle = _gpu_idle_share_of_next(rd, dw, in_window)
+        if idle is not None:
+            out.idle_share[rd.rank] = idle
+        raw[rd.rank] = (float(np.median(dw[ok] / t[ok])), float(np.median(dw[ok])), bool(np.isfinite(gpu).any()))
+        out.steps[rd.rank] = n
+    fallback = float(np.median(list(out.idle_share.values()))) if out.idle_share else 1.0
+    for r, (share, ms, on_gpu) in raw.items():
+        scale = out.idle_share.get(r, fallback if on_gpu else 1.0)
+        out.pct[r] = 100.0 * scale * share
+        out.ms[r] = scale * ms
+    return out
 
 
 # --------------------------------------------------------------------------- causes
@@ -188,12 +297,15 @@ def _image_like_float_h2d(rd) -> tuple[float, float | None]:
     return mb, per_sample
 
 
-def input_causes(ctx: AnalysisContext, single_process: bool, evidence: dict) -> tuple[list[str], list[str], str]:
-    """Causes of the data wait, the fix ids they call for, and advice; adds numbers to ``evidence``."""
+def input_causes(
+    ctx: AnalysisContext, single_process: bool, evidence: dict, rank: int | None = None
+) -> tuple[list[str], list[str], str]:
+    """Causes of the data wait on ``rank`` (the graded one; the first rank when it has no trace),
+    the fix ids they call for, and advice; adds numbers to ``evidence``."""
     causes: list[str] = []
     fixes: list[str] = []
     advice: list[str] = []
-    rd = ctx.ranks[0]
+    rd = next((r for r in ctx.ranks if r.rank == rank and len(r.events)), ctx.ranks[0])
     host = _window_host(rd)
     workers = None
     if host and "workers" in host and len(host["workers"]):

@@ -30,6 +30,8 @@ kernels, each taking at least 2 % of step time, are considered: a kernel below t
 the bottleneck whatever its efficiency, and summing many small elementwise kernels would
 report a diffuse property of every eager-mode model rather than a fixable stall. The saving
 is each kernel's time minus its minimum bytes at 70 % of peak; graded 5 % / 20 % on it.
+Communication kernels (NCCL/RCCL) are never considered: they wait on peers and the link, and
+their time is the communication analyzer's (exposed communication in the breakdown).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
 from stallscope.analyzers.peaks import kernel_rooflines
+from stallscope.analyzers.vocab import is_comm_kernel
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -190,7 +193,9 @@ def _generic_finding(ctx: AnalysisContext, exclude: set[str]) -> Finding | None:
     for k in kernel_rooflines(ctx)[:GENERIC_TOP_KERNELS]:
         if 100.0 * k.total_ms / step_ms < GENERIC_MIN_PCT_OF_STEP:
             continue
-        if k.kernel in exclude or k.cls != "memory-bound" or k.bandwidth_pct_of_peak is None or k.bytes is None:
+        if k.kernel in exclude or is_comm_kernel(k.kernel) or k.cls != "memory-bound":
+            continue
+        if k.bandwidth_pct_of_peak is None or k.bytes is None:
             continue
         if k.bandwidth_pct_of_peak >= GENERIC_BW_PCT_MAX:
             continue

@@ -1,36 +1,55 @@
-"""synchronization: blocking host-device syncs inside the step, what they cost, and the line.
+"""synchronization: the step time lost to blocking host-device syncs, and the line that issued each.
 
-A blocking sync (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``,
-``cudaEventSynchronize``, synchronous ``cudaMemcpy``) drains the GPU queue: the host waits
-for the GPU, then the GPU waits for the host to enqueue the next kernel. That second wait is
-the **bubble**, the time from the sync's return to the next GPU activity, and it is what a
-sync costs. ``.item()``, ``.cpu()``, ``.tolist()``, printing a tensor, ``if tensor:`` and
-data-dependent shapes (``nonzero``, ``masked_select``) all end in one.
+**Blocking calls.** A runtime call that returns only when the GPU has caught up:
+``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``, synchronous
+``cudaMemcpy`` / ``cudaMemset``, their driver and HIP spellings (``vocab.SYNC_CALLS``), and every
+call that launched a device-to-host copy, **whatever its size** (``cudaMemcpyAsync`` DtoH of
+``.item()``, ``.cpu()``, ``.tolist()``, ``print(tensor)``: a 4-byte readback blocks like a 4 GB
+one). ``if tensor:`` and data-dependent shapes (``nonzero``, ``masked_select``) end in one.
 
-Each bubble is charged to the sync only up to ``BUBBLE_CAP_MS`` (1 ms). Refilling a drained
-queue costs one launch latency plus the eager dispatch of the next op, 10-100 µs in PyTorch;
-a gap ten times longer than that is host work the sync merely exposed (a metric, data
-loading, Python logic), which the cpu-metric, input-pipeline and host-bound analyzers
-attribute to what the host was doing. Severity by bubble share of step time (5 % / 20 %).
-The cause comes from the enclosing op (``aten::_local_scalar_dense`` means ``.item()``) and
-the line from Python stacks when they were captured.
+**What a sync costs** is GPU idle time, the breakdown's ``sync_wait_ms`` by the same rule
+(docs/breakdown.md):
+
+1. *blocked*: the GPU idles while the call runs (the host waits for work the trace does not
+   show finishing, or for the call's own latency);
+2. *drained*: when the GPU's idle gap began during the call, the whole gap after it returns. The
+   sync emptied the queue, so the GPU waits until the host launches again, however long the host
+   takes (a metric computed on the value read, logging, the next step's Python). Without the
+   sync the host would have done that work while queued kernels ran.
+
+Host time blocked while the GPU is busy costs nothing (the GPU is the bottleneck then): it is in
+the evidence (``host_blocked_ms_per_step``), not in the share. Evidence also splits the drained
+time into the refill (up to ``REFILL_MS`` per sync: one launch latency plus the eager dispatch
+of the next op, 10-100 us in PyTorch, so 1 ms is ten times that) and the host work the sync
+exposed beyond it.
+
+**Threads.** Only calls on the threads that feed the GPU count (the training loop and the
+autograd engine, ``analyzers/roles.py``): a sync on another thread (a DataLoader or
+communication thread) blocks that thread alone; the GPU then idles because the loop waits on
+something else, which the input-pipeline and communication analyzers own. The breakdown counts
+calls on every thread, so the two differ by exactly those calls
+(``breakdown_sync_wait_ms_per_step`` is in the evidence).
+
+Severity by share of step time (5 % / 20 %, ``_common``). Each call site (op, cause, Python
+line) is listed with its milliseconds per step.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
-from stallscope.analyzers.vocab import is_sync_call
+from stallscope.analyzers.vocab import is_device_to_host
 
 if TYPE_CHECKING:
-    from stallscope.analyzers.model import AnalysisContext, EventTable
+    from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
 
-BUBBLE_CAP_MS = 1.0
+REFILL_MS = 1.0
+MAX_SITE_ROWS = 2000  # calls whose op and line are looked up (the costliest): bounds the time on huge traces
 _CAUSE = {
     "aten::_local_scalar_dense": ".item() / float(tensor)",
     "aten::item": ".item() / float(tensor)",
@@ -40,57 +59,102 @@ _CAUSE = {
     "aten::unique": "unique (data-dependent shape)",
     "aten::_unique2": "unique (data-dependent shape)",
     "aten::tolist": ".tolist()",
-    "aten::to": ".cpu() / .to('cpu')",
-    "aten::_to_copy": ".cpu() / .to('cpu')",
-    "aten::copy_": ".cpu() / .to('cpu') / copy_ to host",
     "aten::repeat_interleave": "repeat_interleave with tensor repeats",
 }
+_COPY_OPS = ("aten::copy_", "aten::_to_copy", "aten::to")
 
 
-def sync_rows(ev: EventTable) -> np.ndarray:
-    """Blocking sync runtime calls inside the analysed steps."""
-    return c.in_window(ev, ev.rows_named(is_sync_call, Kind.RUNTIME))
-
-
-def bubbles_ns(ev: EventTable, rows: np.ndarray, cap_ns: float) -> np.ndarray:
-    """For each sync row, GPU idle time from its return to the next GPU activity (capped)."""
-    g = ev.gpu_rows()
-    s, e = c.merge(ev.ts_ns[g], ev.ts_ns[g] + ev.dur_ns[g])
-    out = np.zeros(len(rows))
-    if not len(s):
-        return out
-    for i, r in enumerate(rows):
-        t = int(ev.ts_ns[r] + ev.dur_ns[r])
-        k = np.searchsorted(s, t, side="right")
-        if k > 0 and e[k - 1] > t:
-            continue  # GPU still busy (another stream): no bubble
-        if k >= len(s):
+def sync_wait_ns(rank: RankData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each blocking call row: (GPU idle ns while it ran, GPU idle ns of the gap it drained
+    after it returned), inside the steps and outside data waits. Time is given to one call only
+    (the earliest), so the sums are the union."""
+    ev = rank.events
+    n = len(rows)
+    if not n:
+        return np.zeros(0), np.zeros(0)
+    bs, be = c.gpu_busy(ev)
+    if not len(bs):  # no timed GPU activity: when the GPU idled is unknown
+        return np.zeros(n), np.zeros(n)
+    lo = int(min(ev.ts_ns.min(), bs.min()))
+    hi = int(max((ev.ts_ns + ev.dur_ns).max(), be.max()))
+    idle_s, idle_e = c.complement(bs, be, lo, hi)
+    ss, se = c.step_spans(rank)
+    ok_s, ok_e = c.intersect(idle_s, idle_e, ss, se)
+    ds, de = c.data_wait_spans(ev)
+    if len(ds):
+        ok_s, ok_e = c.intersect(ok_s, ok_e, *c.complement(ds, de, lo, hi))
+    allowed = c.IntervalIndex(ok_s, ok_e)
+    ts = ev.ts_ns[rows].astype(np.int64)
+    te = ts + ev.dur_ns[rows].astype(np.int64)
+    # the idle gap the call returned into, and whether it began while the call ran
+    k = np.searchsorted(idle_s, te, side="right") - 1
+    kk = np.clip(k, 0, max(len(idle_s) - 1, 0))
+    if len(idle_s):
+        drained = (k >= 0) & (idle_e[kk] > te) & (idle_s[kk] >= ts)
+        end = np.where(drained, idle_e[kk], te)
+    else:
+        end = te
+    order = np.argsort(ts, kind="stable")
+    blocked = np.zeros(n)
+    after = np.zeros(n)
+    reach = lo
+    for i in order:
+        a = max(int(ts[i]), reach)
+        if a >= end[i]:
             continue
-        out[i] = min(float(s[k] - t), cap_ns)
+        mid = max(a, int(te[i]))
+        blocked[i] = allowed.covered(a, min(int(te[i]), int(end[i])))
+        after[i] = allowed.covered(mid, int(end[i]))
+        reach = int(end[i])
+    return blocked, after
+
+
+def _copy_direction(ev: EventTable) -> dict[int, str]:
+    """Op row -> direction of the copy it launched (``DtoH``, ``HtoD (Pageable)``, ...)."""
+    out: dict[int, str] = {}
+    for r in ev.rows_of_kind(Kind.MEMCPY):
+        op = int(ev.op_of[r]) if len(ev.op_of) else -1
+        if op >= 0:
+            name = ev.name_of(int(r))
+            out[op] = "DtoH" if is_device_to_host(name) else ("HtoD pageable" if "Pageable" in name else "other")
     return out
 
 
-def _cause(ev: EventTable, row: int, ops: np.ndarray) -> str:
-    t = int(ev.ts_ns[row])
-    tid = ev.tid[row]
-    cand = ops[(ev.tid[ops] == tid) & (ev.ts_ns[ops] <= t) & (ev.ts_ns[ops] + ev.dur_ns[ops] >= t)]
-    for r in cand[np.argsort(ev.ts_ns[cand])[::-1]]:
+def _cause(ev: EventTable, row: int, chain: np.ndarray, copy_dir: dict[int, str]) -> str:
+    for r in chain[::-1]:  # innermost first
         name = ev.name_of(int(r))
         if name in _CAUSE:
             return _CAUSE[name]
+        if name in _COPY_OPS:
+            d = next((copy_dir[int(x)] for x in chain[::-1] if int(x) in copy_dir), None)
+            if d == "DtoH":
+                return ".cpu() / .to('cpu') / copy to host"
+            if d == "HtoD pageable":
+                return ".to(device) from pageable host memory (the copy syncs)"
     name = ev.name_of(row)
-    if name in ("cudaDeviceSynchronize", "cuCtxSynchronize"):
+    if name.endswith(("DeviceSynchronize", "CtxSynchronize")):
         return "torch.cuda.synchronize()"
-    if name == "cudaEventSynchronize":
+    if name.endswith("EventSynchronize"):
         return "event.synchronize()"
-    if len(cand):
-        return ev.name_of(int(cand[np.argmax(ev.ts_ns[cand])]))
+    if len(chain):
+        return ev.name_of(int(chain[-1]))
     return "stream synchronize"
+
+
+def _dtoh_bytes(ev: EventTable) -> dict[int, int]:
+    """Launch row -> bytes of the device-to-host copy it launched."""
+    copies = ev.rows_named(is_device_to_host, Kind.MEMCPY)
+    out: dict[int, int] = {}
+    for r in copies:
+        launch = int(ev.launch_of[r]) if len(ev.launch_of) else -1
+        if launch >= 0:
+            out[launch] = int(ev.bytes[r])
+    return out
 
 
 @register
 class Synchronization(c.PerRank):
-    """Blocking syncs per step, the GPU bubble they cause, and the Python line."""
+    """Blocking syncs per step, the GPU idle time they cost, and the op and line of each."""
 
     name = "synchronization"
     requires = frozenset({"trace", "gpu"})
@@ -99,40 +163,78 @@ class Synchronization(c.PerRank):
     def _analyze_rank(self, ctx: AnalysisContext) -> list[Finding]:
         rank = ctx.ranks[0]
         ev = rank.events
-        rows = sync_rows(ev)
         total_ns, n_steps = c.window_ns(rank)
+        rows = c.in_window(ev, c.blocking_call_rows(ev))
+        rows = rows[np.isin(ev.tid[rows], c.issuing_threads(rank))] if len(rows) else rows
         if not len(rows) or not total_ns:
             return []
-        bub = bubbles_ns(ev, rows, BUBBLE_CAP_MS * 1e6)
-        blocked = ev.dur_ns[rows].astype(float)
+        blocked, after = sync_wait_ns(rank, rows)
+        cost = blocked + after
+        lost = float(cost.sum())
+        share = 100.0 * lost / total_ns
+        refill = np.minimum(after, REFILL_MS * 1e6)
         ops = ev.rows_of_kind(Kind.CPU_OP)
         py = ev.rows_of_kind(Kind.PYTHON)
-        order = np.argsort(bub)[::-1][:200]
-        causes = [_cause(ev, int(rows[i]), ops) for i in order]
-        lines = (
-            [c.user_frame_at(ev, int(ev.tid[rows[i]]), int(ev.ts_ns[rows[i]]), py) for i in order[:50]]
-            if len(py)
-            else []
-        )
-        lost = float(bub.sum())
-        share = 100.0 * lost / total_ns
-        per_step = len(rows) / n_steps
-        evidence = {
-            "syncs_per_step": per_step,
-            "bubble_ms_per_step": c.ms(lost) / n_steps,
-            "mean_bubble_us": float(bub.mean()) / 1e3,
-            "host_blocked_ms_per_step": c.ms(blocked.sum()) / n_steps,
-            "bubble_pct_of_step": share,
-            "top_cause": c.top_counts(causes, 1)[0] if causes else None,
+        copy_dir = _copy_direction(ev)
+        nbytes = _dtoh_bytes(ev)
+        sites: dict[tuple, dict[str, Any]] = {}
+        for i in np.argsort(-cost, kind="stable")[:MAX_SITE_ROWS]:
+            r = int(rows[i])
+            tid, t = int(ev.tid[r]), int(ev.ts_ns[r])
+            chain = c.enclosing_ops(ev, tid, t, ops)
+            op = ev.name_of(int(chain[-1])) if len(chain) else None
+            line = c.user_frame_at(ev, tid, t, py) if len(py) else None
+            key = (_cause(ev, r, chain, copy_dir), op, line)
+            s = sites.setdefault(key, {"ns": 0.0, "n": 0, "bytes": [], "api": {}})
+            s["ns"] += float(cost[i])
+            s["n"] += 1
+            s["api"][ev.name_of(r)] = s["api"].get(ev.name_of(r), 0.0) + float(cost[i])
+            if r in nbytes:
+                s["bytes"].append(nbytes[r])
+        where_sites = []
+        for (cause, op, line), s in sorted(sites.items(), key=lambda kv: -kv[1]["ns"])[:8]:
+            site: dict[str, Any] = {
+                "cause": cause,
+                "op": op,
+                "api": sorted(s["api"], key=s["api"].__getitem__, reverse=True),
+                "calls_per_step": s["n"] / n_steps,
+                "ms_per_step": c.ms(s["ns"]) / n_steps,
+            }
+            if s["bytes"]:
+                site["bytes"] = int(np.median(s["bytes"]))
+            if line:
+                site["python"] = line
+            where_sites.append(site)
+        bd = rank.breakdown
+        evidence: dict[str, Any] = {
+            "syncs_per_step": len(rows) / n_steps,
+            "sync_wait_ms_per_step": c.ms(lost) / n_steps,
+            "blocked_idle_ms_per_step": c.ms(blocked.sum()) / n_steps,
+            "bubble_ms_per_step": c.ms(after.sum()) / n_steps,
+            "refill_ms_per_step": c.ms(refill.sum()) / n_steps,
+            "host_work_after_sync_ms_per_step": c.ms((after - refill).sum()) / n_steps,
+            "host_blocked_ms_per_step": c.ms(ev.dur_ns[rows].sum()) / n_steps,
+            "sync_wait_pct_of_step": share,
+            "top_cause": where_sites[0]["cause"] if where_sites else None,
         }
-        where: dict[str, list] = {"causes": c.top_counts(causes), "api": c.top_counts(ev.name_of(int(r)) for r in rows)}
+        if bd:
+            evidence["breakdown_sync_wait_ms_per_step"] = sum(b.sync_wait_ms for b in bd) / len(bd)
+        causes = c.top_counts(s["cause"] for s in where_sites)
+        where: dict[str, Any] = {
+            "sites": where_sites,
+            "causes": causes,
+            "api": c.top_counts(ev.name_of(int(r)) for r in rows),
+        }
+        lines = [s["python"] for s in where_sites if "python" in s]
         if lines:
-            where["python"] = c.top_counts(lines)
+            where["python"] = lines
+        per_step = len(rows) / n_steps
         return [
             Finding(
                 id="blocking-syncs",
                 category="synchronization",
-                title=f"{per_step:.0f} blocking host-device sync(s) per step drain the GPU queue",
+                title=f"{per_step:.0f} blocking host-device sync(s) per step leave the GPU idle "
+                f"({c.ms(lost) / n_steps:.3g} ms a step)",
                 severity=c.grade(share),
                 impact=Impact(share, c.ms(lost) / n_steps),
                 evidence=evidence,
@@ -140,6 +242,8 @@ class Synchronization(c.PerRank):
                 confidence=0.85 if lines else 0.75,
                 fixes=[],
                 advice="Keep values on the GPU inside the step: accumulate losses/metrics as tensors and read them "
-                "once per step (or every N steps); avoid .item()/.cpu()/print(tensor) in forward.",
+                "once per step (or every N steps), after the next step's work is queued; avoid "
+                ".item()/.cpu()/.tolist()/print(tensor) in forward; copy to pinned memory with non_blocking=True "
+                "and read it after an event when the value is needed later.",
             )
         ]
