@@ -70,7 +70,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "bench" / "corpus"
-DEFAULT_LABEL_DIRS = (CORPUS / "labels", CORPUS / "h200" / "labels")
+DEFAULT_LABEL_DIRS = (CORPUS / "labels", CORPUS / "h200" / "labels", CORPUS / "cpu" / "labels")
 DEFAULT_OUT = ROOT / "bench" / "results" / "accuracy.yaml"
 SEVERITY = {"info": 0, "low": 1, "medium": 2, "high": 3}
 # The finding categories of stallscope.analyzers.base.CATEGORIES, repeated so that this script never imports
@@ -147,7 +147,7 @@ def load_labels(dirs: list[Path], only: set[str]) -> list[Label]:
             trace = trace if trace.is_absolute() else (folder.parent / trace)
             if not trace.exists():
                 raise LabelError(f"{path}: trace {trace} does not exist")
-            group = str(doc.get("group") or ("h200" if "h200" in folder.parts else "public"))
+            group = str(doc.get("group") or next((g for g in ("h200", "cpu") if g in folder.parts), "public"))
             labels[name] = Label(name, trace, path, group, expect)
     missing = only - set(labels)
     if missing:
@@ -442,7 +442,7 @@ def _git(*args: str) -> str:
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts over all traces and by source (public / h200 / multi_rank)."""
+    """Counts over all traces and by source (public / h200 / cpu / multi_rank)."""
 
     def count(sel: list[dict[str, Any]]) -> dict[str, Any]:
         exps = [e for r in sel for e in r["expectations"]]
@@ -461,6 +461,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["by_source"] = {
         "public": count([r for r in rows if r["group"] == "public"]),
         "h200": count([r for r in rows if r["group"] == "h200"]),
+        "cpu": count([r for r in rows if r["group"] == "cpu"]),
         "multi_rank": count([r for r in rows if r["multi_rank"]]),
     }
     return out
@@ -499,7 +500,7 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--labels", type=Path, action="append", default=[],
-                    help="label folder to score (repeatable); default: bench/corpus/labels and bench/corpus/h200/labels")  # fmt: skip
+                    help="label folder to score (repeatable); default: bench/corpus/labels, h200/labels and cpu/labels")  # fmt: skip
     ap.add_argument("--only", action="append", default=[], help="score only this label name (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="diagnoses run at once (default 1)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result file (default {_rel(DEFAULT_OUT)})")
