@@ -119,7 +119,13 @@ class Label:
     multi_rank: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.multi_rank = self.trace.is_dir() and not (self.trace / "meta.yaml").exists()
+        # a folder of per-rank traces, or a run directory with more than one rank folder
+        if not self.trace.is_dir():
+            self.multi_rank = False
+        elif (self.trace / "meta.yaml").exists():
+            self.multi_rank = sum(1 for p in self.trace.glob("rank[0-9]*") if p.is_dir()) > 1
+        else:
+            self.multi_rank = True
 
 
 def load_labels(dirs: list[Path], only: set[str]) -> list[Label]:
