@@ -29,9 +29,10 @@ lengths, bounds every JSON blob, checks every member's CRC, every index column a
 (names, links, sparse rows) and the time order. Any doubt makes the file a cache miss (one
 notice, :data:`TABLE_NOTICE` in the returned metadata), never an exception.
 
-**Where.** ``STALLSCOPE_TABLE_CACHE`` (:func:`cache_mode`): unset or ``auto`` writes next to the
-trace (``.<trace name>.stallscope-table.npz``, ``.<trace name>.stallscope-compact.npz``) when its
-folder is writable, else into the user cache (``$XDG_CACHE_HOME/stallscope/tables``, default
+**Where.** ``STALLSCOPE_TABLE_CACHE`` (:func:`cache_mode`): unset or ``auto`` writes next to a
+rank's trace in a run directory (``.<trace name>.stallscope-table.npz``,
+``.<trace name>.stallscope-compact.npz``) when its folder is writable, and for any other trace
+(or a read-only run directory) into the user cache (``$XDG_CACHE_HOME/stallscope/tables``, default
 ``~/.cache/stallscope/tables``); ``user`` writes only into the user cache; ``off`` neither reads
 nor writes; any other value is a folder used as the user cache (tests point it into their own
 temporary folder). Tables next to a trace are read in every mode but ``off``. A table is used
@@ -230,6 +231,14 @@ def sidecar(trace: Path, suffix: str = TABLE_SUFFIX) -> Path:
     return trace.with_name(f".{trace.name}{suffix}")
 
 
+def in_run_dir(trace: Path) -> bool:
+    """Whether ``trace`` is a rank's trace in a stallscope run directory (``RUN/rankN/...`` next to
+    ``RUN/meta.yaml``): the profiler writes that rank's tables beside it, so diagnose may too. Any
+    other trace is the user's file, and its folder is left alone: its tables (about eight times the
+    gzipped trace) go to the size-bounded user cache."""
+    return trace.parent.name.startswith("rank") and (trace.parent.parent / "meta.yaml").is_file()
+
+
 def _user_entry(trace: Path, suffix: str) -> Path:
     digest = hashlib.blake2b(str(trace.resolve()).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
     return user_cache_dir() / f"{digest}{suffix}"
@@ -247,7 +256,7 @@ def _write_locations(trace: Path, suffix: str) -> list[Path]:
     if mode == "off":
         return []
     out = []
-    if mode == "auto" and os.access(trace.parent, os.W_OK):
+    if mode == "auto" and in_run_dir(trace) and os.access(trace.parent, os.W_OK):
         out.append(sidecar(trace, suffix))
     out.append(_user_entry(trace, suffix))
     return out

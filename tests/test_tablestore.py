@@ -75,7 +75,13 @@ def cpu_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _copy(src: Path, folder: Path, name: str | None = None) -> Path:
+    """``src`` copied as a rank's trace of a run directory (``RUN/rankN/``, ``RUN/meta.yaml``): the
+    only place diagnose writes tables next to a trace by default."""
+    if not folder.name.startswith("rank"):
+        folder = folder / "rank0"
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder.parent / "meta.yaml").exists():
+        (folder.parent / "meta.yaml").write_text("schema_version: 1\n")
     dest = folder / (name or src.name)
     shutil.copyfile(src, dest)
     return dest
@@ -328,3 +334,17 @@ def test_profiler_window_starts_compaction(switch: str, tmp_path: Path, monkeypa
     load = Counting()
     tablestore.load_cached(trace, load)  # the rank-0 table written at the source is the cache
     assert load.calls == 0
+
+
+def test_a_users_own_trace_gets_its_table_in_the_user_cache(tmp_path: Path, auto_cache: Path) -> None:
+    """A trace outside a run directory is the user's file: nothing is written into its folder."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    trace = folder / GPU_TRACE.name
+    shutil.copyfile(GPU_TRACE, trace)
+    load = Counting()
+    tablestore.load_cached(trace, load)
+    tablestore.load_cached(trace, load)
+    assert load.calls == 1, "the second load must come from the user cache"
+    assert sorted(p.name for p in folder.iterdir()) == [GPU_TRACE.name]
+    assert len(list(auto_cache.iterdir())) == 1
