@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from stallscope.analyzers.model import GPU_KINDS, EventTable, Kind
+from stallscope.analyzers.model import GPU_KINDS, TABLE_COLUMNS, EventTable, Kind
 from stallscope.analyzers.vocab import UNTIMED_OF, is_startup_call, is_work_call
 
 __all__ = [
@@ -84,23 +84,6 @@ NOTICE_SHARE = 0.01
 _CPU_CLOCK_KINDS = np.asarray([Kind.CPU_OP, Kind.ANNOTATION, Kind.RUNTIME, Kind.PYTHON], dtype=np.int8)
 _GPU_WORK = np.asarray(GPU_KINDS, dtype=np.int8)
 _GPU_CLOCK = np.asarray(GPU_KINDS + (Kind.GPU_ANNOTATION,), dtype=np.int8)
-_COLUMNS = (
-    "kind",
-    "name",
-    "ts_ns",
-    "dur_ns",
-    "pid",
-    "tid",
-    "stream",
-    "device",
-    "correlation",
-    "external_id",
-    "step",
-    "flops",
-    "bytes",
-    "launch_of",
-    "op_of",
-)
 
 
 def _cpu_span(t: EventTable) -> tuple[int, int] | None:
@@ -206,7 +189,7 @@ def _resort(t: EventTable) -> EventTable:
         return t
     remap = np.empty_like(order)
     remap[order] = np.arange(order.size)
-    for col in _COLUMNS:
+    for col in TABLE_COLUMNS:
         setattr(t, col, getattr(t, col)[order])
     for col in ("launch_of", "op_of"):
         links = getattr(t, col)

@@ -9,27 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stallscope.analyzers.model import GPU_KINDS, EventTable, Kind
+from stallscope.analyzers.model import GPU_KINDS, TABLE_COLUMNS, EventTable, Kind
 
 __all__ = ["sort_and_link", "sort_events", "link"]
-
-_TABLE_COLUMNS = (
-    "kind",
-    "name",
-    "ts_ns",
-    "dur_ns",
-    "pid",
-    "tid",
-    "stream",
-    "device",
-    "correlation",
-    "external_id",
-    "step",
-    "flops",
-    "bytes",
-    "launch_of",
-    "op_of",
-)
 
 
 def sort_and_link(t: EventTable) -> EventTable:
@@ -46,7 +28,7 @@ def sort_events(t: EventTable) -> EventTable:
         return t
     remap = np.empty_like(order)
     remap[order] = np.arange(order.size)
-    for f in _TABLE_COLUMNS:
+    for f in TABLE_COLUMNS:
         setattr(t, f, getattr(t, f)[order])
     t.extra = {int(remap[k]): v for k, v in t.extra.items()}
     return t

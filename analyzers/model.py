@@ -14,7 +14,7 @@ No torch import here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,17 @@ import numpy as np
 from stallscope.analyzers.roles import ThreadRoles, thread_roles
 from stallscope.analyzers.vocab import GPU_KINDS, MEMORY_EVENT, Kind
 
-__all__ = ["AnalysisContext", "EventTable", "GPU_KINDS", "Kind", "RankData", "Step", "StepBreakdown", "empty_table"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "AnalysisContext",
+    "EventTable",
+    "GPU_KINDS",
+    "Kind",
+    "RankData",
+    "Step",
+    "StepBreakdown",
+    "empty_table",
+]
 
 
 @dataclass
@@ -89,6 +99,11 @@ class EventTable:
         if kinds:
             mask &= np.isin(self.kind, np.asarray(kinds, dtype=np.int8))
         return np.flatnonzero(mask)
+
+
+# The per-row columns of :class:`EventTable`, in field order (all but ``names`` and ``extra``):
+# what a sort or a row selection must carry along.
+TABLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventTable) if f.name not in ("names", "extra"))
 
 
 def empty_table(names: list[str] | None = None) -> EventTable:
