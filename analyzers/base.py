@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from stallscope.analyzers.model import StepBreakdown
 from stallscope.profiler.common import ToolError
 
 if TYPE_CHECKING:
@@ -52,15 +53,7 @@ CATEGORIES = (
 
 # The parts of the step-time breakdown (``StepBreakdown`` fields, docs/breakdown.md) a finding's
 # time can come from: ``Finding.slice`` names some of them (analyzers/accounting.py).
-SLICES = (
-    "compute_ms",
-    "memory_ms",
-    "comm_exposed_ms",
-    "data_wait_ms",
-    "sync_wait_ms",
-    "launch_overhead_ms",
-    "host_other_ms",
-)
+SLICES = StepBreakdown.SUMMED
 
 # What an analyzer may ask for. The context answers ``ctx.has(req)``; an analyzer whose
 # requirements are missing is skipped and the report says which input was absent.

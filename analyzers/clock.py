@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from stallscope.analyzers.model import GPU_KINDS, TABLE_COLUMNS, EventTable, Kind
+from stallscope.analyzers.link import sort_events
+from stallscope.analyzers.model import GPU_KINDS, EventTable, Kind
 from stallscope.analyzers.vocab import UNTIMED_OF, is_startup_call, is_work_call
 
 __all__ = [
@@ -179,23 +180,7 @@ def _untime(t: EventTable, rows: np.ndarray) -> EventTable:
     anchor = np.where(launch >= 0, launch, op)
     t.ts_ns[rows] = np.where(anchor >= 0, t.ts_ns[np.maximum(anchor, 0)], fallback)
     t.dur_ns[rows] = 0
-    return _resort(t)
-
-
-def _resort(t: EventTable) -> EventTable:
-    """Time order again (longer rows first on ties), with link columns and ``extra`` remapped."""
-    order = np.lexsort((-t.dur_ns, t.ts_ns))
-    if order.size < 2 or np.all(order[:-1] < order[1:]):
-        return t
-    remap = np.empty_like(order)
-    remap[order] = np.arange(order.size)
-    for col in TABLE_COLUMNS:
-        setattr(t, col, getattr(t, col)[order])
-    for col in ("launch_of", "op_of"):
-        links = getattr(t, col)
-        setattr(t, col, np.where(links >= 0, remap[np.maximum(links, 0)], -1))
-    t.extra = {int(remap[k]): v for k, v in t.extra.items()}
-    return t
+    return sort_events(t)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def sort_and_link(t: EventTable) -> EventTable:
 
 
 def sort_events(t: EventTable) -> EventTable:
-    """Rows by start time, longer rows first on ties (an enclosing range before its children)."""
+    """Rows by start time, longer rows first on ties (an enclosing range before its children);
+    links already filled (``launch_of``, ``op_of``) and ``extra`` follow their rows."""
     order = np.lexsort((-t.dur_ns, t.ts_ns))
     if order.size < 2 or np.all(order[:-1] < order[1:]):
         return t
@@ -30,6 +31,9 @@ def sort_events(t: EventTable) -> EventTable:
     remap[order] = np.arange(order.size)
     for f in TABLE_COLUMNS:
         setattr(t, f, getattr(t, f)[order])
+    for f in ("launch_of", "op_of"):
+        links = getattr(t, f)
+        setattr(t, f, np.where(links >= 0, remap[np.maximum(links, 0)], -1))
     t.extra = {int(remap[k]): v for k, v in t.extra.items()}
     return t
 
