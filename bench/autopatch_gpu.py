@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stallscope.profiler.common import read_yaml, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,11 @@ def env_info() -> dict[str, Any]:
     return info
 
 
+def shown(cmd: list[str], out: Path) -> str:
+    """A command as recorded in the results: ``python3`` for this interpreter, run paths under ``$OUT``."""
+    return " ".join("python3" if a == PY else a for a in cmd).replace(str(out), "$OUT")
+
+
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:
     parity = entry.get("parity") or {}
     return {
@@ -85,7 +92,7 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
         rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired as exc:
         rc, tail = 124, f"timed out after {spec.get('timeout', TIMEOUT_S)} s: {(exc.stderr or b'')[-2000:]!r}"
-    result: dict[str, Any] = {"command": " ".join(cmd), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)}
+    result: dict[str, Any] = {"command": shown(cmd, out), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)}
     patches = run_dir / "rank0" / "patches.yaml"
     if not patches.is_file():
         result["error"] = f"no patches.yaml; output tail: {tail}"
@@ -100,12 +107,12 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     result["goal"] = {"fix": fix_id, "min_speedup": minimum, "decision": got.get("decision"), "speedup": got.get("speedup"),
                       "met": got.get("decision") == "kept" and (got.get("speedup") or 0) >= minimum}
     if rc != 0:
-        result["output_tail"] = tail
-    result["patch_from"] = replay(run_dir, spec["cmd"], env)
+        result["output_tail"] = tail.replace(str(out), "$OUT")
+    result["patch_from"] = replay(run_dir, spec["cmd"], env, out)
     return result
 
 
-def replay(run_dir: Path, target: list[str], env: dict[str, str]) -> dict[str, Any]:
+def replay(run_dir: Path, target: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
     """``stallscope run --patch-from RUN`` on a short run: what it applied, and parity lines."""
     short = [*target[:-1], "6"] if target[-2] == "--steps" else target
     cmd = [PY, "-m", "stallscope.cli", "run", "--patch-from", str(run_dir / "rank0" / "patches.yaml"), "--", *short]
@@ -113,14 +120,44 @@ def replay(run_dir: Path, target: list[str], env: dict[str, str]) -> dict[str, A
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"rc": 124}
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stallscope:")]
-    return {"command": " ".join(cmd), "rc": proc.returncode, "messages": lines[-10:]}
+    lines = [ln.replace(str(out), "$OUT") for ln in proc.stderr.splitlines() if ln.startswith("stallscope:")]
+    return {"command": shown(cmd, out), "rc": proc.returncode, "messages": lines[-10:]}
+
+
+def compare_kat(out: Path, env_doc: dict[str, Any]) -> dict[str, Any]:
+    """Before/after of the KAT scenario's kept fixes: an unpatched profiled run against one replaying
+    ``patches.yaml`` (``stallscope run --patch-from``), compared by ``stallscope compare``."""
+    patches = out / "runs" / "kat_scenario" / "rank0" / "patches.yaml"
+    target = [PY, "bench/scenarios/kat_naive_grkan.py", "--steps", "14"]
+    before, after = out / "runs" / "kat_before", out / "runs" / "kat_after"
+    runs = {
+        "before": [PY, "-m", "stallscope.cli", "profile", "--no-diagnose", "-q", "-o", str(before), "--", *target],
+        "after": [PY, "-m", "stallscope.cli", "profile", "--no-diagnose", "-q", "-o", str(after), "--",
+                  PY, "-m", "stallscope.cli", "run", "--patch-from", str(patches), "--", *target],
+    }
+    doc: dict[str, Any] = {"name": "compare-kat-autopatch", **env_doc, "script": "python3 bench/autopatch_gpu.py"}
+    for side, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+        doc[side] = shown(cmd, out)
+        if proc.returncode != 0:
+            doc["error"] = f"{side} run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}"
+            return doc
+    cmd = [PY, "-m", "stallscope.cli", "compare", str(before), str(after), "-f", "yaml"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    doc["command"] = shown(cmd, out)
+    if proc.returncode != 0:
+        doc["error"] = f"compare exited {proc.returncode}: {proc.stderr[-1500:]}"
+        return doc
+    comp = yaml.safe_load(proc.stdout.replace(str(out), "$OUT"))
+    a, b = comp["step_time"]["a"]["median"], comp["step_time"]["b"]["median"]
+    doc.update(before_median_ms=a, after_median_ms=b, speedup=round(a / b, 2) if b else None, comparison=comp)
+    return doc
 
 
 def gpu_tests(out: Path) -> dict[str, Any]:
     cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fix_gpu.py", f"--junitxml={out / 'fix_gpu_junit.xml'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    return {"command": " ".join(cmd), "rc": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:] or proc.stderr[-500:]}
+    return {"command": shown(cmd, out), "rc": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:] or proc.stderr[-500:]}
 
 
 def main() -> int:
@@ -134,6 +171,8 @@ def main() -> int:
             continue
         doc["scenarios"][name] = run_scenario(name, spec, out)
         write_yaml(out / "autopatch.yaml", doc)
+    if "kat_scenario" in doc["scenarios"]:
+        write_yaml(out / "compare-kat-autopatch.yaml", compare_kat(out, env_info()))
     doc["gpu_tests"] = gpu_tests(out)
     write_yaml(out / "autopatch.yaml", doc)
 
