@@ -77,6 +77,7 @@ CONDITIONS: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "window_teardown_nobench": ("window", ["--no-cudnn-benchmark"], {"TEARDOWN_CUPTI": "1"}),
     "stallscope": ("stallscope", [], {}),
     "stallscope_teardown": ("stallscope", [], {"TEARDOWN_CUPTI": "1"}),
+    "stallscope_nocompact": ("stallscope", [], {"STALLSCOPE_COMPACT": "0"}),
 }
 
 
@@ -566,6 +567,8 @@ def drive(a: argparse.Namespace) -> int:
                     "mode=reduce-overhead); gpt2 batch 16 x 512",
         "conditions": {c: {"mode": CONDITIONS[c][0], "flags": " ".join(CONDITIONS[c][1]), "env": CONDITIONS[c][2]} for c in conds},
         "smi_start": _smi(),
+        "cpu_siblings": _sh(["sh", "-c", "cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\\n' ' '"]),
+        "serial": bool(a.serial),
         "cpus": f"measured run on {run_cpus[0]}-{run_cpus[-1]}, the next run's start-up on "
         f"{prep_cpus[0]}-{prep_cpus[-1]} (sched_setaffinity); the stallscope parent stays on the start-up half",
     }
@@ -691,7 +694,7 @@ def drive(a: argparse.Namespace) -> int:
         cur["smi_before"] = _smi()
         cur["go"].touch()
         t_go = time.monotonic()
-        if pending:
+        if pending and not a.serial:
             nxt = spawn(pending.pop(0))
         limit = min(a.run_timeout_s * (3 if cur["model"] == "cnn_graphs" else 1), max(left, 5))
         reason = None
@@ -720,6 +723,12 @@ def drive(a: argparse.Namespace) -> int:
             else:
                 still.append(rec)
         finishing = still
+        if a.serial:  # nothing else on the machine while the next run measures
+            for rec in finishing:
+                finish(rec)
+            finishing = []
+            if pending:
+                nxt = spawn(pending.pop(0))
     for rec in finishing:
         finish(rec)
     if nxt is not None:
@@ -803,6 +812,8 @@ def main(argv=None) -> int:
     d.add_argument("--out", default=None, help="default $OUT")
     d.add_argument("--workdir", default="/tmp/waae_work")
     d.add_argument("--smoke", action="store_true")
+    d.add_argument("--serial", action="store_true",
+                   help="start each run only after the previous one has exited (no start-up or teardown beside it)")
     d.add_argument("--resume", default=None, metavar="RUNS_JSONL",
                    help="continue an earlier part: keep its runs, run only what each model/condition still lacks of --runs")
     a = p.parse_args(argv)
