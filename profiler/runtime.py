@@ -62,10 +62,21 @@ def detach(rec: Recorder) -> None:
         hooks.detach(rec)
 
 
+# Processes torch starts for itself in a fresh interpreter that imports torch: inductor's
+# compile workers (torch.compile). They train nothing; recorded, they would claim the rank of the
+# process that started them and be set aside as a second claimant.
+_TORCH_HELPERS = (os.path.join("_inductor", "compile_worker", "__main__.py"),)
+
+
+def is_torch_helper(argv0: str) -> bool:
+    """Whether ``argv0`` (``sys.argv[0]``) is one of torch's own helper processes (not profiled)."""
+    return argv0.endswith(_TORCH_HELPERS)
+
+
 def attach_from_env() -> Optional[Recorder]:
     """Entry point of the injected bootstrap (called right after ``import torch`` finished)."""
     run_dir = os.environ.get("STALLSCOPE_RUN_DIR")
-    if not run_dir:
+    if not run_dir or is_torch_helper(sys.argv[0] if sys.argv else ""):
         return None
     rec = attach(ProfileOptions.from_env(), Path(run_dir))
     parent = os.environ.get(PARENT_PID_ENV, "")

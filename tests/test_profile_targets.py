@@ -118,3 +118,16 @@ def test_dataloader_workers_in_host_samples(runs: dict) -> None:
     assert max(int(h["workers"]) for h in host) == 2  # the loader's two worker processes, no more
     assert max(float(h["workers_cpu_pct"]) for h in host) > 0
     assert not [p for p in run.iterdir() if p.name.startswith(("rank1", "extra"))]  # workers are not ranks
+
+
+def test_torch_compile_worker_is_not_a_rank(tmp_path) -> None:
+    """Inductor's compile workers import torch in a fresh interpreter: they are torch's helpers,
+    not a second process claiming the rank (no extra-processes folder, no notice about it)."""
+    run = tmp_path / "run"
+    res = profile(run, [sys.executable, str(WL / "compile_worker_child.py")], "--skip", "1", "--steps", "2")
+    assert res.returncode == 0, res.stderr
+    assert "WORKER_RC 0" in res.stdout  # the worker really started and imported torch
+    m = assert_loadable(run)
+    assert not (run / "extra-processes").exists()
+    assert not any("claimed by more than one process" in n for n in m["notices"]), m["notices"]
+    assert len(steps_csv(run / "rank0")) == 8
