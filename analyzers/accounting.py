@@ -58,6 +58,8 @@ COMPUTE = "compute_ms"
 # precision, attention) are GPU compute. Compiling inside a step is host work while the GPU idles
 # (on a CPU timeline, partly CPU ops: compute). A blocking copy is a copy plus the host's wait
 # for it; a metric computed on the host is host time, often entered through a blocking readback.
+# When the host is the slower side, the GPU idle after a sync drained its queue is the host's own
+# work (the synchronization finding claims only what removing the syncs would save): host-bound.
 CATEGORY_SLICES: dict[str, tuple[str, ...]] = {
     "memory-bound": ("compute_ms",),
     "precision": ("compute_ms",),
@@ -66,7 +68,7 @@ CATEGORY_SLICES: dict[str, tuple[str, ...]] = {
     "input-pipeline": ("data_wait_ms",),
     "communication": ("comm_exposed_ms",),
     "synchronization": ("sync_wait_ms",),
-    "host-bound": ("launch_overhead_ms", "host_other_ms"),
+    "host-bound": ("launch_overhead_ms", "host_other_ms", "sync_wait_ms"),
     "memory-copy": ("memory_ms", "sync_wait_ms"),
     "cpu-metric": ("host_other_ms", "sync_wait_ms"),
     "gpu-health": (),
@@ -256,6 +258,9 @@ def _why(
     reasons = []
     if claimed:
         reasons.append(f"the findings claim {b.share(b.explained_ms, step_ms):.1f} % of it")
+    for f in findings:  # a finding that claims less than its part because its fix cannot save more
+        if b.name in slice_of(f) and isinstance(f.evidence.get("bounded_by"), str):
+            reasons.append(f"{f.id} claims only what its fix can save: {f.evidence['bounded_by']}")
     unclaimed = [i for i in named if i not in claimed]
     shared = {f.id: f.evidence["shared_with"] for f in findings if f.id in unclaimed and "shared_with" in f.evidence}
     for i, other in shared.items():

@@ -115,11 +115,14 @@ def test_every_part_above_noise_is_explained_or_the_report_says_why(name: str) -
 
 def test_the_item_per_layer_trace_has_its_sync_wait_explained() -> None:
     """The trace was recorded with an .item() after every layer: its sync wait (43 % of the step in
-    the breakdown) is claimed by the synchronization finding."""
+    the breakdown) is named by the synchronization finding. The loop is host-bound (its GPU works
+    under half the step), so the finding claims only the host's blocked time and the report says
+    why the rest of the part is the host's."""
     acc = _report("sync_item_per_layer.json.gz")["accounting"]
     sync = acc["buckets"]["sync_wait"]
     assert sync["pct"] > 4 * NOISE_PCT and sync["explained_by"][0] == "blocking-syncs"
-    assert sync["unexplained_pct"] < NOISE_PCT
+    assert sync["unexplained_pct"] > NOISE_PCT
+    assert "blocking-syncs claims only what its fix can save" in sync["why"] and "host-bound" in sync["why"]
 
 
 def test_a_part_with_no_analyzer_run_says_so() -> None:
@@ -155,11 +158,11 @@ def test_over_claiming_findings_are_capped_and_keep_their_own_estimate(name: str
 def test_an_analyzer_can_name_its_own_slice() -> None:
     """A finding that says its time is sync wait is capped by what is left of the sync wait."""
     ctx = load_context(GPU / "sync_item_per_layer.json.gz")
-    found = run_analyzers(ctx).findings
+    result = run_analyzers(ctx)
+    found = result.findings
     sync_ms = float(np.mean([b.sync_wait_ms for b in ctx.ranks[0].breakdown]))
-    on_sync = [f for f in found if "sync_wait_ms" in CATEGORY_SLICES[f.category]]
-    assert all(CATEGORY_SLICES[f.category] == ("sync_wait_ms",) for f in on_sync)
-    claimed_before = sum(f.impact.est_saving_ms_per_step for f in on_sync)
+    claimed_before = result.accounting.buckets["sync_wait_ms"].explained_ms
+    assert 0 < claimed_before < sync_ms
     extra = Finding(  # the least sure explanation (confidence 0.1) keeps only what the others leave
         "metric-readback",
         "cpu-metric",

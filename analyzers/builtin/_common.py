@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 MEDIUM_PCT = 5.0
 HIGH_PCT = 20.0
+# Untraced steps needed before their median stands for the loop without the profiler (three: a
+# median that one outlier step cannot move).
+MIN_UNTRACED_STEPS = 3
 LOW_PCT = 1.0
 
 
