@@ -291,7 +291,11 @@ class Synchronization(c.PerRank):
                 category="synchronization",
                 title=f"{per_step:.0f} blocking host-device sync(s) per step leave the GPU idle "
                 f"({c.ms(lost) / n_steps:.3g} ms a step"
-                + (f"; removing them saves at most {c.ms(saving) / n_steps:.3g} ms: the host is the slower side)" if bounded else ")"),
+                + (
+                    f"; removing them saves at most {c.ms(saving) / n_steps:.3g} ms: the host is the slower side)"
+                    if bounded
+                    else ")"
+                ),
                 severity=c.grade(share),
                 impact=Impact(share, c.ms(saving) / n_steps),
                 evidence=evidence,
