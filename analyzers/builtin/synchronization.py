@@ -144,7 +144,7 @@ def _profiler_added_ns(rank: RankData, total_ns: int) -> float:
     """Host time the profiler added over the analysed steps: their mean traced step less the
     median untraced step (telemetry), times the steps; 0 without enough untraced steps."""
     out = rank.untraced_step_mask() if rank.steps else None
-    if out is None:
+    if out is None or not rank.telemetry:
         return 0.0
     wall = np.asarray(rank.telemetry.get("wall_ms", ()), dtype=float)[out]
     wall = wall[np.isfinite(wall)]
