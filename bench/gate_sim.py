@@ -2,7 +2,7 @@
 
 Writes bench/results/gate-sim.yaml (or $OUT/gate-sim.yaml) and prints a table; docs/ci.md
 quotes these figures. The default gate is two rules: step-time median 3 % and p90 10 %, alpha
-0.01; a trial fails when either rule calls a regression (:func:`run_rule_decisions`, the
+0.01; a trial fails when either rule calls a regression (:func:`run_rule_outcomes`, the
 decision the gate makes, which tests/test_gate_variance.py checks against the rule engine).
 
 Noise model of one run's step times (log scale): the true step time, plus a per-run offset
@@ -14,6 +14,15 @@ uniform in +-2 %). Every trial draws fresh runs; a regression multiplies every s
 current run. ``fp_pct_realistic`` is the highest false-positive rate and ``power_pct_*`` the
 lowest power over the four realistic scenarios (CV 5/10 % x run-to-run 1/2 %), for the
 recommended designs; every design's figures are in ``designs``.
+
+``single_baseline_*``: one stored baseline report against one current run, the fallback
+variance model with the default assumed run-to-run CV. There the gate has three answers:
+regression (exit 1; ``fp`` on identical code, ``power`` on slowdowns), inconclusive (exit 3:
+beyond the threshold, not significant) and pass; ``not_passed`` is regression or inconclusive.
+``single_baseline_before`` is the same trials judged with the earlier default of 1 %, and
+``single_baseline_oracle_power_*`` the power of a median test that *knows* each scenario's
+noise (critical value: the 99th percentile of the median ratio on identical code, at least
+the 3 % threshold): no gate with one run a side can do better at 1 % false positives.
 
     python3 bench/gate_sim.py
 """
@@ -29,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from stallscope.analyzers.gate.variance import run_rule_decisions
+from stallscope.analyzers.gate.variance import DEFAULT_RUN_CV_PCT, run_rule_outcomes
 from stallscope.analyzers.stats import DEFAULT_ALPHA, median_rule_decisions
 from stallscope.profiler.common import write_yaml
 
@@ -40,8 +49,9 @@ TRIALS_POWER = 3000
 CHUNK = 1000
 STEPS = 190  # a `--steps 200` run: 5 traced steps and 2 warm-up steps are not samples
 RULES = (("median", 3.0), ("p90", 10.0))
-RUN_CV_ASSUMED_PCT = 1.0
-NOISE = {
+RUN_CV_ASSUMED_PCT = DEFAULT_RUN_CV_PCT
+RUN_CV_ASSUMED_BEFORE_PCT = 1.0  # the earlier default, judged on the same trials for comparison
+NOISE: dict[str, Any] = {
     "ar1_lag1_correlation": 0.5,
     "drift_in_run_sd_pct": 2.0,
     "outlier_share_pct": 2.0,
@@ -68,7 +78,8 @@ DESIGNS = {
     "gate ab --rounds 8": (8, 8, True),
     "gate ab --rounds 10": (10, 10, True),
 }
-OLD_RULE_DESIGNS = ("gate --baseline REPORT (1 run vs 1 run)", "gate ab --rounds 3")
+SINGLE = "gate --baseline REPORT (1 run vs 1 run)"
+OLD_RULE_DESIGNS = (SINGLE, "gate ab --rounds 3")
 RECOMMENDED = ("gate ab --rounds 10", "gate --baseline FOLDER of 20 runs, 5 current runs")
 
 
@@ -104,7 +115,8 @@ def simulate(
     steps *= 20.0
     if realistic:
         out = rng.random(steps.shape) < NOISE["outlier_share_pct"] / 100.0
-        steps[out] *= rng.uniform(*NOISE["outlier_factor"], int(out.sum()))
+        low, high = NOISE["outlier_factor"]
+        steps[out] *= rng.uniform(low, high, int(out.sum()))
     return steps
 
 
@@ -116,10 +128,16 @@ def failure_rates(
     trials: int,
     realistic: bool = True,
     old_rule: bool = False,
-) -> tuple[float, float | None]:
-    """Share of trials (in %) the default gate fails, and the old pooled-step rule's (if asked)."""
+    single: bool = False,
+) -> dict[str, Any]:
+    """Shares of trials (in %) the default gate fails (``fail``) and calls inconclusive.
+
+    ``old_rule``: also the pooled-step rule's failures. ``single``: also the failures with the
+    earlier assumed run-to-run CV (``fail_before``) and every trial's log ratio of the run
+    medians (``log_ratio``, for the oracle bound)."""
     k, m, interleaved = design
-    new = old = 0
+    counts = {"fail": 0, "inconclusive": 0, "fail_old_rule": 0, "fail_before": 0}
+    ratios = []
     position = np.arange(2 * max(k, m)) / max(1, 2 * max(k, m) - 1) - 0.5  # A B A B ... over the job
     for start in range(0, trials, CHUNK):
         size = min(CHUNK, trials - start)
@@ -128,33 +146,53 @@ def failure_rates(
         noise = (scenario["cv_pct"], scenario["run_to_run_cv_pct"])
         base = simulate(rng, size, k, *noise, position[0::2][:k], drift, 0.0, realistic)
         cur = simulate(rng, size, m, *noise, position[1::2][:m], drift, effect, realistic)
-        failed = np.zeros(size, dtype=bool)
+        failed, unsure, failed_before = (np.zeros(size, dtype=bool) for _ in range(3))
         for statistic, threshold in RULES:
-            failed |= run_rule_decisions(base, cur, threshold, DEFAULT_ALPHA, RUN_CV_ASSUMED_PCT, statistic)[0]
-        new += int(failed.sum())
+            outcome = run_rule_outcomes(base, cur, threshold, DEFAULT_ALPHA, RUN_CV_ASSUMED_PCT, statistic)
+            failed |= outcome.regression
+            unsure |= outcome.inconclusive
+            if single:
+                before = run_rule_outcomes(base, cur, threshold, DEFAULT_ALPHA, RUN_CV_ASSUMED_BEFORE_PCT, statistic)
+                failed_before |= before.regression
+        counts["fail"] += int(failed.sum())
+        counts["inconclusive"] += int((unsure & ~failed).sum())  # a regression in one rule wins (exit 1)
+        counts["fail_before"] += int(failed_before.sum())
         if old_rule:
-            old += int(median_rule_decisions(base.reshape(size, -1), cur.reshape(size, -1), RULES[0][1])[0].sum())
-    return 100.0 * new / trials, (100.0 * old / trials if old_rule else None)
+            old = median_rule_decisions(base.reshape(size, -1), cur.reshape(size, -1), RULES[0][1])[0]
+            counts["fail_old_rule"] += int(old.sum())
+        if single:
+            ratios.append(np.log(np.median(cur, -1) / np.median(base, -1))[:, 0])
+    out: dict[str, Any] = {key: 100.0 * n / trials for key, n in counts.items()}
+    if single:
+        out["log_ratio"] = np.concatenate(ratios)
+    return out
 
 
 def design_rows(rng: np.random.Generator, name: str, design: tuple[int, int, bool]) -> dict[str, Any]:
     """One design under every scenario: false positives, power at +5 % and +10 %."""
-    old = name in OLD_RULE_DESIGNS
+    old, single = name in OLD_RULE_DESIGNS, name == SINGLE
     rows = []
     for scenario_name, scenario in SCENARIOS.items():
-        fp, fp_old = failure_rates(rng, design, scenario, 0.0, TRIALS_FP, old_rule=old)
-        p5, p5_old = failure_rates(rng, design, scenario, 0.05, TRIALS_POWER, old_rule=old)
-        p10, _ = failure_rates(rng, design, scenario, 0.10, TRIALS_POWER)
-        row: dict[str, Any] = {"scenario": scenario_name, "fp_pct": round(fp, 3)}
+        same = failure_rates(rng, design, scenario, 0.0, TRIALS_FP, old_rule=old, single=single)
+        p5 = failure_rates(rng, design, scenario, 0.05, TRIALS_POWER, old_rule=old, single=single)
+        p10 = failure_rates(rng, design, scenario, 0.10, TRIALS_POWER, single=single)
+        row: dict[str, Any] = {"scenario": scenario_name, "fp_pct": round(same["fail"], 3)}
         if old:
-            row["fp_pct_old_rule"] = round(fp_old or 0.0, 3)
-        row.update(power_pct_5pct=round(p5, 2), power_pct_10pct=round(p10, 2))
+            row["fp_pct_old_rule"] = round(same["fail_old_rule"], 3)
+        row.update(power_pct_5pct=round(p5["fail"], 2), power_pct_10pct=round(p10["fail"], 2))
         if old:
-            row["power_pct_5pct_old_rule"] = round(p5_old or 0.0, 2)
+            row["power_pct_5pct_old_rule"] = round(p5["fail_old_rule"], 2)
+        if single:
+            row.update(single_rows(scenario, same, p5, p10))
         rows.append(row)
-        was = f" (old rule {fp_old:.2f}%)" if old else ""
-        print(f"{name:<50} {scenario_name:<9} FP {fp:5.2f}%{was}  power +5% {p5:6.2f}%  +10% {p10:6.2f}%", flush=True)
-    iid, iid_old = failure_rates(rng, design, INDEPENDENT, 0.0, TRIALS_FP, realistic=False, old_rule=old)
+        was = f" (old rule {same['fail_old_rule']:.2f}%)" if old else ""
+        unsure = f" inconclusive {same['inconclusive']:5.2f}%" if single else ""
+        print(
+            f"{name:<50} {scenario_name:<9} FP {same['fail']:5.2f}%{was}{unsure}  power +5% {p5['fail']:6.2f}%  "
+            f"+10% {p10['fail']:6.2f}%",
+            flush=True,
+        )
+    iid = failure_rates(rng, design, INDEPENDENT, 0.0, TRIALS_FP, realistic=False, old_rule=old)
     out: dict[str, Any] = {
         "design": name,
         "runs_base": design[0],
@@ -162,11 +200,68 @@ def design_rows(rng: np.random.Generator, name: str, design: tuple[int, int, boo
         "fp_pct_worst": max(r["fp_pct"] for r in rows),
         "power_pct_10pct_worst": min(r["power_pct_10pct"] for r in rows),
         "power_pct_5pct_worst": min(r["power_pct_5pct"] for r in rows),
-        "fp_pct_independent_steps": round(iid, 3),
+        "fp_pct_independent_steps": round(iid["fail"], 3),
     }
     if old:
-        out["fp_pct_independent_steps_old_rule"] = round(iid_old or 0.0, 3)
+        out["fp_pct_independent_steps_old_rule"] = round(iid["fail_old_rule"], 3)
     out["scenarios"] = rows
+    return out
+
+
+def single_rows(
+    scenario: dict[str, float], same: dict[str, Any], p5: dict[str, Any], p10: dict[str, Any]
+) -> dict[str, Any]:
+    """The single-baseline figures of one scenario: inconclusive shares, a 15 % slowdown, the
+    earlier default's figures on the same trials, and the oracle bound."""
+    # Drawn from a generator of its own so that every other design sees the same trials as before.
+    extra = np.random.default_rng([SEED, 15, int(scenario["cv_pct"]), int(scenario["run_to_run_cv_pct"])])
+    p15 = failure_rates(extra, (1, 1, False), scenario, 0.15, TRIALS_POWER, single=True)
+    critical = max(float(np.quantile(same["log_ratio"], 1.0 - DEFAULT_ALPHA)), math.log1p(RULES[0][1] / 100.0))
+    return {
+        "inconclusive_pct": round(same["inconclusive"], 3),
+        "power_pct_15pct": round(p15["fail"], 2),
+        "not_passed_pct_5pct": round(p5["fail"] + p5["inconclusive"], 2),
+        "not_passed_pct_10pct": round(p10["fail"] + p10["inconclusive"], 2),
+        "inconclusive_pct_5pct": round(p5["inconclusive"], 2),
+        "inconclusive_pct_10pct": round(p10["inconclusive"], 2),
+        "oracle_power_pct_5pct": round(100.0 * float(np.mean(p5["log_ratio"] > critical)), 2),
+        "oracle_power_pct_10pct": round(100.0 * float(np.mean(p10["log_ratio"] > critical)), 2),
+        "fp_pct_before": round(same["fail_before"], 3),
+        "power_pct_5pct_before": round(p5["fail_before"], 2),
+        "power_pct_10pct_before": round(p10["fail_before"], 2),
+    }
+
+
+def single_summary(design: dict[str, Any]) -> dict[str, Any]:
+    """The top-level ``single_baseline_*`` keys: worst case over the realistic scenarios."""
+    rows = design["scenarios"]
+    worst = lambda key, pick=min: pick(r[key] for r in rows)  # noqa: E731
+    out = {
+        "single_baseline_design": design["design"],
+        "single_baseline_variance_model": "within-run-blocks+assumed-run-cv",
+        "single_baseline_run_to_run_cv_pct_assumed": RUN_CV_ASSUMED_PCT,
+        "single_baseline_fp_pct_realistic": worst("fp_pct", max),
+        "single_baseline_inconclusive_pct": worst("inconclusive_pct", max),
+        "single_baseline_power_pct_15pct_realistic": worst("power_pct_15pct"),
+        "single_baseline_power_pct_10pct_realistic": worst("power_pct_10pct"),
+        "single_baseline_power_pct_5pct_realistic": worst("power_pct_5pct"),
+        "single_baseline_not_passed_pct_10pct_realistic": worst("not_passed_pct_10pct"),
+        "single_baseline_not_passed_pct_5pct_realistic": worst("not_passed_pct_5pct"),
+        "single_baseline_oracle_power_pct_10pct": worst("oracle_power_pct_10pct"),
+        "single_baseline_oracle_power_pct_5pct": worst("oracle_power_pct_5pct"),
+        "single_baseline_before": {
+            "run_to_run_cv_pct_assumed": RUN_CV_ASSUMED_BEFORE_PCT,
+            "inconclusive_verdict": False,
+            "fp_pct_realistic": worst("fp_pct_before", max),
+            "power_pct_10pct_realistic": worst("power_pct_10pct_before"),
+            "power_pct_5pct_realistic": worst("power_pct_5pct_before"),
+        },
+    }
+    out["single_baseline_goal_met"] = {
+        "fp": out["single_baseline_fp_pct_realistic"] <= 1.0,
+        "power_10pct": out["single_baseline_power_pct_10pct_realistic"] >= 95.0,
+        "power_5pct": out["single_baseline_power_pct_5pct_realistic"] >= 80.0,
+    }
     return out
 
 
@@ -174,6 +269,7 @@ def main() -> int:
     rng = np.random.default_rng(SEED)
     designs = [design_rows(rng, name, design) for name, design in DESIGNS.items()]
     chosen = [d for d in designs if d["design"] in RECOMMENDED]
+    single = single_summary(next(d for d in designs if d["design"] == SINGLE))
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python3 bench/gate_sim.py",
@@ -193,6 +289,7 @@ def main() -> int:
         "power_pct_10pct_realistic": min(d["power_pct_10pct_worst"] for d in chosen),
         "power_pct_5pct_realistic": min(d["power_pct_5pct_worst"] for d in chosen),
         "goal": {"fp_pct_max": 1.0, "power_pct_10pct_min": 95.0, "power_pct_5pct_min": 80.0},
+        **single,
         "old_rule": "median 3 % and a one-sided Mann-Whitney test on the pooled steps, the gate before run-level "
         "variance (its p90 rule could only add failures)",
         "designs": designs,
@@ -202,6 +299,13 @@ def main() -> int:
     print(
         f"recommended designs, worst realistic scenario: FP {result['fp_pct_realistic']}%, "
         f"power +10% {result['power_pct_10pct_realistic']}%, +5% {result['power_pct_5pct_realistic']}%"
+    )
+    print(
+        f"one baseline report, one current run, worst realistic scenario: FP {single['single_baseline_fp_pct_realistic']}% "
+        f"(before: {single['single_baseline_before']['fp_pct_realistic']}%), inconclusive on identical code "
+        f"{single['single_baseline_inconclusive_pct']}%, power +10% {single['single_baseline_power_pct_10pct_realistic']}% "
+        f"(not passed {single['single_baseline_not_passed_pct_10pct_realistic']}%, oracle bound "
+        f"{single['single_baseline_oracle_power_pct_10pct']}%)"
     )
     print(f"written: {out_dir / 'gate-sim.yaml'}")
     return 0

@@ -72,7 +72,7 @@ def test_variance_keys_validate_with_one_line_errors() -> None:
     config = parse_config({"run_to_run_cv_pct": 2.5, "baseline_runs": 4})
     assert config.run_to_run_cv_pct == 2.5 and config.baseline_runs == 4
     defaults = parse_config(None)
-    assert defaults.run_to_run_cv_pct == 1.0 and defaults.baseline_runs == 20
+    assert defaults.run_to_run_cv_pct == 2.5 and defaults.baseline_runs == 20
     for doc, message in (
         ({"run_to_run_cv_pct": -1}, "run_to_run_cv_pct must be a number in [0, 50]"),
         ({"run_to_run_cv_pct": "2%"}, "run_to_run_cv_pct must be a number"),

@@ -19,6 +19,7 @@ from stallscope.analyzers.gate.variance import (
     block_variance,
     compare_runs,
     run_rule_decisions,
+    run_rule_outcomes,
 )
 from stallscope.analyzers.stats import median_rule_decisions, student_t_sf
 from tests.test_gate_cli import make_report, write
@@ -91,16 +92,19 @@ def test_rule_engine_and_vectorized_decisions_agree(k: int, m: int) -> None:
     factors = np.repeat([1.0, 1.04, 1.08, 0.93], 12)
     base = realistic_runs(rng, factors.size, k, steps=60)
     cur = realistic_runs(rng, factors.size, m, steps=60) * factors[:, None, None]
-    regression, improvement = run_rule_decisions(base, cur, 3.0)
+    outcomes = run_rule_outcomes(base, cur, 3.0, run_cv_pct=config.run_to_run_cv_pct)
     statuses = []
     for b, c in zip(base, cur, strict=True):
         runs = ([_report(r) for r in b], [_report(r) for r in c])
         result = evaluate_metric(config.rules[0], runs[0][0], runs[1][0], config, runs=runs)
         assert result.variance_model == (BETWEEN_RUNS if k + m >= 4 else ASSUMED_RUN_CV)
         statuses.append(result.status)
-    assert [s == "regression" for s in statuses] == regression.tolist()
-    assert [s == "improvement" for s in statuses] == improvement.tolist()
+    assert [s == "regression" for s in statuses] == outcomes.regression.tolist()
+    assert [s == "improvement" for s in statuses] == outcomes.improvement.tolist()
+    assert [s == "inconclusive" for s in statuses] == outcomes.inconclusive.tolist()
     assert "regression" in statuses
+    # Beyond the threshold but not significant: inconclusive only when between-run variance was assumed.
+    assert ("inconclusive" in statuses) == (k + m < 4)
 
 
 def test_old_rule_fails_identical_runs_far_more_often_than_one_percent_the_new_one_does_not() -> None:

@@ -138,7 +138,7 @@ def test_rule_engine_reaches_the_same_decisions_as_the_vectorized_simulation() -
     config = parse_config({"rules": [{"metric": "step_time_median", "max_regression_pct": THRESHOLD_PCT}]})
     rule = config.rules[0]
     rng = np.random.default_rng(99)
-    factors = np.repeat([1.0, 1.03, 1.05, 0.96], 40)
+    factors = np.repeat([1.0, 1.03, 1.10, 0.90], 40)
     base = lognormal_steps(rng, 20.0, 0.05, (factors.size, 60))
     cur = lognormal_steps(rng, 20.0, 0.05, (factors.size, 60)) * factors[:, None]
     regression, improvement = run_rule_decisions(base[:, None, :], cur[:, None, :], THRESHOLD_PCT)

@@ -4,7 +4,10 @@ Metrics whose parent holds ``samples`` (``summary.step_time_ms.median``, ``.p90`
 are decided on the per-step samples of each run: effect beyond the threshold *and* significant
 under the run-level variance model of :mod:`analyzers.gate.variance` (measured between runs when
 there are enough runs, else assumed, with the step-level test of :mod:`analyzers.stats` as
-well). Other numbers have no samples and are judged by threshold alone.
+well). Beyond the threshold but not significant passes when between-run variance was measured
+(the runs show the change is noise-sized) and is inconclusive when it was assumed (one run a
+side cannot separate it from run-to-run noise). Other numbers have no samples and are judged by
+threshold alone.
 Findings: a finding is new when its id is not in the baseline.
 """
 
@@ -27,7 +30,7 @@ from stallscope.analyzers.gate.rules import (
     MetricRule,
     RuleResult,
 )
-from stallscope.analyzers.gate.variance import BETWEEN_RUNS, compare_runs, run_statistic
+from stallscope.analyzers.gate.variance import BETWEEN_RUNS, compare_runs, few_runs_text, run_statistic
 from stallscope.analyzers.stats import compare_samples, mann_whitney_greater
 from stallscope.profiler.common import ToolError
 
@@ -220,8 +223,16 @@ def _evaluate_samples(
         if p_worse < config.alpha:
             message = f"{change} (beyond {rule.threshold_text}, p={p_worse:.2g})"
             return _result(rule, "samples", "regression", message, p_value=p_worse, **common)
-        message = f"{change} but not significant (p={p_worse:.2g} >= {config.alpha:g})"
-        return _result(rule, "samples", "pass", message, p_value=p_worse, **common)
+        if cmp.model == BETWEEN_RUNS:
+            message = f"{change} but not significant (p={p_worse:.2g} >= {config.alpha:g})"
+            return _result(rule, "samples", "pass", message, p_value=p_worse, **common)
+        message = (
+            f"{change}: beyond {rule.threshold_text}, but {few_runs_text(cmp.runs_base, cmp.runs_current)} cannot "
+            f"separate it from run-to-run noise (p={p_worse:.2g}; a regression from {flagged:+.1f}% with the assumed "
+            f"run-to-run CV of {config.run_to_run_cv_pct:g}%); "
+            + ("run more rounds (gate ab --rounds 10)" if rounds else "store a baseline folder or use gate ab")
+        )
+        return _result(rule, "samples", "inconclusive", message, p_value=p_worse, **common)
     if _beyond(rule, better_pct, better_abs) and p_better < config.alpha:
         message = f"{change} (better, p={p_better:.2g})"
         return _result(rule, "samples", "improvement", message, p_value=p_better, **common)

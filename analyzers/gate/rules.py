@@ -5,7 +5,7 @@ Schema (every key optional; without a file the defaults below apply)::
     schema_version: 1
     alpha: 0.01            # significance level of the one-sided tests
     min_samples: 20        # per side, for rules on per-step samples; fewer -> inconclusive
-    run_to_run_cv_pct: 1   # assumed run-to-run CV when too few runs to measure it (one run per side)
+    run_to_run_cv_pct: 2.5 # assumed run-to-run CV when too few runs to measure it (one run per side)
     baseline_runs: 20      # how many runs --update-baseline keeps in a baseline folder
     rules:
       - metric: step_time_median          # an alias, or any report number by dotted path
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from stallscope.analyzers.gate.results import RuleResult
+from stallscope.analyzers.gate.variance import DEFAULT_RUN_CV_PCT
 from stallscope.profiler.common import ToolError, read_yaml
 
 __all__ = [
@@ -76,7 +77,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "schema_version": 1,
     "alpha": 0.01,
     "min_samples": 20,
-    "run_to_run_cv_pct": 1.0,
+    "run_to_run_cv_pct": DEFAULT_RUN_CV_PCT,
     "baseline_runs": 20,
     "rules": [
         {"metric": "step_time_median", "max_regression_pct": 3},
@@ -141,7 +142,7 @@ class GateConfig:
     rules: list[MetricRule] = field(default_factory=list)
     findings: FindingRule = field(default_factory=FindingRule)
     source: str = "(defaults)"
-    run_to_run_cv_pct: float = 1.0
+    run_to_run_cv_pct: float = DEFAULT_RUN_CV_PCT
     baseline_runs: int = 20
 
 

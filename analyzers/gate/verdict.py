@@ -1,8 +1,9 @@
 """The gate's verdict and its four faces: console (``__rich__``), YAML, JUnit XML, markdown.
 
 Exit codes: 0 pass, 1 regression, 3 inconclusive (too few samples, a missing metric on one
-side, or a different environment without ``--allow-env-change``), 2 usage or tool error (raised
-as :class:`profiler.common.ToolError` before a verdict exists).
+side, a different environment without ``--allow-env-change``, or a change beyond the threshold
+that one run a side cannot separate from run-to-run noise), 2 usage or tool error (raised as
+:class:`profiler.common.ToolError` before a verdict exists).
 
 A regression wins over inconclusive rules (a rule that fails, fails), except when the
 environments differ: then nothing measured can be blamed on the code, and the verdict is
@@ -23,6 +24,7 @@ from typing import Any, Optional
 
 from stallscope.analyzers.gate.fingerprint import EnvironmentCheck
 from stallscope.analyzers.gate.results import RuleResult
+from stallscope.analyzers.gate.variance import ASSUMED_RUN_CV
 from stallscope.profiler.common import __version__, atomic_write_text, write_yaml
 
 __all__ = ["EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_REGRESSION", "Verdict"]
@@ -82,9 +84,13 @@ class Verdict:
         failed = [r.name for r in self.results if r.status == "regression"]
         if failed:
             return "regression in " + ", ".join(failed)
-        unsure = [r.name for r in self.results if r.status == "inconclusive"]
+        unsure = [r for r in self.results if r.status == "inconclusive"]
         if unsure:
-            return "inconclusive: " + ", ".join(unsure)
+            names = ", ".join(r.name for r in unsure)
+            if any(r.variance_model == ASSUMED_RUN_CV for r in unsure):
+                more = "run more rounds" if self.mode == "paired" else "store a baseline folder or use gate ab"
+                return f"inconclusive: {names} (too few runs to separate the change from run-to-run noise; {more})"
+            return "inconclusive: " + names
         return "no rule regressed"
 
     def environment_result(self) -> RuleResult:
