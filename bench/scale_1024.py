@@ -6,20 +6,33 @@ The run directory is built on this machine from the real 2-rank DDP traces recor
 (``tests/fixtures/gpu/ddp_h200/healthy``): rank r is a copy of rank ``r % 2`` with
 
 * its own clock offset (every event shifted by r x 13.7 us: ranks' clocks never agree) and its
-  own kernel durations (x U(0.97, 1.03), seeded by r); its collective kernels take rank 1's
-  durations (rank 0 of that pair waited for rank 1 in each collective; see ``build_run``);
+  own kernel durations (x U(0.97, 1.03), seeded by r);
+* collective kernels that last the **transfer time** (see ``build_run``): in each of the pair's
+  all-reduces the rank with the shorter kernel arrived last and waited for nobody, so its
+  duration is the transfer; stretched by 2(N-1)/N (a ring all-reduce moves 2(N-1)/N times the
+  buffer through each link), so that the N-rank group's bus bandwidth is the measured pair's;
 * a planted **straggler** (rank N/3): its compute kernels stretched x1.5. Its peers wait for
   it: each of their collective kernels is longer by the extra compute the straggler did since
   its previous collective (it joins that much later), the straggler's own are not;
-* a planted **slow link** (rank 2N/3): its collective kernels x1.5.
+* a planted **slow link**: one link of the group at half its rate (a port trained at 200 of
+  400 Gb/s, PCIe x8 for x16). Every rank leaves an all-reduce together (each needs every
+  other rank's data), so the slowest link paces the whole ring: **every** rank's transfer time
+  doubles, whichever rank's link it is, and no rank's collective is longer than its peers'.
+  The trace cannot tell which rank's link it is; the diagnose names the group
+  (``comm-slow-link``, C4's communication-slow, ``where.ranks`` = every rank).
+
+Durations only are planted (timestamps stay, so a lengthened kernel may overlap the next one of
+its stream): the analyzers' cross-rank figures are durations, since ranks' clocks do not agree.
 
 Each rank's tables are written by the compaction command (``python -m
 stallscope.analyzers.compaction``, what the profiler starts at the end of each rank's window),
 then ``stallscope diagnose RUN -f yaml -o report.yaml`` runs in a fresh process: wall and CPU
 time from process start to report written, its peak RSS (``wait4``), the time spent loading
 (``load_context_s``) and how many stored tables it could not use (``tables_missed``, 0 when all
-were read). Whether the report names the planted ranks is recorded as it is. A second diagnose runs the per-rank analyzers (``worst_rank``) on the full
-ranks only (``per_rank_analyzers_on_full_ranks_only``: what they cost on 1,000 compacted ranks),
+were read). Whether the report names the straggler rank (``comm-straggler``) and the slow link's
+group (``comm-slow-link`` over every rank) is recorded as it is. A second diagnose runs the
+per-rank analyzers (``worst_rank``) on the full ranks only
+(``per_rank_analyzers_on_full_ranks_only``: what they cost on 1,000 compacted ranks),
 and, with ``--baseline all`` (the default), one without any table files (today's path: every
 trace parsed). All commands run a copy of the package taken at the start, so that an edit of the
 source during the run cannot make the tables stale. Writes
@@ -46,7 +59,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "tests" / "fixtures" / "gpu" / "ddp_h200" / "healthy"
 STRETCH = 1.5  # the straggler's compute kernels
-SLOW_LINK = 1.5  # the slow link rank's collective kernels
+SLOW_LINK = 2.0  # every rank's collective transfer time: one link of the group at half its rate
 CLOCK_STEP_US = 13.7
 
 # Run in the diagnose process: times load_context (stderr) and, with BENCH_FULL_RANKS_ONLY=1,
@@ -111,10 +124,10 @@ def lateness_us(trace: dict[str, Any]) -> list[float]:
 
 
 def rank_trace(
-    base: dict[str, Any], rank: int, world: int, role: str, late: list[float], transfer: list[float]
+    base: dict[str, Any], rank: int, world: int, straggler: bool, late: list[float], transfer: list[float]
 ) -> dict[str, Any]:
-    """Rank ``rank``'s trace: ``base`` with its clock offset, jitter and planted role; its k-th
-    collective kernel lasts ``transfer[k]`` (before jitter and planting)."""
+    """Rank ``rank``'s trace: ``base`` with its clock offset and jitter; its k-th collective kernel
+    lasts ``transfer[k]`` (before jitter) plus, unless it is the ``straggler``, ``late[k]``."""
     rng = random.Random(rank)
     shift = rank * CLOCK_STEP_US
     events, comm_index = [], 0
@@ -127,12 +140,10 @@ def rank_trace(
             if _is_comm(e) and comm_index < len(transfer):
                 dur = transfer[comm_index]
             dur *= rng.uniform(0.97, 1.03)
-            if _is_compute(e) and role == "straggler":
+            if _is_compute(e) and straggler:
                 dur *= STRETCH
             if _is_comm(e):
-                if role == "slow-link":
-                    dur *= SLOW_LINK
-                if role != "straggler" and comm_index < len(late):
+                if not straggler and comm_index < len(late):
                     dur += late[comm_index]
                 comm_index += 1
             e["dur"] = round(dur, 3)
@@ -149,18 +160,32 @@ def rank_trace(
     return out
 
 
-def build_run(folder: Path, world: int) -> dict[str, int]:
-    """Write ``world`` rank folders under ``folder``; returns the planted ranks."""
+def _collectives(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(filter(_is_comm, trace["traceEvents"]), key=lambda e: e["ts"])
+
+
+def transfer_us(bases: list[dict[str, Any]], world: int, slow_link: bool) -> list[float]:
+    """The k-th collective's transfer time in a ``world``-rank group (see module doc): the shorter
+    of the pair's two kernels (the last arriver's), x 2(N-1)/N (a ring all-reduce's bytes
+    through each link, per byte of buffer: 1 for the pair), x SLOW_LINK with the slow link."""
+    pair = [_collectives(b) for b in bases]
+    if len({len(p) for p in pair}) != 1 or not all("allreduce" in e["name"].lower() for p in pair for e in p):
+        raise SystemExit(f"{SOURCE}: expected the same all-reduces on both ranks; re-record the fixture")
+    ring = 2.0 * (world - 1) / world
+    slow = SLOW_LINK if slow_link else 1.0
+    return [min(float(a["dur"]), float(b["dur"])) * ring * slow for a, b in zip(*pair, strict=True)]
+
+
+def build_run(folder: Path, world: int, straggler: bool = True, slow_link: bool = True) -> dict[str, Any]:
+    """Write ``world`` rank folders under ``folder``, with the planted straggler and slow link
+    (module doc) unless turned off; returns what was planted: the straggler's rank (or None) and
+    ``slow_link`` (True or False: the whole group's collectives, no one rank)."""
     bases = [_load(SOURCE / f"rank{r}.pt.trace.json.gz") for r in (0, 1)]
-    planted = {"straggler": world // 3, "slow-link": (2 * world) // 3}
-    late = lateness_us(bases[planted["straggler"] % 2])
-    # Rank 0 of the healthy pair waited for rank 1 in every collective (rank 1 was a little
-    # slower: that run's own, unplanted straggler), so its collective kernels hold waits. Every
-    # copy takes rank 1's collective durations: the transfer time, with nobody to wait for.
-    transfer = [float(e["dur"]) for e in sorted(filter(_is_comm, bases[1]["traceEvents"]), key=lambda e: e["ts"])]
+    planted: dict[str, Any] = {"straggler": world // 3 if straggler else None, "slow_link": slow_link}
+    late = lateness_us(bases[world // 3 % 2]) if straggler else []
+    transfer = transfer_us(bases, world, slow_link)
     for r in range(world):
-        role = next((k for k, v in planted.items() if v == r), "peer")
-        trace = rank_trace(bases[r % 2], r, world, role, late, transfer)
+        trace = rank_trace(bases[r % 2], r, world, r == planted["straggler"], late, transfer)
         d = folder / f"rank{r}"
         d.mkdir(parents=True, exist_ok=True)
         with gzip.open(d / "trace.json.gz", "wt", compresslevel=3) as fh:
@@ -191,8 +216,13 @@ def findings(report: Path) -> dict[str, Any]:
     return {f["id"]: f for f in doc.get("findings") or []}
 
 
-def _named(found: dict[str, Any], ids: tuple[str, ...], rank: int) -> bool:
-    return any(rank in ((found[i].get("where") or {}).get("ranks") or []) for i in ids if i in found)
+def _straggler_named(found: dict[str, Any], rank: int) -> bool:
+    return rank in (((found.get("comm-straggler") or {}).get("where") or {}).get("ranks") or [])
+
+
+def _group_named(found: dict[str, Any], world: int) -> bool:
+    """``comm-slow-link`` over the whole group: a slow link paces every rank's collectives."""
+    return (((found.get("comm-slow-link") or {}).get("where") or {}).get("ranks") or []) == list(range(world))
 
 
 def _load_s(err: str) -> float | None:
@@ -234,7 +264,7 @@ def _cmd(pkg: Path, code: str, *args: str) -> list[str]:
 
 
 def _diagnosed(
-    pkg: Path, code: str, run: Path, report: Path, env: dict[str, str], planted: dict[str, int]
+    pkg: Path, code: str, run: Path, report: Path, env: dict[str, str], planted: dict[str, Any]
 ) -> dict[str, Any]:
     """One diagnose of ``run``: its figures and what its report names."""
     cache = Path(env.get("XDG_CACHE_HOME", "/nonexistent")) / "stallscope" / "tables"
@@ -248,9 +278,12 @@ def _diagnosed(
         "peak_rss_mb": round(rss, 1),
         # a table the diagnose could not use is parsed and stored in the user cache instead
         "tables_missed": len(list(cache.glob("*.npz"))) - before,
-        "straggler_named": _named(found, ("comm-straggler",), planted["straggler"]),
-        "slow_link_named": _named(found, ("comm-slow-link", "comm-straggler"), planted["slow-link"]),
+        "straggler_named": _straggler_named(found, planted["straggler"]),
+        "slow_link_named": _group_named(found, planted["world"]),
         "comm_straggler_ranks": (found.get("comm-straggler") or {}).get("where", {}).get("ranks"),
+        "slow_link_busbw_gbps": ((found.get("comm-slow-link") or {}).get("evidence") or {}).get(
+            "busbw_gbps_by_collective"
+        ),
         "findings": sorted(found),
     }
 
@@ -259,14 +292,14 @@ def run_point(world: int, work: Path, pkg: Path, baseline: bool) -> dict[str, An
     """Build the ``world``-rank run, compact it, diagnose it (see module doc); its row."""
     run = work / f"run{world}"
     t0 = time.perf_counter()
-    planted = build_run(run, world)
+    planted = dict(build_run(run, world), world=world)
     build_s = time.perf_counter() - t0
     traces = sorted(run.glob("rank*/trace.json.gz"), key=lambda p: int(p.parent.name[4:]))
     env = dict(os.environ, STALLSCOPE_TABLE_CACHE="off", STALLSCOPE_PARSE_WORKERS="0")
     row: dict[str, Any] = {
         "ranks": world,
         "straggler_rank": planted["straggler"],
-        "slow_link_rank": planted["slow-link"],
+        "slow_link": "group (every rank's collectives)",
     }
     if baseline:  # today's path: every trace parsed, no table files anywhere
         row["without_tables"] = _diagnosed(pkg, _CLI, run, work / "plain.yaml", env, planted)
@@ -274,8 +307,10 @@ def run_point(world: int, work: Path, pkg: Path, baseline: bool) -> dict[str, An
     compact_s, _, _, compact_cpu = measure(_cmd(pkg, _COMPACTION, "--quiet", *map(str, traces)), env)
     tables = list(run.glob("rank*/.*.stallscope-*.npz"))
     # the stored tables are read in every cache mode but off; "user" keeps the diagnose from writing
-    # next to the traces (a miss goes to work/xdg, where _diagnosed counts it)
-    env_read = dict(env, STALLSCOPE_TABLE_CACHE="user", XDG_CACHE_HOME=str(work / "xdg"))
+    # next to the traces (a miss goes to the user cache, where _diagnosed counts it). Each diagnose
+    # has a user cache of its own, empty: a report kept by one (analyzers/reportcache.py) would
+    # answer the next diagnose of the same run without running it.
+    env_read = dict(env, STALLSCOPE_TABLE_CACHE="user", XDG_CACHE_HOME=str(work / f"xdg{world}"))
     row.update(_diagnosed(pkg, _CONTEXT_PATCH, run, work / "report.yaml", env_read, planted))
     row.update(
         compaction_s_per_rank=round(compact_s / world, 4),
@@ -286,7 +321,12 @@ def run_point(world: int, work: Path, pkg: Path, baseline: bool) -> dict[str, An
         build_s=round(build_s, 1),
     )
     row["per_rank_analyzers_on_full_ranks_only"] = _diagnosed(
-        pkg, _CONTEXT_PATCH, run, work / "variant.yaml", dict(env_read, BENCH_FULL_RANKS_ONLY="1"), planted
+        pkg,
+        _CONTEXT_PATCH,
+        run,
+        work / "variant.yaml",
+        dict(env_read, BENCH_FULL_RANKS_ONLY="1", XDG_CACHE_HOME=str(work / f"xdg{world}-variant")),
+        planted,
     )
     print(
         f"ranks={world}: diagnose {row['diagnose_s']} s, {row['peak_rss_mb']} MiB, {row['tables_missed']} tables "
@@ -329,7 +369,12 @@ def main() -> int:
             "python": platform.python_version(),
             "command": f"python bench/scale_1024.py --ranks {' '.join(map(str, sizes))} --baseline {args.baseline}",
             "source_traces": str(SOURCE.relative_to(ROOT)),
-            "planted": {"straggler_compute_stretch": STRETCH, "slow_link_collective_factor": SLOW_LINK},
+            "planted": {
+                "straggler_compute_stretch": STRETCH,
+                "slow_link_transfer_factor": SLOW_LINK,
+                "slow_link": "one link at 1/SLOW_LINK of its rate paces the group: every rank's "
+                "transfer time x SLOW_LINK; slow_link_named = comm-slow-link over every rank",
+            },
             "rows": rows,
         },
     )

@@ -19,7 +19,12 @@ Thresholds and why:
   free and not reported. Waits caused by a named straggler are its finding, not this one.
 * **Communication-slow** (C4's class for a slow link rather than a slow rank): large collectives
   (>= 1 MiB, where bandwidth rather than latency dominates) whose bus bandwidth is below half of
-  the link's measured peak, group-wide, with no straggler to blame.
+  the link's measured peak, group-wide. Every rank leaves a collective together, so one slow
+  link paces the whole group and no rank's kernel is longer than its peers' for it: the group
+  is named, not a rank. The bandwidth is the last arriver's, who waited for nobody, so a
+  straggler neither hides nor fakes a slow link: both are looked for. Its cost is the exposed
+  communication per step (with a straggler, the straggler's own: every collective waits for it,
+  then it transfers) times the bandwidth's shortfall.
 * **Hang evidence**: a collective that waited 10 s or more (no step of a healthy job waits that
   long for its peers; NCCL's own watchdog gives up at 10 minutes, so a trace that ends before it
   shows the hang only as such a wait), and PyTorch NCCL flight-recorder JSON dumps
@@ -146,12 +151,11 @@ class Communication(Analyzer):
         straggler, waited_ms = find_straggler(ctx, instances)
         if straggler is not None:
             findings.append(straggler)
-            # Peers' waits for the straggler show up as exposed communication: count them once.
-            return findings + _exposed(ctx, waited_ms) + _bandwidth(ctx, instances)
-        slow = _slow_link(ctx, instances)
+        slow = _slow_link(ctx, instances, straggler.where["ranks"][0] if straggler is not None else None)
         if slow is not None:
             findings.append(slow)
-        return findings + _exposed(ctx, 0.0) + _bandwidth(ctx, instances)
+        # Peers' waits for the straggler show up as exposed communication: count them once.
+        return findings + _exposed(ctx, waited_ms) + _bandwidth(ctx, instances)
 
 
 def _exposed(ctx: AnalysisContext, straggler_wait_ms_per_step: float) -> list[Finding]:
@@ -207,7 +211,9 @@ def _exposed(ctx: AnalysisContext, straggler_wait_ms_per_step: float) -> list[Fi
     ]
 
 
-def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> Finding | None:
+def _slow_link(
+    ctx: AnalysisContext, instances: list[dict[int, Collective]], straggler: int | None = None
+) -> Finding | None:
     peak = LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")
     rates: dict[str, list[float]] = defaultdict(list)
     for inst in instances:
@@ -222,8 +228,11 @@ def _slow_link(ctx: AnalysisContext, instances: list[dict[int, Collective]]) -> 
     worst = min(med, key=med.__getitem__)
     if med[worst] >= SLOW_LINK_FRACTION * peak:
         return None
-    comm_ms = sum(b.comm_exposed_ms for rd in ctx.ranks for b in rd.breakdown) / max(
-        sum(len(rd.breakdown) for rd in ctx.ranks), 1
+    # the exposed communication on the critical path: a straggler's own (its peers' is mostly
+    # waiting for it), else every rank's
+    on_path = [rd for rd in ctx.ranks if rd.rank == straggler] or ctx.ranks
+    comm_ms = sum(b.comm_exposed_ms for rd in on_path for b in rd.breakdown) / max(
+        sum(len(rd.breakdown) for rd in on_path), 1
     )
     step = step_ms(ctx)
     share = 100.0 * comm_ms / step if step else 0.0
