@@ -116,3 +116,16 @@ def test_a_real_straggler_neither_hides_nor_fakes_a_slow_link() -> None:
     assert "comm-straggler" in found["straggler_compute"]
     assert "comm-slow-link" not in found["straggler_compute"]
     assert _busbw(found["straggler_compute"]) == pytest.approx(_busbw(found["healthy"]), rel=0.1)
+
+
+def test_a_group_over_several_hosts_is_not_judged_against_one_hosts_link(tmp_path: Path) -> None:
+    """The peak is two H200s of one host over NVLink; ranks on several hosts talk over network
+    cards at a fraction of it. The same planted run, its meta saying the ranks span two hosts:
+    no slow link is claimed from that peak."""
+    _bench().build_run(tmp_path, WORLD, straggler=False)
+    for trace in tmp_path.glob("rank*/trace.json.gz"):
+        compact_trace(trace)
+    ctx = load_context(tmp_path)
+    assert "comm-slow-link" in {f.id for f in Communication().analyze(ctx)}  # one host: found
+    ctx.meta["per_rank"] = {r: {"host": f"node{r % 2}"} for r in range(WORLD)}
+    assert "comm-slow-link" not in {f.id for f in Communication().analyze(ctx)}

@@ -214,7 +214,12 @@ def _exposed(ctx: AnalysisContext, straggler_wait_ms_per_step: float) -> list[Fi
 def _slow_link(
     ctx: AnalysisContext, instances: list[dict[int, Collective]], straggler: int | None = None
 ) -> Finding | None:
-    peak = LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "")
+    # the peak is one host's (NVLink); a group over several hosts runs over network cards, at a
+    # fraction of it, and would look slow: judged only where the run does not span hosts
+    per_rank = ctx.meta.get("per_rank")
+    ranks = per_rank.values() if isinstance(per_rank, dict) else per_rank if isinstance(per_rank, list) else []
+    hosts = {str(r["host"]) for r in ranks if isinstance(r, dict) and r.get("host")}
+    peak = LINK_PEAK_BUSBW_GBPS.get(ctx.device_name or "") if len(hosts) <= 1 else None
     rates: dict[str, list[float]] = defaultdict(list)
     for inst in instances:
         c = min(inst.values(), key=lambda x: x.dur_ns)
