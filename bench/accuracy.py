@@ -69,6 +69,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_argv, recorded_path  # noqa: E402
+
 CORPUS = ROOT / "bench" / "corpus"
 DEFAULT_LABEL_DIRS = (CORPUS / "labels", CORPUS / "h200" / "labels", CORPUS / "cpu" / "labels")
 DEFAULT_OUT = ROOT / "bench" / "results" / "accuracy.yaml"
@@ -432,10 +435,8 @@ def run_one(label: Label, workdir: Path, pythonpath: str, timeout: float) -> dic
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+    """A path as the results record it: relative to the repository, or without machine folders (bench/recorded.py)."""
+    return recorded_path(path.resolve())
 
 
 def _git(*args: str) -> str:
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             "commit": _git("rev-parse", "HEAD"),
             "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         },
-        "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        "command": recorded_argv([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])], args.out.parent),
         "label_dirs": [_rel(d) for d in dirs],
         "totals": totals(rows),
         "disagreements": disagreements(rows),

@@ -27,6 +27,8 @@ import yaml
 from stallscope.profiler.common import read_yaml, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_text  # noqa: E402
 
 PY = sys.executable
 PATCH_STEPS = int(os.environ.get("AUTOPATCH_STEPS", "10"))
@@ -60,11 +62,6 @@ def env_info() -> dict[str, Any]:
     return info
 
 
-def shown(cmd: list[str], out: Path) -> str:
-    """A command as recorded in the results: ``python3`` for this interpreter, run paths under ``$OUT``."""
-    return " ".join("python3" if a == PY else a for a in cmd).replace(str(out), "$OUT")
-
-
 def summarize(entry: dict[str, Any]) -> dict[str, Any]:
     parity = entry.get("parity") or {}
     return {
@@ -92,10 +89,10 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
         rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired as exc:
         rc, tail = 124, f"timed out after {spec.get('timeout', TIMEOUT_S)} s: {(exc.stderr or b'')[-2000:]!r}"
-    result: dict[str, Any] = {"command": shown(cmd, out), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)}
+    result: dict[str, Any] = {"command": recorded_command(cmd, out), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1)}
     patches = run_dir / "rank0" / "patches.yaml"
     if not patches.is_file():
-        result["error"] = f"no patches.yaml; output tail: {tail}"
+        result["error"] = "no patches.yaml; output tail: " + recorded_text(tail, out)
         return result
     doc = read_yaml(patches)
     result["phase"] = doc.get("phase")
@@ -107,7 +104,7 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     result["goal"] = {"fix": fix_id, "min_speedup": minimum, "decision": got.get("decision"), "speedup": got.get("speedup"),
                       "met": got.get("decision") == "kept" and (got.get("speedup") or 0) >= minimum}
     if rc != 0:
-        result["output_tail"] = tail.replace(str(out), "$OUT")
+        result["output_tail"] = recorded_text(tail, out)
     result["patch_from"] = replay(run_dir, spec["cmd"], env, out)
     return result
 
@@ -120,8 +117,8 @@ def replay(run_dir: Path, target: list[str], env: dict[str, str], out: Path) -> 
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"rc": 124}
-    lines = [ln.replace(str(out), "$OUT") for ln in proc.stderr.splitlines() if ln.startswith("stallscope:")]
-    return {"command": shown(cmd, out), "rc": proc.returncode, "messages": lines[-10:]}
+    lines = [recorded_text(ln, out) for ln in proc.stderr.splitlines() if ln.startswith("stallscope:")]
+    return {"command": recorded_command(cmd, out), "rc": proc.returncode, "messages": lines[-10:]}
 
 
 def compare_kat(out: Path, env_doc: dict[str, Any]) -> dict[str, Any]:
@@ -138,17 +135,17 @@ def compare_kat(out: Path, env_doc: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": "compare-kat-autopatch", **env_doc, "script": "python3 bench/autopatch_gpu.py"}
     for side, cmd in runs.items():
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-        doc[side] = shown(cmd, out)
+        doc[side] = recorded_command(cmd, out)
         if proc.returncode != 0:
-            doc["error"] = f"{side} run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}"
+            doc["error"] = f"{side} run exited {proc.returncode}: " + recorded_text((proc.stdout + proc.stderr)[-1500:], out)
             return doc
     cmd = [PY, "-m", "stallscope.cli", "compare", str(before), str(after), "-f", "yaml"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    doc["command"] = shown(cmd, out)
+    doc["command"] = recorded_command(cmd, out)
     if proc.returncode != 0:
-        doc["error"] = f"compare exited {proc.returncode}: {proc.stderr[-1500:]}"
+        doc["error"] = f"compare exited {proc.returncode}: " + recorded_text(proc.stderr[-1500:], out)
         return doc
-    comp = yaml.safe_load(proc.stdout.replace(str(out), "$OUT"))
+    comp = yaml.safe_load(recorded_text(proc.stdout, out))
     a, b = comp["step_time"]["a"]["median"], comp["step_time"]["b"]["median"]
     doc.update(before_median_ms=a, after_median_ms=b, speedup=round(a / b, 2) if b else None, comparison=comp)
     return doc
@@ -157,7 +154,7 @@ def compare_kat(out: Path, env_doc: dict[str, Any]) -> dict[str, Any]:
 def gpu_tests(out: Path) -> dict[str, Any]:
     cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fix_gpu.py", f"--junitxml={out / 'fix_gpu_junit.xml'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    return {"command": shown(cmd, out), "rc": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:] or proc.stderr[-500:]}
+    return {"command": recorded_command(cmd, out), "rc": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:] or recorded_text(proc.stderr[-500:], out)}
 
 
 def main() -> int:

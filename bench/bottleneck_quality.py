@@ -39,6 +39,8 @@ from stallscope.fixes.bottleneck_sampling.schedule import (
 from stallscope.profiler.common import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command  # noqa: E402
 
 QUADRATIC_SHARE = 0.5
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "torch": str(torch.__version__),
-        "command": "python3 bench/bottleneck_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": recorded_command([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], out_dir),
         "field": {"spectrum": "(1 + (|k|/k0)^2)^(-alpha/2)", "alpha": GaussianField().alpha, "k0": GaussianField().k0},
         "metric": "quality = 1 - RMS over Fourier modes of the per-mode Frechet distance relative to the mode's "
                   "variance; quality_ratio = quality / quality of 50 full-resolution Euler steps",

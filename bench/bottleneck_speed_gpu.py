@@ -31,6 +31,8 @@ from stallscope.fixes.bottleneck_sampling.schedule import PAPER_SCHEDULE, TUNED_
 from stallscope.profiler.common import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command  # noqa: E402
 
 TRACE_LIMIT_BYTES = 5 * 1024 * 1024
 ATTENTION_KERNEL = ("flash", "fmha", "attention", "sdpa", "_attn_", "cudnn_mha")
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         **gpu_info(),
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
-        "command": "python3 bench/bottleneck_speed_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": recorded_command([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], args.out),
         "quick": bool(args.quick),
         "model": {"kind": "TinyDiT (random weights, SDPA)", "dim": model.dim, "depth": len(model.blocks),
                   "patch": model.patch, "batch": args.batch, "latent": [channels, args.size, args.size],

@@ -36,6 +36,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_text  # noqa: E402
+
 WORKLOAD = "bench/scenarios/healthy_bf16_transformer.py"
 SKIP, STEPS, RUN_STEPS = 5, 5, 40
 GOAL_S = 1.0
@@ -72,7 +75,7 @@ def _profile(run: Path, compact: bool) -> dict[str, Any]:
     exit_t = time.perf_counter()
     out: dict[str, Any] = {"rc": proc.returncode, "wall_s": round(exit_t - t0, 2)}
     if proc.returncode != 0:
-        out["stderr_tail"] = proc.stderr[-800:]
+        out["stderr_tail"] = recorded_text(proc.stderr[-800:], run.parent.parent)  # run: OUT/compaction-runs/NAME
         return out
     rank0 = run / "rank0"
     if compact:
@@ -144,7 +147,7 @@ def main() -> int:
     med = {c: [r.get("steps_after_window_ms") for r in rs if r.get("steps_after_window_ms")] for c, rs in runs.items()}
     result = {
         **facts,
-        "command": "python3 bench/compaction_cost_gpu.py " + " ".join(sys.argv[1:]),
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], out_dir),
         "workload": f"{WORKLOAD} --steps {RUN_STEPS}, stallscope profile --skip {SKIP} --steps {STEPS}",
         "goal_s": GOAL_S,
         "compaction_wall_s_median": round(statistics.median(walls), 3) if walls else None,

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workloads next to this script
 
 import torch  # noqa: E402
-
-from profile_overhead_workload import mlp  # noqa: E402
 from overhead_components_gpu import write_figures  # noqa: E402
+from profile_overhead_workload import mlp  # noqa: E402
+from recorded import recorded_command  # noqa: E402 - bench/recorded.py, next to this script
 
 
 class EventRecorder:
@@ -133,7 +133,7 @@ def main() -> None:
     torch.cuda.synchronize()
     res: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python3 bench/event_cost_gpu.py " + " ".join(sys.argv[1:]),
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]]),
         "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0), "steps_per_variant": args.steps,
         "unit": "microseconds per step (host, no synchronize per step)",
     }

@@ -33,6 +33,7 @@ from stallscope.profiler.common import write_yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # for the sibling bench package (bench.models.kat_vit); stallscope is installed
     sys.path.insert(0, str(ROOT))
+from bench.recorded import recorded_command  # noqa: E402
 
 L = 197
 GROUPS = 8
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "driver": _driver(),
         "torch": str(torch.__version__),
         "triton": str(triton.__version__),
-        "command": "python3 " + " ".join([sys.argv[0], *sys.argv[1:]]),
+        "command": recorded_command([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], args.out.parent),
         "copy_tbps": round(copy, 3),
         "units": {"tbps": "TB/s (1e12 B/s), minimum bytes / median time", "ms": "milliseconds", "pct": "percent of copy_tbps"},
         "shapes": {},

@@ -25,6 +25,8 @@ import yaml
 from stallscope.profiler.common import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_text  # noqa: E402
 
 GATE_YAML = {
     "alpha": 0.01,
@@ -64,17 +66,20 @@ def _gate_ab(name: str, base: str, head: str, rounds: int, out: Path, work: Path
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - start
     print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", flush=True)
-    result: dict = {"command": " ".join(argv[1:]), "exit_code": proc.returncode, "wall_s": round(wall, 1)}
+    result: dict = {"command": recorded_command(argv, out), "exit_code": proc.returncode, "wall_s": round(wall, 1)}
     if verdict_path.exists():
         verdict = yaml.safe_load(verdict_path.read_text())
         result["verdict"] = verdict["verdict"]
-        result["paired"] = verdict.get("paired")
+        paired = verdict.get("paired")
+        if isinstance(paired, dict):  # its base/head commands and work folder name this machine's paths
+            paired = {k: recorded_text(v, out) if isinstance(v, str) else v for k, v in paired.items()}
+        result["paired"] = paired
         result["rules"] = {
             r["name"]: {k: r.get(k) for k in ("status", "base", "current", "change_pct", "p_value", "ci_ratio", "n_base", "n_current", "test", "threshold") if k in r}
             for r in verdict["rules"]
         }
     else:
-        result["error"] = (proc.stderr.strip().splitlines() or ["no verdict written"])[-1]
+        result["error"] = recorded_text((proc.stderr.strip().splitlines() or ["no verdict written"])[-1], out)
     return result
 
 
@@ -107,7 +112,10 @@ def main() -> int:
     expected = {"regression": 1, "same_code": 0}
     ok = all(cases[k]["exit_code"] == v for k, v in expected.items())
     median = {k: (c.get("rules") or {}).get("step_time_median", {}) for k, c in cases.items()}
+    how = recorded_command([sys.executable, __file__, *sys.argv[1:]], out)
     results = {
+        "name": "gate",
+        "command": f"OUT=$OUT {how}" if os.environ.get("OUT") else how,
         **env,
         "device": "gpu" if gpu else "cpu (smoke, not the acceptance)",
         "gate_config": GATE_YAML,

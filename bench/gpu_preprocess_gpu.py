@@ -40,6 +40,9 @@ import torch
 from stallscope.fixes.gpu_preprocess.adapter import GpuPreprocessLoader, collate_decoded, collate_encoded
 from stallscope.fixes.gpu_preprocess.pipeline import GpuPipeline, decode_images, torchvision_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the sibling bench package (bench.recorded)
+from bench.recorded import recorded_command  # noqa: E402
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HAVE_TV, TV_WHY = torchvision_available()
 
@@ -453,10 +456,10 @@ def cpu_model() -> str | None:
     return None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, out: Path) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
-           "torchvision": None, "cpu": cpu_model(), "command": "python3 " + " ".join(sys.argv), "device": str(device)}
+           "torchvision": None, "cpu": cpu_model(), "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], out), "device": str(device)}
     if HAVE_TV:
         import torchvision
 
@@ -493,7 +496,7 @@ def main() -> int:
     blobs = make_dataset(args.images, min(16, os.cpu_count() or 1))
     sizes = [len(b) for b in blobs]
     print(f"{len(blobs)} JPEGs, mean {np.mean(sizes) / 1024:.1f} KiB, made in {time.perf_counter() - start:.1f} s", flush=True)
-    result = {"schema": 1, "benchmark": "gpu-preprocess", **environment(device), "images": len(blobs),
+    result = {"schema": 1, "benchmark": "gpu-preprocess", **environment(device, Path(args.out)), "images": len(blobs),
               "batch": args.batch, "epochs_timed": args.epochs, "goal": "end to end speedup >= 2.25 vs CPU at 4 workers"}
     errors = {}
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.profile_overhead_gpu); stallscope is installed
 
 from bench.profile_overhead_gpu import run_once  # noqa: E402
+from bench.recorded import recorded_command  # noqa: E402
 
 VARIANTS = {
     "unprofiled": ("unprofiled", 25.0, {}),
@@ -53,7 +54,7 @@ def main() -> int:
             print(f"round {r} {name:<22} median {statistics.median(data['step_ms']):.4f} ms", flush=True)
     base = statistics.median(steps["unprofiled"])
     doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python3 bench/overhead_probe_gpu.py " + " ".join(sys.argv[1:]),
+           "command": recorded_command([sys.executable, __file__, *sys.argv[1:]]),
            "model": args.model, "rounds": args.rounds, "steps_per_variant": {k: len(v) for k, v in steps.items()},
            "median_step_ms": {k: round(statistics.median(v), 4) for k, v in steps.items()},
            "overhead_pct": {k: round((statistics.median(v) / base - 1) * 100, 2) for k, v in steps.items()}}

@@ -31,11 +31,13 @@ import numpy as np
 
 from stallscope.analyzers.stats import bootstrap_quantile_ratio
 from stallscope.profiler.command import child_environment
-from stallscope.profiler.options import ProfileOptions
 from stallscope.profiler.common import write_yaml
+from stallscope.profiler.options import ProfileOptions
 from stallscope.profiler.rundir import MetaWriter
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_text  # noqa: E402
 
 WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
@@ -256,12 +258,12 @@ def main() -> None:
                     try:
                         checks[f"{model}_{mode}"] = check_run(Path(data["run_dir"]))
                     except Exception as exc:  # record, keep measuring
-                        checks[f"{model}_{mode}"] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                        checks[f"{model}_{mode}"] = {"error": recorded_text(f"{exc.__class__.__name__}: {exc}", out_dir)}
                 print(f"round {r} {model:11s} {mode:10s} median {statistics.median(data['step_ms']):9.4f} ms  ({data['wall_s']:.1f} s)", flush=True)
 
     result: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python3 bench/profile_overhead_gpu.py " + " ".join(sys.argv[1:]),
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], out_dir),
     }
     try:
         import torch
@@ -319,12 +321,12 @@ def main() -> None:
                               capture_output=True, text=True, timeout=300)
         result["demo_exit_code"] = demo.returncode
         result["demo_wall_s"] = round(time.perf_counter() - t0, 2)
-        result["demo_output_tail"] = (demo.stdout + demo.stderr)[-1500:]
+        result["demo_output_tail"] = recorded_text((demo.stdout + demo.stderr)[-1500:], out_dir)
         if (demo_dir / "rank0").is_dir():
             try:
                 result["demo_check"] = check_run(demo_dir)
             except Exception as exc:
-                result["demo_check"] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                result["demo_check"] = {"error": recorded_text(f"{exc.__class__.__name__}: {exc}", out_dir)}
     if not args.smoke and not args.no_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_profile_gpu.py"], cwd=ROOT,
                                capture_output=True, text=True, timeout=300)

@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: import this file's siblings as
 
 from bench.hostile import run_cli  # noqa: E402 - after the path fix above
 from bench.hostile_cases import KINDS, Case, Seeds, make_case, named_cases, record_seeds  # noqa: E402
+from bench.recorded import recorded_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARE = {"trace": 0.42, "report": 0.22, "rundir": 0.2, "gateconfig": 0.16}
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python3 bench/robustness.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], args.out.parent),
         "machine": f"{platform.node()} {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
         "python": platform.python_version(),
         "orjson": orjson.__version__,

@@ -20,6 +20,8 @@ from pathlib import Path
 from stallscope.profiler.common import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command  # noqa: E402
 
 
 def _wall(cmd: list[str]) -> float:
@@ -53,7 +55,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
         "python": platform.python_version(),
-        "command": " ".join(["python3", "bench/startup.py", *sys.argv[1:]]),
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]]),
         "runs": a.runs,
         "startup_s": round(med["stallscope_diagnose_help"], 4),
         "startup_spread_s": [

@@ -27,6 +27,9 @@ import torch
 
 from stallscope.fixes.tensorbleu import sentence_bleu
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the sibling bench package (bench.recorded)
+from bench.recorded import recorded_command  # noqa: E402
+
 VOCAB = 50257
 
 
@@ -99,10 +102,10 @@ def cpu_model() -> str | None:
     return None
 
 
-def environment() -> dict:
+def environment(out: Path) -> dict:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": str(torch.__version__), "cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads(),
-           "cpu": cpu_model(), "command": "python3 " + " ".join(sys.argv)}
+           "cpu": cpu_model(), "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], out)}
     try:
         import nltk
 
@@ -166,7 +169,7 @@ def main() -> int:
               flush=True)
     result_sync = sync_free(device, gen)
     headline = next((c for c in cases if c["batch"] == 256 and c["tokens"] == 1024), None)
-    result = {"schema": 1, "benchmark": "tensorbleu", **environment(), "device": str(device),
+    result = {"schema": 1, "benchmark": "tensorbleu", **environment(Path(args.out)), "device": str(device),
               "vocab_size": VOCAB, "references": 1, "smoothing": "method1",
               "goal": "speedup >= 40 at batch 256, 1024 tokens", "host_sync_check": result_sync, "cases": cases}
     if headline:

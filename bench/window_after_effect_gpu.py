@@ -527,6 +527,29 @@ def _kernel_summary(runs: list) -> dict:
     return res
 
 
+def _recorder():
+    """bench/recorded.py, imported for the driver only (the worker keeps bench/ and the repository off its path)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.append(root)
+    import bench.recorded as recorded  # noqa: PLC0415
+
+    return recorded
+
+
+def _shown_run(r: dict, out: Path) -> dict:
+    """A run's record with its arguments, library paths and log tails written without machine paths."""
+    rec = _recorder()
+    if isinstance(r.get("argv"), list):
+        r["argv"] = rec.recorded_argv(r["argv"], out)
+    if isinstance(r.get("cupti_libs_loaded"), list):
+        r["cupti_libs_loaded"] = [rec.recorded_path(p, out) for p in r["cupti_libs_loaded"]]
+    for key in ("error", "stallscope_log_tail"):
+        if isinstance(r.get(key), str):
+            r[key] = rec.recorded_text(r[key], out)
+    return r
+
+
 def drive(a: argparse.Namespace) -> int:
     out = Path(a.out or os.environ.get("OUT") or ".")
     out.mkdir(parents=True, exist_ok=True)
@@ -556,7 +579,7 @@ def drive(a: argparse.Namespace) -> int:
     run_cpus, prep_cpus = _cpu_sets()
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(shlex.quote(x) for x in [os.path.relpath(me)] + sys.argv[1:]),
+        "command": _recorder().recorded_command([sys.executable, me, *sys.argv[1:]], out),
         "gpu": _sh(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]),
         "driver": _sh(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
         "torch": "",
@@ -575,13 +598,16 @@ def drive(a: argparse.Namespace) -> int:
     runs: list = []
     if a.resume:  # an earlier part of the same measurement (one device call is at most 10 minutes)
         prior = Path(a.resume)
-        runs = [json.loads(line) for line in prior.read_text().splitlines() if line.strip()]
+        runs = [_shown_run(json.loads(line), out) for line in prior.read_text().splitlines() if line.strip()]
         prior_meta = prior.with_name(prior.name.replace(".runs.jsonl", ".yaml"))
         parts = []
         if prior_meta.exists():
             import yaml  # noqa: PLC0415 (only the resume path needs it)
             pm = yaml.safe_load(prior_meta.read_text()) or {}
             parts = list(pm.get("parts") or [{k: pm.get(k) for k in ("date", "command", "elapsed_s", "smi_start", "smi_end")}])
+            for part in parts:  # an earlier part's command, recorded before its paths were rewritten
+                if isinstance(part.get("command"), str):
+                    part["command"] = _recorder().recorded_text(part["command"], out)
         meta["parts"] = parts
     done_ok: dict = {}
     for r in runs:
@@ -669,7 +695,7 @@ def drive(a: argparse.Namespace) -> int:
                 r["stallscope_log_tail"] = (work / f"r{rec['k']}.log").read_text(errors="replace")[-400:]
         if not r["ok"] and "error" not in r:
             r["error"] = f"rc={p.returncode} {reason or ''}: " + (work / f"r{rec['k']}.log").read_text(errors="replace")[-600:]
-        runs.append(r)
+        runs.append(_shown_run(r, out))
         with open(jsonl, "a") as f:
             f.write(json.dumps(r) + "\n")
         (out / f"{a.name}.yaml").write_text(_yaml(summarize(runs, dict(meta, elapsed_s=round(time.monotonic() - t0, 1)))))

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_path, recorded_text  # noqa: E402
 
 BUSBW_SCRIPT = r"""
 import os, time, torch, torch.distributed as dist
@@ -76,7 +78,7 @@ def run_scenario(name: str, extra: list[str], out: Path, quick: bool) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     runtime = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"error": proc.stderr[-1500:], "runtime_s": runtime}
+        return {"error": recorded_text(proc.stderr[-1500:], out), "runtime_s": runtime}
     from stallscope.analyzers.report import build_report
 
     report = build_report(run)
@@ -91,8 +93,15 @@ def run_scenario(name: str, extra: list[str], out: Path, quick: bool) -> dict:
              **{k: f["evidence"][k] for k in ("straggler_rank", "cause", "peer_wait_pct_of_step", "comm_exposed_pct",
                                                 "late_by_chance_p") if k in f["evidence"]}}
             for f in comm],
-        "per_rank": report.get("per_rank"),
+        "per_rank": [_shown_rank(r, out) for r in report["per_rank"]] if report.get("per_rank") else None,
     }
+
+
+def _shown_rank(rank: dict, out: Path) -> dict:
+    """A rank's entry of the report with its trace path written without machine paths."""
+    if isinstance(rank, dict) and rank.get("trace"):
+        rank = dict(rank, trace=recorded_path(rank["trace"], out))
+    return rank
 
 
 def verdict(name: str, res: dict) -> bool:
@@ -116,7 +125,8 @@ def main() -> None:
 
     result = {"date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
               "gpus": torch.cuda.device_count(), "torch": str(torch.__version__), "cuda": str(torch.version.cuda),
-              "command": "python3 bench/distributed/run_gpu.py", "busbw": measure_busbw(out), "scenarios": {}}
+              "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], out), "busbw": measure_busbw(out),
+              "scenarios": {}}
     try:
         result["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                           capture_output=True, text=True).stdout.split()[0]

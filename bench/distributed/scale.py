@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_path  # noqa: E402
 
 
 def _source_traces(src: Path) -> list[Path]:
@@ -104,8 +106,8 @@ def main() -> None:
     result = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.node()} ({os.cpu_count()} cores), CPU only",
-        "command": "python bench/distributed/scale.py " + str(args.source) + " --ranks " + " ".join(map(str, args.ranks)),
-        "source_traces": [str(p) for p in sources],
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], args.out.parent),
+        "source_traces": [recorded_path(p, args.out.parent) for p in sources],
         "rows": rows,
     }
     from stallscope.profiler.common import write_yaml

@@ -33,6 +33,8 @@ from stallscope.profiler.common import read_yaml, write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_path, recorded_text  # noqa: E402
 
 BLOCKING = {"high", "medium"}
 CATEGORIES_OK = {"healthy", "memory-bound", "input-pipeline", "communication", "host-bound", "synchronization",
@@ -159,14 +161,14 @@ def run_one(s: dict[str, Any], device: str, steps: int | None, timeout: float, w
     return row
 
 
-def _recorded_on(runs: Path) -> dict[str, Any]:
-    """Where the kept runs were recorded (GPU, torch, date) as their meta.yaml says."""
+def _recorded_on(runs: Path, out: Path) -> dict[str, Any]:
+    """Where the kept runs were recorded (GPU, torch, date) as their meta.yaml says; ``out`` is the results folder."""
     for meta in sorted(runs.glob("*/meta.yaml")):
         doc = read_yaml(meta) or {}
         env = doc.get("environment") if isinstance(doc.get("environment"), dict) else {}
-        return {"path": str(runs), "example": meta.parent.name, "created": doc.get("created"),
+        return {"path": recorded_path(runs, out), "example": meta.parent.name, "created": doc.get("created"),
                 **{k: env.get(k) for k in ("gpu", "torch", "cuda", "driver") if k in env}}
-    return {"path": str(runs)}
+    return {"path": recorded_path(runs, out)}
 
 
 def environment() -> dict[str, Any]:
@@ -205,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                          "machine); writes scenarios-rediagnosed.yaml")
     args = ap.parse_args(argv)
     env = environment()
+    results_dir = Path(args.results or os.environ.get("OUT") or ROOT / "bench" / "results")
     if args.rediagnose:  # the runs were recorded elsewhere: say where and on what, from their meta.yaml
-        env["runs_from"] = _recorded_on(Path(args.rediagnose))
+        env["runs_from"] = _recorded_on(Path(args.rediagnose), results_dir)
     device = args.device or ("cuda" if env.get("gpu") or args.rediagnose else "cpu")
     scenarios = discover([n for n in args.only.split(",") if n] or None)
-    results_dir = Path(args.results or os.environ.get("OUT") or ROOT / "bench" / "results")
     results_dir.mkdir(parents=True, exist_ok=True)
     if args.rediagnose:
         workdir = Path(args.rediagnose)
@@ -238,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s['name']:<30} expected {s['expected']:<16} top {str(top.get('category')):<16} "
                   f"{top.get('step_time_pct', '')!s:>8}%  {'PASS' if row['pass'] else 'FAIL ' + row.get('why', '')}  "
                   f"({row['runtime_s']} s)", flush=True)
-            write_yaml(out, _document(rows, argv, device, env, start))  # partial results survive a kill
+            write_yaml(out, _document(rows, argv, device, env, start, results_dir))  # partial results survive a kill
     except KeyboardInterrupt:
         interrupted = True
         for s in scenarios:
             rows.setdefault(s["name"], {"expected": s["expected"], "skipped": "interrupted", "pass": False})
-    doc = _document(rows, argv, device, env, start)
+    doc = _document(rows, argv, device, env, start, results_dir)
     write_yaml(out, doc)
     ran = [r for r in rows.values() if "skipped" not in r]
     print(f"\n{doc['planted_correct']}/{doc['planted_total']} planted scenarios diagnosed right, "
@@ -256,12 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if doc["failed"] else 0
 
 
-def _document(rows: dict[str, Any], argv: list[str] | None, device: str, env: dict[str, Any], start: float) -> dict[str, Any]:
+def _shown(row: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A scenario's row with the paths in its messages (errors, notices) written as results record them."""
+    row = dict(row)
+    for key in ("error", "why"):
+        if isinstance(row.get(key), str):
+            row[key] = recorded_text(row[key], out)
+    if row.get("notices"):
+        row["notices"] = [recorded_text(str(n), out) for n in row["notices"]]
+    return row
+
+
+def _document(rows: dict[str, Any], argv: list[str] | None, device: str, env: dict[str, Any], start: float,
+              out: Path) -> dict[str, Any]:
     return {
         "schema_version": 1,
         "name": "scenarios",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python3", "bench/scenarios/run.py"] + (argv if argv is not None else sys.argv[1:])),
+        "command": recorded_command([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])], out),
         "device": device,
         "runs_from": env.get("runs_from"),
         **{k: env.get(k) for k in ("gpu", "driver", "torch", "cuda", "python")},
@@ -271,7 +285,7 @@ def _document(rows: dict[str, Any], argv: list[str] | None, device: str, env: di
         "healthy_total": sum(1 for r in rows.values() if r.get("expected") == "healthy" and "skipped" not in r),
         "failed": [n for n, r in rows.items() if r.get("pass") is False],
         "total_runtime_s": round(time.perf_counter() - start, 1),
-        "scenarios": rows,
+        "scenarios": {name: _shown(row, out) for name, row in rows.items()},
     }
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "workload.py"
+sys.path.insert(0, str(HERE.parents[2]))  # for the sibling bench package (bench.recorded); stallscope is installed
+from bench.recorded import recorded_command, recorded_text  # noqa: E402
 
 # name -> (model, plant, ranks, how): how is "trace" (torch.profiler inside the script) or
 # "stallscope" (the plain loop under `stallscope profile` with its default window).
@@ -121,7 +123,7 @@ def main() -> int:
             "plant": RECORDINGS[name][1],
             "ranks": RECORDINGS[name][2],
             "how": RECORDINGS[name][3],
-            "command": shlex.join(cmd),
+            "command": recorded_command(cmd, a.out),
             "exit_code": rc,
             "wall_s": round(time.time() - t0, 1),
             "median_step_ms_by_rank": medians,
@@ -130,7 +132,7 @@ def main() -> int:
             },
         }
         if rc != 0:
-            row["tail"] = text[-1500:]
+            row["tail"] = recorded_text(text[-1500:], a.out)
         rows.append(row)
         print(f"[corpus] {name}: rc={rc} medians={medians} {row['wall_s']} s", file=sys.stderr, flush=True)
     import yaml
@@ -141,7 +143,7 @@ def main() -> int:
         "driver": _sh(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).splitlines()[:1],
         "torch": str(torch.__version__),
         "cuda": str(torch.version.cuda),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": recorded_command([sys.executable, __file__, *sys.argv[1:]], a.out),
         "recordings": rows,
         "recorded_ok": sum(r["exit_code"] == 0 for r in rows),
         "skipped": [r["name"] for r in rows if r.get("skipped")],
