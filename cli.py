@@ -19,9 +19,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
+# The name of the fix advice diagnose passes (stallscope.fixes.advice_for): part of the report
+# cache's key for markdown (analyzers/reportcache.py callable_id), known here without the import.
+FIX_ADVICE_ID = "stallscope.fixes.base.advice_for"
+_report_cache_tried = False
 
-from stallscope.profiler.common import EXIT_INTERNAL, EXIT_USAGE, ToolError, __version__
+
+def from_report_cache(argv: list[str]) -> None:
+    """A repeated ``diagnose TARGET [-f FMT] [-o FILE]`` of unchanged inputs answered from the
+    report cache (the same output, then exit 0) before typer, numpy or the analyzers load;
+    anything else returns, once per process, for the normal path."""
+    global _report_cache_tried
+    if _report_cache_tried or not argv or argv[0] != "diagnose":
+        return
+    _report_cache_tried = True
+    from stallscope.analyzers import reportcache
+
+    try:
+        hit = reportcache.lookup(argv, advice=FIX_ADVICE_ID)
+    except Exception:  # the cache only saves time: whatever goes wrong in it, diagnose as usual
+        return
+    if hit is None:
+        return
+    fix_advice = None
+    if hit.request.fmt == "console":  # drawn again by rich, with the advice under each fix
+        from stallscope.fixes import advice_for
+
+        fix_advice = advice_for
+    if reportcache.serve(hit, fix_advice):
+        raise SystemExit(0)
+
+
+if __name__ == "__main__":  # `python3 -m stallscope.cli`: the cache is asked before typer loads
+    from_report_cache(sys.argv[1:])
+
+import typer  # noqa: E402
+
+from stallscope.profiler.common import EXIT_INTERNAL, EXIT_USAGE, ToolError, __version__  # noqa: E402
 
 app = typer.Typer(
     name="stallscope",
@@ -452,8 +486,9 @@ def help_store_key() -> str:
 
 
 def entry() -> None:
-    """The ``stallscope`` command: ``--help`` from the stored rendering when it matches this
-    terminal, everything else through typer."""
+    """The ``stallscope`` command: a repeated diagnose from the report cache, ``--help`` from the
+    stored rendering when it matches this terminal, everything else through typer."""
+    from_report_cache(sys.argv[1:])
     tty = sys.stdout.isatty()
     text = stored_help(sys.argv[1:], help_variant(tty, shutil.get_terminal_size().columns, dict(os.environ)))
     if text is not None:

@@ -4,7 +4,8 @@ TARGET is whatever :func:`analyzers.inputs.open_report` opens: a run directory, 
 folder of per-rank traces, or a report written earlier (re-rendered without re-analysis).
 ``-o FILE`` writes the report atomically; its format follows ``--format`` unless that is
 ``console``, then the file's suffix (``.json``, ``.md``, else YAML). Exit codes: 0 diagnosed,
-2 unreadable input (via ToolError).
+2 unreadable input (via ToolError). What a diagnosis without ``--deep`` / ``--annotated-trace``
+wrote is kept in the report cache (:mod:`analyzers.reportcache`) for a repeat of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stallscope.analyzers import reportcache
 from stallscope.analyzers.annotate import write_annotated_trace
 from stallscope.analyzers.deep import deepen_report
 from stallscope.analyzers.inputs import open_report
@@ -37,13 +39,6 @@ def format_report(report: dict[str, Any], fmt: str, fix_advice: FixAdvice | None
     return yaml.safe_dump(report, sort_keys=False, allow_unicode=True, width=120)
 
 
-def _file_format(fmt: str, output: Path) -> str:
-    if fmt != "console":
-        return fmt
-    suffix = output.suffix.lower()
-    return {".json": "json", ".md": "md", ".markdown": "md"}.get(suffix, "yaml")
-
-
 def diagnose_command(
     target: str | Path,
     output: str | Path | None = None,
@@ -62,6 +57,9 @@ def diagnose_command(
         raise ToolError(f"--format {fmt!r}: unknown format; use one of {', '.join(FORMATS)}")
     target = Path(target)
     check_outputs({"--output": output, "--annotated-trace": annotated_trace}, (target,))
+    # keyed before the inputs are read: a file that changes while they are is not trusted
+    advice = reportcache.callable_id(fix_advice)
+    cache = None if deep or annotated_trace is not None else reportcache.prepare(target, fmt, output, advice)
     report, ctx = open_report(target, debug=debug)
     extra: list[str] = []
     if deep or annotated_trace is not None:
@@ -76,11 +74,14 @@ def diagnose_command(
             extra.append(f"annotated trace written to {written} (open it in Perfetto: ui.perfetto.dev)")
     if extra:
         report["notices"] = list(report.get("notices") or []) + extra
+    texts: dict[str, str] = {}  # kind -> the text written, for the report cache
     if output is not None:
         out = Path(output)
         if out.is_dir():
             raise ToolError(f"{out}: is a directory; pass a file name for the report (e.g. {out / 'report.yaml'})")
-        atomic_write_text(out, format_report(report, _file_format(fmt, out), fix_advice))
+        kind = reportcache.file_format(fmt, out)
+        texts[kind] = format_report(report, kind, fix_advice)
+        atomic_write_text(out, texts[kind])
     if fmt == "console":
         from rich.console import Console  # rich only for console output
 
@@ -88,6 +89,11 @@ def diagnose_command(
         console.print(ReportView(report, fix_advice=fix_advice))
         if output is not None:
             console.print(f"report written to {output}", style="dim")
+        if cache is not None:
+            texts["json"] = texts.get("json") or format_report(report, "json")  # the report, drawn again on a hit
     else:
-        sys.stdout.write(format_report(report, fmt, fix_advice))
+        texts[fmt] = texts.get(fmt) or format_report(report, fmt, fix_advice)
+        sys.stdout.write(texts[fmt])
+    if cache is not None and reportcache.cacheable(report, ctx.notices if ctx is not None else ()):
+        reportcache.store(cache, texts)
     return 0
