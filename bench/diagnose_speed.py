@@ -1,289 +1,293 @@
-"""`stallscope diagnose` end to end vs HTA on the same trace: wall time and peak memory.
+"""`stallscope diagnose` end to end vs HTA (Holistic Trace Analysis): wall time and peak memory.
 
-    python bench/diagnose_speed.py --trace bench/data/diagnose_big/rank0.pt.trace.json.gz
+    python3 -m venv --system-site-packages /tmp/hta_venv && /tmp/hta_venv/bin/pip install HolisticTraceAnalysis
+    python3 bench/diagnose_speed.py --hta-python /tmp/hta_venv/bin/python       # $OUT/diagnose-speed.yaml when OUT is set
 
-The trace is the real H200 trace recorded by ``bench/diagnose_trace_gpu.py`` (keep it under
-``bench/data/``, which git ignores). Each measurement is a fresh subprocess, from process start
-until the report is written (ours: ``python -m stallscope.cli diagnose TRACE -f yaml -o report.yaml``;
-HTA: ``TraceAnalysis(trace_dir)`` + ``get_temporal_breakdown``), with its peak RSS from
-``wait4``; the two tools alternate, ``--runs`` times each, and medians are compared. Then
-traces of ``--big-gb`` sizes (default 0.5 and 1 GB) are built by concatenating the trace's steps
-(time-shifted, ids renumbered) and ``diagnose`` is measured on each to show that peak memory
-grows linearly and stays bounded (HTA is not run there). Also cross-checks HTA's idle / compute /
-non-compute time with ours (``hta_temporal``): once against the timed runs' output (HTA rounds
-to whole microseconds by default) and once against an untimed run with
-``HTA_DISABLE_NS_ROUNDING=1`` (exact timestamps; the cross-check proper).
-Writes ``bench/results/diagnose-speed.yaml`` and prints a short table last.
+Big trace: a committed real H200 recording (``--from-fixture``, default the GPT-2 training loop of
+``bench/corpus/h200``) repeated step by step into a temporary trace of at least ``--json-mb`` MB of
+JSON (``diagnose_speed_tools.build_big_trace``: time-shifted, steps and ids renumbered, gzipped,
+deterministic), or an existing trace (``--trace``). Small traces: committed real traces under
+1 MB of JSON (``--small``). Every measurement is a fresh subprocess, from process start until the
+output is written (ours: ``python3 -m stallscope.cli diagnose TRACE -f yaml -o OUT``; HTA:
+``TraceAnalysis(dir)`` + ``get_temporal_breakdown`` with ``HTA_DISABLE_NS_ROUNDING=1``, see
+``Bench.hta``), wall and CPU time (``wait4``) and peak memory (PSS summed over the process tree,
+sampled), the tools alternating, ``--runs`` rounds, medians with min and max. Cold: each run of
+ours gets an empty ``XDG_CACHE_HOME`` (its table cache goes there; ``STALLSCOPE_TABLE_CACHE`` is
+unset) and the trace lies in a temporary folder with nothing beside it; HTA keeps no cache.
+``repeat_s``: right after each cold run, the same command again with that run's cache. Start-up:
+``stallscope diagnose --help`` (the console script), ``--startup-runs`` times. HTA's idle /
+compute / non-compute time on the big trace is cross-checked with ours (``hta_temporal``).
+``--big-gb`` adds traces of those sizes (ours only) to show how memory grows. Prints a table last.
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
-import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from stallscope.bench.diagnose_speed_tools import (
+    HTA_SCRIPT,
+    ROOT,
+    Run,
+    build_big_trace,
+    crosscheck,
+    hta_versions,
+    measure,
+    spread,
+    summary,
+    trace_figures,
+    wall_only,
+)
 
-HTA_SCRIPT = r"""
-import json, logging, sys
-logging.disable(logging.WARNING)
-from hta.trace_analysis import TraceAnalysis
-a = TraceAnalysis(trace_dir=sys.argv[1])
-df = a.get_temporal_breakdown(visualize=False)
-json.dump(df.to_dict(orient="records"), open(sys.argv[2], "w"))
-"""
+__all__ = ["measure"]  # bench/annotate_memory.py imports it from here
 
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, float, float]:
-    """(wall seconds, peak PSS MiB, exit code, peak RSS MiB, CPU seconds) of one subprocess.
-
-    CPU seconds (user + system, the process and its waited-for children) are reported next to
-    wall time because this machine is shared: wall time swings with other people's load, CPU
-    time much less.
-
-    PSS (proportional set size) summed over the process and all its children, sampled every
-    20 ms, is the headline: forked workers share their parent's pages copy-on-write, and PSS
-    counts a shared page once in total, where summed RSS would count it in every process. The
-    RSS figure is the kernel's ru_maxrss (the largest single process)."""
-    import threading
-
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
-        while not done.is_set():
-            total = 0
-            try:
-                for p in [root] + root.children(recursive=True):
-                    try:
-                        total += p.memory_full_info().pss
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                break
-            peak[0] = max(peak[0], total)
-            done.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    if proc.stderr:
-        proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        print(f"  command failed ({proc.returncode}): {' '.join(cmd[:4])} ...\n{err[-2000:]}", file=sys.stderr)
-    return wall, peak[0] / 2**20, proc.returncode, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
+SMALL = [
+    "tests/fixtures/gpu/train.pt.trace.json.gz",
+    "tests/fixtures/gpu/tiny_kernels.pt.trace.json.gz",
+    "tests/fixtures/gpu/sync_item_per_layer.json.gz",
+    "tests/fixtures/gpu/healthy_bf16_mlp.json.gz",
+    "tests/fixtures/gpu/grkan_baseline.json.gz",
+    "tests/fixtures/gpu/ddp_h200/healthy/rank0.pt.trace.json.gz",
+    "tests/fixtures/public/hta_sampled_2_of_128/sampled_rank-0.json.gz",
+    "tests/fixtures/public/hta_rocm62_mi250.json.gz",
+]
+DETAIL = ("big_trace", "big", "crosscheck", "small_traces", "startup", "scaling")  # written after the headline
+# The issue's targets, kept next to the figures so a reader sees what each was held to.
+TARGETS = {"speedup": (">=", 10.0), "memory_ratio": ("<=", 0.25), "repeat_s": ("<=", 0.2),
+           "small_trace_speedup": (">=", 4.0), "startup_s": ("<=", 0.15)}  # fmt: skip
 
 
-def _open(path: Path):  # noqa: ANN202
-    with path.open("rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else path.open("rb")
+class Bench:
+    """The two commands on one trace, each run in a fresh process; ours with its own cache folder."""
 
+    def __init__(self, work: Path, trace: Path, hta_python: str | None, tag: str) -> None:
+        self.work, self.trace, self.hta_python, self.tag, self.n = work, trace, hta_python, tag, 0
+        self.hta_dir = work / f"hta-{tag}"
+        self.hta_dir.mkdir()
+        os.symlink(trace.resolve(), self.hta_dir / f"rank0{''.join(trace.suffixes[-2:])}")
+        self.base_env = {k: v for k, v in os.environ.items() if k != "STALLSCOPE_TABLE_CACHE"}
 
-def trace_figures(path: Path) -> dict[str, float]:
-    with _open(path) as fh:
-        raw = fh.read()
-    import orjson
+    def ours(self, repeat: bool = False) -> Run:
+        """Diagnose the trace; cold (a new, empty cache folder) unless ``repeat`` (the last one's)."""
+        self.n += 0 if repeat else 1
+        env = dict(self.base_env, XDG_CACHE_HOME=str(self.work / f"cache-{self.tag}-{self.n}"))
+        out = self.work / f"report-{self.tag}.yaml"
+        return measure(
+            [sys.executable, "-m", "stallscope.cli", "diagnose", str(self.trace), "-f", "yaml", "-o", str(out)], env
+        )
 
-    n = len(orjson.loads(raw)["traceEvents"])
-    return {"events": n, "json_mb": round(len(raw) / 1e6, 1)}
-
-
-def concatenate_steps(src: Path, dest: Path, target_bytes: float) -> dict[str, float]:
-    """Write a bigger trace: the source's events repeated, shifted by the trace span each time,
-    with ProfilerStep numbers, correlation and External ids renumbered. Streams to disk."""
-    import orjson
-
-    with _open(src) as fh:
-        doc = orjson.loads(fh.read())
-    events = doc.pop("traceEvents")
-    is_timed = [e.get("ph") != "M" and isinstance(e.get("ts"), (int, float)) for e in events]
-    timed = [e for e, keep in zip(events, is_timed) if keep]
-    meta = [e for e, keep in zip(events, is_timed) if not keep]
-    lo = min(e["ts"] for e in timed)
-    hi = max(e["ts"] + e.get("dur", 0) for e in timed)
-    span = (hi - lo) + 1.0
-    base_ts = [e["ts"] for e in timed]
-    steps = [(i, int(e["name"].split("#")[1])) for i, e in enumerate(timed) if str(e.get("name", "")).startswith("ProfilerStep#")]
-    n_steps = max((s for _, s in steps), default=0) + 1
-    ids = []
-    for i, e in enumerate(timed):
-        a = e.get("args")
-        if isinstance(a, dict):
-            ids.append((i, a.get("correlation"), a.get("External id")))
-        if e.get("ph") in ("s", "f") and isinstance(e.get("id"), int):
-            ids.append((i, None, None))
-    max_id = max([c for _, c, _ in ids if isinstance(c, int)] + [x for _, _, x in ids if isinstance(x, int)] + [1]) + 1
-    one = len(orjson.dumps(timed))
-    copies = max(1, int(round(target_bytes / one)))
-    flows = {i: e["id"] for i, e in enumerate(timed) if e.get("ph") in ("s", "f") and isinstance(e.get("id"), int)}
-    written = 0
-    with dest.open("wb") as out:
-        head = orjson.dumps(doc)[:-1] + (b"," if doc else b"") + b'"traceEvents":['
-        out.write(head)
-        out.write(orjson.dumps(meta)[1:-1] + (b"," if meta else b""))
-        for k in range(copies):
-            for i, t in enumerate(base_ts):
-                timed[i]["ts"] = round(t + k * span, 3)
-            for i, s in steps:
-                timed[i]["name"] = f"ProfilerStep#{k * n_steps + s}"
-            for i, c, x in ids:
-                a = timed[i].get("args")
-                if isinstance(a, dict):
-                    if isinstance(c, int):
-                        a["correlation"] = c + k * max_id
-                    if isinstance(x, int):
-                        a["External id"] = x + k * max_id
-            for i, fid in flows.items():
-                timed[i]["id"] = fid + k * max_id
-            blob = orjson.dumps(timed)[1:-1]
-            if k:
-                out.write(b",")
-            out.write(blob)
-            written += len(blob)
-        out.write(b"]}")
-    return {"copies": copies, "events": copies * len(timed) + len(meta), "json_mb": round(dest.stat().st_size / 1e6, 1)}
-
-
-def crosscheck(trace: Path, hta_json: Path) -> dict[str, float] | None:
-    from stallscope.analyzers.breakdown import hta_temporal
-    from stallscope.analyzers.context import load_context
-
-    if not hta_json.exists():
-        return None
-    theirs = json.loads(hta_json.read_text())[0]
-    ours = hta_temporal(load_context(trace).ranks[0])
-    if ours is None:
-        return None
-    span = float(theirs["kernel_time(us)"])
-    diff = {k: abs(ours[f"{k}_us"] - float(theirs[f"{k}_time(us)"])) / span * 100.0 for k in ("idle", "compute", "non_compute")}
-    return {f"{k}_diff_pct_of_span": round(v, 3) for k, v in diff.items()} | {"span_us_hta": span, "span_us_ours": round(ours["kernel_us"], 3)}
+    def hta(self) -> Run:
+        """HTA's temporal breakdown of the trace (its JSON is kept for the cross-check). On exact
+        timestamps: by default HTA rounds each start up and each end down to whole microseconds,
+        which gives sub-microsecond kernels a negative duration and, on the big trace, fails HTA's
+        own ``non_compute_time >= 0`` assertion after the whole parse."""
+        assert self.hta_python is not None
+        cmd = [self.hta_python, "-c", HTA_SCRIPT, str(self.hta_dir), str(self.work / f"{self.tag}-hta.json")]
+        return measure(cmd, dict(self.base_env, HTA_DISABLE_NS_ROUNDING="1"))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", type=Path, default=ROOT / "bench/data/diagnose_big/rank0.pt.trace.json.gz")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--big-gb", type=float, nargs="+", default=[0.5, 1.0],
-                    help="sizes of concatenated traces, GB of JSON (0 to skip); the largest is reported under 'big'")
-    ap.add_argument("--no-hta", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/diagnose-speed.yaml")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--from-fixture", type=Path, default=ROOT / "bench/corpus/h200/traces/hf_gpt2_healthy/rank-0.json.gz",
+                     help="committed real trace whose steps are repeated into the big trace")  # fmt: skip
+    src.add_argument("--trace", type=Path, help="use this big trace as it is instead")
+    ap.add_argument("--json-mb", type=float, default=60.0, help="least MB of JSON of the built trace")
+    ap.add_argument(
+        "--small", type=Path, nargs="*", default=[ROOT / p for p in SMALL], help="traces under 1 MB of JSON"
+    )
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--startup-runs", type=int, default=15)
+    ap.add_argument("--hta-python", help="interpreter with HolisticTraceAnalysis installed (omit: ours only)")
+    ap.add_argument("--wait-load", type=float, help="first wait (up to 30 min) for a 1-minute load average below this")
+    ap.add_argument("--big-gb", type=float, nargs="*", default=[], help="also diagnose traces of these GB of JSON")
     args = ap.parse_args()
-    if not args.trace.exists():
-        print(f"{args.trace}: no trace; record it on the GPU with bench/diagnose_trace_gpu.py and copy it there", file=sys.stderr)
+    out_path = (
+        Path(os.environ["OUT"]) / "diagnose-speed.yaml"
+        if os.environ.get("OUT")
+        else ROOT / "bench/results/diagnose-speed.yaml"
+    )
+    source = (args.trace or args.from_fixture).resolve()
+    missing = [p for p in [source, *args.small] if not p.is_file()]
+    if missing:
+        print(
+            f"diagnose_speed: no trace at {', '.join(map(str, missing))}; give committed traces (see --help)",
+            file=sys.stderr,
+        )
         return 2
-    env = dict(os.environ)
+    versions = hta_versions(args.hta_python) if args.hta_python else None
+    if args.hta_python and versions is None:
+        print(
+            f"diagnose_speed: {args.hta_python} cannot import HTA; pip install HolisticTraceAnalysis there",
+            file=sys.stderr,
+        )
+        return 2
+    waited = time.monotonic()
+    while args.wait_load and os.getloadavg()[0] >= args.wait_load and time.monotonic() - waited < 1800:
+        time.sleep(15)
+    os.environ["STALLSCOPE_TABLE_CACHE"] = "off"  # this process's own cross-check loads leave no cache
+    argv = [_rel(Path(sys.argv[0])), *sys.argv[1:]]
+    doc: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
+        "waited_for_load_s": round(time.monotonic() - waited),
+        "python": platform.python_version(),
+        "command": "python3 " + shlex.join(argv),
+        "hta": None
+        if versions is None
+        else {
+            "python": args.hta_python,
+            "versions": versions,
+            "installed_with": "python3 -m venv --system-site-packages VENV && VENV/bin/pip install HolisticTraceAnalysis",
+        },
+        "hta_run": "HTA_DISABLE_NS_ROUNDING=1: with HTA's default rounding to whole microseconds its own "
+        "non_compute_time >= 0 assertion fails on the big trace",
+        "cold": "each run of ours: fresh process, empty XDG_CACHE_HOME, STALLSCOPE_TABLE_CACHE unset, nothing beside the "
+        "trace; HTA keeps no cache; the trace file itself is in the page cache for both",
+        "runs": args.runs,
+    }
     work = Path(tempfile.mkdtemp(prefix="diagnose-speed-"))
     try:
-        hta_dir = work / "hta"
-        hta_dir.mkdir()
-        suffix = ".json.gz" if args.trace.name.endswith(".gz") else ".json"
-        os.symlink(args.trace.resolve(), hta_dir / f"rank0{suffix}")
-        ours_cmd = [sys.executable, "-m", "stallscope.cli", "diagnose", str(args.trace), "-f", "yaml", "-o", str(work / "report.yaml")]
-        hta_cmd = [sys.executable, "-c", HTA_SCRIPT, str(hta_dir), str(work / "hta.json")]
-        ours, hta = [], []
-        load_before = os.getloadavg()[0]
+        big = work / "big" / ("rank0.json.gz" if args.trace is None else args.trace.name)
+        big.parent.mkdir()
+        if args.trace is None:
+            print(f"building a {args.json_mb:g} MB trace from {_rel(source)} ...", flush=True)
+            built = build_big_trace(source, big, args.json_mb)
+            doc["big_trace"] = {"source": _rel(source), "source_figures": trace_figures(source), **built,
+                                "built": f"the source's timed events repeated {built['copies']} times (copy k shifted by k "
+                                "spans, ProfilerStep numbers following on, correlation / External / flow ids offset per "
+                                "copy), gzipped: bench/diagnose_speed_tools.py build_big_trace"}  # fmt: skip
+        else:
+            shutil.copyfile(source, big)
+            doc["big_trace"] = {"source": _rel(source), **trace_figures(big)}
+        b = Bench(work, big, args.hta_python, "big")
+        ours: list[Run] = []
+        again: list[Run] = []
+        hta: list[Run] = []
         for i in range(args.runs):
-            ours.append(measure(ours_cmd, env))
-            print(f"  run {i + 1}: ours {ours[-1][0]:.1f} s {ours[-1][1]:.0f} MiB PSS", flush=True)
-            if not args.no_hta:
-                hta.append(measure(hta_cmd, env))
-                print(f"  run {i + 1}: HTA  {hta[-1][0]:.1f} s {hta[-1][1]:.0f} MiB PSS", flush=True)
-        med = lambda xs, j: round(statistics.median(x[j] for x in xs), 2) if xs else None  # noqa: E731
-        result: dict[str, object] = {
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {os.cpu_count()} cores, load average {load_before:.1f} at start",
-            "python": platform.python_version(),
-            "command": "python " + " ".join(sys.argv),
-            "trace_gz_mb": round(args.trace.stat().st_size / 1e6, 1),
-            "trace": str(args.trace),
-            **{f"trace_{k}": v for k, v in trace_figures(args.trace).items()},
-            "runs": args.runs,
-            "ours_wall_s": med(ours, 0),
-            "ours_peak_pss_mb": med(ours, 1),
-            "ours_peak_rss_largest_process_mb": med(ours, 3),
-            "ours_cpu_s": med(ours, 4),
-            "ours_exit_codes": sorted({x[2] for x in ours}),
-        }
+            ours.append(b.ours())
+            again.append(b.ours(repeat=True))
+            if args.hta_python:
+                hta.append(b.hta())
+            print(f"  big run {i + 1}: ours {ours[-1][0]:.2f} s {ours[-1][1]:.0f} MiB, repeat {again[-1][0]:.3f} s"
+                  + (f"; HTA {hta[-1][0]:.2f} s {hta[-1][1]:.0f} MiB" if hta else ""), flush=True)  # fmt: skip
+        doc["big"] = {"ours": summary(ours), "ours_repeat": summary(again)}
+        small_rows: list[dict[str, Any]] = []
+        for path in args.small:
+            copy = work / f"small-{len(small_rows)}" / path.name  # a folder of its own: nothing beside it
+            copy.parent.mkdir()
+            shutil.copyfile(path, copy)
+            s = Bench(work, copy, args.hta_python, f"small{len(small_rows)}")
+            so: list[Run] = []
+            sh: list[Run] = []
+            for _ in range(args.runs):
+                so.append(s.ours())
+                if args.hta_python:
+                    sh.append(s.hta())
+            row: dict[str, Any] = {"trace": _rel(path), **trace_figures(s.trace), "ours": summary(so)}
+            if sh:
+                row |= {"hta": summary(sh), "speedup": _ratio(sh, so, 0), "cpu_speedup": _ratio(sh, so, 4)}
+                row["memory_ratio"] = _ratio(so, sh, 1)
+            small_rows.append(row)
+            print(
+                f"  small {path.name}: ours {row['ours']['wall_s']['median']} s"
+                + (f", HTA {row['hta']['wall_s']['median']} s ({row['speedup']}x)" if sh else ""),
+                flush=True,
+            )
+        script = (
+            shutil.which("stallscope", path=str(Path(sys.executable).parent))
+            or shutil.which("stallscope")
+            or "stallscope"
+        )
+        wall_only([script, "diagnose", "--help"])  # page cache
+        startup = [wall_only([script, "diagnose", "--help"]) for _ in range(args.startup_runs)]
+        doc["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         if hta:
-            result.update({
-                "hta_version": _hta_version(),
-                "hta_wall_s": med(hta, 0),
-                "hta_peak_pss_mb": med(hta, 1),
-                "hta_peak_rss_largest_process_mb": med(hta, 3),
-                "hta_cpu_s": med(hta, 4),
-                "cpu_speedup": round(med(hta, 4) / med(ours, 4), 2),
-                "speedup": round(med(hta, 0) / med(ours, 0), 2),
-                "memory_ratio": round(med(ours, 1) / med(hta, 1), 3),
-            })
-            result["meets_8x"] = result["speedup"] >= 8.0
-            result["meets_half_memory"] = result["memory_ratio"] <= 0.5
-            result["crosscheck_hta_rounded"] = crosscheck(args.trace, work / "hta.json")
-            # HTA rounds every start up and every end down to whole microseconds by default,
-            # which shortens each of ~30k kernels by up to 1 us: the cross-check proper runs
-            # it once more (untimed) on the exact timestamps
-            exact = dict(env, HTA_DISABLE_NS_ROUNDING="1")
-            measure([sys.executable, "-c", HTA_SCRIPT, str(hta_dir), str(work / "hta_exact.json")], exact)
-            result["crosscheck"] = crosscheck(args.trace, work / "hta_exact.json")
-        scaling = []
-        for gb in sorted(x for x in args.big_gb if x > 0):
-            big = work / "big.json"
-            figures = concatenate_steps(args.trace, big, gb * 1e9)
-            wall, rss, code, _, cpu = measure([sys.executable, "-m", "stallscope.cli", "diagnose", str(big), "-f", "yaml", "-o", str(work / "big.yaml")], env)
-            scaling.append({**figures, "ours_wall_s": round(wall, 2), "ours_peak_pss_mb": round(rss, 1), "ours_cpu_s": round(cpu, 1), "exit_code": code,
-                            "pss_growth_mb_per_json_gb": round((rss - result["ours_peak_pss_mb"])
-                                                               / max((figures["json_mb"] - result["trace_json_mb"]) / 1000.0, 1e-9), 1)})
-            big.unlink()
-        if scaling:
-            result["big"] = scaling[-1]
-            result["scaling"] = [{"json_mb": result["trace_json_mb"], "events": result["trace_events"],
-                                  "ours_peak_pss_mb": result["ours_peak_pss_mb"], "ours_wall_s": result["ours_wall_s"]}] + [
-                {k: x[k] for k in ("json_mb", "events", "ours_peak_pss_mb", "ours_wall_s")} for x in scaling]
+            doc["big"] |= {
+                "hta": summary(hta),
+                "memory_ratio_rss": _ratio(ours, hta, 3),
+            }
+            doc["speedup"] = _ratio(hta, ours, 0)
+            doc["memory_ratio"] = _ratio(ours, hta, 1)
+            doc["cpu_speedup"] = _ratio(hta, ours, 4)  # less swayed by the machine's other load than wall time
+        doc["repeat_s"] = round(statistics.median(r[0] for r in again), 3)
+        if small_rows and hta:
+            doc["small_trace_speedup"] = round(statistics.median(r["speedup"] for r in small_rows), 2)
+            doc["small_trace_speedups"] = {Path(r["trace"]).name: r["speedup"] for r in small_rows}
+            doc["small_trace_cpu_speedup"] = round(statistics.median(r["cpu_speedup"] for r in small_rows), 2)
+        doc["startup_s"] = round(statistics.median(startup), 4)
+        doc["meets"] = {k: (doc[k] >= t if op == ">=" else doc[k] <= t) for k, (op, t) in TARGETS.items() if k in doc}
+        doc["targets"] = {k: f"{op} {t}" for k, (op, t) in TARGETS.items()}
+        doc["units"] = (
+            "speedup: HTA's median wall time / ours (x); cpu_speedup: the same of CPU time (x); memory_ratio: our "
+            "median peak PSS / HTA's; *_s: seconds; *_mib: MiB (2**20 bytes); *_mb: 10**6 bytes"
+        )
+        if hta:
+            doc["crosscheck"] = crosscheck(big, work / "big-hta.json")
+        doc["small_traces"] = small_rows
+        doc["startup"] = {
+            "command": "stallscope diagnose --help",
+            "runs": args.startup_runs,
+            "wall_s": spread(startup, 4),
+        }
+        doc["scaling"] = [_scaling(work, source, gb) for gb in sorted(g for g in args.big_gb if g > 0)]
         from stallscope.profiler.common import write_yaml
 
-        write_yaml(args.out, result)
+        first = [k for k in doc if k not in DETAIL]  # run facts and headline figures above the details
+        write_yaml(out_path, {k: doc[k] for k in first + [k for k in DETAIL if k in doc]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'':<22}{'wall s':>10}{'PSS MiB':>10}")
-    print(f"{'stallscope diagnose':<22}{result['ours_wall_s']:>10}{result['ours_peak_pss_mb']:>10}")
+    print(
+        f"\n{'big trace':<28}{'wall s':>10}{'PSS MiB':>10}\n{'stallscope diagnose':<28}{doc['big']['ours']['wall_s']['median']:>10}{doc['big']['ours']['peak_pss_mib']['median']:>10}"
+    )
     if hta:
-        print(f"{'HTA':<22}{result['hta_wall_s']:>10}{result['hta_peak_pss_mb']:>10}")
-        print(f"speedup {result['speedup']}x wall, {result['cpu_speedup']}x CPU; memory ratio {result['memory_ratio']}")
-    if "big" in result:
-        b = result["big"]
-        print(f"{'diagnose ' + str(b['json_mb']) + ' MB':<22}{b['ours_wall_s']:>10}{b['ours_peak_pss_mb']:>10}")
+        print(
+            f"{'HTA ' + doc['hta']['versions']['HolisticTraceAnalysis']:<28}{doc['big']['hta']['wall_s']['median']:>10}{doc['big']['hta']['peak_pss_mib']['median']:>10}"
+        )
+    print(
+        "  ".join(f"{k} {doc[k]}{'' if doc['meets'].get(k, True) else ' (NOT MET)'}" for k in TARGETS if k in doc)
+        + f"\n{out_path}"
+    )
     return 0
 
 
-def _hta_version() -> str | None:
-    try:
-        from importlib.metadata import version
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (no machine paths in results)."""
+    full = path.resolve()
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else str(path)
 
-        return version("HolisticTraceAnalysis")
-    except Exception:  # noqa: BLE001
-        return None
+
+def _ratio(num: Sequence[Run], den: Sequence[Run], j: int) -> float:
+    """Median of ``num``'s column j over the median of ``den``'s."""
+    return round(statistics.median(x[j] for x in num) / statistics.median(x[j] for x in den), 3)
+
+
+def _scaling(work: Path, source: Path, gb: float) -> dict[str, Any]:
+    """Diagnose (ours, once, cold) a trace of ``gb`` GB of JSON built from ``source``."""
+    trace = work / f"scale-{gb:g}" / "rank0.json.gz"
+    trace.parent.mkdir()
+    built = build_big_trace(source, trace, gb * 1e3)
+    s = Bench(work, trace, None, f"scale{gb:g}")
+    wall, pss, code, rss, cpu = s.ours()
+    s.trace.unlink()
+    return {k: built[k] for k in ("copies", "events", "json_mb")} | {
+        "wall_s": round(wall, 2),
+        "peak_pss_mib": round(pss, 1),
+        "cpu_s": round(cpu, 2),
+        "exit_code": code,
+    }
 
 
 if __name__ == "__main__":
