@@ -370,9 +370,52 @@ def data_wait_spans(ev: EventTable) -> tuple[np.ndarray, np.ndarray]:
 
 
 def enclosing_ops(ev: EventTable, tid: int, ts: int, ops: np.ndarray | None = None) -> np.ndarray:
-    """CPU op rows of thread ``tid`` open at ``ts``, outermost first."""
+    """CPU op rows of thread ``tid`` open at ``ts``, outermost first. For many lookups in one
+    table, :class:`OpenOps` answers the same without scanning every op each time."""
     rows = ev.rows_of_kind(Kind.CPU_OP) if ops is None else ops
     if not len(rows):
         return rows
     rows = rows[(ev.tid[rows] == tid) & (ev.ts_ns[rows] <= ts) & (ev.ts_ns[rows] + ev.dur_ns[rows] >= ts)]
     return rows[np.lexsort((-ev.dur_ns[rows], ev.ts_ns[rows]))]
+
+
+class OpenOps:
+    """:func:`enclosing_ops` for many lookups: the ops grouped by thread and sorted by start. An
+    op open at ``ts`` started at most its duration before it, so short ops (up to ``SHORT_NS``)
+    are searched in the window ``[ts - SHORT_NS, ts]`` of the sorted starts; the few longer ones
+    (steps' outer ops, backward, optimizer) are checked whole."""
+
+    SHORT_NS = 1_000_000  # 1 ms: most ops are far shorter, so the window holds few of them
+
+    def __init__(self, ev: EventTable, ops: np.ndarray | None = None) -> None:
+        rows = ev.rows_of_kind(Kind.CPU_OP) if ops is None else np.asarray(ops, dtype=np.int64)
+        self._ev = ev
+        self._by_tid: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        if not len(rows):
+            return
+        tids = ev.tid[rows]
+        for tid in np.unique(tids).tolist():
+            r = rows[tids == tid]
+            r = r[np.argsort(ev.ts_ns[r], kind="stable")]
+            short = ev.dur_ns[r] <= self.SHORT_NS
+            s = r[short]
+            self._by_tid[int(tid)] = (
+                s,
+                ev.ts_ns[s].astype(np.int64),
+                (ev.ts_ns[s] + ev.dur_ns[s]).astype(np.int64),
+                r[~short],
+            )
+
+    def at(self, tid: int, ts: int) -> np.ndarray:
+        """CPU op rows of thread ``tid`` open at ``ts``, outermost first (as :func:`enclosing_ops`)."""
+        ev = self._ev
+        got = self._by_tid.get(int(tid))
+        if got is None:
+            return np.empty(0, dtype=np.int64)
+        short, starts, ends, long = got
+        lo = int(np.searchsorted(starts, ts - self.SHORT_NS, side="left"))
+        hi = int(np.searchsorted(starts, ts, side="right"))
+        found = short[lo:hi][ends[lo:hi] >= ts]
+        if len(long):
+            found = np.concatenate((found, long[(ev.ts_ns[long] <= ts) & (ev.ts_ns[long] + ev.dur_ns[long] >= ts)]))
+        return found[np.lexsort((-ev.dur_ns[found], ev.ts_ns[found]))]

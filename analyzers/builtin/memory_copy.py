@@ -250,7 +250,7 @@ def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks 
                 size[r] = (b[0], b[1])
                 seen_op.add(op)
     others = kernels[~by_copy]
-    cpu_ops = ev.rows_of_kind(Kind.CPU_OP)
+    open_ops = c.OpenOps(ev)
     out = []
     for kind, fid in (("layout", "device-to-device-copies"), ("cast", "dtype-casts")):
         rr = np.asarray(rows[kind], dtype=np.int64)
@@ -271,7 +271,7 @@ def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks 
         for r in rr[np.argsort(-ev.dur_ns[rr], kind="stable")][:500]:
             launch = int(ev.launch_of[r]) if len(ev.launch_of) else -1
             op = int(ev.op_of[r]) if len(ev.op_of) else -1
-            chain = c.enclosing_ops(ev, int(ev.tid[launch]), int(ev.ts_ns[launch]), cpu_ops) if launch >= 0 else rr[:0]
+            chain = open_ops.at(int(ev.tid[launch]), int(ev.ts_ns[launch])) if launch >= 0 else rr[:0]
             lab = _label(ev, op, chain)
             labels[lab] = labels.get(lab, 0.0) + float(ev.dur_ns[r])
         evidence: dict[str, object] = {

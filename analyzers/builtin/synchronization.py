@@ -220,7 +220,7 @@ class Synchronization(c.PerRank):
         saving = min(lost, bound)
         share = 100.0 * saving / total_ns
         refill = np.minimum(after, REFILL_MS * 1e6)
-        ops = ev.rows_of_kind(Kind.CPU_OP)
+        open_ops = c.OpenOps(ev)
         py = ev.rows_of_kind(Kind.PYTHON)
         copy_dir = _copy_direction(ev)
         nbytes = _dtoh_bytes(ev)
@@ -228,7 +228,7 @@ class Synchronization(c.PerRank):
         for i in np.argsort(-cost, kind="stable")[:MAX_SITE_ROWS]:
             r = int(rows[i])
             tid, t = int(ev.tid[r]), int(ev.ts_ns[r])
-            chain = c.enclosing_ops(ev, tid, t, ops)
+            chain = open_ops.at(tid, t)
             op = ev.name_of(int(chain[-1])) if len(chain) else None
             line = c.user_frame_at(ev, tid, t, py) if len(py) else None
             key = (_cause(ev, r, chain, copy_dir), op, line)
