@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -49,6 +48,7 @@ from stallscope.bench.diagnose_speed_tools import (
     trace_figures,
     wall_only,
 )
+from stallscope.bench.recorded import recorded_command, recorded_path
 
 __all__ = ["measure"]  # bench/annotate_memory.py imports it from here
 
@@ -137,18 +137,20 @@ def main() -> int:
     while args.wait_load and os.getloadavg()[0] >= args.wait_load and time.monotonic() - waited < 1800:
         time.sleep(15)
     os.environ["STALLSCOPE_TABLE_CACHE"] = "off"  # this process's own cross-check loads leave no cache
-    argv = [_rel(Path(sys.argv[0])), *sys.argv[1:]]
     doc: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "load_average_start": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 minutes
         "waited_for_load_s": round(time.monotonic() - waited),
         "python": platform.python_version(),
-        "command": "python3 " + shlex.join(argv),
+        # HTA's interpreter is a venv of the reader's making (see the module doc): named VENV
+        "command": recorded_command(
+            [sys.executable, __file__, *("VENV/bin/python" if a == args.hta_python else a for a in sys.argv[1:])]
+        ),
         "hta": None
         if versions is None
         else {
-            "python": args.hta_python,
+            "python": "VENV/bin/python",
             "versions": versions,
             "installed_with": "python3 -m venv --system-site-packages VENV && VENV/bin/pip install HolisticTraceAnalysis",
         },
@@ -266,7 +268,7 @@ def main() -> int:
 def _rel(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it (no machine paths in results)."""
     full = path.resolve()
-    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else str(path)
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else recorded_path(full)
 
 
 def _ratio(num: Sequence[Run], den: Sequence[Run], j: int) -> float:
