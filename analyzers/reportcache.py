@@ -84,7 +84,7 @@ FORMAT = "stallscope-report-cache"
 FORMAT_VERSION = 1
 SUFFIX = ".stallscope-report"
 FORMATS = ("console", "yaml", "json", "md")
-CACHE_ENV = "STALLSCOPE_TABLE_CACHE"  # one switch for both caches (tablestore.CACHE_ENV)
+CACHE_ENV = "STALLSCOPE_TABLE_CACHE"  # one switch for both caches (tablestore takes it from here)
 REPORT_CACHE_ENV = "STALLSCOPE_REPORT_CACHE"  # `off`: this cache alone off (to time the table's path)
 
 # Spans of the inputs' identity: tablestore's KEY_SPAN for a trace file (its full table's key),
@@ -207,9 +207,9 @@ def is_input_name(name: str) -> bool:
     return name.endswith(_INPUT_SUFFIXES) or name in _INPUT_NAMES
 
 
-def _file_key(path: str, span: int) -> list[Any]:
-    """``[size, mtime_ns, hash of the first and last span bytes]`` (tablestore.source_key's
-    fields). Raises OSError."""
+def file_key(path: str | os.PathLike[str], span: int) -> list[Any]:
+    """``[size, mtime_ns, hash of the first and last span bytes]``: a file's identity for both
+    caches (tablestore.source_key is this as a mapping). Raises OSError."""
     st = os.stat(path)
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:
@@ -227,7 +227,7 @@ def input_key(target: str | os.PathLike[str]) -> list[Any] | None:
     try:
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
-            return [["", *_file_key(path, FILE_SPAN)]]
+            return [["", *file_key(path, FILE_SPAN)]]
     except OSError:
         return None
     return _folder_key(path) if stat.S_ISDIR(st.st_mode) else None
@@ -259,7 +259,7 @@ def _folder_key(root: str) -> list[Any] | None:
                 if e.is_dir():  # links followed, as pathlib's globs and is_dir() do
                     todo.append((name + os.sep, e.path))
                 elif is_input_name(e.name) and e.is_file():
-                    out.append([name, *_file_key(e.path, FOLDER_SPAN)])
+                    out.append([name, *file_key(e.path, FOLDER_SPAN)])
             except OSError:
                 out.append([name, "unreadable"])
     return sorted(out)

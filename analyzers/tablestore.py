@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers import reportcache
 from stallscope.analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown, empty_table
 
 __all__ = [
@@ -91,7 +92,7 @@ FORMAT = "stallscope-table"
 FORMAT_VERSION = 1
 TABLE_SUFFIX = ".stallscope-table.npz"
 COMPACT_SUFFIX = ".stallscope-compact.npz"
-CACHE_ENV = "STALLSCOPE_TABLE_CACHE"
+CACHE_ENV = reportcache.CACHE_ENV
 # The metadata key under which load_cached returns its one notice about a table file it refused.
 TABLE_NOTICE = "stallscope_table_notice"
 
@@ -183,14 +184,8 @@ def code_hash(form: str = "full") -> str | None:
 def source_key(path: Path, span: int = KEY_SPAN) -> dict[str, Any]:
     """The identity of the trace at ``path``: size, mtime (ns) and a hash of its first and last
     ``span`` bytes. Raises OSError when the file cannot be read."""
-    st = os.stat(path)
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        h.update(fh.read(span))
-        if st.st_size > span:
-            fh.seek(max(span, st.st_size - span))
-            h.update(fh.read(span))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "span": span, "hash": h.hexdigest()}
+    size, mtime_ns, digest = reportcache.file_key(path, span)
+    return {"size": size, "mtime_ns": mtime_ns, "span": span, "hash": digest}
 
 
 def _unchanged(path: Path, key: dict[str, Any]) -> bool:
@@ -203,16 +198,9 @@ def _unchanged(path: Path, key: dict[str, Any]) -> bool:
 
 # ---------------------------------------------------------------------------------- locations
 def cache_mode() -> str:
-    """``auto``, ``user``, ``off``, or a folder path (``STALLSCOPE_TABLE_CACHE``; see module doc)."""
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    low = raw.lower()
-    if low in ("", "auto", "on", "1"):
-        return "auto"
-    if low in ("off", "0", "no", "false", "none"):
-        return "off"
-    if low == "user":
-        return "user"
-    return raw
+    """``auto``, ``user``, ``off``, or a folder path (``STALLSCOPE_TABLE_CACHE``; see module doc;
+    one reading for both caches)."""
+    return reportcache.cache_mode()
 
 
 def user_cache_dir() -> Path:
