@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from stallscope.analyzers.base import Severity
 from stallscope.analyzers.context import load_context
 from stallscope.analyzers.run import run_analyzers
 
@@ -112,8 +111,10 @@ def _report(run: Path) -> dict[str, object]:
     # the default window: 5 traced steps, far fewer than the run's
     assert all(len(rd.steps) == 5 for rd in ctx.ranks), [len(rd.steps) for rd in ctx.ranks]
     found = run_analyzers(ctx).findings
-    exposed = [f for f in found if f.id == "comm-exposed" and f.severity.rank >= Severity.MEDIUM.rank]
-    assert exposed == [], [(f.title, f.severity.value) for f in exposed]
+    # the peers' wait for the slow rank (SLOW_MS a step) is the straggler's, not exposed
+    # communication; gloo's own transfers on two loaded cores may still show a few ms
+    exposed = [f for f in found if f.id == "comm-exposed" and f.impact.est_saving_ms_per_step > 0.25 * SLOW_MS]
+    assert exposed == [], [(f.title, f.impact.est_saving_ms_per_step) for f in exposed]
     return {f.id: f for f in found}
 
 
