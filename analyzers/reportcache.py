@@ -486,7 +486,7 @@ def store(p: Prepared, texts: dict[str, str]) -> list[Path]:
         head = json.dumps(_header(key, kind, body), separators=(",", ":")).encode("ascii")
         for path, limit in _write_places(key, p.local) if len(body) <= MAX_TEXT_BYTES else []:
             try:
-                _atomic_write(path, head + b"\n" + body)
+                atomic_write(path, functools.partial(_write_bytes, head + b"\n" + body))
             except OSError:
                 continue
             _prune(path.parent, limit, keep=path)
@@ -495,14 +495,19 @@ def store(p: Prepared, texts: dict[str, str]) -> list[Path]:
     return written
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, renamed over ``path``. Not synced: a torn entry fails
-    its hash check and is a miss."""
+def _write_bytes(data: bytes, fh: Any) -> None:
+    fh.write(data)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(fh)`` into a temporary file of the same folder, then rename it over ``path`` (mode
+    by the umask). Not synced: a torn file fails its reader's hash or CRC check and is a cache
+    miss (both caches write this way)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
         mask = os.umask(0o022)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)

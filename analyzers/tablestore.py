@@ -53,7 +53,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -360,39 +359,13 @@ def _store(locations: list[Path], write: Callable[[Any], None]) -> Path | None:
     """Write a table to the first location that takes it (atomically); None when none does."""
     for loc in locations:
         try:
-            _atomic_write(loc, write)
+            reportcache.atomic_write(loc, write)
         except (OSError, ValueError, TypeError, OverflowError):
             continue
         if loc.parent == user_cache_dir():
             prune_user_cache()
         return loc
     return None
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write into a temporary file of the same folder, then rename it over ``path``. Not synced:
-    a table torn by a crash fails its CRC check and is a cache miss, and a sync would cost more
-    than the table is worth on a slow disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def prune_user_cache(limit: int = USER_CACHE_MAX_BYTES) -> None:
@@ -423,7 +396,7 @@ def write_table(path: Path, table: EventTable, meta: dict[str, Any], key: dict[s
     code = code_hash("full")
     if code is None:
         raise ValueError("the package's source files are missing; tables cannot be keyed to the code")
-    _atomic_write(Path(path), lambda fh: _write(fh, "full", code, key, table, meta))
+    reportcache.atomic_write(Path(path), lambda fh: _write(fh, "full", code, key, table, meta))
     return Path(path)
 
 
@@ -434,7 +407,7 @@ def write_compact(path: Path, rd: RankData, notices: list[str], key: dict[str, A
     code = code_hash("compact")
     if code is None:
         raise ValueError("the package's source files are missing; tables cannot be keyed to the code")
-    _atomic_write(Path(path), lambda fh: _write_compact(fh, code, key, rd, notices))
+    reportcache.atomic_write(Path(path), lambda fh: _write_compact(fh, code, key, rd, notices))
     return Path(path)
 
 
