@@ -81,7 +81,7 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
 def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     run_dir = out / "runs" / name
     cmd = [PY, "-m", "stallscope.cli", "profile", "--auto-patch", "--patch-steps", str(PATCH_STEPS), "--skip", "3", "--steps", "2",
-           "-q", "-o", str(run_dir), "--", *spec["cmd"]]
+           "-o", str(run_dir), "--", *spec["cmd"]]
     env = dict(os.environ)
     t0 = time.perf_counter()
     try:
@@ -105,8 +105,28 @@ def run_scenario(name: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
                       "met": got.get("decision") == "kept" and (got.get("speedup") or 0) >= minimum}
     if rc != 0:
         result["output_tail"] = recorded_text(tail, out)
+    result["phases"] = phase_evidence(run_dir, tail, out)
     result["patch_from"] = replay(run_dir, spec["cmd"], env, out)
     return result
+
+
+def phase_evidence(run_dir: Path, tail: str, out: Path) -> dict[str, Any]:
+    """What the run says per auto-patch phase: the summary it printed, meta.yaml's window overhead
+    (with the phase it was measured in) and the report's step statistics (overall and per phase)."""
+    meta = read_yaml(run_dir / "meta.yaml") if (run_dir / "meta.yaml").is_file() else {}
+    ev: dict[str, Any] = {"overhead": (meta or {}).get("overhead"),
+                          "summary_lines": [recorded_text(ln.rstrip(), out) for ln in tail.splitlines()[-40:] if ln.strip()]}
+    cmd = [PY, "-m", "stallscope.cli", "diagnose", str(run_dir), "-f", "yaml"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    ev["diagnose_command"] = recorded_command(cmd, out)
+    if proc.returncode not in (0, 1):
+        ev["diagnose_error"] = recorded_text(proc.stderr[-1500:], out)
+        return ev
+    summ = (yaml.safe_load(proc.stdout) or {}).get("summary") or {}
+    st = summ.get("step_time_ms") or {}
+    ev["report_step_time"] = {k: st.get(k) for k in ("median", "p90", "source", "after_window_pct") if k in st}
+    ev["report_phases"] = summ.get("phases")
+    return ev
 
 
 def replay(run_dir: Path, target: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:

@@ -212,6 +212,7 @@ def median_ci(values: list[float], reps: int = 2000) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="CPU-sized smoke run (1 round, few steps)")
+    ap.add_argument("--name", default="profile-overhead", help="results file name under $OUT (without .yaml)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--measure", type=int, default=70)
@@ -334,7 +335,7 @@ def main() -> None:
         result["gpu_tests_tail"] = tests.stdout[-800:]
     result["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
 
-    path = write_yaml(out_dir / "profile-overhead.yaml", result)
+    path = write_yaml(out_dir / f"{args.name}.yaml", result)
     print()
     print(f"{'figure':42s} value")
     printed = ("transformer_step_ms_unprofiled", "light_overhead_pct_transformer", "window_overhead_pct_transformer",
