@@ -22,40 +22,75 @@ from typing import Any, Optional
 # The name of the fix advice diagnose passes (stallscope.fixes.advice_for): part of the report
 # cache's key for markdown (analyzers/reportcache.py callable_id), known here without the import.
 FIX_ADVICE_ID = "stallscope.fixes.base.advice_for"
-_report_cache_tried = False
+_fast_path_tried = False
 
 
-def from_report_cache(argv: list[str]) -> None:
-    """A repeated ``diagnose TARGET [-f FMT] [-o FILE]`` of unchanged inputs answered from the
-    report cache (the same output, then exit 0) before typer, numpy or the analyzers load;
-    anything else returns, once per process, for the normal path."""
-    global _report_cache_tried
-    if _report_cache_tried or not argv or argv[0] != "diagnose":
+def error_exit(exc: BaseException, debug: bool) -> int:
+    """One line on stderr for ``exc`` and the exit code that means it: a ToolError (bad input or
+    use) its own code (2 for usage), Ctrl-C 130, anything else a bug, 70. ``debug`` adds the
+    traceback and changes no code. Shared by typer's commands and the diagnose fast path."""
+    from stallscope.profiler.common import EXIT_INTERNAL, ToolError
+
+    if isinstance(exc, KeyboardInterrupt):
+        print("stallscope: interrupted", file=sys.stderr, flush=True)
+        return 130
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, ToolError):
+        print(f"stallscope: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    print(
+        f"stallscope: internal error: {exc.__class__.__name__}: {exc}; this is a bug in stallscope: please "
+        "report it with the output of the same command run with --debug",
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_INTERNAL
+
+
+def diagnose_fast(argv: list[str]) -> None:
+    """A plain ``diagnose TARGET [-f FMT] [-o FILE]`` (what :func:`reportcache.parse_diagnose`
+    accepts) runs here, before typer loads: from the report cache when it holds the answer, else
+    diagnosed directly, then exits with the command's code. Typer would add 0.2-0.3 s (it
+    validates options through pydantic) to a diagnosis of a small trace that takes about as long.
+    Anything else (help, other options, other commands) returns, once per process, for typer."""
+    global _fast_path_tried
+    if _fast_path_tried or not argv or argv[0] != "diagnose":
         return
-    _report_cache_tried = True
+    _fast_path_tried = True
     from stallscope.analyzers import reportcache
 
+    request = reportcache.parse_diagnose(argv)
+    if request is None:
+        return
     try:
         hit = reportcache.lookup(argv, advice=FIX_ADVICE_ID)
     except Exception:  # the cache only saves time: whatever goes wrong in it, diagnose as usual
-        return
-    if hit is None:
-        return
-    fix_advice = None
-    if hit.request.fmt == "console":  # drawn again by rich, with the advice under each fix
+        hit = None
+    if hit is not None:
+        fix_advice = None
+        if hit.request.fmt == "console":  # drawn again by rich, with the advice under each fix
+            from stallscope.fixes import advice_for
+
+            fix_advice = advice_for
+        if reportcache.serve(hit, fix_advice):
+            raise SystemExit(0)
+    try:
+        from stallscope.analyzers.command import diagnose_command
         from stallscope.fixes import advice_for
 
-        fix_advice = advice_for
-    if reportcache.serve(hit, fix_advice):
-        raise SystemExit(0)
+        code = diagnose_command(request.target, output=request.output, fmt=request.fmt, fix_advice=advice_for)
+    except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - error_exit sorts usage from bugs
+        code = error_exit(exc, debug=False)
+    raise SystemExit(code)
 
 
-if __name__ == "__main__":  # `python3 -m stallscope.cli`: the cache is asked before typer loads
-    from_report_cache(sys.argv[1:])
+if __name__ == "__main__":  # `python3 -m stallscope.cli`: a plain diagnose runs before typer loads
+    diagnose_fast(sys.argv[1:])
 
 import typer  # noqa: E402
 
-from stallscope.profiler.common import EXIT_INTERNAL, EXIT_USAGE, ToolError, __version__  # noqa: E402
+from stallscope.profiler.common import EXIT_USAGE, ToolError, __version__  # noqa: E402
 
 app = typer.Typer(
     name="stallscope",
@@ -122,25 +157,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ToolError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            typer.echo(f"stallscope: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
-            typer.echo("stallscope: interrupted", err=True)
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            typer.echo(
-                f"stallscope: internal error: {exc.__class__.__name__}: {exc}; this is a bug in stallscope: please "
-                "report it with the output of the same command run with --debug",
-                err=True,
-            )
-            raise typer.Exit(EXIT_INTERNAL) from None
+        except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - error_exit sorts usage from bugs
+            raise typer.Exit(error_exit(exc, _state["debug"])) from None
 
     return wrapper
 
@@ -486,9 +506,9 @@ def help_store_key() -> str:
 
 
 def entry() -> None:
-    """The ``stallscope`` command: a repeated diagnose from the report cache, ``--help`` from the
-    stored rendering when it matches this terminal, everything else through typer."""
-    from_report_cache(sys.argv[1:])
+    """The ``stallscope`` command: a plain diagnose before typer loads (:func:`diagnose_fast`),
+    ``--help`` from the stored rendering when it matches this terminal, everything else through typer."""
+    diagnose_fast(sys.argv[1:])
     tty = sys.stdout.isatty()
     text = stored_help(sys.argv[1:], help_variant(tty, shutil.get_terminal_size().columns, dict(os.environ)))
     if text is not None:

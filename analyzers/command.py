@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from stallscope.analyzers import reportcache
-from stallscope.analyzers.annotate import write_annotated_trace
-from stallscope.analyzers.deep import deepen_report
 from stallscope.analyzers.inputs import open_report
 from stallscope.analyzers.render import FixAdvice, ReportView, to_markdown
-from stallscope.profiler.common import ToolError, atomic_write_text, check_outputs
+from stallscope.profiler.common import ToolError, atomic_write_text, check_outputs, dump_yaml
 
 __all__ = ["FORMATS", "diagnose_command", "format_report"]
 
@@ -34,9 +32,7 @@ def format_report(report: dict[str, Any], fmt: str, fix_advice: FixAdvice | None
         return json.dumps(report, indent=2, sort_keys=False) + "\n"
     if fmt == "md":
         return to_markdown(report, fix_advice=fix_advice)
-    import yaml  # kept out of the module import: console output never needs it
-
-    return yaml.safe_dump(report, sort_keys=False, allow_unicode=True, width=120)
+    return dump_yaml(report, width=120)
 
 
 def diagnose_command(
@@ -68,8 +64,12 @@ def diagnose_command(
                 f"{target}: --deep and --annotated-trace need the trace; pass the run directory or trace, not a report"
             )
         if deep:
+            from stallscope.analyzers.deep import deepen_report  # Nsight Compute's driver: --deep only
+
             extra += deepen_report(ctx, report)
         if annotated_trace is not None:
+            from stallscope.analyzers.annotate import write_annotated_trace  # --annotated-trace only
+
             written = write_annotated_trace(ctx, report, annotated_trace)
             extra.append(f"annotated trace written to {written} (open it in Perfetto: ui.perfetto.dev)")
     if extra:

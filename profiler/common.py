@@ -258,12 +258,18 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ToolError(f"{p}: cannot read ({exc.__class__.__name__}); check the file") from None
 
 
-def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write `data` as block-style YAML, atomically, keeping key order."""
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``data`` as safe YAML text, keys in their order: PyYAML's safe dump, through libyaml's
+    emitter when PyYAML was built with it (the same text, about five times faster)."""
     import yaml
 
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return atomic_write_text(path, text)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, **options)
+
+
+def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write `data` as block-style YAML, atomically, keeping key order."""
+    return atomic_write_text(path, dump_yaml(data, default_flow_style=False))
 
 
 def check_outputs(outputs: dict[str, Any], inputs: tuple[Any, ...] = ()) -> None:

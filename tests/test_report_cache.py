@@ -264,6 +264,21 @@ def test_the_cli_names_the_advice_it_passes() -> None:
     assert cli_module.FIX_ADVICE_ID == reportcache.callable_id(advice_for)
 
 
+def test_plain_diagnose_runs_before_typer_loads(tmp_path: Path, trace: Path) -> None:
+    """A plain diagnose the cache cannot answer is diagnosed without typer (whose option checks
+    load pydantic, as long as a small trace's whole diagnosis), with typer's outputs and codes."""
+    cold = cli(tmp_path, "diagnose", trace.name, "-f", "yaml", STALLSCOPE_REPORT_CACHE="off")
+    assert cold.rc == 0 and cold.analysed and "typer" not in cold.imported, cold.stderr
+    # a global option goes through typer: the same report
+    typed = cli(tmp_path, "--debug", "diagnose", trace.name, "-f", "yaml", STALLSCOPE_REPORT_CACHE="off")
+    assert typed.rc == 0 and "typer" in typed.imported and typed.stdout == cold.stdout
+    # bad input: one line and exit 2, as through typer
+    missing = cli(tmp_path, "diagnose", "no-such-trace.json", "-f", "yaml")
+    assert missing.rc == 2 and "typer" not in missing.imported
+    assert missing.stderr.count("\n") == 1 and missing.stderr.startswith("stallscope: error: ")
+    assert "no-such-trace.json" in missing.stderr and missing.stdout == ""
+
+
 def test_failed_analyzer_or_usage_error_keeps_nothing(
     cache_dir: Path, trace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
