@@ -60,14 +60,15 @@ def _is_data(name: str) -> bool:
 
 
 def _gaps(ev: EventTable, lo: int, hi: int, gs: np.ndarray, ge: np.ndarray) -> list[tuple[int, int]]:
+    """The GPU-idle spans of ``[lo, hi)``; ``gs`` / ``ge``: merged busy intervals (sorted)."""
     out = []
     cur = lo
-    i = np.searchsorted(ge, lo, side="right")
-    while i < len(gs) and gs[i] < hi:
-        if gs[i] > cur:
-            out.append((cur, int(gs[i])))
-        cur = max(cur, int(ge[i]))
-        i += 1
+    i = int(np.searchsorted(ge, lo, side="right"))
+    j = max(i, int(np.searchsorted(gs, hi, side="left")))
+    for s, e in zip(gs[i:j].tolist(), ge[i:j].tolist(), strict=True):
+        if s > cur:
+            out.append((cur, s))
+        cur = max(cur, e)
     if cur < hi:
         out.append((cur, hi))
     return out

@@ -40,6 +40,7 @@ Severity 5 % / 20 % of step time (``_common``).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -225,7 +226,7 @@ def _numel(dims: object) -> int:
     """Elements of a tensor from its recorded dims; 0 when they are not a list of sizes."""
     if not isinstance(dims, list) or not all(isinstance(d, int) and d >= 0 for d in dims):
         return 0
-    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+    return math.prod(dims)
 
 
 def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks | None) -> list[Finding]:
