@@ -28,7 +28,7 @@ from stallscope.profiler.common import read_yaml, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
-from bench.recorded import recorded_command, recorded_text  # noqa: E402
+from bench.recorded import gpu_driver, recorded_command, recorded_text  # noqa: E402
 
 PY = sys.executable
 PATCH_STEPS = int(os.environ.get("AUTOPATCH_STEPS", "10"))
@@ -53,12 +53,7 @@ def env_info() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception as exc:  # pragma: no cover
         info["torch"] = f"unavailable: {exc}"
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-        info["driver"] = out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
-    except Exception:
-        info["driver"] = None
+    info["driver"] = gpu_driver()
     return info
 
 

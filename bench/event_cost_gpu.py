@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workloads next t
 import torch  # noqa: E402
 from overhead_components_gpu import write_figures  # noqa: E402
 from profile_overhead_workload import mlp  # noqa: E402
-from recorded import recorded_command  # noqa: E402 - bench/recorded.py, next to this script
+from recorded import gpu_driver, recorded_command  # noqa: E402 - bench/recorded.py, next to this script
 
 
 class EventRecorder:
@@ -134,7 +134,8 @@ def main() -> None:
     res: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": recorded_command([sys.executable, __file__, *sys.argv[1:]]),
-        "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0), "steps_per_variant": args.steps,
+        "torch": str(torch.__version__), "gpu": torch.cuda.get_device_name(0), "driver": gpu_driver(),
+        "steps_per_variant": args.steps,
         "unit": "microseconds per step (host, no synchronize per step)",
     }
     variants = {

@@ -26,7 +26,7 @@ from stallscope.profiler.common import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
-from bench.recorded import recorded_command, recorded_text  # noqa: E402
+from bench.recorded import gpu_driver, recorded_command, recorded_text  # noqa: E402
 
 GATE_YAML = {
     "alpha": 0.01,
@@ -50,11 +50,7 @@ def _environment() -> dict:
             env["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        env["driver"] = None
+    env["driver"] = gpu_driver()
     return env
 
 

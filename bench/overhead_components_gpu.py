@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from recorded import gpu_driver  # bench/recorded.py, next to this script
 from stallscope.profiler import Session
 from stallscope.profiler.common import write_yaml
 
@@ -56,6 +57,7 @@ def main() -> None:
         "command": "python3 bench/overhead_components_gpu.py",
         "torch": str(torch.__version__),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "driver": gpu_driver(),
         "unit": "microseconds per call",
     }
     res["optimizer_step_bare_us"] = per_call_us(opt.step)

@@ -37,7 +37,7 @@ from stallscope.profiler.rundir import MetaWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the sibling bench package (bench.recorded); stallscope is installed
-from bench.recorded import recorded_command, recorded_text  # noqa: E402
+from bench.recorded import gpu_driver, recorded_command, recorded_text  # noqa: E402
 
 WORKLOAD = ROOT / "bench" / "profile_overhead_workload.py"
 MODES = ("unprofiled", "light", "window")
@@ -275,7 +275,7 @@ def main() -> None:
     except Exception:
         pass
     light = checks.get(f"{models[0]}_light", {})
-    result["driver"] = light.get("driver")
+    result["driver"] = light.get("driver") or gpu_driver()
     result["rounds"] = args.rounds
     result["steps_per_mode"] = {f"{m}_{mode}": len(v) for (m, mode), v in samples.items()}
     result["pinned_cpus"] = pinned

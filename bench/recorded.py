@@ -149,3 +149,19 @@ def machine_paths(text: str) -> list[str]:
     """The absolute paths left in ``text`` (a results file's content): what a check of a
     results file expects to find none of."""
     return [m.group(0).rstrip(".") for m in _PATH_IN_TEXT.finditer(text)]
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver's version as ``nvidia-smi`` reports it (first GPU); None without one.
+    Every GPU result records it beside the GPU and torch."""
+    import subprocess  # noqa: PLC0415 - only the GPU scripts ask
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return lines[0].strip() if lines else None
