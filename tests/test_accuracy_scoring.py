@@ -27,7 +27,7 @@ def _step(i: int) -> None:
     a = torch.randn(128, 128)
     for _ in range(4):
         a = torch.relu(a @ a) / 128.0
-    time.sleep(0.02)  # host time the profiler does not see: steps of ~20 ms, stable to a few %
+    time.sleep(0.05)  # host time the profiler does not see: steps of ~50 ms, most of it a fixed sleep
 
 
 def _median_step_ms(trace: Path) -> float:
@@ -60,7 +60,9 @@ def test_scoreboard_on_a_cpu_trace(tmp_path: Path) -> None:
     labels.mkdir()
     expect: list[dict] = [
         {"kind": "gpu_timeline", "value": False, "why": "CPU-only recording"},
-        {"kind": "step_ms", "range": [0.9 * med, 1.1 * med], "why": "median ProfilerStep read from the file"},
+        # wide: the scorer's range check is under test, not the step's precision; a loaded machine
+        # stretches some of the 4 steps, and the report's step need not be the ProfilerStep median
+        {"kind": "step_ms", "range": [0.5 * med, 2.0 * med], "why": "median ProfilerStep read from the file"},
         {"kind": "absent", "category": "communication", "min_severity": "low", "why": "no collectives"},
         {"kind": "notice", "any": ["GPU"], "why": "a CPU-only trace gets a notice naming the GPU"},
         {"kind": "gpu_timeline", "value": True, "why": "must fail"},
