@@ -337,15 +337,16 @@ def _off(value: str) -> bool:
     return value.strip().lower() in ("off", "0", "no", "false", "none")
 
 
-def user_cache_dir() -> Path:
-    """The folder for entries not kept in a run directory: ``STALLSCOPE_TABLE_CACHE`` when it
-    names one, else ``$XDG_CACHE_HOME/stallscope/reports`` (default ``~/.cache/...``)."""
+def user_cache_dir(kind: str = "reports") -> Path:
+    """The user cache folder of one cache (``reports`` here, ``tables`` for the table cache):
+    ``STALLSCOPE_TABLE_CACHE`` when it names a folder, else ``$XDG_CACHE_HOME/stallscope/KIND``
+    (default ``~/.cache/stallscope/KIND``)."""
     mode = cache_mode()
     if mode not in ("auto", "user", "off"):
         return Path(mode).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "stallscope" / "reports"
+    return base / "stallscope" / kind
 
 
 def _local_dir(resolved: Path, is_dir: bool) -> Path | None:

@@ -203,14 +203,8 @@ def cache_mode() -> str:
 
 
 def user_cache_dir() -> Path:
-    """The user cache folder: ``STALLSCOPE_TABLE_CACHE`` when it names one, else
-    ``$XDG_CACHE_HOME/stallscope/tables`` (default ``~/.cache/stallscope/tables``)."""
-    mode = cache_mode()
-    if mode not in ("auto", "user", "off"):
-        return Path(mode).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "stallscope" / "tables"
+    """The user cache folder of table files (:func:`reportcache.user_cache_dir`, ``tables``)."""
+    return reportcache.user_cache_dir("tables")
 
 
 def sidecar(trace: Path, suffix: str = TABLE_SUFFIX) -> Path:

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,20 +32,12 @@ from stallscope.profiler.common import write_yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # for the sibling bench package (bench.models.kat_vit); stallscope is installed
     sys.path.insert(0, str(ROOT))
-from bench.recorded import recorded_command  # noqa: E402
+from bench.recorded import gpu_driver, recorded_command  # noqa: E402
 
 L = 197
 GROUPS = 8
 HOST_MS: dict = {}
 PROFILE_TO: Path | None = None
-
-
-def _driver() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0]
-    except Exception:
-        return "unknown"
 
 
 def _median_ms(fn, warmup_ms=25, rep_ms=200) -> float:
@@ -241,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": "flashkat",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(),
-        "driver": _driver(),
+        "driver": gpu_driver(),
         "torch": str(torch.__version__),
         "triton": str(triton.__version__),
         "command": recorded_command([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], args.out.parent),
