@@ -23,7 +23,9 @@ compute / non-compute time on the big trace is cross-checked with ours (``hta_te
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
+import importlib.util
 import os
 import platform
 import shutil
@@ -137,6 +139,10 @@ def main() -> int:
     while args.wait_load and os.getloadavg()[0] >= args.wait_load and time.monotonic() - waited < 1800:
         time.sleep(15)
     os.environ["STALLSCOPE_TABLE_CACHE"] = "off"  # this process's own cross-check loads leave no cache
+    # An installed package has its bytecode: pip compiles it at install time. An editable checkout
+    # in a shell with PYTHONDONTWRITEBYTECODE=1 would compile every module again in every run.
+    package = Path(importlib.util.find_spec("stallscope").origin or ROOT / "__init__.py").parent
+    compiled = compileall.compile_dir(package, quiet=1)
     doc: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
@@ -159,6 +165,8 @@ def main() -> int:
         "cold": "each run of ours: fresh process, empty XDG_CACHE_HOME, STALLSCOPE_TABLE_CACHE unset, nothing beside the "
         "trace; HTA keeps no cache; the trace file itself is in the page cache for both",
         "runs": args.runs,
+        "bytecode": f"compiled before timing with compileall ({'done' if compiled else 'some files failed'}), as pip "
+        f"does at install; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', 'unset')}",
     }
     work = Path(tempfile.mkdtemp(prefix="diagnose-speed-"))
     try:
