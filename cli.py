@@ -8,7 +8,6 @@ usage), a traceback only with ``--debug``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shlex
@@ -77,9 +76,13 @@ def diagnose_fast(argv: list[str]) -> None:
             raise SystemExit(0)
     try:
         from stallscope.analyzers.command import diagnose_command
-        from stallscope.fixes import advice_for
 
-        code = diagnose_command(request.target, output=request.output, fmt=request.fmt, fix_advice=advice_for)
+        fix_advice = None
+        if request.fmt in ("console", "md"):  # the texts that show fix advice; yaml / json skip the fixes' import
+            from stallscope.fixes import advice_for
+
+            fix_advice = advice_for
+        code = diagnose_command(request.target, output=request.output, fmt=request.fmt, fix_advice=fix_advice)
     except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - error_exit sorts usage from bugs
         code = error_exit(exc, debug=False)
     raise SystemExit(code)
@@ -501,6 +504,8 @@ def stored_help(argv: list[str], variant: str | None) -> str | None:
 def help_store_key() -> str:
     """What the stored help was rendered from: this file's source, stallscope's and typer's versions
     (a store written for other code is never used)."""
+    import hashlib  # only here: a diagnose never needs it, and it loads OpenSSL (~3 ms)
+
     digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     return f"{__version__}/typer-{getattr(typer, '__version__', '?')}/cli-{digest}"
 

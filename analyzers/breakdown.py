@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, union1d, unique
 from stallscope.analyzers.model import GPU_KINDS, AnalysisContext, EventTable, Kind, RankData, Step, StepBreakdown
 from stallscope.analyzers.vocab import (
     CPU_COPY_OPS,
@@ -116,7 +117,7 @@ def _gaps(busy: Intervals, lo: int, hi: int) -> Intervals:
 
 def _name_mask(t: EventTable, predicate: Callable[[str], bool]) -> np.ndarray:
     ids = t.name_ids_matching(predicate)
-    return np.isin(t.name, ids)
+    return isin(t.name, ids)
 
 
 def gpu_sets(t: EventTable) -> dict[str, Intervals]:
@@ -131,7 +132,7 @@ def gpu_sets(t: EventTable) -> dict[str, Intervals]:
     sync = runtime & _name_mask(t, is_sync_call)
     d2h = np.flatnonzero((t.kind == Kind.MEMCPY) & _name_mask(t, is_device_to_host))
     blocking = t.launch_of[d2h]
-    sync_rows = np.union1d(np.flatnonzero(sync), blocking[blocking >= 0])
+    sync_rows = union1d(np.flatnonzero(sync), blocking[blocking >= 0])
     sets = {
         "compute": _rows(t, np.flatnonzero(kernel & ~comm)),
         "memory": _rows(t, np.flatnonzero(mem)),
@@ -178,7 +179,7 @@ def points(sets: dict[str, Intervals], lo: int, hi: int) -> tuple[np.ndarray, np
     """Cut ``[lo, hi)`` at every start and end of ``sets``: (segment starts, lengths, per set a
     mask of the segments it covers)."""
     windows = {k: v.window(lo, hi) for k, v in sets.items()}
-    pts = np.unique(np.concatenate([[lo, hi]] + [np.concatenate((w.starts, w.ends)) for w in windows.values()]))
+    pts = unique(np.concatenate([[lo, hi]] + [np.concatenate((w.starts, w.ends)) for w in windows.values()]))
     pts = pts[(pts >= lo) & (pts <= hi)]
     seg = pts[:-1]
     length = np.diff(pts).astype(np.float64)
@@ -237,7 +238,7 @@ def rank_breakdown(rd: RankData) -> list[StepBreakdown]:
     t = rd.events
     if not rd.steps or len(t) == 0:
         return []
-    has_gpu = bool(np.isin(t.kind, _GPU_KINDS).any())
+    has_gpu = bool(isin(t.kind, _GPU_KINDS).any())
     if has_gpu:
         sets = gpu_sets(t)
         return [_step_gpu(sets, s, rd.rank) for s in rd.steps]
@@ -284,14 +285,14 @@ def hta_temporal(rd: RankData) -> dict[str, float] | None:
     None when the rank has no GPU ops.
     """
     t = rd.events
-    gpu = np.flatnonzero(np.isin(t.kind, _GPU_KINDS))
+    gpu = np.flatnonzero(isin(t.kind, _GPU_KINDS))
     if t.name_ids_matching(lambda s: "ProfilerStep" in s).size >= 2:
         # HTA keeps the GPU ops launched (same correlation id: runtime or driver call) before
         # the last ProfilerStep starts; the GPU-side ProfilerStep ranges count as host rows
         # there, so the last start is often the GPU annotation's, after the CPU's
         gpu_op = np.zeros(len(t), dtype=bool)
         gpu_op[gpu] = t.correlation[gpu] >= 0
-        steps = np.flatnonzero(~gpu_op & np.isin(t.name, t.name_ids_matching(lambda s: "ProfilerStep" in s)))
+        steps = np.flatnonzero(~gpu_op & isin(t.name, t.name_ids_matching(lambda s: "ProfilerStep" in s)))
         last_start = int(t.ts_ns[steps].max())
         launch = t.launch_of[gpu]
         keep = (launch >= 0) & (t.ts_ns[np.maximum(launch, 0)] < last_start)

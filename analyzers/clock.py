@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.link import sort_events
 from stallscope.analyzers.model import GPU_KINDS, EventTable, Kind
 from stallscope.analyzers.vocab import UNTIMED_OF, is_startup_call, is_work_call
@@ -88,7 +89,7 @@ _GPU_CLOCK = np.asarray(GPU_KINDS + (Kind.GPU_ANNOTATION,), dtype=np.int8)
 
 
 def _cpu_span(t: EventTable) -> tuple[int, int] | None:
-    cpu = np.isin(t.kind, _CPU_CLOCK_KINDS)
+    cpu = isin(t.kind, _CPU_CLOCK_KINDS)
     if not cpu.any():
         return None
     return int(t.ts_ns[cpu].min()), int((t.ts_ns[cpu] + t.dur_ns[cpu]).max())
@@ -100,7 +101,7 @@ def check_gpu_clock(t: EventTable) -> tuple[EventTable, dict[str, Any]]:
     for ``RankData.meta["clock"]``: ``gpu_usable``, ``reason``, ``gpu_events``, ``untimed_events``
     (:func:`clock_notice` words it for the user)."""
     clock: dict[str, Any] = {"gpu_usable": False, "reason": "no GPU events", "gpu_events": 0, "untimed_events": 0}
-    gpu = np.flatnonzero(np.isin(t.kind, _GPU_CLOCK))
+    gpu = np.flatnonzero(isin(t.kind, _GPU_CLOCK))
     if gpu.size == 0:
         return t, clock
     clock["gpu_events"] = int(gpu.size)
@@ -135,7 +136,7 @@ def clock_notice(label: str, clock: dict[str, Any], step_source: str | None) -> 
 def _verdict(t: EventTable, gpu: np.ndarray) -> tuple[str | None, np.ndarray]:
     """(why the GPU timeline is unusable, or None; the rows that are unusable on their own)."""
     none = np.zeros(0, dtype=np.int64)
-    work = gpu[np.isin(t.kind[gpu], _GPU_WORK)]
+    work = gpu[isin(t.kind[gpu], _GPU_WORK)]
     ts = t.ts_ns[work]
     if work.size >= 2 and int(ts.max()) == int(ts.min()):
         first = int(ts[0])
@@ -208,11 +209,11 @@ def startup_span(t: EventTable, before_ns: int | None = None) -> StartUp | None:
     if runtime.size == 0:
         return None
     setup_ids = t.name_ids_matching(is_startup_call)
-    setup = runtime[np.isin(t.name[runtime], setup_ids)]
+    setup = runtime[isin(t.name[runtime], setup_ids)]
     if setup.size == 0:
         return None
     starts = [] if before_ns is None else [int(before_ns)]
-    work = runtime[np.isin(t.name[runtime], t.name_ids_matching(is_work_call))]
+    work = runtime[isin(t.name[runtime], t.name_ids_matching(is_work_call))]
     if work.size:
         starts.append(int(t.ts_ns[work].min()))
     launches = t.launch_of[t.launch_of >= 0]  # calls that GPU rows (timed or not) link to

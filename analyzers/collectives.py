@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, unique
 from stallscope.analyzers.breakdown import Intervals, union
 from stallscope.analyzers.model import GPU_KINDS, Kind, RankData
 from stallscope.analyzers.vocab import is_comm_kernel, is_comm_op
@@ -263,8 +264,8 @@ def exposed_by_type(rd: RankData) -> dict[str, float]:
     if not rd.breakdown or not len(ev):
         return {}
     kernel = ev.kind == Kind.KERNEL
-    if np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)).any():  # the breakdown's GPU timeline
-        comm_mask = kernel & np.isin(ev.name, ev.name_ids_matching(is_comm_kernel))
+    if isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)).any():  # the breakdown's GPU timeline
+        comm_mask = kernel & isin(ev.name, ev.name_ids_matching(is_comm_kernel))
         comm = np.flatnonzero(comm_mask)
         busy_rows = np.flatnonzero((kernel & ~comm_mask) | (ev.kind == Kind.MEMCPY) | (ev.kind == Kind.MEMSET))
     else:
@@ -300,7 +301,7 @@ def _step_weights(sets: dict[str, Intervals], busy: Intervals, lo: int, hi: int)
     clipped = {t: s.window(lo, hi) for t, s in sets.items()}
     blocked = busy.window(lo, hi)
     edges = [np.asarray([lo, hi])] + [np.concatenate((w.starts, w.ends)) for w in [blocked, *clipped.values()]]
-    pts = np.unique(np.concatenate(edges))
+    pts = unique(np.concatenate(edges))
     seg, length = pts[:-1], np.diff(pts).astype(np.float64)
     free = ~blocked.covers(seg)
     cover = {t: w.covers(seg) & free for t, w in clipped.items()}

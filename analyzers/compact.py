@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stallscope.analyzers.arrays import union1d
 from stallscope.analyzers.breakdown import rank_breakdown
 from stallscope.analyzers.model import EventTable, Kind, RankData
 from stallscope.analyzers.vocab import COMPACT_KEEP_PREFIXES, is_comm_kernel, is_sync_call
@@ -70,6 +71,6 @@ def compact_rank(rd: RankData) -> None:
     keep = wanted[t.name]
     keep &= t.kind != Kind.PYTHON
     rows = np.flatnonzero(keep)
-    rows = np.union1d(rows, t.op_of[rows][t.op_of[rows] >= 0])
+    rows = union1d(rows, t.op_of[rows][t.op_of[rows] >= 0])
     rd.events = take_rows(t, rows)
     rd.meta["compacted"] = True

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from stallscope.analyzers import tablestore
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.breakdown import compute_breakdowns
 from stallscope.analyzers.clock import CLOCK_KEY, check_gpu_clock, clock_notice, startup_notice, startup_span
 from stallscope.analyzers.compact import FULL_RANKS, compact_rank
@@ -126,15 +127,15 @@ def _schema_notices(t: EventTable, meta: dict[str, Any], label: str, clock: dict
     the host launched GPU work (their count goes to ``clock["unrecorded_launches"]``)."""
     cats = meta.get(CATEGORIES) or {}
     unknown = sorted(c for c, k in cats.items() if k == "other" and c.lower() not in _KNOWN_OTHER)
-    if len(t) and not np.isin(t.kind, _READ_KINDS).any():
+    if len(t) and not isin(t.kind, _READ_KINDS).any():
         return [
             f"{label}: no event category stallscope reads (found: {', '.join(sorted(cats)) or 'none'}; read: "
             "cpu_op, user_annotation, cuda_runtime, kernel, gpu_memcpy, gpu_memset and their older spellings): "
             "nothing to analyse; re-export the trace with torch.profiler"
         ]
-    if np.isin(t.kind, np.asarray(GPU_KINDS + UNTIMED_KINDS, dtype=np.int8)).any():
+    if isin(t.kind, np.asarray(GPU_KINDS + UNTIMED_KINDS, dtype=np.int8)).any():
         return []
-    launches = np.isin(t.name, t.name_ids_matching(is_work_call)) & (t.kind == Kind.RUNTIME)
+    launches = isin(t.name, t.name_ids_matching(is_work_call)) & (t.kind == Kind.RUNTIME)
     if not launches.any():
         return []
     why = f"categories not read: {', '.join(unknown)}" if unknown else "GPU activity was not recorded"

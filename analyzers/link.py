@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, unique
 from stallscope.analyzers.model import GPU_KINDS, TABLE_COLUMNS, EventTable, Kind
 
 __all__ = ["sort_and_link", "sort_events", "link"]
@@ -34,7 +35,8 @@ def sort_events(t: EventTable) -> EventTable:
     for f in ("launch_of", "op_of"):
         links = getattr(t, f)
         setattr(t, f, np.where(links >= 0, remap[np.maximum(links, 0)], -1))
-    t.extra = {int(remap[k]): v for k, v in t.extra.items()}
+    rows = np.fromiter(t.extra.keys(), dtype=np.int64, count=len(t.extra))
+    t.extra = dict(zip(remap[rows].tolist(), t.extra.values(), strict=True))
     return t
 
 
@@ -52,7 +54,7 @@ def _lookup(keys: np.ndarray, rows: np.ndarray, wanted: np.ndarray) -> np.ndarra
 
 def link(t: EventTable) -> None:
     """Fill ``launch_of`` and ``op_of`` of the GPU rows of a time-sorted table."""
-    gpu = np.flatnonzero(np.isin(t.kind, np.asarray(GPU_KINDS, dtype=np.int8)))
+    gpu = np.flatnonzero(isin(t.kind, np.asarray(GPU_KINDS, dtype=np.int8)))
     if gpu.size == 0:
         return
     runtime = np.flatnonzero((t.kind == Kind.RUNTIME) & (t.correlation >= 0))
@@ -73,7 +75,7 @@ def _containing_op(t: EventTable, rows: np.ndarray) -> np.ndarray:
     cpu = np.flatnonzero(t.kind == Kind.CPU_OP)
     if cpu.size == 0:
         return out
-    for tid in np.unique(t.tid[rows]):
+    for tid in unique(t.tid[rows]):
         ops = cpu[t.tid[cpu] == tid]
         if ops.size == 0:
             continue

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.roles import ThreadRoles, thread_roles
 from stallscope.analyzers.vocab import GPU_KINDS, MEMORY_EVENT, Kind
 
@@ -82,7 +83,7 @@ class EventTable:
 
     def rows_of_kind(self, *kinds: Kind) -> np.ndarray:
         """Rows of any of ``kinds``, in table order."""
-        return np.flatnonzero(np.isin(self.kind, np.asarray(kinds, dtype=np.int8)))
+        return np.flatnonzero(isin(self.kind, np.asarray(kinds, dtype=np.int8)))
 
     def gpu_rows(self) -> np.ndarray:
         """Rows that ran on the GPU (kernels, memcpy, memset)."""
@@ -95,9 +96,9 @@ class EventTable:
     def rows_named(self, predicate: Callable[[str], bool], *kinds: Kind) -> np.ndarray:
         """Rows whose name satisfies ``predicate`` (and whose kind is one of ``kinds``, when given)."""
         ids = self.name_ids_matching(predicate)
-        mask = np.isin(self.name, ids)
+        mask = isin(self.name, ids)
         if kinds:
-            mask &= np.isin(self.kind, np.asarray(kinds, dtype=np.int8))
+            mask &= isin(self.kind, np.asarray(kinds, dtype=np.int8))
         return np.flatnonzero(mask)
 
 

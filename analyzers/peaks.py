@@ -31,6 +31,7 @@ No torch import here.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import weakref
@@ -435,9 +436,9 @@ def _kernel_rooflines(ev: EventTable, device_name: str | None) -> list[KernelRoo
     pkeys, pinv = np.unique(pair_key[has_op], return_inverse=True)
     pdur = np.bincount(pinv, weights=dur[has_op], minlength=len(pkeys))
     ops_of: dict[int, list[tuple[float, str]]] = {}
-    for key, d in zip(pkeys, pdur, strict=False):
-        k, o = divmod(int(key), len(uops) + 1)
-        ops_of.setdefault(k, []).append((float(d), info[o][0]))
+    pk, po = np.divmod(pkeys, len(uops) + 1)
+    for k, o, d in zip(pk.tolist(), po.tolist(), pdur.tolist(), strict=False):
+        ops_of.setdefault(k, []).append((d, info[o][0]))
     out = []
     for k in range(nk):
         kname = ev.names[int(kname_ids[k])]
@@ -484,7 +485,7 @@ def _kernel_rooflines(ev: EventTable, device_name: str | None) -> list[KernelRoo
                 compute_pct_of_peak=c_pct,
                 bandwidth_pct_of_peak=b_pct,
                 cls=cls,
-                ops=[n for _, n in sorted(ops_of.get(k, []), reverse=True)[:3]],
+                ops=[n for _, n in heapq.nlargest(3, ops_of.get(k, []))],
             )
         )
     out.sort(key=lambda k: k.total_ms, reverse=True)

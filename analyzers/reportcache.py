@@ -48,7 +48,6 @@ the renderer and rich.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import stat
@@ -57,6 +56,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+try:  # blake2b from its own module: importing hashlib also loads OpenSSL (~3 ms a process), unused here
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
 
 from stallscope.profiler import runformat
 from stallscope.profiler.common import ToolError, atomic_write_text, check_outputs
@@ -211,7 +215,7 @@ def file_key(path: str | os.PathLike[str], span: int) -> list[Any]:
     """``[size, mtime_ns, hash of the first and last span bytes]``: a file's identity for both
     caches (tablestore.source_key is this as a mapping). Raises OSError."""
     st = os.stat(path)
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     with open(path, "rb") as fh:
         h.update(fh.read(span))
         if st.st_size > span:
@@ -270,7 +274,7 @@ def code_stamp() -> str:
     """What decides a report's text besides its inputs: the package's files (path, size,
     mtime_ns), the Python version and the installed numpy / PyYAML / orjson (their
     ``__init__``'s path, size and mtime). Computed once per process (a few ms: ~130 stats)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     h.update(f"{FORMAT}/{FORMAT_VERSION}\0{sys.version}\0{sys.implementation.cache_tag}\0".encode())
     paths = [_PACKAGE / f for f in _CODE_FILES]
     for top in _CODE_DIRS:
@@ -305,7 +309,7 @@ def _environment() -> list[list[str]]:
 
 def _digest(value: Any, size: int) -> str:
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.blake2b(text.encode("ascii"), digest_size=size).hexdigest()
+    return blake2b(text.encode("ascii"), digest_size=size).hexdigest()
 
 
 def _key(p: Prepared, kind: str) -> str:
@@ -458,7 +462,7 @@ def _header(key: str, kind: str, body: bytes) -> dict[str, Any]:
         "key": key,
         "kind": kind,
         "bytes": len(body),
-        "hash": hashlib.blake2b(body, digest_size=16).hexdigest(),
+        "hash": blake2b(body, digest_size=16).hexdigest(),
     }
 
 

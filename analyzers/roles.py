@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, unique
 from stallscope.analyzers.vocab import DATA_WAIT, PROFILER_STEP, STALLSCOPE_STEP, Kind, is_comm_op
 
 if TYPE_CHECKING:  # the model imports this module for RankData.roles
@@ -152,7 +153,7 @@ def _covered(ts: np.ndarray, end: np.ndarray) -> int:
 def _measure(t: EventTable, tid: int, rows: np.ndarray, ids: dict[str, np.ndarray]) -> _Thread:
     name = t.name[rows]
     kind = t.kind[rows]
-    top_rows = rows[np.isin(kind, np.asarray(_TOP_KINDS, dtype=np.int8))]
+    top_rows = rows[isin(kind, np.asarray(_TOP_KINDS, dtype=np.int8))]
     order = np.lexsort((-t.dur_ns[top_rows], t.ts_ns[top_rows]))
     top_rows = top_rows[order]
     ts, end = t.ts_ns[top_rows], t.ts_ns[top_rows] + t.dur_ns[top_rows]
@@ -161,11 +162,11 @@ def _measure(t: EventTable, tid: int, rows: np.ndarray, ids: dict[str, np.ndarra
     root_dur = t.dur_ns[roots]
 
     def root_ns(key: str) -> int:
-        return int(root_dur[np.isin(t.name[roots], ids[key])].sum())
+        return int(root_dur[isin(t.name[roots], ids[key])].sum())
 
     # DataLoader and compile work may sit under a user's own range: count the rows at any depth
     def any_ns(key: str, kinds: tuple[Kind, ...]) -> int:
-        sel = rows[np.isin(name, ids[key]) & np.isin(kind, np.asarray(kinds, dtype=np.int8))]
+        sel = rows[isin(name, ids[key]) & isin(kind, np.asarray(kinds, dtype=np.int8))]
         sel = sel[np.argsort(t.ts_ns[sel], kind="stable")]
         return _covered(t.ts_ns[sel], t.ts_ns[sel] + t.dur_ns[sel])
 
@@ -175,8 +176,8 @@ def _measure(t: EventTable, tid: int, rows: np.ndarray, ids: dict[str, np.ndarra
     return _Thread(
         tid=tid,
         rows=int(rows.size),
-        steps=int(np.isin(name, ids["step"]).sum()),
-        marks=int(np.isin(name, ids["mark"]).sum()),
+        steps=int(isin(name, ids["step"]).sum()),
+        marks=int(isin(name, ids["mark"]).sum()),
         top_ns=_covered(ts, end),
         span_ns=_covered(t.ts_ns[span_rows], t.ts_ns[span_rows] + t.dur_ns[span_rows]),
         backward_ns=root_ns("backward"),
@@ -184,8 +185,8 @@ def _measure(t: EventTable, tid: int, rows: np.ndarray, ids: dict[str, np.ndarra
         pin_ns=root_ns("pin"),
         data_ns=any_ns("data", (Kind.CPU_OP, Kind.ANNOTATION, Kind.PYTHON)),
         compile_ns=any_ns("compile", (Kind.CPU_OP, Kind.ANNOTATION, Kind.PYTHON)),
-        data_marks=int(np.isin(name, ids["data"]).sum()),
-        runtime_names=sorted({t.names[int(i)] for i in np.unique(t.name[runtime])[:3]}) if runtime.size else [],
+        data_marks=int(isin(name, ids["data"]).sum()),
+        runtime_names=sorted({t.names[int(i)] for i in unique(t.name[runtime])[:3]}) if runtime.size else [],
     )
 
 
@@ -212,7 +213,7 @@ def _role_off_loop(th: _Thread, loop_known: bool) -> tuple[str, str]:
 
 
 def _classify(t: EventTable) -> ThreadRoles:
-    cpu = np.flatnonzero(np.isin(t.kind, np.asarray(_THREAD_KINDS, dtype=np.int8)))
+    cpu = np.flatnonzero(isin(t.kind, np.asarray(_THREAD_KINDS, dtype=np.int8)))
     if not cpu.size:
         return ThreadRoles(loop=None, by_tid={}, evidence={})
     ids = {

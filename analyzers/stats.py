@@ -32,9 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
+
+from stallscope.analyzers.arrays import median, quantile
+
+if TYPE_CHECKING:  # annotations only: numpy.typing costs ~1 ms to import
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -68,9 +73,9 @@ def summary(samples: Sequence[float] | np.ndarray) -> dict[str, float | None]:
     if arr.size == 0:
         return {"median": None, "p10": None, "p90": None, "mean": None}
     return {
-        "median": float(np.median(arr)),
-        "p10": float(np.quantile(arr, 0.1)),
-        "p90": float(np.quantile(arr, 0.9)),
+        "median": float(median(arr)),
+        "p10": float(quantile(arr, 0.1)),
+        "p90": float(quantile(arr, 0.9)),
         "mean": float(arr.mean()),
     }
 

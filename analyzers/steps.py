@@ -12,6 +12,7 @@ from operator import methodcaller
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.model import EventTable, Kind, Step
 from stallscope.analyzers.vocab import PROFILER_STEP, STALLSCOPE_STEP, STEP_NAME
 
@@ -29,7 +30,7 @@ def find_steps(t: EventTable, not_before_ns: int | None = None) -> tuple[list[St
         ids = t.name_ids_matching(methodcaller("startswith", prefix))
         if ids.size == 0:
             continue
-        rows = np.flatnonzero(np.isin(t.name, ids) & np.isin(t.kind, cpu_like))
+        rows = np.flatnonzero(isin(t.name, ids) & isin(t.kind, cpu_like))
         if rows.size == 0:
             continue
         steps: list[Step] = []

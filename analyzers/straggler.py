@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import median, quantile
 from stallscope.analyzers.base import Finding, Impact
 from stallscope.analyzers.builtin._common import covered_ns, grade
 from stallscope.analyzers.collectives import Collective
@@ -87,8 +88,8 @@ def bootstrap_median_ci(values: np.ndarray, level: float = 0.95) -> tuple[float,
     resample count, so a verdict is the same on every run)."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     idx = rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
-    meds = np.median(values[idx], axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, 1 - (1 - level) / 2])
+    meds = median(values[idx], axis=1)
+    lo, hi = quantile(meds, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
@@ -162,10 +163,10 @@ def telemetry_straggler(ctx: AnalysisContext) -> TelemetryVerdict | None:
         slowest = np.argmax(own, axis=0)
         for i, r in enumerate(ranks):
             peers = np.delete(np.arange(len(ranks)), i)
-            excess = own[i] - np.median(own[peers], axis=0)
-            longer = np.maximum(wall[i] - np.median(wall[peers], axis=0), 0.0)
+            excess = own[i] - median(own[peers], axis=0)
+            longer = np.maximum(wall[i] - median(wall[peers], axis=0), 0.0)
             caused = excess - longer  # the part of its excess its peers spent waiting
-            med = float(np.median(caused))
+            med = float(median(caused))
             if best is not None and med <= best.excess_ms:
                 continue
             n_slow = int((slowest == i).sum())
@@ -177,7 +178,7 @@ def telemetry_straggler(ctx: AnalysisContext) -> TelemetryVerdict | None:
                 ci95_ms=bootstrap_median_ci(caused),
                 slowest_pct=100.0 * n_slow / len(usable),
                 slowest_p=late_by_chance_p(n_slow, len(usable), len(ranks)),
-                step_ms=float(np.median(wall)),
+                step_ms=float(median(wall)),
                 named=False,
             )
             verdict.named = (
@@ -284,7 +285,7 @@ def window_straggler(
     wait_ms = float(np.sum(caused)) / max(len(ranks) - 1, 1) / 1e6 / _window_steps(ctx)
     step_wall = step_ms(ctx)
     lateness = [
-        float(np.median([v for r, v in coll.items() if r != who]) - coll[who])
+        float(median([v for r, v in coll.items() if r != who]) - coll[who])
         for _, coll in sorted(by_step.items())
         if who in coll and len(coll) > 1
     ]
@@ -384,7 +385,7 @@ def _telemetry_wait(rd: RankData) -> float | None:
         return None
     vals = np.asarray(tel["data_wait_ms"], dtype=float)
     vals = vals[np.isfinite(vals)]
-    return float(np.median(vals)) if vals.size else None
+    return float(median(vals)) if vals.size else None
 
 
 def _reason_bits(value: Any) -> int | None:
@@ -408,7 +409,7 @@ def _sm_clock(rd: RankData) -> tuple[float | None, int]:
     # Bits that mean the GPU slowed itself down (not idle / app-clock settings): see gpu_health.
     slow_bits = 0x8 | 0x20 | 0x40 | 0x80 | 0x4
     throttled = sum(1 for bits in reasons if bits is not None and bits & slow_bits)
-    return (float(np.median(busy)) if busy.size else None), throttled
+    return (float(median(busy)) if busy.size else None), throttled
 
 
 def _cause(ctx: AnalysisContext, who: int, wait_ms: float) -> tuple[str, dict[str, Any], float]:
@@ -420,7 +421,7 @@ def _cause(ctx: AnalysisContext, who: int, wait_ms: float) -> tuple[str, dict[st
     ev: dict[str, Any] = {}
 
     def peer_median(values: list[float]) -> float:
-        return float(np.median(values)) if values else 0.0
+        return float(median(values)) if values else 0.0
 
     my_wait = _telemetry_wait(me)
     if my_wait is not None:

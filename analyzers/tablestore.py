@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import os
@@ -59,9 +58,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+try:  # blake2b from its own module: importing hashlib also loads OpenSSL (~3 ms a process), unused here
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
+
 import numpy as np
 
 from stallscope.analyzers import reportcache
+from stallscope.analyzers.arrays import unique
 from stallscope.analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown, empty_table
 
 __all__ = [
@@ -167,7 +172,7 @@ class StoredTable:
 def code_hash(form: str = "full") -> str | None:
     """Hash of the source text of the modules that decide a table's contents (read once per
     process, ~1 ms); None when a source file is missing (then nothing is cached)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     h.update(f"{FORMAT}/{FORMAT_VERSION}/{form}".encode())
     for rel in _TABLE_SOURCES:
         try:
@@ -221,7 +226,7 @@ def in_run_dir(trace: Path) -> bool:
 
 
 def _user_entry(trace: Path, suffix: str) -> Path:
-    digest = hashlib.blake2b(str(trace.resolve()).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+    digest = blake2b(str(trace.resolve()).encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
     return user_cache_dir() / f"{digest}{suffix}"
 
 
@@ -419,7 +424,7 @@ def _write_compact(fh: Any, code: str, key: dict[str, Any], rd: RankData, notice
 
 def _used_names(t: EventTable) -> EventTable:
     """``t`` with only the names its rows use (a compacted table keeps the whole trace's names)."""
-    used = np.unique(t.name)
+    used = unique(t.name)
     if used.size == len(t.names):
         return t
     names = [t.names[i] for i in used.tolist()]
@@ -436,13 +441,15 @@ def _write(
     part: dict[str, Any] | None = None,
 ) -> None:
     n = len(table)
-    unique: dict[int, tuple[int, dict[str, Any]]] = {}
     rows = np.fromiter(table.extra.keys(), dtype=np.int64, count=len(table.extra))
-    refs = np.fromiter(
-        (unique.setdefault(id(d), (len(unique), d))[0] for d in table.extra.values()),
-        dtype=np.int64,
-        count=len(table.extra),
-    )
+    # each shared dict once, numbered in the order rows first use it
+    values = list(table.extra.values())
+    ids = np.fromiter(map(id, values), dtype=np.uint64, count=len(values))
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    by_first_use = np.argsort(first, kind="stable")
+    ref_of = np.empty(len(first), dtype=np.int64)
+    ref_of[by_first_use] = np.arange(len(first))
+    refs = ref_of[inverse]
     order = np.argsort(rows, kind="stable")
     arrays: dict[str, np.ndarray] = {}
     for c in _COLUMN_NAMES:
@@ -454,7 +461,7 @@ def _write(
     arrays["extra_ref"] = refs[order]
     blobs: dict[str, Any] = {
         "names": table.names,
-        "extra": [d for _, d in sorted(unique.values(), key=lambda x: x[0])],
+        "extra": [values[i] for i in first[by_first_use].tolist()],
         "meta": meta,
     }
     if part is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, union1d, unique
 from stallscope.analyzers.base import Analyzer, Finding, Severity, severity_from_share
 from stallscope.analyzers.model import GPU_KINDS, Kind
 from stallscope.analyzers.peaks import GpuPeaks, peaks_for
@@ -59,7 +60,7 @@ def window_ns(rank: RankData) -> tuple[int, int]:
         start, end = rank.steps[0].start_ns, rank.steps[-1].end_ns
         cpu_ns = int(sum(s.end_ns - s.start_ns for s in rank.steps))
         gpu: np.ndarray | list[int] = (
-            np.flatnonzero(np.isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0))
+            np.flatnonzero(isin(ev.kind, np.asarray(GPU_KINDS, dtype=ev.kind.dtype)) & (ev.step >= 0))
             if len(ev)
             else []
         )
@@ -105,18 +106,17 @@ def overlap_ns(a_s: np.ndarray, a_e: np.ndarray, b_s: np.ndarray, b_e: np.ndarra
     """Length of the intersection of two interval unions."""
     a_s, a_e = merge(a_s, a_e)
     b_s, b_e = merge(b_s, b_e)
-    i = j = 0
-    total = 0
-    while i < len(a_s) and j < len(b_s):
-        lo = max(a_s[i], b_s[j])
-        hi = min(a_e[i], b_e[j])
-        if hi > lo:
-            total += hi - lo
-        if a_e[i] < b_e[j]:
-            i += 1
-        else:
-            j += 1
-    return int(total)
+    if not len(a_s) or not len(b_s):
+        return 0
+    # Merged, each side's starts rise and its ends never fall, so the intervals of b that may
+    # overlap a's i-th are one run, [first[i], stop[i]); every pair of the runs is summed.
+    first = np.searchsorted(b_e, a_s, side="right")
+    stop = np.searchsorted(b_s, a_e, side="left")
+    count = np.maximum(stop - first, 0)
+    ai = np.repeat(np.arange(len(a_s)), count)
+    bj = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count - first, count)
+    inter = np.minimum(a_e[ai], b_e[bj]) - np.maximum(a_s[ai], b_s[bj])
+    return int(inter[inter > 0].sum())
 
 
 def gpu_rows(ev: EventTable, kinds: Iterable[Kind] = GPU_KINDS) -> np.ndarray:
@@ -134,7 +134,7 @@ def rows_within(ev: EventTable, anchors: np.ndarray, candidates: np.ndarray, sam
     keep = np.zeros(len(candidates), bool)
     cts = ev.ts_ns[candidates]
     ctid = ev.tid[candidates]
-    for tid in np.unique(ev.tid[anchors]) if same_thread else [None]:
+    for tid in unique(ev.tid[anchors]) if same_thread else [None]:
         a = anchors if tid is None else anchors[ev.tid[anchors] == tid]
         s, e = merge(ev.ts_ns[a], ev.ts_ns[a] + ev.dur_ns[a])
         pos = np.searchsorted(s, cts, side="right") - 1
@@ -154,7 +154,7 @@ def gpu_rows_launched_within(ev: EventTable, anchors: np.ndarray) -> np.ndarray:
     owner = np.where(launch >= 0, launch, ev.op_of[g] if len(ev.op_of) else -1)
     ok = owner >= 0
     g, owner = g[ok], owner[ok]
-    hit = set(rows_within(ev, anchors, np.unique(owner)).tolist())
+    hit = set(rows_within(ev, anchors, unique(owner)).tolist())
     return g[np.fromiter((o in hit for o in owner), bool, len(owner))] if hit else np.empty(0, np.int64)
 
 
@@ -311,7 +311,7 @@ def blocking_call_rows(ev: EventTable) -> np.ndarray:
     sync = ev.rows_named(is_sync_call, Kind.RUNTIME)
     copies = ev.rows_named(is_device_to_host, Kind.MEMCPY)
     launch = ev.launch_of[copies] if len(ev.launch_of) and len(copies) else np.empty(0, np.int64)
-    return np.union1d(sync, launch[launch >= 0]).astype(np.int64)
+    return union1d(sync, launch[launch >= 0]).astype(np.int64)
 
 
 def gpu_busy(ev: EventTable) -> tuple[np.ndarray, np.ndarray]:
@@ -394,7 +394,7 @@ class OpenOps:
         if not len(rows):
             return
         tids = ev.tid[rows]
-        for tid in np.unique(tids).tolist():
+        for tid in unique(tids).tolist():
             r = rows[tids == tid]
             r = r[np.argsort(ev.ts_ns[r], kind="stable")]
             short = ev.dur_ns[r] <= self.SHORT_NS

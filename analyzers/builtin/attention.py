@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, unique
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
@@ -63,10 +64,10 @@ def unfused_blocks(ev: EventTable) -> list[tuple[int, int, tuple[int, ...]]]:
         return []
     ops = ops[np.lexsort((ev.ts_ns[ops], ev.tid[ops]))]
     op_names = ev.name[ops]
-    is_matmul = np.isin(op_names, ev.name_ids_matching(lambda s: s in _MATMUL))
+    is_matmul = isin(op_names, ev.name_ids_matching(lambda s: s in _MATMUL))
     blocks = []
     seen: set[tuple[int, int]] = set()
-    for i in map(int, np.flatnonzero(np.isin(op_names, ev.name_ids_matching(lambda s: s in _SOFTMAX)))):
+    for i in map(int, np.flatnonzero(isin(op_names, ev.name_ids_matching(lambda s: s in _SOFTMAX)))):
         d = _dims(ev, ops[i])
         if not d or len(d[0]) < 3 or d[0][-1] < MIN_TOKENS:
             continue
@@ -111,7 +112,7 @@ def _block_time(ev: EventTable, blocks: list[tuple[int, int, tuple[int, ...]]]) 
         ok = pos >= 0
         ok[ok] &= (ev.ts_ns[mine] + ev.dur_ns[mine])[ok] <= e[pos[ok]]
         anchors.append(mine[ok])
-    return c.device_time_ns(ev, np.unique(np.concatenate(anchors)))
+    return c.device_time_ns(ev, unique(np.concatenate(anchors)))
 
 
 def _iterations(rank: RankData) -> int:
@@ -209,7 +210,7 @@ class Attention(c.PerRank):
     @staticmethod
     def _fused_kernel_rows(ev: EventTable) -> np.ndarray:
         k = c.gpu_rows(ev, (Kind.KERNEL,))
-        return k[np.isin(ev.name[k], ev.name_ids_matching(lambda s: bool(_FUSED_KERNEL.search(s))))]
+        return k[isin(ev.name[k], ev.name_ids_matching(lambda s: bool(_FUSED_KERNEL.search(s))))]
 
     def _busy_ns(self, ev: EventTable) -> int:
         if c.has_gpu(ev):

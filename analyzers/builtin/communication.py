@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import median
 from stallscope.analyzers.base import Analyzer, Finding, Impact, Severity, register
 from stallscope.analyzers.builtin._common import grade
 from stallscope.analyzers.collectives import Collective, collectives_of, exposed_by_type, match_instances
@@ -229,7 +230,7 @@ def _slow_link(
         rates[c.name].append(algbw * _bus_factor(c.name, c.group_size))
     if not rates or peak is None:
         return None
-    med = {k: float(np.median(v)) for k, v in rates.items()}
+    med = {k: float(median(v)) for k, v in rates.items()}
     worst = min(med, key=med.__getitem__)
     if med[worst] >= SLOW_LINK_FRACTION * peak:
         return None
@@ -276,9 +277,9 @@ def bandwidth_table(ctx: AnalysisContext, instances: list[dict[int, Collective]]
         arr = np.asarray(vals, dtype=float)
         entry = {
             "count": float(len(vals)),
-            "median_msg_mb": float(np.median(arr[:, 0])) / 2**20,
-            "median_algbw_gbps": float(np.median(arr[:, 1])),
-            "median_busbw_gbps": float(np.median(arr[:, 2])),
+            "median_msg_mb": float(median(arr[:, 0])) / 2**20,
+            "median_algbw_gbps": float(median(arr[:, 1])),
+            "median_busbw_gbps": float(median(arr[:, 2])),
             "max_busbw_gbps": float(arr[:, 2].max()),
         }
         if peak:

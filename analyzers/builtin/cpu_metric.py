@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
@@ -179,12 +180,12 @@ class CpuMetric(c.PerRank):
         thread (a backward graph compiles on the autograd thread: the compile analyzer owns that
         gap), and everything the autograd, communication and compile threads run (the loop is
         blocked in ``backward()`` or a collective while they do)."""
-        busy = np.isin(ev.kind, np.asarray((Kind.CPU_OP, Kind.RUNTIME, Kind.ANNOTATION), dtype=np.int8))
-        marks = np.isin(ev.name, ev.name_ids_matching(lambda s: bool(_STEP_MARK.match(s))))
+        busy = isin(ev.kind, np.asarray((Kind.CPU_OP, Kind.RUNTIME, Kind.ANNOTATION), dtype=np.int8))
+        marks = isin(ev.name, ev.name_ids_matching(lambda s: bool(_STEP_MARK.match(s))))
         own = busy & on_loop & (ev.kind != Kind.ANNOTATION) & ~marks
         helper_tids = roles.tids("autograd") + roles.tids("comm") + roles.tids("compile")
-        helpers = busy & np.isin(ev.tid, np.asarray(helper_tids, dtype=np.int64))
-        compiling = np.isin(ev.name, ev.name_ids_matching(lambda s: bool(c.COMPILE_EVENT.match(s))))
+        helpers = busy & isin(ev.tid, np.asarray(helper_tids, dtype=np.int64))
+        compiling = isin(ev.name, ev.name_ids_matching(lambda s: bool(c.COMPILE_EVENT.match(s))))
         return c.IntervalIndex.of_rows(ev, np.flatnonzero(own | helpers | (busy & compiling)))
 
     @staticmethod

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, median, unique
 from stallscope.analyzers.base import Analyzer, Finding, Impact, Severity, register, severity_from_share
 from stallscope.analyzers.breakdown import Intervals, gpu_sets, points, union
 from stallscope.analyzers.builtin import _common as c
@@ -113,7 +114,7 @@ def _classes(rd: RankData) -> dict[str, Intervals]:
     ev = rd.events
     sets = gpu_sets(ev)
     rt = ev.rows_of_kind(Kind.RUNTIME)
-    rt = rt[np.isin(ev.tid[rt], c.issuing_threads(rd))]
+    rt = rt[isin(ev.tid[rt], c.issuing_threads(rd))]
     copies = ev.rows_of_kind(Kind.MEMCPY)
     pageable = copies[
         np.fromiter(
@@ -123,11 +124,11 @@ def _classes(rd: RankData) -> dict[str, Intervals]:
         )
     ]
     staged = set(ev.launch_of[pageable][ev.launch_of[pageable] >= 0].tolist()) if len(pageable) else set()
-    by_name = {int(i): _name_class(ev.names[int(i)]) for i in np.unique(ev.name[rt])}
+    by_name = {int(i): _name_class(ev.names[int(i)]) for i in unique(ev.name[rt])}
     cls = np.asarray([by_name[int(i)] for i in ev.name[rt]], dtype=object)
     cls[(ev.dur_ns[rt] > SLOW_CALL_MS * 1e6) & (cls != "sync")] = "runtime_setup"
     if staged:
-        cls[np.isin(rt, np.fromiter(staged, np.int64, len(staged)))] = "blocked_copy"
+        cls[isin(rt, np.fromiter(staged, np.int64, len(staged)))] = "blocked_copy"
     for k in ("blocked_copy", "runtime_setup", "queued_wait", "launch"):
         rows = rt[cls == k]
         sets["call_" + k] = union(ev.ts_ns[rows], ev.ts_ns[rows] + ev.dur_ns[rows])
@@ -341,13 +342,13 @@ class HostBound(Analyzer):
         tiny = False
         # the CPU cost of one launch as measured in this trace; 5 us (the low end of current
         # GPUs' launch cost) when the trace has no runtime calls
-        launch_cost = float(np.median(ls)) if ls.size else DEFAULT_LAUNCH_US
+        launch_cost = float(median(ls)) if ls.size else DEFAULT_LAUNCH_US
         evidence["launch_cost_us"] = launch_cost
         evidence["launch_cost_source"] = "median runtime launch call" if ls.size else "assumed"
         if ks.size:
-            evidence["median_kernel_us"] = float(np.median(ks))
+            evidence["median_kernel_us"] = float(median(ks))
             evidence["kernels_shorter_than_launch_pct"] = 100.0 * float((ks < launch_cost).mean())
-            tiny = float(np.median(ks)) < launch_cost
+            tiny = float(median(ks)) < launch_cost
         title = (
             "GPU idle while the CPU launches kernels shorter than their launch cost"
             if tiny
@@ -385,7 +386,7 @@ def _launch_costs_us(rd: RankData) -> np.ndarray:
         for r in copies
         if len(ev.launch_of) and ("Pageable" in ev.name_of(int(r)) or is_device_to_host(ev.name_of(int(r))))
     ]
-    lr = lr[~np.isin(lr, blocking) & (ev.dur_ns[lr] <= SLOW_CALL_MS * 1e6)]
+    lr = lr[~isin(lr, blocking) & (ev.dur_ns[lr] <= SLOW_CALL_MS * 1e6)]
     return ev.dur_ns[lr] / 1e3
 
 
@@ -393,8 +394,8 @@ def _setup_calls(rd: RankData, into: dict[str, float]) -> None:
     """Add the call milliseconds of set-up calls (by name) the feeding threads made in the steps."""
     ev = rd.events
     rt = c.in_window(ev, ev.rows_of_kind(Kind.RUNTIME))
-    rt = rt[np.isin(ev.tid[rt], c.issuing_threads(rd))]
-    by_name = {int(i): _name_class(ev.names[int(i)]) for i in np.unique(ev.name[rt])}
+    rt = rt[isin(ev.tid[rt], c.issuing_threads(rd))]
+    by_name = {int(i): _name_class(ev.names[int(i)]) for i in unique(ev.name[rt])}
     cls = np.asarray([by_name[int(i)] for i in ev.name[rt]], dtype=object)
     setup = (cls == "runtime_setup") | ((cls != "sync") & (ev.dur_ns[rt] > SLOW_CALL_MS * 1e6))
     for r in rt[setup]:
@@ -415,10 +416,10 @@ def untraced_share(rd, trace_step_ms: float, trace_idle_ms: float) -> tuple[floa
     gpu = gpu[np.isfinite(gpu)]
     if wall.size < MIN_UNTRACED_STEPS:
         return 1.0, {"untraced_steps": int(wall.size)}
-    host_ms = float(np.median(wall))
+    host_ms = float(median(wall))
     evidence: dict = {"untraced_steps": int(wall.size), "untraced_host_step_ms": host_ms}
     if gpu.size >= MIN_UNTRACED_STEPS:
-        gpu_ms = float(np.median(gpu))
+        gpu_ms = float(median(gpu))
         evidence["untraced_gpu_step_ms"] = gpu_ms
         if host_ms < HOST_AHEAD_RATIO * gpu_ms:
             evidence["host_ahead"] = True

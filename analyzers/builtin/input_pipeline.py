@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stallscope.analyzers.arrays import median
 from stallscope.analyzers.base import Analyzer, Finding, Impact, register, severity_from_share
 from stallscope.analyzers.model import AnalysisContext, Kind, RankData, step_time_ms
 from stallscope.analyzers.vocab import is_data_wait
@@ -223,9 +224,9 @@ def whole_run_data_wait(ctx: AnalysisContext) -> WholeRun:
         idle = _gpu_idle_share_of_next(rd, dw, in_window)
         if idle is not None:
             out.idle_share[rd.rank] = idle
-        raw[rd.rank] = (float(np.median(dw[ok] / t[ok])), float(np.median(dw[ok])), bool(np.isfinite(gpu).any()))
+        raw[rd.rank] = (float(median(dw[ok] / t[ok])), float(median(dw[ok])), bool(np.isfinite(gpu).any()))
         out.steps[rd.rank] = n
-    fallback = float(np.median(list(out.idle_share.values()))) if out.idle_share else 1.0
+    fallback = float(median(list(out.idle_share.values()))) if out.idle_share else 1.0
     for r, (share, ms, on_gpu) in raw.items():
         scale = out.idle_share.get(r, fallback if on_gpu else 1.0)
         out.pct[r] = 100.0 * scale * share

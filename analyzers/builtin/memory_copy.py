@@ -40,11 +40,11 @@ Severity 5 % / 20 % of step time (``_common``).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.base import Finding, Impact, Severity, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
@@ -96,8 +96,10 @@ class MemoryCopy(c.PerRank):
         out = _device_copies(ev, total_ns, n_steps, c.peaks(ctx)) if total_ns else []
         if not len(copies) or not total_ns:
             return out
-        names = np.array([ev.name_of(int(r)) for r in copies])
-        pageable = copies[(np.char.find(names.astype(str), "Pageable") >= 0) & (ev.bytes[copies] >= TINY_BYTES)]
+        names = [ev.name_of(int(r)) for r in copies]
+        is_pageable = np.fromiter(("Pageable" in n for n in names), bool, len(names))
+        is_pageable &= ev.bytes[copies] >= TINY_BYTES
+        pageable = copies[is_pageable]
         if len(pageable):
             out.append(self._pageable(ev, pageable, total_ns, n_steps))
         sizes = ev.bytes[copies]
@@ -123,10 +125,11 @@ class MemoryCopy(c.PerRank):
                     advice="Batch small transfers into one tensor (torch.cat / a pinned staging buffer) per step.",
                 )
             )
-        d2h = copies[np.char.find(names.astype(str), "DtoH") >= 0]
+        is_d2h = np.fromiter(("DtoH" in n for n in names), bool, len(names))
+        d2h = copies[is_d2h]
         lost = exposed_ns(ev, d2h) if len(d2h) else 0
         share = 100.0 * lost / total_ns
-        if len(d2h) and not len(pageable[np.isin(pageable, d2h)]) and share > c.LOW_PCT:
+        if len(d2h) and not (is_pageable & is_d2h).any() and share > c.LOW_PCT:
             out.append(
                 Finding(
                     id="device-to-host-in-step",
@@ -211,12 +214,13 @@ def _copy_kernel_bytes(ev: EventTable, op: int) -> tuple[int, int, bool] | None:
     """(bytes written, bytes read + written, is a cast) of one copy op from its recorded shapes."""
     args = ev.extra.get(op, {})
     types, dims = args.get("input_types") or [], args.get("input_dims") or []
-    if ev.name_of(op) == "aten::copy_" and len(types) >= 2 and len(dims) >= 2:
+    name = ev.name_of(op)
+    if name == "aten::copy_" and len(types) >= 2 and len(dims) >= 2:
         dst = _numel(dims[0]) * dtype_bytes(str(types[0]))
         src = _numel(dims[1]) * dtype_bytes(str(types[1]))
         if dst and src:
             return dst, dst + src, str(types[0]) != str(types[1])
-    if ev.name_of(op) in ("aten::clone", "aten::contiguous") and types and dims:
+    if name in ("aten::clone", "aten::contiguous") and types and dims:
         n = _numel(dims[0]) * dtype_bytes(str(types[0]))
         return (n, 2 * n, False) if n else None
     return None
@@ -224,9 +228,14 @@ def _copy_kernel_bytes(ev: EventTable, op: int) -> tuple[int, int, bool] | None:
 
 def _numel(dims: object) -> int:
     """Elements of a tensor from its recorded dims; 0 when they are not a list of sizes."""
-    if not isinstance(dims, list) or not all(isinstance(d, int) and d >= 0 for d in dims):
+    if not isinstance(dims, list):
         return 0
-    return math.prod(dims)
+    n = 1
+    for d in dims:
+        if not isinstance(d, int) or d < 0:
+            return 0
+        n *= d
+    return n
 
 
 def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks | None) -> list[Finding]:
@@ -236,14 +245,18 @@ def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks 
     kernels = c.gpu_rows(ev, (Kind.KERNEL,))
     owner = ev.op_of[kernels] if len(ev.op_of) and len(kernels) else np.full(len(kernels), -1)
     copy_ids = ev.name_ids_matching(lambda s: s in COPY_OPS)
-    by_copy = (owner >= 0) & np.isin(ev.name[np.maximum(owner, 0)], copy_ids)
+    by_copy = (owner >= 0) & isin(ev.name[np.maximum(owner, 0)], copy_ids)
     ck, ck_op = kernels[by_copy], owner[by_copy]
     rows: dict[str, list[int]] = {"layout": [int(r) for r in dtod], "cast": []}
     size = {int(r): (max(int(ev.bytes[r]), 0), 2 * max(int(ev.bytes[r]), 0)) for r in dtod if ev.bytes[r] >= 0}
     timed = set(size)  # rows whose bytes are known (for the bandwidth)
     seen_op: set[int] = set()
-    for r, op in zip(ck.tolist(), ck_op.tolist(), strict=True):
-        b = _copy_kernel_bytes(ev, op)
+    # Ops with the same shapes share one args dict (the decoder and the table store keep one per
+    # distinct args): their bytes are worked out once per name and args.
+    known: dict[tuple[int, int], tuple[int, int, bool] | None] = {}
+    for r, op, name in zip(ck.tolist(), ck_op.tolist(), ev.name[ck_op].tolist(), strict=True):
+        key = (name, id(ev.extra.get(op)))
+        b = known[key] if key in known else known.setdefault(key, _copy_kernel_bytes(ev, op))
         rows["cast" if b is not None and b[2] else "layout"].append(r)
         if b is not None:
             timed.add(r)
@@ -263,9 +276,10 @@ def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks 
         share = 100.0 * exposed / total_ns
         if share <= c.LOW_PCT:
             continue
-        written = sum(size[int(r)][0] for r in rr if int(r) in size)
-        traffic = sum(size[int(r)][1] for r in rr if int(r) in size)
-        sized = np.asarray([r for r in rr if int(r) in timed], dtype=np.int64)
+        listed = rr.tolist()
+        written = sum(size[r][0] for r in listed if r in size)
+        traffic = sum(size[r][1] for r in listed if r in size)
+        sized = np.asarray([r for r in listed if r in timed], dtype=np.int64)
         t_known = c.covered_ns(ev.ts_ns[sized], ev.ts_ns[sized] + ev.dur_ns[sized]) if len(sized) else 0
         gbps = traffic / (t_known * 1e-9) / 1e9 if t_known and traffic else None
         labels: dict[str, float] = {}
@@ -279,7 +293,7 @@ def _device_copies(ev: EventTable, total_ns: int, n_steps: int, peaks: GpuPeaks 
             f"{'dtod' if kind == 'layout' else 'cast'}_gb_per_step": written / n_steps / 1e9,
             f"{'dtod' if kind == 'layout' else 'cast'}_traffic_gb_per_step": traffic / n_steps / 1e9,
             "copies_per_step": len(rr) / n_steps,
-            "memcpy_dtod_per_step": int(np.isin(rr, dtod).sum()) / n_steps,
+            "memcpy_dtod_per_step": int(isin(rr, dtod).sum()) / n_steps,
             "copy_ms_per_step": c.ms(busy) / n_steps,
             "exposed_ms_per_step": c.ms(exposed) / n_steps,
             "achieved_gbps": gbps,

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin, median
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
@@ -150,7 +151,7 @@ def _profiler_added_ns(rank: RankData, total_ns: int) -> float:
     wall = wall[np.isfinite(wall)]
     if wall.size < c.MIN_UNTRACED_STEPS:
         return 0.0
-    per_step = float(total_ns) / len(rank.steps) - float(np.median(wall)) * 1e6
+    per_step = float(total_ns) / len(rank.steps) - float(median(wall)) * 1e6
     return max(0.0, per_step) * len(rank.steps)
 
 
@@ -210,7 +211,7 @@ class Synchronization(c.PerRank):
         ev = rank.events
         total_ns, n_steps = c.window_ns(rank)
         rows = c.in_window(ev, c.blocking_call_rows(ev))
-        rows = rows[np.isin(ev.tid[rows], c.issuing_threads(rank))] if len(rows) else rows
+        rows = rows[isin(ev.tid[rows], c.issuing_threads(rank))] if len(rows) else rows
         if not len(rows) or not total_ns:
             return []
         blocked, after = sync_wait_ns(rank, rows)
@@ -248,7 +249,7 @@ class Synchronization(c.PerRank):
                 "ms_per_step": c.ms(s["ns"]) / n_steps,
             }
             if s["bytes"]:
-                site["bytes"] = int(np.median(s["bytes"]))
+                site["bytes"] = int(median(s["bytes"]))
             if line:
                 site["python"] = line
             where_sites.append(site)

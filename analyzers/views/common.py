@@ -84,31 +84,13 @@ class Nesting:
         self.thread = np.empty(n, dtype=np.int64)
         self.thread[self.order] = np.cumsum(first) - 1
         self.threads: list[tuple[int, int]] = [(int(a), int(b)) for a, b in zip(sp[first], st[first], strict=True)]
-        parent = [-1] * n
-        child = [0] * n
-        marked = [False] * n
-        mk = mark.tolist() if mark is not None else [False] * n
-        start, end, thread = self.start.tolist(), self.end.tolist(), self.thread.tolist()
-        stack: list[int] = []
-        current = -1
-        for i in self.order.tolist():
-            if thread[i] != current:
-                stack, current = [], thread[i]
-            ts = start[i]
-            while stack and end[stack[-1]] <= ts:
-                stack.pop()
-            if stack:
-                p = stack[-1]
-                parent[i] = p
-                e = end[i] if end[i] < end[p] else end[p]
-                child[p] += e - ts if e > ts else 0
-                marked[i] = mk[i] or marked[p]
-            else:
-                marked[i] = mk[i]
-            stack.append(i)
-        self.parent = np.asarray(parent, dtype=np.int64)
-        self.child_ns = np.asarray(child, dtype=np.int64)
-        self.marked = np.asarray(marked, dtype=bool)
+        self.parent = _parents(self.start, self.end, self.order, first)
+        inner = np.flatnonzero(self.parent >= 0)
+        up = self.parent[inner]
+        # a child covers its parent from its start to the earlier of the two ends
+        self.child_ns = np.zeros(n, dtype=np.int64)
+        np.add.at(self.child_ns, up, np.maximum(np.minimum(self.end[inner], self.end[up]) - self.start[inner], 0))
+        self.marked = _inherit(np.zeros(n, dtype=bool) if mark is None else np.asarray(mark, dtype=bool), self.parent)
 
     @property
     def self_ns(self) -> np.ndarray:
@@ -140,6 +122,90 @@ class Nesting:
                 p = parent[p]
             out[qi] = p
         return out
+
+
+# Threads with fewer rows than this are walked in Python (numpy's per-call cost is more there).
+_VECTOR_MIN_ROWS = 64
+_NEVER = 1 << 64  # an end no start reaches: the bottom of every stack
+
+
+def _parents(start: np.ndarray, end: np.ndarray, order: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The parent of each row (a position, or -1): ``order`` lists the rows thread by thread (the
+    first of each thread marked in ``first``), each thread's rows in table order. The rule is a
+    stack walk: before a row is pushed, rows on top of the stack that end at or before its start
+    are popped; what is left on top is its parent. A thread whose rows start in order and nest
+    (no row ends after its parent) is done with arrays (:func:`_nested_parents`), any other
+    thread by the walk itself."""
+    n = order.size
+    parent = np.full(n, -1, dtype=np.int64)
+    bounds = [*np.flatnonzero(first).tolist(), n]
+    walk: list[tuple[int, int]] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b - a >= _VECTOR_MIN_ROWS:
+            seg = order[a:b]
+            found = _nested_parents(start[seg], end[seg])
+            if found is not None:
+                inner = found >= 0
+                parent[seg[inner]] = seg[found[inner]]
+                continue
+        walk.append((a, b))
+    if walk:
+        starts, ends, order_l, out = start.tolist(), end.tolist(), order.tolist(), parent.tolist()
+        for a, b in walk:
+            stack_i, stack_e = [-1], [_NEVER]
+            for i in order_l[a:b]:
+                ts = starts[i]
+                while stack_e[-1] <= ts:
+                    stack_e.pop()
+                    stack_i.pop()
+                out[i] = stack_i[-1]
+                stack_i.append(i)
+                stack_e.append(ends[i])
+        parent = np.asarray(out, dtype=np.int64)
+    return parent
+
+
+def _nested_parents(s: np.ndarray, e: np.ndarray) -> np.ndarray | None:
+    """The stack walk of :func:`_parents` on one thread's rows (starts ``s``, ends ``e``) with
+    arrays: each row's parent position, or None when the rows do not start in order or do not
+    nest (then only the walk itself gives its answer).
+
+    With starts in order, row ``j`` is popped before the first later row that starts at or after
+    its end (``first_after``), provided every row above it on the stack ends no later than it
+    does. Then the stack after row ``i`` holds ``depth[i]`` rows, and the row below ``i`` is the
+    last earlier row pushed at ``depth[i] - 1``. That proviso is checked on the result, row by
+    row in order: each row ends no later than the parent found for it; by induction the parents
+    found are then the walk's."""
+    m = s.size
+    if m > 1 and bool((s[1:] < s[:-1]).any()):
+        return None
+    idx = np.arange(m, dtype=np.int64)
+    first_after = np.maximum(np.searchsorted(s, e, side="left"), idx + 1)
+    depth = idx + 1 - np.cumsum(np.bincount(first_after, minlength=m + 1)[:m])
+    width = m + 1
+    keys = depth * width + idx  # by depth, then row
+    by_depth = np.sort(keys)
+    pos = np.searchsorted(by_depth, keys - width, side="left") - 1  # the last earlier row one level down
+    below = by_depth[np.maximum(pos, 0)]
+    found = np.where(depth > 1, below % width, -1)
+    inner = depth > 1
+    nested = (pos >= 0) & (below // width == depth - 1) & (e <= e[np.maximum(found, 0)])
+    return found if bool(nested[inner].all()) else None
+
+
+def _inherit(mark: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """``mark`` or'ed with every ancestor's (``parent``: positions, -1 at the roots), by pointer
+    jumping: after round k each row has looked 2**k levels up."""
+    marked = mark.copy()
+    if not marked.any():
+        return marked
+    up = parent.copy()
+    live = np.flatnonzero(up >= 0)
+    while live.size:
+        marked[live] |= marked[up[live]]
+        up[live] = up[up[live]]
+        live = live[up[live] >= 0]
+    return marked
 
 
 def nest(t: EventTable, rows: np.ndarray, mark: np.ndarray | None = None) -> Nesting:

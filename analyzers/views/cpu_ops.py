@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.model import AnalysisContext, EventTable, Kind
 from stallscope.analyzers.roles import ROLES, thread_roles
 from stallscope.analyzers.views.common import Nesting, ViewRows, is_step_marker, nest, pick_rank
@@ -31,7 +32,7 @@ def cpu_nesting(t: EventTable) -> Nesting:
     ``evaluate_function`` ranges."""
     rows = t.rows_of_kind(Kind.CPU_OP, Kind.ANNOTATION)
     bwd_ids = t.name_ids_matching(lambda s: s.startswith(BACKWARD_RANGE))
-    return nest(t, rows, np.isin(t.name[rows], bwd_ids))
+    return nest(t, rows, isin(t.name[rows], bwd_ids))
 
 
 def row_roles(t: EventTable, nz: Nesting) -> np.ndarray:
@@ -59,7 +60,7 @@ def top_cpu_ops(ctx: AnalysisContext, limit: int = 15, rank: int | None = None) 
     nz = cpu_nesting(t)
     roles = row_roles(t, nz)
     marker_ids = t.name_ids_matching(is_step_marker)
-    keep = (t.kind[nz.rows] == Kind.CPU_OP) & (t.step[nz.rows] >= 0) & ~np.isin(t.name[nz.rows], marker_ids)
+    keep = (t.kind[nz.rows] == Kind.CPU_OP) & (t.step[nz.rows] >= 0) & ~isin(t.name[nz.rows], marker_ids)
     if not keep.any():
         return ViewRows(note="no CPU ops inside the steps")
     name = t.name[nz.rows][keep].astype(np.int64)

@@ -7,7 +7,6 @@ each subclass only says what its tables hold. No torch import.
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +83,8 @@ class TableView:
 
     def to_html(self) -> str:
         """The view as an HTML fragment (tables, then notes)."""
+        import html  # HTML pages only: a diagnose renders no HTML, and html.entities costs ~2 ms to import
+
         e = html.escape
         out = []
         for tb in self.tables:

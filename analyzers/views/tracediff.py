@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.compare import MIN_SAMPLES, SIGNIFICANT_P
 from stallscope.analyzers.model import AnalysisContext, EventTable, Kind
 from stallscope.analyzers.stats import mann_whitney_greater
@@ -53,7 +54,7 @@ def _side(ctx: AnalysisContext, rank: int | None) -> tuple[int, PerStep, PerStep
     t, n = rd.events, len(rd.steps)
     nz = cpu_nesting(t)
     markers = t.name_ids_matching(is_step_marker)
-    op = (t.kind[nz.rows] == Kind.CPU_OP) & ~np.isin(t.name[nz.rows], markers)
+    op = (t.kind[nz.rows] == Kind.CPU_OP) & ~isin(t.name[nz.rows], markers)
     op_rows = nz.rows[op]
     ops = _per_step(t, op_rows, nz.self_ns[op].astype(np.float64), step_positions(t, rd.steps, op_rows), n)
     gpu = t.gpu_rows()
