@@ -74,6 +74,11 @@ def diagnose_fast(argv: list[str]) -> None:
             fix_advice = advice_for
         if reportcache.serve(hit, fix_advice):
             raise SystemExit(0)
+    if "numpy" not in sys.modules:
+        # Diagnosis does no linear algebra: one OpenBLAS thread spares numpy's import starting
+        # one per core (~20 ms on 2 cores, more on big hosts). A value the user set is kept, and
+        # this process runs no user code that could want more.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         from stallscope.analyzers.command import diagnose_command
 

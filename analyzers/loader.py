@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing
 import os
 import threading
 from collections import deque
@@ -35,6 +34,7 @@ __all__ = [
     "EVENT_COUNTS",
     "PARALLEL_MIN_BYTES",
     "TRACE_SUFFIXES",
+    "can_fork",
     "find_traces",
     "idle_cores",
     "is_trace_file",
@@ -165,13 +165,20 @@ def _parallel_workers(path: Path) -> int:
     env = os.environ.get("STALLSCOPE_PARSE_WORKERS")
     if env is not None:
         return int(env) if env.isdigit() else 0
-    if (os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if _trace_bytes(path) < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2 or not can_fork():
         return 0
     if threading.active_count() > 1:  # forking a threaded process can deadlock: parse here
         return 0
     if idle_cores() < 2:  # a helper on a busy core only adds its copying to our time
         return 0
-    return 1 if _trace_bytes(path) >= PARALLEL_MIN_BYTES else 0
+    return 1
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked here."""
+    import multiprocessing  # here, not at the top: ~6 ms of imports that small diagnoses never need
+
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def idle_cores() -> float:
@@ -186,6 +193,8 @@ def idle_cores() -> float:
 def _read_parallel(path: Path, workers: int) -> tuple[EventColumns, dict[str, Any]]:
     """Parse with ``workers`` forked helpers: this process reads and cuts the file and parses
     every ``workers + 1``-th blob itself; results are merged in file order."""
+    import multiprocessing
+
     cols = EventColumns()
     meta: dict[str, Any] = {}
     pending: deque[Any] = deque()

@@ -9,7 +9,6 @@ the step they come from, then the findings are ranked.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 
 from stallscope.analyzers.accounting import Accounting, account
 from stallscope.analyzers.base import Finding, registered_analyzers
-from stallscope.analyzers.loader import idle_cores
+from stallscope.analyzers.loader import can_fork, idle_cores
 from stallscope.analyzers.model import AnalysisContext
 
 __all__ = ["AnalyzerRun", "run_analyzers", "rank_findings"]
@@ -81,7 +80,7 @@ def _workers(ctx: AnalysisContext, jobs: int) -> int:
     if env is not None:
         return max(1, int(env)) if env.isdigit() else 1
     events = sum(len(r.events) for r in ctx.ranks)
-    if events < PARALLEL_MIN_EVENTS or jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if events < PARALLEL_MIN_EVENTS or jobs < 2 or not can_fork():
         return 1
     if threading.active_count() > 1:  # forking a threaded process (e.g. inside `profile`) can deadlock
         return 1
@@ -114,6 +113,8 @@ def run_analyzers(
     workers = 1 if debug else _workers(ctx, len(todo))
     results: list[tuple[str, list[Finding], str | None, float, list[str]]] = []
     if workers > 1:
+        import multiprocessing  # only here: see loader.can_fork
+
         _FORK_CTX = ctx
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
