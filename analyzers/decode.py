@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stallscope.analyzers.kineto_structs import args_dict, from_dicts, raw_key, raw_value
+from stallscope.analyzers.kineto_structs import RAW, args_dict, from_dicts, raw_key, raw_value
 from stallscope.analyzers.model import EventTable, empty_table
 from stallscope.analyzers.vocab import (
     COLLECTIVE_ARG_KEYS,
@@ -187,6 +187,7 @@ class EventColumns:
         kind_of_cat = self.categories
         skip = SKIP
         gpu_kinds = _GPU_ARG_INTS
+        raw: Any = RAW
         nan = math.nan
         row = self.rows
         K_CPU, K_RT, K_PY, K_OTHER = int(Kind.CPU_OP), int(Kind.RUNTIME), int(Kind.PYTHON), int(Kind.OTHER)
@@ -258,8 +259,17 @@ class EventColumns:
                     sparse = _sparse_args(k, nm, args_dict(a))
                     if sparse:
                         extra[row] = sparse
-                elif a.input_dims is not None:
-                    sparse = _shape_args(a.input_dims, a.input_type, shapes)
+                elif (dims := a.input_dims) is not None:
+                    # the cache key of _shape_args, built here: most CPU ops hit the cache
+                    ty = a.input_type
+                    sparse = shapes.get(
+                        (
+                            bytes(dims) if type(dims) is raw else raw_key(dims),
+                            None if ty is None else bytes(ty) if type(ty) is raw else raw_key(ty),
+                        )
+                    )
+                    if sparse is None:
+                        sparse = _shape_args(dims, ty, shapes)
                     if sparse:
                         extra[row] = sparse
                 elif a.input_dims_lc is not None:  # PyTorch 1.8: "Input dims"

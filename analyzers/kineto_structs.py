@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = [
     "AVAILABLE",
     "ARG_KEYS",
+    "RAW",
     "DictArgs",
     "DictEvent",
     "args_dict",
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 AVAILABLE = msgspec is not None
+# The type of the raw JSON text fields (None without msgspec): ``bytes()`` of one is its
+# :func:`raw_key`.
+RAW: type | None = msgspec.Raw if AVAILABLE else None
 
 # attribute -> key in Kineto's "args" (``*_lc``: the spelling PyTorch 1.8/1.9 wrote)
 ARG_KEYS = {
