@@ -64,6 +64,7 @@ SMALL = [
     "tests/fixtures/public/hta_sampled_2_of_128/sampled_rank-0.json.gz",
     "tests/fixtures/public/hta_rocm62_mi250.json.gz",
 ]
+MEMORY_RUNS = 2  # sampled runs per command on the big trace
 DETAIL = ("big_trace", "big", "crosscheck", "small_traces", "startup", "scaling")  # written after the headline
 # The issue's targets, kept next to the figures so a reader sees what each was held to.
 TARGETS = {"speedup": (">=", 10.0), "memory_ratio": ("<=", 0.25), "repeat_s": ("<=", 0.2),
@@ -80,23 +81,26 @@ class Bench:
         os.symlink(trace.resolve(), self.hta_dir / f"rank0{''.join(trace.suffixes[-2:])}")
         self.base_env = {k: v for k, v in os.environ.items() if k != "STALLSCOPE_TABLE_CACHE"}
 
-    def ours(self, repeat: bool = False) -> Run:
-        """Diagnose the trace; cold (a new, empty cache folder) unless ``repeat`` (the last one's)."""
+    def ours(self, repeat: bool = False, memory: bool = False) -> Run:
+        """Diagnose the trace; cold (a new, empty cache folder) unless ``repeat`` (the last one's);
+        timed alone, or with its memory sampled (see :func:`measure`)."""
         self.n += 0 if repeat else 1
         env = dict(self.base_env, XDG_CACHE_HOME=str(self.work / f"cache-{self.tag}-{self.n}"))
         out = self.work / f"report-{self.tag}.yaml"
         return measure(
-            [sys.executable, "-m", "stallscope.cli", "diagnose", str(self.trace), "-f", "yaml", "-o", str(out)], env
+            [sys.executable, "-m", "stallscope.cli", "diagnose", str(self.trace), "-f", "yaml", "-o", str(out)],
+            env,
+            memory,
         )
 
-    def hta(self) -> Run:
+    def hta(self, memory: bool = False) -> Run:
         """HTA's temporal breakdown of the trace (its JSON is kept for the cross-check). On exact
         timestamps: by default HTA rounds each start up and each end down to whole microseconds,
         which gives sub-microsecond kernels a negative duration and, on the big trace, fails HTA's
         own ``non_compute_time >= 0`` assertion after the whole parse."""
         assert self.hta_python is not None
         cmd = [self.hta_python, "-c", HTA_SCRIPT, str(self.hta_dir), str(self.work / f"{self.tag}-hta.json")]
-        return measure(cmd, dict(self.base_env, HTA_DISABLE_NS_ROUNDING="1"))
+        return measure(cmd, dict(self.base_env, HTA_DISABLE_NS_ROUNDING="1"), memory)
 
 
 def main() -> int:
@@ -165,6 +169,9 @@ def main() -> int:
         "cold": "each run of ours: fresh process, empty XDG_CACHE_HOME, STALLSCOPE_TABLE_CACHE unset, nothing beside the "
         "trace; HTA keeps no cache; the trace file itself is in the page cache for both",
         "runs": args.runs,
+        "timing": f"wall and CPU time from runs with nothing beside them; memory from {MEMORY_RUNS} more runs of "
+        "each on the big trace (1 on each small one) with PSS sampled every 20 ms (the sampler reads smaps, which "
+        "on 2 cores slows the command it watches); the scaling rows are sampled runs",
         "bytecode": f"compiled before timing with compileall ({'done' if compiled else 'some files failed'}), as pip "
         f"does at install; PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', 'unset')}",
     }
@@ -191,9 +198,11 @@ def main() -> int:
             again.append(b.ours(repeat=True))
             if args.hta_python:
                 hta.append(b.hta())
-            print(f"  big run {i + 1}: ours {ours[-1][0]:.2f} s {ours[-1][1]:.0f} MiB, repeat {again[-1][0]:.3f} s"
-                  + (f"; HTA {hta[-1][0]:.2f} s {hta[-1][1]:.0f} MiB" if hta else ""), flush=True)  # fmt: skip
-        doc["big"] = {"ours": summary(ours), "ours_repeat": summary(again)}
+            print(f"  big run {i + 1}: ours {ours[-1][0]:.2f} s, repeat {again[-1][0]:.3f} s"
+                  + (f"; HTA {hta[-1][0]:.2f} s" if hta else ""), flush=True)  # fmt: skip
+        ours_mem = [b.ours(memory=True) for _ in range(MEMORY_RUNS)]
+        hta_mem = [b.hta(memory=True) for _ in range(MEMORY_RUNS)] if args.hta_python else []
+        doc["big"] = {"ours": summary(ours, ours_mem), "ours_repeat": summary(again)}
         small_rows: list[dict[str, Any]] = []
         for path in args.small:
             copy = work / f"small-{len(small_rows)}" / path.name  # a folder of its own: nothing beside it
@@ -206,10 +215,12 @@ def main() -> int:
                 so.append(s.ours())
                 if args.hta_python:
                     sh.append(s.hta())
-            row: dict[str, Any] = {"trace": _rel(path), **trace_figures(s.trace), "ours": summary(so)}
+            so_mem = [s.ours(memory=True)]
+            sh_mem = [s.hta(memory=True)] if args.hta_python else []
+            row: dict[str, Any] = {"trace": _rel(path), **trace_figures(s.trace), "ours": summary(so, so_mem)}
             if sh:
-                row |= {"hta": summary(sh), "speedup": _ratio(sh, so, 0), "cpu_speedup": _ratio(sh, so, 4)}
-                row["memory_ratio"] = _ratio(so, sh, 1)
+                row |= {"hta": summary(sh, sh_mem), "speedup": _ratio(sh, so, 0), "cpu_speedup": _ratio(sh, so, 4)}
+                row["memory_ratio"] = _ratio(so_mem, sh_mem, 1)
             small_rows.append(row)
             print(
                 f"  small {path.name}: ours {row['ours']['wall_s']['median']} s"
@@ -226,11 +237,11 @@ def main() -> int:
         doc["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         if hta:
             doc["big"] |= {
-                "hta": summary(hta),
-                "memory_ratio_rss": _ratio(ours, hta, 3),
+                "hta": summary(hta, hta_mem),
+                "memory_ratio_rss": _ratio(ours_mem, hta_mem, 3),
             }
             doc["speedup"] = _ratio(hta, ours, 0)
-            doc["memory_ratio"] = _ratio(ours, hta, 1)
+            doc["memory_ratio"] = _ratio(ours_mem, hta_mem, 1)
             doc["cpu_speedup"] = _ratio(hta, ours, 4)  # less swayed by the machine's other load than wall time
         doc["repeat_s"] = round(statistics.median(r[0] for r in again), 3)
         if small_rows and hta:
@@ -290,7 +301,7 @@ def _scaling(work: Path, source: Path, gb: float) -> dict[str, Any]:
     trace.parent.mkdir()
     built = build_big_trace(source, trace, gb * 1e3)
     s = Bench(work, trace, None, f"scale{gb:g}")
-    wall, pss, code, rss, cpu = s.ours()
+    wall, pss, code, rss, cpu = s.ours(memory=True)
     s.trace.unlink()
     return {k: built[k] for k in ("copies", "events", "json_mb")} | {
         "wall_s": round(wall, 2),

@@ -38,8 +38,11 @@ HTA_VERSIONS = (
 )
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> Run:
-    """(wall seconds, peak PSS MiB, exit code, peak RSS MiB, CPU seconds) of one subprocess.
+def measure(cmd: list[str], env: dict[str, str] | None = None, memory: bool = True) -> Run:
+    """(wall seconds, peak PSS MiB, exit code, peak RSS MiB, CPU seconds) of one subprocess;
+    without ``memory`` the two memory figures are NaN and nothing runs beside the command (the
+    sampler reads each process's smaps every 20 ms: on a 2-core machine that costs the measured
+    command time, so timed runs and memory runs are separate runs).
 
     CPU seconds (user + system, the process and its waited-for children, from ``wait4``) are
     reported next to wall time because this machine is shared: wall time swings with other
@@ -78,18 +81,23 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Run:
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if memory:
+        sampler.start()
+    else:
+        peak[0] = hwm[0] = -1
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     done.set()
-    sampler.join()
+    if memory:
+        sampler.join()
     if proc.stderr:
         proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(f"  command failed ({proc.returncode}): {' '.join(cmd[:4])} ...\n{err[-2000:]}", file=sys.stderr)
-    return wall, peak[0] / 2**20, proc.returncode, hwm[0] / 2**20, usage.ru_utime + usage.ru_stime
+    pss, rss = (peak[0] / 2**20, hwm[0] / 2**20) if memory else (math.nan, math.nan)
+    return wall, pss, proc.returncode, rss, usage.ru_utime + usage.ru_stime
 
 
 def _vm_hwm(pid: int) -> int:
@@ -120,14 +128,18 @@ def spread(xs: Sequence[float], digits: int = 3) -> dict[str, float]:
     return {k: round(f(xs), digits) for k, f in (("median", statistics.median), ("min", min), ("max", max))}
 
 
-def summary(runs: Sequence[Run]) -> dict[str, Any]:
-    """The figures of several :func:`measure` results: spreads of wall, PSS, RSS and CPU, exit codes."""
-    return {
-        "wall_s": spread([r[0] for r in runs]),
-        "peak_pss_mib": spread([r[1] for r in runs], 1),
-        "peak_rss_largest_process_mib": spread([r[3] for r in runs], 1),
+def summary(runs: Sequence[Run], sampled: Sequence[Run] = ()) -> dict[str, Any]:
+    """The figures of several :func:`measure` results: spreads of wall and CPU time of ``runs``,
+    of PSS and RSS of ``sampled`` (the memory runs; ``runs`` themselves when none), exit codes."""
+    mem = [r for r in (sampled or runs) if not math.isnan(r[1])]
+    out: dict[str, Any] = {"wall_s": spread([r[0] for r in runs])}
+    if mem:
+        out["peak_pss_mib"] = spread([r[1] for r in mem], 1)
+        out["peak_rss_largest_process_mib"] = spread([r[3] for r in mem], 1)
+    return out | {
         "cpu_s": spread([r[4] for r in runs]),
-        "exit_codes": sorted({r[2] for r in runs}),
+        "exit_codes": sorted({r[2] for r in [*runs, *sampled]}),
+        "runs": {"timed": len(runs), "memory": len(mem)},
     }
 
 
