@@ -259,21 +259,17 @@ class EventColumns:
                     sparse = _sparse_args(k, nm, args_dict(a))
                     if sparse:
                         extra[row] = sparse
-                elif (dims := a.input_dims) is not None:
-                    # the cache key of _shape_args, built here: most CPU ops hit the cache
+                elif (dims := a.input_dims if a.input_dims is not None else a.input_dims_lc) is not None:
+                    # (PyTorch 1.8 wrote "Input dims".) The shapes' cache key is built here, raw_key
+                    # inlined: one shared dict per distinct pair, and most CPU ops hit the cache.
                     ty = a.input_type
-                    sparse = shapes.get(
-                        (
-                            bytes(dims) if type(dims) is raw else raw_key(dims),
-                            None if ty is None else bytes(ty) if type(ty) is raw else raw_key(ty),
-                        )
+                    key = (
+                        bytes(dims) if type(dims) is raw else raw_key(dims),
+                        None if ty is None else bytes(ty) if type(ty) is raw else raw_key(ty),
                     )
+                    sparse = shapes.get(key)
                     if sparse is None:
-                        sparse = _shape_args(dims, ty, shapes)
-                    if sparse:
-                        extra[row] = sparse
-                elif a.input_dims_lc is not None:  # PyTorch 1.8: "Input dims"
-                    sparse = _shape_args(a.input_dims_lc, a.input_type, shapes)
+                        sparse = shapes[key] = _shape_args(dims, ty)
                     if sparse:
                         extra[row] = sparse
                 row += 1
@@ -423,20 +419,14 @@ def _bounded(value: Any) -> Any:
     return value
 
 
-def _shape_args(dims: Any, types: Any, cache: dict[Any, dict[str, Any]]) -> dict[str, Any]:
-    """The ``input_dims`` / ``input_types`` dict of a CPU op, one shared dict per distinct pair
-    of values ({} when the dims are JSON null)."""
-    key = (raw_key(dims), raw_key(types) if types is not None else None)
-    sparse = cache.get(key)
-    if sparse is None:
-        value, type_value = _bounded(raw_value(dims)), _bounded(raw_value(types))
-        if value is None:
-            sparse = cache[key] = {}
-        elif type_value is None:
-            sparse = cache[key] = {"input_dims": value}
-        else:
-            sparse = cache[key] = {"input_dims": value, "input_types": type_value}
-    return sparse
+def _shape_args(dims: Any, types: Any) -> dict[str, Any]:
+    """The ``input_dims`` / ``input_types`` dict of a CPU op ({} when the dims are JSON null)."""
+    value, type_value = _bounded(raw_value(dims)), _bounded(raw_value(types))
+    if value is None:
+        return {}
+    if type_value is None:
+        return {"input_dims": value}
+    return {"input_dims": value, "input_types": type_value}
 
 
 def _share(cache: dict[Any, dict[str, Any]], sparse: dict[str, Any]) -> dict[str, Any]:

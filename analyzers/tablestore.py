@@ -58,16 +58,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-try:  # blake2b from its own module: importing hashlib also loads OpenSSL (~3 ms a process), unused here
-    from _blake2 import blake2b
-except ImportError:  # pragma: no cover - a Python built without it
-    from hashlib import blake2b
-
 import numpy as np
 
 from stallscope.analyzers import reportcache
 from stallscope.analyzers.arrays import unique
 from stallscope.analyzers.model import EventTable, Kind, RankData, Step, StepBreakdown, empty_table
+from stallscope.analyzers.reportcache import blake2b
 
 __all__ = [
     "CACHE_ENV",
