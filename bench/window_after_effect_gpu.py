@@ -51,6 +51,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +214,73 @@ def _move_to_run_cpus() -> None:
             pass
 
 
+def _pin_threads(main_cpu: int | None, autograd_cpu: int | None, rest: set) -> None:
+    """The two threads that issue a step's work each on one CPU of their own, every other thread
+    of the process on ``rest``; ``None`` for both: every thread on ``rest``.
+
+    A launch-bound step runs on two threads in turn (the Python thread for the forward pass and
+    the optimizer, ``pt_autograd_0`` for the backward). Left to the scheduler they move between
+    CPUs from run to run, and on a virtual machine two vCPUs may share one physical core; which
+    pair a run lands on then sets its host speed. Threads started later (Kineto's, CUPTI's) inherit
+    the mask of the thread that starts them, so this is applied again before the measured steps.
+    """
+    main_tid = threading.get_native_id()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if main_cpu is not None and int(tid) == main_tid:
+                want = {main_cpu}
+            elif autograd_cpu is not None and name.startswith("pt_autograd"):
+                want = {autograd_cpu}
+            else:
+                want = rest
+            os.sched_setaffinity(int(tid), want)
+        except OSError:
+            pass
+
+
+def _pin_configs(spec: str, cpus: list) -> list:
+    """``"float,1:2,1:9"`` -> [(label, main, autograd, rest)]: "float" leaves both threads to the
+    scheduler on ``cpus``; "A:B" pins them, everything else on ``cpus`` minus A and B."""
+    out = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        if item == "float":
+            out.append((item, None, None, set(cpus)))
+            continue
+        m, _, g = item.partition(":")
+        mc, gc_ = int(m), int(g or m)
+        out.append((item, mc, gc_, (set(cpus) - {mc, gc_}) or set(cpus)))
+    return out
+
+
+def _pin_sweep(step, a: argparse.Namespace, torch) -> dict:
+    """Step time under each thread placement of ``--pin-sweep``, in interleaved blocks: per
+    placement the median of each block's last steps (CUDA events), one value per round."""
+    cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+    configs = _pin_configs(a.pin_sweep, cpus)
+    res: dict = {label: [] for label, *_ in configs}
+    rng = random.Random(a.seed)
+    for _ in range(a.sweep_rounds):
+        order = list(configs)
+        rng.shuffle(order)
+        for label, mc, gc_, rest in order:
+            _pin_threads(mc, gc_, rest)
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(a.sweep_block + 1)]
+            for i in range(a.sweep_block):
+                ev[i].record()
+                step()
+            ev[-1].record()
+            torch.cuda.synchronize()
+            ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(a.sweep_block)]
+            res[label].append(round(statistics.median(ms[a.sweep_block // 3:]), 4))
+    _pin_threads(None, None, set(cpus))
+    return {"block_steps": a.sweep_block, "rounds": a.sweep_rounds,
+            "median_ms": {k: round(statistics.median(v), 4) for k, v in res.items()}, "blocks_ms": res}
+
+
 def worker(a: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     here = os.path.dirname(os.path.abspath(__file__))  # bench/ must not shadow anything the models import
@@ -280,6 +348,12 @@ def worker(a: argparse.Namespace) -> int:
     t_thr_a = 0.0
     window_times: dict = {}
     mem: dict = {}
+    pin = None
+    if a.pin:
+        mc, _, gc_ = a.pin.partition(":")
+        run_set = sorted(os.sched_getaffinity(0))
+        pin = (int(mc), int(gc_ or mc), (set(run_set) - {int(mc), int(gc_ or mc)}) or set(run_set))
+        result["pin"] = {"main": pin[0], "autograd": pin[1], "rest": sorted(pin[2])}
     for i in range(n):
         if a.mode == "window" and i == w0:
             if cuda:
@@ -313,6 +387,8 @@ def worker(a: argparse.Namespace) -> int:
             if "gc" in acts_after:
                 gc.collect()
             prof = None
+        if pin is not None and i in (1, w1 + 2, n - a.measure - 1):  # before the window, after it, before the measure
+            _pin_threads(*pin)
         if cuda:
             ev[i].record()
         host_ns[i] = time.perf_counter_ns()
@@ -355,6 +431,8 @@ def worker(a: argparse.Namespace) -> int:
             diag["sleep_ms"].append(round(e0.elapsed_time(e1), 3))
             diag["gpu_backlog_ms"].append(round(e1.elapsed_time(e2), 3))
             diag["host_enqueue_ms"].append(round((h1 - h0) * 1e3, 3))
+    if a.pin_sweep and cuda:
+        result["pin_sweep"] = _pin_sweep(step, a, torch)
     t_gpu = time.perf_counter() - t_go
 
     tail_path = f"/tmp/waae_tail_{os.getpid()}.json"
@@ -491,6 +569,13 @@ def summarize(runs: list, meta: dict) -> dict:
             if errs:
                 entry["errors"] = errs[:3]
             conds[cond] = entry
+        sweeps = [r["pin_sweep"] for r in mine if r.get("ok") and r.get("pin_sweep")]
+        if sweeps:  # per placement: each run's median, then the median over runs
+            per = {k: [sw["median_ms"][k] for sw in sweeps if k in sw["median_ms"]] for k in sweeps[0]["median_ms"]}
+            conds["pin_sweep"] = {"runs": len(sweeps), "block_steps": sweeps[0]["block_steps"],
+                                  "rounds": sweeps[0]["rounds"],
+                                  "median_ms": {k: _med(v) for k, v in per.items()},
+                                  "run_medians_ms": per}
         models[model] = conds
     out["bootstrap"] = f"{how or 'n/a'}: median of run medians, condition vs plain, 95 % percentile interval (2,000 resamples, seeded)"
     out["models"] = models
@@ -592,6 +677,9 @@ def drive(a: argparse.Namespace) -> int:
         "smi_start": _smi(),
         "cpu_siblings": _sh(["sh", "-c", "cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\\n' ' '"]),
         "serial": bool(a.serial),
+        "pin": a.pin or None,
+        "lscpu": _sh(["sh", "-c", "lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA|MHz|Hypervisor'"]),
+        "gpu_topology": _sh(["nvidia-smi", "topo", "-m"]),
         "cpus": f"measured run on {run_cpus[0]}-{run_cpus[-1]}, the next run's start-up on "
         f"{prep_cpus[0]}-{prep_cpus[-1]} (sched_setaffinity); the stallscope parent stays on the start-up half",
     }
@@ -634,6 +722,10 @@ def drive(a: argparse.Namespace) -> int:
                  "--window-steps", str(a.window_steps), "--diag-steps", str(a.diag_steps)] + flags
         if a.smoke:
             wargs.append("--smoke")
+        if a.pin:
+            wargs += ["--pin", a.pin]
+        if a.pin_sweep:
+            wargs += ["--pin-sweep", a.pin_sweep, "--sweep-rounds", str(a.sweep_rounds), "--sweep-block", str(a.sweep_block)]
         if cond in kern_conds and rnd == 0:
             wargs += ["--kernels", "--tail-trace"]
         if model == "cnn_graphs" and "--tail-trace" not in wargs:
@@ -784,6 +876,9 @@ def _print_table(s: dict) -> None:
           f"{'gpu_bl':>7} {'host_enq':>8}  run medians")
     for model, conds in s.get("models", {}).items():
         for cond, e in conds.items():
+            if cond == "pin_sweep":
+                print(f"{model:>15} thread placement, median ms over {e['runs']} runs: {e['median_ms']}")
+                continue
             ci = e.get("after_window_ci95_pct")
             print(f"{model:>15} {cond:<24} {e['runs']:>2} {e.get('median_ms', float('nan')):>8.2f} "
                   f"{e.get('after_window_pct', 0.0):>7.1f} {str(ci) if ci else '':>16} {e.get('runs_within_1pct', ''):>8} "
@@ -815,6 +910,12 @@ def main(argv=None) -> int:
     w.add_argument("--kernels", action="store_true", help="kernel names/counts of the window and tail traces")
     w.add_argument("--tail-trace", action="store_true", help="a 2-step CUDA trace after everything else")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--pin", default="", metavar="A:B",
+                   help="the Python thread on CPU A, pt_autograd on CPU B, other threads on the rest of the run's CPUs")
+    w.add_argument("--pin-sweep", default="", metavar="float,A:B,...",
+                   help="after the measured steps, step time under each thread placement (interleaved blocks)")
+    w.add_argument("--sweep-rounds", type=int, default=4)
+    w.add_argument("--sweep-block", type=int, default=12)
     w.add_argument("--go", default=None)
     w.add_argument("--done", default=None)
     w.add_argument("--json", default=None)
@@ -840,6 +941,12 @@ def main(argv=None) -> int:
     d.add_argument("--smoke", action="store_true")
     d.add_argument("--serial", action="store_true",
                    help="start each run only after the previous one has exited (no start-up or teardown beside it)")
+    d.add_argument("--pin", default="", metavar="A:B",
+                   help="every run: the Python thread on CPU A, pt_autograd on CPU B (both in the measured half)")
+    d.add_argument("--pin-sweep", default="", metavar="float,A:B,...",
+                   help="every run, after its measured steps: step time per thread placement (use with --serial)")
+    d.add_argument("--sweep-rounds", type=int, default=4)
+    d.add_argument("--sweep-block", type=int, default=12)
     d.add_argument("--resume", default=None, metavar="RUNS_JSONL",
                    help="continue an earlier part: keep its runs, run only what each model/condition still lacks of --runs")
     a = p.parse_args(argv)
