@@ -886,6 +886,18 @@ def _print_table(s: dict) -> None:
                   + (f"  ERR {e['errors'][0][:200]!r}" if e.get("errors") else ""))
 
 
+def _add_pin_args(p: argparse.ArgumentParser) -> None:
+    """Thread-placement flags, the same for the worker and for drive (which passes them on)."""
+    p.add_argument("--pin", default="", metavar="A:B",
+                   help="the Python thread on CPU A, pt_autograd on CPU B (both in the measured half), "
+                   "other threads on the rest of the run's CPUs")
+    p.add_argument("--pin-sweep", default="", metavar="float,A:B,...",
+                   help="after the measured steps, step time per thread placement (interleaved blocks; "
+                   "use with --serial)")
+    p.add_argument("--sweep-rounds", type=int, default=4)
+    p.add_argument("--sweep-block", type=int, default=12)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -910,12 +922,7 @@ def main(argv=None) -> int:
     w.add_argument("--kernels", action="store_true", help="kernel names/counts of the window and tail traces")
     w.add_argument("--tail-trace", action="store_true", help="a 2-step CUDA trace after everything else")
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--pin", default="", metavar="A:B",
-                   help="the Python thread on CPU A, pt_autograd on CPU B, other threads on the rest of the run's CPUs")
-    w.add_argument("--pin-sweep", default="", metavar="float,A:B,...",
-                   help="after the measured steps, step time under each thread placement (interleaved blocks)")
-    w.add_argument("--sweep-rounds", type=int, default=4)
-    w.add_argument("--sweep-block", type=int, default=12)
+    _add_pin_args(w)
     w.add_argument("--go", default=None)
     w.add_argument("--done", default=None)
     w.add_argument("--json", default=None)
@@ -941,12 +948,7 @@ def main(argv=None) -> int:
     d.add_argument("--smoke", action="store_true")
     d.add_argument("--serial", action="store_true",
                    help="start each run only after the previous one has exited (no start-up or teardown beside it)")
-    d.add_argument("--pin", default="", metavar="A:B",
-                   help="every run: the Python thread on CPU A, pt_autograd on CPU B (both in the measured half)")
-    d.add_argument("--pin-sweep", default="", metavar="float,A:B,...",
-                   help="every run, after its measured steps: step time per thread placement (use with --serial)")
-    d.add_argument("--sweep-rounds", type=int, default=4)
-    d.add_argument("--sweep-block", type=int, default=12)
+    _add_pin_args(d)
     d.add_argument("--resume", default=None, metavar="RUNS_JSONL",
                    help="continue an earlier part: keep its runs, run only what each model/condition still lacks of --runs")
     a = p.parse_args(argv)
