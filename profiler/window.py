@@ -22,7 +22,15 @@ from typing import Any, Optional
 
 from stallscope.profiler import runformat
 
-__all__ = ["TraceWindow", "WINDOW_WARMUP_STEPS", "CLOCK_MARK", "CUPTI_TEARDOWN_OURS", "cupti_teardown"]
+__all__ = [
+    "TraceWindow",
+    "WINDOW_WARMUP_STEPS",
+    "CLOCK_MARK",
+    "CUPTI_TEARDOWN_OURS",
+    "background",
+    "cupti_teardown",
+    "process_cpus",
+]
 
 # Kineto starts one step early (a warmup step, as torch.profiler's schedule has): the first traced
 # step would otherwise carry the profiler's start-up cost on the host, which shows as GPU gaps.
@@ -53,6 +61,46 @@ _COMPACT_CHILD = (
     "sys.exit(main(sys.argv[2:]))\n"
 )
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def process_cpus() -> set[int]:
+    """The CPUs any thread of this process may run on (Linux; empty where it cannot be read).
+
+    A child inherits the mask of the thread that starts it, and the training thread is often
+    pinned to one CPU (by the user, a launcher's ``--cpu-bind``, or a benchmark).
+    """
+    cpus: set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        tids = ["0"]
+    for tid in tids:
+        try:
+            cpus |= os.sched_getaffinity(int(tid))
+        except (AttributeError, OSError, ValueError):
+            continue
+    return cpus
+
+
+def background(pid: int) -> None:
+    """Make ``pid`` run only on CPU time the training leaves idle, on any CPU of this process.
+
+    ``SCHED_IDLE`` (Linux) gives it CPU only when no normal task wants one, which ``nice`` alone
+    does not: at nice 10 a child that inherited the training thread's single-CPU mask took about
+    a tenth of that CPU, enough to slow a host-bound step for as long as it ran. Widening its
+    mask to the whole process's CPUs lets it use the others instead. Best effort: where either
+    call is missing or refused, the child keeps its nice level.
+    """
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+    cpus = process_cpus()
+    if cpus:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except (AttributeError, OSError):
+            pass
 
 
 def cupti_teardown(torch: Any, notice: Callable[[str], None]) -> None:
@@ -249,7 +297,8 @@ class TraceWindow:
         small columnar files instead of parsing every rank's trace. The profiler never imports
         the analyzers (the capture side stays light in the target), hence the subprocess: its
         own session (a Ctrl-C of the job does not cut a table short; a cut one is ignored anyway),
-        no stdin/stdout, niced, and without the profiler's environment, so it is not profiled."""
+        no stdin/stdout, at idle priority on any of the process's CPUs (:func:`background`), and
+        without the profiler's environment, so it is not profiled."""
         if os.environ.get(COMPACT_ENV, "1").strip().lower() in ("0", "off", "no", "false"):
             return
         env = {k: v for k, v in os.environ.items() if k not in ("STALLSCOPE_RUN_DIR", "STALLSCOPE_PATCH_FROM")}
@@ -278,6 +327,8 @@ class TraceWindow:
             self.notice(
                 f"trace tables not written at the source ({exc.__class__.__name__}: {exc}); diagnose parses the trace"
             )
+            return
+        background(self._compactor.pid)
 
     def compaction_state(self) -> Optional[str]:
         """``running``, ``done``, ``failed (exit N)``, or None when no compaction was started."""

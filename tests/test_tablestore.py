@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -326,6 +329,9 @@ def test_profiler_window_starts_compaction(switch: str, tmp_path: Path, monkeypa
     if switch == "0":
         assert window.compaction_state() is None and window.info()["compaction"] is None
         return
+    if hasattr(os, "SCHED_IDLE"):  # it runs only on CPU time the training leaves idle
+        assert window._compactor is not None
+        assert os.sched_getscheduler(window._compactor.pid) == os.SCHED_IDLE
     deadline = time.monotonic() + 120
     while window.compaction_state() == "running" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -348,3 +354,31 @@ def test_a_users_own_trace_gets_its_table_in_the_user_cache(tmp_path: Path, auto
     assert load.calls == 1, "the second load must come from the user cache"
     assert sorted(p.name for p in folder.iterdir()) == [GPU_TRACE.name]
     assert len(list(auto_cache.iterdir())) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_background_child_leaves_the_pinned_training_cpu() -> None:
+    """A child started from a thread pinned to one CPU inherits that one CPU; background()
+    gives it every CPU of the process and idle priority."""
+    from stallscope.profiler.window import background, process_cpus
+
+    allowed = os.sched_getaffinity(0)
+    out: dict = {}
+
+    def pinned_start() -> None:  # a thread of its own: the test's main thread keeps its mask
+        os.sched_setaffinity(0, {min(allowed)})
+        out["proc"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        out["inherited"] = os.sched_getaffinity(out["proc"].pid)
+        background(out["proc"].pid)
+
+    t = threading.Thread(target=pinned_start)
+    t.start()
+    t.join()
+    proc = out["proc"]
+    try:
+        assert out["inherited"] == {min(allowed)}
+        assert os.sched_getaffinity(proc.pid) == process_cpus() == allowed
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+    finally:
+        proc.kill()
+        proc.wait()
