@@ -86,9 +86,10 @@ def background(pid: int) -> None:
     """Make ``pid`` run only on CPU time the training leaves idle, on any CPU of this process.
 
     ``SCHED_IDLE`` (Linux) gives it CPU only when no normal task wants one, which ``nice`` alone
-    does not: at nice 10 a child that inherited the training thread's single-CPU mask took about
-    a tenth of that CPU, enough to slow a host-bound step for as long as it ran. Widening its
-    mask to the whole process's CPUs lets it use the others instead. Best effort: where either
+    does not: by the scheduler's weights (110 at nice 10 against 1024 at nice 0) a child that
+    inherited a training thread's single-CPU mask takes about a tenth of that CPU while it runs,
+    which a host-bound step feels in full. Widening its mask to the whole process's CPUs lets it
+    use the others instead. Best effort: where either
     call is missing or refused, the child keeps its nice level.
     """
     try:
