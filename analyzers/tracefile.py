@@ -243,7 +243,7 @@ def iter_trace_segments(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Ite
             cut = _last_boundary(buf, max(0, len(buf) - len(piece) - 16))
             if cut is None:
                 continue
-            yield b"[" + buf[: cut.start() + 1] + b"]", False
+            yield b"".join((b"[", memoryview(buf)[: cut.start() + 1], b"]")), False  # one copy of the events
             buf = buf[cut.end() - 1 :]
         yield head + buf, True
 
