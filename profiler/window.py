@@ -89,8 +89,8 @@ def background(pid: int) -> None:
     does not: by the scheduler's weights (110 at nice 10 against 1024 at nice 0) a child that
     inherited a training thread's single-CPU mask takes about a tenth of that CPU while it runs,
     which a host-bound step feels in full. Widening its mask to the whole process's CPUs lets it
-    use the others instead. Best effort: where either
-    call is missing or refused, the child keeps its nice level.
+    use the others instead. Best effort: where either call is missing or refused, the child
+    keeps its nice level.
     """
     try:
         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))

@@ -25,6 +25,7 @@ from stallscope.analyzers.compact import compact_rank
 from stallscope.analyzers.context import load_rank
 from stallscope.analyzers.loader import load_trace
 from stallscope.analyzers.model import EventTable
+from stallscope.profiler.window import background, process_cpus
 from tests.analyzer_traces import GPU_FIXTURES, record
 
 COLUMNS = [f.name for f in dataclasses.fields(EventTable) if f.name not in ("names", "extra")]
@@ -360,8 +361,6 @@ def test_a_users_own_trace_gets_its_table_in_the_user_cache(tmp_path: Path, auto
 def test_background_child_leaves_the_pinned_training_cpu() -> None:
     """A child started from a thread pinned to one CPU inherits that one CPU; background()
     gives it every CPU of the process and idle priority."""
-    from stallscope.profiler.window import background, process_cpus
-
     allowed = os.sched_getaffinity(0)
     out: dict = {}
 
