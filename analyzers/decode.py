@@ -355,19 +355,46 @@ class EventColumns:
             self.thread_names[(_key(e.pid), _key(e.tid))] = _label(a.meta_name)
 
     def merge(self, part: EventColumns) -> None:
-        """Append a batch parsed elsewhere (its own name ids and row numbers) after these rows."""
+        """Append a batch parsed elsewhere (its own name ids, row numbers, ids of odd pids / tids
+        and shared ``extra`` dicts) after these rows, as if this object had parsed it."""
         if part.blocks:
             remap = np.asarray([self.intern(n) for n in part.names], dtype=np.int32)
+            ids = self._id_remap(part)
             for block in part.blocks:
                 block["name"] = remap[block["name"]] if remap.size else block["name"]
+                if ids is not None:
+                    for col in ("pid", "tid"):
+                        odd = block[col] <= -2
+                        if odd.any():
+                            block[col][odd] = ids[-block[col][odd] - 2]
                 self.blocks.append(block)
-            self.extra.update({self.rows + k: v for k, v in part.extra.items()})
+            same = self._shared_extras(part)
+            self.extra.update({self.rows + k: same.get(id(v), v) for k, v in part.extra.items()})
             self.rows += part.rows
         self.seen += part.seen
         self.dropped += part.dropped
         self.process_names.update(part.process_names)
         self.thread_names.update(part.thread_names)
         self.categories.update(part.categories)
+
+    def _id_remap(self, part: EventColumns) -> np.ndarray | None:
+        """The ids these columns give the odd pids / tids of ``part`` (indexed by ``-id - 2``);
+        new ones numbered in the order ``part`` met them, as one parse of both would."""
+        if not part._ids:
+            return None
+        return np.asarray([self._num(value) for value in part._ids], dtype=np.int64)
+
+    def _shared_extras(self, part: EventColumns) -> dict[int, dict[str, Any]]:
+        """``id`` of each shared ``extra`` dict of ``part`` -> the equal dict these columns share
+        already (same cache key, same content), so rows of both parts share one object; the
+        other cache entries of ``part`` are adopted."""
+        same: dict[int, dict[str, Any]] = {}
+        for mine, theirs in ((self._shapes, part._shapes), (self._launches, part._launches)):
+            for key, d in theirs.items():
+                have = mine.setdefault(key, d)
+                if have is not d:
+                    same[id(d)] = have
+        return same
 
     def table(self) -> EventTable:
         """The columns as one :class:`EventTable` in file order (links and steps unset: -1)."""

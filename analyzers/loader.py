@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
+import signal
 import threading
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,12 @@ from stallscope.profiler.common import ToolError
 __all__ = [
     "CATEGORIES",
     "EVENT_COUNTS",
+    "PARENT_SHARE",
     "PARALLEL_MIN_BYTES",
     "TRACE_SUFFIXES",
     "can_fork",
     "find_traces",
+    "free_cores",
     "idle_cores",
     "is_trace_file",
     "load_trace",
@@ -48,6 +51,10 @@ EVENT_COUNTS = "stallscope_events"
 # The metadata key of {category as written: the kind it was read as (a Kind name, or "skipped")}.
 CATEGORIES = "stallscope_categories"
 PARALLEL_MIN_BYTES = 24 << 20  # below this, a second process costs more than it saves
+# The part of the JSON this process parses when one helper parses the rest. Half: the helper's
+# extra work (inflating and cutting all the text before its part, pickling its columns) and this
+# process's (unpickling and merging them) came out about equal on the 64 MB benchmark trace.
+PARENT_SHARE = 0.5
 
 
 def is_trace_file(p: Path) -> bool:
@@ -149,27 +156,15 @@ def _add_blob(cols: EventColumns, blob: bytes, final: bool, path: str) -> dict[s
     return meta
 
 
-def _parse_blob(blob: bytes, final: bool, path: str) -> tuple[EventColumns, dict[str, Any] | None]:
-    cols = EventColumns()
-    meta = _add_blob(cols, blob, final, path)
-    return cols, meta
-
-
-def _trace_bytes(path: Path) -> int:
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        return size * 8 if fh.read(2) == b"\x1f\x8b" else size  # Kineto JSON gzips ~8-12x
-
-
 def _parallel_workers(path: Path) -> int:
     env = os.environ.get("STALLSCOPE_PARSE_WORKERS")
     if env is not None:
         return int(env) if env.isdigit() else 0
-    if _trace_bytes(path) < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2 or not can_fork():
+    if _json_bytes(path) < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2 or not can_fork():
         return 0
     if threading.active_count() > 1:  # forking a threaded process can deadlock: parse here
         return 0
-    if idle_cores() < 2:  # a helper on a busy core only adds its copying to our time
+    if free_cores() < 2:  # a helper on a busy core only adds its copying to our time
         return 0
     return 1
 
@@ -190,29 +185,126 @@ def idle_cores() -> float:
         return float(os.cpu_count() or 1)
 
 
-def _read_parallel(path: Path, workers: int) -> tuple[EventColumns, dict[str, Any]]:
-    """Parse with ``workers`` forked helpers: this process reads and cuts the file and parses
-    every ``workers + 1``-th blob itself; results are merged in file order."""
-    import multiprocessing
+def free_cores() -> int:
+    """Cores free at this moment: the cores this process may run on less the other tasks the
+    kernel has runnable right now (``/proc/loadavg``'s fourth field, which counts this process
+    too); :func:`idle_cores` where there is no ``/proc``. Unlike the 1-minute load average, this
+    does not count a command's own run of a moment ago as load on the next one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (AttributeError, OSError, ValueError, IndexError):  # no affinity call or no /proc
+        return int(idle_cores())
+    return max(0, cores - max(0, running - 1))
 
-    cols = EventColumns()
-    meta: dict[str, Any] = {}
-    pending: deque[Any] = deque()
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for i, (blob, final) in enumerate(tracefile.iter_trace_segments(path, tracefile.CHUNK_BYTES)):
-            if i % (workers + 1) == workers or final:
-                own, m = _parse_blob(blob, final, str(path))  # while the helpers parse theirs
-                while pending:
-                    cols.merge(pending.popleft().get()[0])
-                cols.merge(own)
-            else:
-                pending.append(pool.apply_async(_parse_blob, (blob, final, str(path))))
-                continue
+
+def _read_parallel(path: Path, workers: int) -> tuple[EventColumns, dict[str, Any]]:
+    """Parse with ``workers`` forked helpers, each taking one contiguous range of the file's
+    blobs (this process the first). Every process cuts the file itself, up to the end of its
+    range, so no blob crosses a pipe; a helper sends back its range's columns, pickled, once. The
+    parts are merged in file order. A helper's failure raises here (the caller parses again)."""
+    ends = _range_ends(_json_bytes(path), workers)
+    helpers: dict[int, int] = {}  # pid -> read end of its pipe, until reaped
+    try:
+        for i in range(1, workers + 1):
+            pid, fd = _fork_helper(path, ends[i - 1], ends[i])
+            helpers[pid] = fd
+        cols, meta = _parse_range(path, 0, ends[0])
+        for pid in list(helpers):
+            part, m = _collect(pid, helpers.pop(pid))
+            cols.merge(part)
             if m is not None:
                 meta = m
-        while pending:
-            cols.merge(pending.popleft().get()[0])
+        return cols, meta
+    finally:
+        for pid, fd in helpers.items():  # after an error here: no helper left running or unreaped
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _range_ends(total: int, workers: int) -> list[float]:
+    """Where each process's range of the JSON ends: this process ``PARENT_SHARE`` of the bytes
+    when it has one helper (a helper also cuts all that comes before its range), the helpers
+    equal parts of the rest; the last range reaches past any end."""
+    first = total * (PARENT_SHARE if workers == 1 else 1.0 / (workers + 1))
+    step = (total - first) / workers
+    return [first + step * i for i in range(workers)] + [math.inf]
+
+
+def _parse_range(path: Path, start: float, end: float) -> tuple[EventColumns, dict[str, Any]]:
+    """Parse the blobs that begin at ``start`` or later and before ``end`` (offsets in the
+    events' JSON text, counted over the blobs before them), cutting no further than needed."""
+    cols = EventColumns()
+    meta: dict[str, Any] = {}
+    at = 0
+    for blob, final in tracefile.iter_trace_segments(path, tracefile.CHUNK_BYTES):
+        if at >= end:
+            break
+        if at >= start:
+            m = _add_blob(cols, blob, final, str(path))
+            if m is not None:
+                meta = m
+        at += len(blob)
     return cols, meta
+
+
+def _fork_helper(path: Path, start: float, end: float) -> tuple[int, int]:
+    """A forked process that parses one range and writes ``(ok, (columns, metadata) or the
+    error's text)`` pickled to a pipe; returns its pid and the pipe's read end."""
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper: never returns, never runs this process's exit handlers
+        code = 1
+        try:
+            os.close(r)
+            try:
+                out: tuple[bool, Any] = (True, _parse_range(path, start, end))
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+                out = (False, f"{exc.__class__.__name__}: {exc}")
+            with os.fdopen(w, "wb") as fh:
+                pickle.dump(out, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _collect(pid: int, fd: int) -> tuple[EventColumns, dict[str, Any] | None]:
+    """A helper's columns and metadata (None when its range did not hold the metadata), read
+    from the pipe as they come (no second copy of them in bytes), the helper then reaped; raises
+    when it failed or died."""
+    import pickle
+
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            ok, value = pickle.load(fh)
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if not ok:
+        raise RuntimeError(f"parse helper failed: {value}")
+    if status != 0:
+        raise RuntimeError(f"parse helper ended with status {status}")
+    cols, meta = value
+    return cols, (meta or None)
+
+
+def _json_bytes(path: Path) -> int:
+    """The size of the trace's JSON text: a gzip file's own record of it (the last four bytes,
+    modulo 4 GiB) when that is plausible, else an estimate from the compressed size."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return size
+        fh.seek(max(0, size - 4))
+        isize = int.from_bytes(fh.read(4), "little")
+    return isize if isize >= size else size * 8
 
 
 def _read_segments(path: Path) -> tuple[EventColumns, dict[str, Any]]:
