@@ -57,6 +57,22 @@ from pathlib import Path
 
 MODELS = ("resnet50", "convnext_tiny", "efficientnet_b0", "vit_small", "gpt2", "cnn_graphs")
 DEFAULT_MODELS = "resnet50,convnext_tiny,efficientnet_b0,vit_small,gpt2,cnn_graphs"
+# A model name may carry overrides of its batch and image size: "vit_small-b384", "cnn_graphs-b256-px224".
+VARIANT_KEYS = {"b": "batch", "px": "size"}
+
+
+def split_model(name: str) -> tuple[str, dict]:
+    """("vit_small-b384") -> ("vit_small", {"batch": 384}); SystemExit on an unknown base or override."""
+    base, *mods = name.split("-")
+    if base not in MODELS + ("tiny",):
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)} (with -bN / -pxN overrides)")
+    over: dict = {}
+    for mod in mods:
+        key = mod.rstrip("0123456789")
+        if key not in VARIANT_KEYS or key == mod:
+            raise SystemExit(f"unknown override {mod!r} in {name!r}: use -bN (batch) or -pxN (image size)")
+        over[VARIANT_KEYS[key]] = int(mod[len(key):])
+    return base, over
 
 # name -> (mode, worker flags, environment). Environment variables are set in the worker's
 # environment at its start (before torch initialises CUDA or CUPTI), as stallscope's bootstrap would.
@@ -84,7 +100,13 @@ CONDITIONS: dict[str, tuple[str, list[str], dict[str, str]]] = {
 
 # ----------------------------------------------------------------------------------- worker
 def _build(model_name: str, device: str):
-    """(model built on the CPU, make_step(model) -> (step, batch_info)). No CUDA touched here."""
+    """(model built on the CPU, batch info with the name's overrides applied). No CUDA touched here."""
+    base, over = split_model(model_name)
+    model, info = _build_base(base)
+    return model, {**info, **over}
+
+
+def _build_base(model_name: str):
     import torch
 
     if model_name == "tiny":  # --smoke only
@@ -177,6 +199,42 @@ def _kernel_counts(path: str, steps: int) -> dict:
             counts[ev["name"]] = counts.get(ev["name"], 0) + 1
     return {"steps": steps, "kernels_per_step": round(sum(counts.values()) / max(steps, 1), 1),
             "distinct": len(counts), "counts": counts}
+
+
+def _launch_probe(torch, device: str, reps: int = 30, n: int = 500) -> dict:
+    """Host time per kernel launch (us): batches of ``n`` one-element in-place adds, each batch from
+    an idle GPU. The minimum over ``reps`` batches is the cost without the host's interruptions
+    (they only add time); an attached CUPTI adds its callback to every launch."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    t = torch.zeros(1, device=device)
+    per: list = []
+    for _ in range(reps):
+        sync()
+        h0 = time.perf_counter_ns()
+        for _ in range(n):
+            t.add_(1.0)
+        per.append((time.perf_counter_ns() - h0) / n / 1e3)
+    sync()
+    return {"min": round(min(per), 4), "median": round(statistics.median(per), 4)}
+
+
+def _host_step_probe(fwd_bwd, torch, device: str, k: int, sleep_cycles: int) -> dict:
+    """Host time (ms) to issue one forward and backward while the GPU is held behind a sleep, so the
+    host never waits for it: the smallest of ``k`` is the host's own cost of a step. No optimizer
+    step, so a profiler that counts steps by the optimizer does not see these."""
+    cuda = device == "cuda"
+    ms: list = []
+    for _ in range(k + 2):  # the first two warm caches and algorithm choices; not counted
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(sleep_cycles)
+        h0 = time.perf_counter()
+        fwd_bwd()
+        ms.append((time.perf_counter() - h0) * 1e3)
+    if cuda:
+        torch.cuda.synchronize()
+    ms = ms[2:]
+    return {"min": round(min(ms), 4), "median": round(statistics.median(ms), 4)}
 
 
 def _cupti_loaded() -> list:
@@ -323,7 +381,7 @@ def worker(a: argparse.Namespace) -> int:
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     losses: list = []
 
-    def step(keep_loss: bool = False) -> None:
+    def step(keep_loss: bool = False, optimizer: bool = True) -> None:
         if graphs and not a.smoke:
             torch.compiler.cudagraph_mark_step_begin()
         with amp:
@@ -333,9 +391,22 @@ def worker(a: argparse.Namespace) -> int:
                 loss = fwd(input_ids=x, labels=y).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        if optimizer:
+            opt.step()
         if keep_loss:
             losses.append(loss.detach().float().clone())
+
+    probes: dict = {}
+
+    def probe(when: str) -> None:
+        """The host-side costs, before the first step and after the last (same process, same CPU)."""
+        if not a.probe_steps:
+            return
+        if pin is not None:
+            _pin_threads(*pin)
+        probes.setdefault("launch_us", {})[when] = _launch_probe(torch, device)
+        probes.setdefault("host_step_ms", {})[when] = _host_step_probe(
+            lambda: step(optimizer=False), torch, device, a.probe_steps, a.diag_sleep_cycles)
 
     n = a.steps
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)] if cuda else []
@@ -354,6 +425,7 @@ def worker(a: argparse.Namespace) -> int:
         run_set = sorted(os.sched_getaffinity(0))
         pin = (int(mc), int(gc_ or mc), (set(run_set) - {int(mc), int(gc_ or mc)}) or set(run_set))
         result["pin"] = {"main": pin[0], "autograd": pin[1], "rest": sorted(pin[2])}
+    probe("before")
     for i in range(n):
         if a.mode == "window" and i == w0:
             if cuda:
@@ -431,6 +503,7 @@ def worker(a: argparse.Namespace) -> int:
             diag["sleep_ms"].append(round(e0.elapsed_time(e1), 3))
             diag["gpu_backlog_ms"].append(round(e1.elapsed_time(e2), 3))
             diag["host_enqueue_ms"].append(round((h1 - h0) * 1e3, 3))
+    probe("after")
     if a.pin_sweep and cuda:
         result["pin_sweep"] = _pin_sweep(step, a, torch)
     t_gpu = time.perf_counter() - t_go
@@ -462,6 +535,7 @@ def worker(a: argparse.Namespace) -> int:
         "mem": mem, "window_times": window_times,
         "diag": {k: v for k, v in diag.items()},
         "diag_median": {k: round(statistics.median(v), 3) for k, v in diag.items() if v},
+        "probes": probes,
         "cupti_libs_loaded": _cupti_loaded(),
         "t_gpu_phase_s": round(t_gpu, 2), "cudnn_benchmark": not a.no_cudnn_benchmark, "graphs": graphs,
     })
@@ -562,6 +636,9 @@ def summarize(runs: list, meta: dict) -> dict:
                     for name, pct in per_name.items():
                         busiest.setdefault(name, []).append(pct)
                 entry["thread_cpu_pct_after_window"] = {k: _med(v) for k, v in sorted(busiest.items(), key=lambda kv: -max(kv[1]))[:5]}
+                probes = _probe_summary(ok, [r for r in mine if r["condition"] == "plain" and r.get("ok")])
+                if probes:
+                    entry["probes"] = probes
                 fl = [r.get("final_loss") for r in ok if r.get("final_loss") is not None]
                 if fl:
                     entry["final_loss"] = [round(x, 5) for x in fl]
@@ -583,6 +660,29 @@ def summarize(runs: list, meta: dict) -> dict:
     if kern:
         out["kernels"] = _kernel_summary(kern)
     return out
+
+
+def _probe_summary(ok: list, plain: list) -> dict:
+    """Per probe: the medians over runs of its minimum before and after, each run's change
+    (after / before, in one process, so the host's speed that day cancels) and, against plain
+    runs, the after-values' ratio with a bootstrap 95 % interval."""
+    res: dict = {}
+    for name in ("launch_us", "host_step_ms"):
+        pairs = [(r["probes"][name]["before"]["min"], r["probes"][name]["after"]["min"])
+                 for r in ok if name in r.get("probes", {}) and "after" in r["probes"][name]]
+        if not pairs:
+            continue
+        change = [round((b / a - 1) * 100, 2) for a, b in pairs]
+        item = {"before": _med([a for a, _ in pairs]), "after": _med([b for _, b in pairs]),
+                "change_pct": _med(change), "run_change_pct": change,
+                "runs_change_within_1pct": f"{sum(abs(c) <= 1.0 for c in change)}/{len(change)}"}
+        base = [r["probes"][name]["after"]["min"] for r in plain if name in r.get("probes", {}) and "after" in r["probes"][name]]
+        if len(base) >= 2 and len(pairs) >= 2 and ok[0]["condition"] != "plain":
+            lo, hi, _ = _bootstrap_pct(base, [b for _, b in pairs])
+            item["after_vs_plain_pct"] = round((statistics.median([b for _, b in pairs]) / statistics.median(base) - 1) * 100, 2)
+            item["after_vs_plain_ci95_pct"] = [lo, hi]
+        res[name] = item
+    return res
 
 
 def _kernel_summary(runs: list) -> dict:
@@ -653,8 +753,7 @@ def drive(a: argparse.Namespace) -> int:
         models = list(matrix)
         conds = list(dict.fromkeys(c for cs in matrix.values() for c in cs))
     for m in models:
-        if m not in MODELS + ("tiny",):
-            raise SystemExit(f"unknown model {m!r}; known: {', '.join(MODELS)}")
+        split_model(m)
     for c in conds:
         if c not in CONDITIONS:
             raise SystemExit(f"unknown condition {c!r}; known: {', '.join(CONDITIONS)}")
@@ -672,7 +771,7 @@ def drive(a: argparse.Namespace) -> int:
         "workload": f"steps {a.steps}, figure = median of the last {a.measure} (CUDA events); window steps "
                     f"{a.window_start}-{a.window_start + a.window_steps}; synthetic data on the GPU; bf16 autocast, "
                     "AdamW; image models channels-last batch 128 (224 px; cnn_graphs 112 px, torch.compile "
-                    "mode=reduce-overhead); gpt2 batch 16 x 512",
+                    "mode=reduce-overhead) unless the name says otherwise (-bN batch, -pxN size); gpt2 batch 16 x 512",
         "conditions": {c: {"mode": CONDITIONS[c][0], "flags": " ".join(CONDITIONS[c][1]), "env": CONDITIONS[c][2]} for c in conds},
         "smi_start": _smi(),
         "cpu_siblings": _sh(["sh", "-c", "cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\\n' ' '"]),
@@ -719,7 +818,8 @@ def drive(a: argparse.Namespace) -> int:
         wargs = ["worker", "--model", model, "--mode", "plain" if mode == "stallscope" else mode,
                  "--json", str(jpath), "--go", str(work / f"go{k}"), "--done", str(work / f"done{k}"),
                  "--steps", str(a.steps), "--measure", str(a.measure), "--window-start", str(a.window_start),
-                 "--window-steps", str(a.window_steps), "--diag-steps", str(a.diag_steps)] + flags
+                 "--window-steps", str(a.window_steps), "--diag-steps", str(a.diag_steps),
+                 "--probe-steps", str(a.probe_steps)] + flags
         if a.smoke:
             wargs.append("--smoke")
         if a.pin:
@@ -728,7 +828,7 @@ def drive(a: argparse.Namespace) -> int:
             wargs += ["--pin-sweep", a.pin_sweep, "--sweep-rounds", str(a.sweep_rounds), "--sweep-block", str(a.sweep_block)]
         if cond in kern_conds and rnd == 0:
             wargs += ["--kernels", "--tail-trace"]
-        if model == "cnn_graphs" and "--tail-trace" not in wargs:
+        if split_model(model)[0] == "cnn_graphs" and "--tail-trace" not in wargs:
             wargs.append("--tail-trace")  # a second CUPTI session after the window: the crash case for graphs
         cmd = [sys.executable, me] + wargs
         if mode == "stallscope":
@@ -804,7 +904,8 @@ def drive(a: argparse.Namespace) -> int:
     while nxt is not None:
         cur, nxt = nxt, None
         left = a.deadline_s - (time.monotonic() - t0)
-        need = est.get(cur["model"], a.first_estimate_s * (4 if cur["model"] == "cnn_graphs" else 1))
+        graphs_run = split_model(cur["model"])[0] == "cnn_graphs"
+        need = est.get(cur["model"], a.first_estimate_s * (4 if graphs_run else 1))
         if left < need:
             finish(cur, reason="not started: deadline", record=False)
             skipped = 1 + len(pending)
@@ -814,7 +915,7 @@ def drive(a: argparse.Namespace) -> int:
         t_go = time.monotonic()
         if pending and not a.serial:
             nxt = spawn(pending.pop(0))
-        limit = min(a.run_timeout_s * (3 if cur["model"] == "cnn_graphs" else 1), max(left, 5))
+        limit = min(a.run_timeout_s * (3 if graphs_run else 1), max(left, 5))
         reason = None
         while not cur["done"].exists():
             if cur["proc"].poll() is not None:
@@ -902,7 +1003,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("worker", help="one run in this process")
-    w.add_argument("--model", default="resnet50", choices=MODELS + ("tiny",))
+    w.add_argument("--model", default="resnet50", help=f"{', '.join(MODELS)}, with -bN / -pxN overrides")
     w.add_argument("--mode", default="plain", choices=("plain", "window"))
     w.add_argument("--steps", type=int, default=80)
     w.add_argument("--measure", type=int, default=40)
@@ -919,6 +1020,9 @@ def main(argv=None) -> int:
     w.add_argument("--no-cudnn-benchmark", action="store_true")
     w.add_argument("--diag-steps", type=int, default=4)
     w.add_argument("--diag-sleep-cycles", type=int, default=300_000_000)
+    w.add_argument("--probe-steps", type=int, default=0,
+                   help="host-cost probes before the first step and after the last: launch cost and "
+                   "the host's time for a forward and backward, the smallest of this many")
     w.add_argument("--kernels", action="store_true", help="kernel names/counts of the window and tail traces")
     w.add_argument("--tail-trace", action="store_true", help="a 2-step CUDA trace after everything else")
     w.add_argument("--seed", type=int, default=0)
@@ -941,6 +1045,7 @@ def main(argv=None) -> int:
     d.add_argument("--window-start", type=int, default=5)
     d.add_argument("--window-steps", type=int, default=5)
     d.add_argument("--diag-steps", type=int, default=4)
+    d.add_argument("--probe-steps", type=int, default=0, help="passed to each worker (0: no probes)")
     d.add_argument("--seed", type=int, default=22)
     d.add_argument("--name", default="window-after-effect")
     d.add_argument("--out", default=None, help="default $OUT")

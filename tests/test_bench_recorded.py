@@ -148,7 +148,8 @@ def test_window_after_effect_smoke_records_no_machine_path(tmp_path: Path) -> No
     """One tiny CPU run under ``stallscope profile``: the summary's command and every run's argv."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "bench/window_after_effect_gpu.py"), "drive", "--smoke", "--conditions",
-           "stallscope", "--runs", "1", "--out", str(out), "--workdir", str(out / "work"), "--name", "smoke"]  # fmt: skip
+           "stallscope", "--runs", "1", "--probe-steps", "2", "--out", str(out), "--workdir", str(out / "work"),
+           "--name", "smoke"]  # fmt: skip
     p = _run(cmd, 300)
     summary, runs = (out / "smoke.yaml").read_text(), (out / "smoke.runs.jsonl").read_text()
     assert machine_paths(summary) == [] and machine_paths(runs) == [], p.stdout[-2000:] + p.stderr[-2000:]
@@ -156,3 +157,6 @@ def test_window_after_effect_smoke_records_no_machine_path(tmp_path: Path) -> No
     (run,) = [json.loads(line) for line in runs.splitlines()]
     assert run["ok"], run.get("error")
     assert run["argv"][run["argv"].index("--json") + 1] == "$OUT/work/r0.json"
+    for probe in ("launch_us", "host_step_ms"):  # measured before the first step and after the last
+        assert set(run["probes"][probe]) == {"before", "after"}
+        assert all(0 < v["min"] <= v["median"] for v in run["probes"][probe].values())
