@@ -237,29 +237,6 @@ def _host_step_probe(fwd_bwd, torch, device: str, k: int, sleep_cycles: int) -> 
     return {"min": round(min(ms), 4), "median": round(statistics.median(ms), 4)}
 
 
-class _Instructions:
-    """User-space instructions retired by every thread of this process (perf_event_open, inherited
-    by threads started later): host work that neither the CPU's clock nor a neighbour's load
-    changes. ``read()`` is None where the machine exposes no hardware counters."""
-
-    def __init__(self) -> None:
-        import ctypes
-        import struct
-
-        self.fd = -1
-        attr = bytearray(64)  # PERF_ATTR_SIZE_VER0; PERF_TYPE_HARDWARE, PERF_COUNT_HW_INSTRUCTIONS
-        struct.pack_into("IIQQQQQ", attr, 0, 0, 64, 1, 0, 0, 0, (1 << 1) | (1 << 5) | (1 << 6))  # inherit, user only
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            self.fd = libc.syscall(298, (ctypes.c_char * 64).from_buffer(attr), 0, -1, -1, 0)  # x86-64
-        except (OSError, AttributeError):
-            self.fd = -1
-        self.error = "" if self.fd >= 0 else os.strerror(ctypes.get_errno())
-
-    def read(self) -> int | None:
-        return int.from_bytes(os.read(self.fd, 8), "little") if self.fd >= 0 else None
-
-
 def _cupti_loaded() -> list:
     try:
         with open("/proc/self/maps") as f:
@@ -364,7 +341,6 @@ def _pin_sweep(step, a: argparse.Namespace, torch) -> dict:
 
 def worker(a: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    instr = _Instructions() if a.count_instructions else None
     here = os.path.dirname(os.path.abspath(__file__))  # bench/ must not shadow anything the models import
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     import torch
@@ -435,8 +411,6 @@ def worker(a: argparse.Namespace) -> int:
     n = a.steps
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)] if cuda else []
     host_ns = [0] * (n + 1)
-    cpu_ns = [0] * (n + 1)  # CPU time of all threads, at each step boundary
-    ins: list = [None] * (n + 1)
     w0, w1 = a.window_start, a.window_start + a.window_steps
     prof = None
     trace_path = f"/tmp/waae_trace_{os.getpid()}.json"
@@ -490,8 +464,6 @@ def worker(a: argparse.Namespace) -> int:
         if cuda:
             ev[i].record()
         host_ns[i] = time.perf_counter_ns()
-        if instr is not None:
-            cpu_ns[i], ins[i] = time.process_time_ns(), instr.read()
         if i == 3:
             nvml["before"] = _nvml_read()
         if i == 12:
@@ -502,8 +474,6 @@ def worker(a: argparse.Namespace) -> int:
     if cuda:
         ev[n].record()
     host_ns[n] = time.perf_counter_ns()
-    if instr is not None:
-        cpu_ns[n], ins[n] = time.process_time_ns(), instr.read()
     thr_b, t_thr_b = _threads(), time.perf_counter()
     if cuda:
         torch.cuda.synchronize()
@@ -569,10 +539,6 @@ def worker(a: argparse.Namespace) -> int:
         "cupti_libs_loaded": _cupti_loaded(),
         "t_gpu_phase_s": round(t_gpu, 2), "cudnn_benchmark": not a.no_cudnn_benchmark, "graphs": graphs,
     })
-    if instr is not None:  # per step, so that any span (before the window, after it) can be compared
-        result["host_work"] = {"instructions_available": instr.fd >= 0, "error": instr.error,
-                               "cpu_ms": [round((cpu_ns[i + 1] - cpu_ns[i]) / 1e6, 3) for i in range(n)],
-                               "instructions": [None if ins[i] is None else ins[i + 1] - ins[i] for i in range(n)]}
     if a.kernels:
         if a.mode == "window" and not a.no_export and "cuda" in a.activities:
             result["kernels_window"] = _kernel_counts(trace_path, a.window_steps)
@@ -670,9 +636,6 @@ def summarize(runs: list, meta: dict) -> dict:
                     for name, pct in per_name.items():
                         busiest.setdefault(name, []).append(pct)
                 entry["thread_cpu_pct_after_window"] = {k: _med(v) for k, v in sorted(busiest.items(), key=lambda kv: -max(kv[1]))[:5]}
-                work = _host_work_summary(ok, meta.get("window_start", 5), meta.get("measure", 40))
-                if work:
-                    entry["host_work"] = work
                 probes = _probe_summary(ok, [r for r in mine if r["condition"] == "plain" and r.get("ok")])
                 if probes:
                     entry["probes"] = probes
@@ -697,27 +660,6 @@ def summarize(runs: list, meta: dict) -> dict:
     if kern:
         out["kernels"] = _kernel_summary(kern)
     return out
-
-
-def _host_work_summary(ok: list, w0: int, measure: int) -> dict:
-    """Host work per step (instructions of all threads, and their CPU time) before the window
-    (steps w0-20 .. w0-2) and over the measured steps, per run and as the median over runs."""
-    res: dict = {}
-    for key in ("instructions", "cpu_ms"):
-        before, after, change = [], [], []
-        for r in ok:
-            v = (r.get("host_work") or {}).get(key) or []
-            pre, post = v[max(1, w0 - 20):max(1, w0 - 1)], v[len(v) - measure:]
-            if len(pre) < 3 or not post or None in pre or None in post:
-                continue
-            b, c = statistics.median(pre), statistics.median(post)
-            before.append(b)
-            after.append(c)
-            change.append(round((c / b - 1) * 100, 3))
-        if change:
-            res[key] = {"before_window": _med(before), "measured": _med(after), "change_pct": _med(change),
-                        "run_change_pct": change}
-    return res
 
 
 def _probe_summary(ok: list, plain: list) -> dict:
@@ -834,7 +776,6 @@ def drive(a: argparse.Namespace) -> int:
         "smi_start": _smi(),
         "cpu_siblings": _sh(["sh", "-c", "cat /sys/devices/system/cpu/cpu*/topology/thread_siblings_list | sort -u | tr '\\n' ' '"]),
         "serial": bool(a.serial),
-        "window_start": a.window_start, "measure": a.measure,
         "pin": a.pin or None,
         "lscpu": _sh(["sh", "-c", "lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA|MHz|Hypervisor'"]),
         "gpu_topology": _sh(["nvidia-smi", "topo", "-m"]),
@@ -878,7 +819,7 @@ def drive(a: argparse.Namespace) -> int:
                  "--json", str(jpath), "--go", str(work / f"go{k}"), "--done", str(work / f"done{k}"),
                  "--steps", str(a.steps), "--measure", str(a.measure), "--window-start", str(a.window_start),
                  "--window-steps", str(a.window_steps), "--diag-steps", str(a.diag_steps),
-                 "--probe-steps", str(a.probe_steps)] + flags + (["--count-instructions"] if a.count_instructions else [])
+                 "--probe-steps", str(a.probe_steps)] + flags
         if a.smoke:
             wargs.append("--smoke")
         if a.pin:
@@ -1079,8 +1020,6 @@ def main(argv=None) -> int:
     w.add_argument("--no-cudnn-benchmark", action="store_true")
     w.add_argument("--diag-steps", type=int, default=4)
     w.add_argument("--diag-sleep-cycles", type=int, default=300_000_000)
-    w.add_argument("--count-instructions", action="store_true",
-                   help="per step: user-space instructions retired (hardware counter) and CPU time, all threads")
     w.add_argument("--probe-steps", type=int, default=0,
                    help="host-cost probes before the first step and after the last: launch cost and "
                    "the host's time for a forward and backward, the smallest of this many")
@@ -1107,7 +1046,6 @@ def main(argv=None) -> int:
     d.add_argument("--window-steps", type=int, default=5)
     d.add_argument("--diag-steps", type=int, default=4)
     d.add_argument("--probe-steps", type=int, default=0, help="passed to each worker (0: no probes)")
-    d.add_argument("--count-instructions", action="store_true", help="passed to each worker")
     d.add_argument("--seed", type=int, default=22)
     d.add_argument("--name", default="window-after-effect")
     d.add_argument("--out", default=None, help="default $OUT")
