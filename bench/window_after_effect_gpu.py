@@ -20,7 +20,13 @@ where they cannot touch the measured steps or outside them:
   that moves ``gpu_backlog_ms`` is on the GPU; one that moves only ``host_enqueue_ms`` (and the
   step time) is host-side launch cost;
 * ``--kernels``: kernel names and counts per step from the window trace and from a 2-step
-  ``--tail-trace`` taken after everything else (is the cuDNN algorithm choice the same?).
+  ``--tail-trace`` taken after everything else (is the cuDNN algorithm choice the same?);
+* ``--probe-steps K``: host costs read in the same process before the first step and after the
+  last: the host time per kernel launch (a one-element add, smallest of 30 batches of 500; an
+  attached CUPTI raises it) and the host time of a forward and backward issued behind a GPU sleep
+  (smallest of K; meaningful only while the launch queue holds the whole step).
+
+A model name may carry a batch or image size: ``vit_small-b384``, ``cnn_graphs-b256-px224``.
 
 ``drive``: runs workers for ``--models`` x ``--conditions`` in rounds (every condition once per
 round, order shuffled per round, seeded), ``--runs`` rounds or until ``--deadline-s``. The next
