@@ -32,7 +32,7 @@ def format_report(report: dict[str, Any], fmt: str, fix_advice: FixAdvice | None
         return json.dumps(report, indent=2, sort_keys=False) + "\n"
     if fmt == "md":
         return to_markdown(report, fix_advice=fix_advice)
-    return dump_yaml(report, width=120)
+    return dump_yaml(report)
 
 
 def diagnose_command(

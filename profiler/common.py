@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from stallscope.profiler.yamltext import to_yaml
+
 __all__ = [
     "__version__",
     "EXIT_INTERNAL",
@@ -258,18 +260,15 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ToolError(f"{p}: cannot read ({exc.__class__.__name__}); check the file") from None
 
 
-def dump_yaml(data: Any, **options: Any) -> str:
-    """``data`` as safe YAML text, keys in their order: PyYAML's safe dump, through libyaml's
-    emitter when PyYAML was built with it (the same text, about five times faster)."""
-    import yaml
-
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, **options)
+def dump_yaml(data: Any) -> str:
+    """``data`` as block-style YAML text, keys in their order (:func:`profiler.yamltext.to_yaml`:
+    the layout of PyYAML's safe dumper without importing PyYAML)."""
+    return to_yaml(data)
 
 
 def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
     """Write `data` as block-style YAML, atomically, keeping key order."""
-    return atomic_write_text(path, dump_yaml(data, default_flow_style=False))
+    return atomic_write_text(path, dump_yaml(data))
 
 
 def check_outputs(outputs: dict[str, Any], inputs: tuple[Any, ...] = ()) -> None:
