@@ -13,7 +13,6 @@ import os
 import shlex
 import shutil
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +33,8 @@ def error_exit(exc: BaseException, debug: bool) -> int:
         print("stallscope: interrupted", file=sys.stderr, flush=True)
         return 130
     if debug:
+        import traceback  # here: its import (linecache, tokenize) is a few ms of every start
+
         traceback.print_exception(exc)
     if isinstance(exc, ToolError):
         print(f"stallscope: error: {exc}", file=sys.stderr, flush=True)
