@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stallscope.analyzers.model import Kind
-from stallscope.analyzers.vocab import is_comm_kernel
+from stallscope.analyzers.vocab import anycase, is_comm_kernel
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -285,13 +285,13 @@ def op_min_bytes(name: str, dims: Sequence[Any], types: Sequence[str]) -> int | 
     return int(total + out)
 
 
-_COMPUTE_NAME = re.compile(
-    r"gemm|gemv|xmma|cutlass|cublas|conv|wgrad|dgrad|fprop|flash|fmha|attention|s1688|h1688|s16816|h16816|hmma|gmma",
-    re.I,
+_COMPUTE_NAME = anycase(
+    r"gemm|gemv|xmma|cutlass|cublas|conv|wgrad|dgrad|fprop|flash|fmha|attention|s1688|h1688|s16816|h16816|hmma|gmma"
 )
-_MEMORY_NAME = re.compile(
-    r"elementwise|vectorized|reduce|copy|fill|memset|memcpy|cat_|layer_norm|softmax|index|scatter|gather|unrolled", re.I
+_MEMORY_NAME = anycase(
+    r"elementwise|vectorized|reduce|copy|fill|memset|memcpy|cat_|layer_norm|softmax|index|scatter|gather|unrolled"
 )
+_TF32_NAME = anycase(r"tf32|s1688|s16816|xmma_gemm_f32f32_tf32")
 
 
 # Ridge points (FLOP per byte) when the GPU is not in the table: an A100-class part.
@@ -299,15 +299,15 @@ _DEFAULT_RIDGE = {"bf16": 150.0, "fp16": 150.0, "tf32": 75.0, "fp32": 10.0}
 
 
 def _name_class(kernel: str) -> str:
-    if _COMPUTE_NAME.search(kernel):
+    if _COMPUTE_NAME(kernel):
         return "compute-bound"
-    if _MEMORY_NAME.search(kernel):
+    if _MEMORY_NAME(kernel):
         return "memory-bound"
     return "unknown"
 
 
 def _tensor_core_fp32(kernel: str) -> bool:
-    return bool(re.search(r"tf32|s1688|s16816|xmma_gemm_f32f32_tf32", kernel, re.I))
+    return _TF32_NAME(kernel)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from stallscope.analyzers.arrays import isin, unique
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
+from stallscope.analyzers.vocab import anycase
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable, RankData
@@ -45,7 +46,7 @@ STAGED_SAMPLING_MARK = "bottleneck_sampling.stage"
 
 _SOFTMAX = {"aten::softmax", "aten::_softmax", "aten::_safe_softmax"}
 _MATMUL = {"aten::matmul", "aten::bmm", "aten::baddbmm", "aten::mm", "aten::einsum"}
-_FUSED_KERNEL = re.compile(r"flash|fmha|attention|sdpa|_attn_|cudnn_mha", re.I)
+_FUSED_KERNEL = anycase(r"flash|fmha|attention|sdpa|_attn_|cudnn_mha")
 _FUSED_OP = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention")
 _BACKWARD = re.compile(r"Backward|^autograd::engine")
 
@@ -210,7 +211,7 @@ class Attention(c.PerRank):
     @staticmethod
     def _fused_kernel_rows(ev: EventTable) -> np.ndarray:
         k = c.gpu_rows(ev, (Kind.KERNEL,))
-        return k[isin(ev.name[k], ev.name_ids_matching(lambda s: bool(_FUSED_KERNEL.search(s))))]
+        return k[isin(ev.name[k], ev.name_ids_matching(_FUSED_KERNEL))]
 
     def _busy_ns(self, ev: EventTable) -> int:
         if c.has_gpu(ev):

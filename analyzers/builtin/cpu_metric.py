@@ -37,7 +37,7 @@ from stallscope.analyzers.arrays import isin
 from stallscope.analyzers.base import Finding, Impact, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
-from stallscope.analyzers.vocab import DATA_PHASE, is_data_wait, is_device_to_host
+from stallscope.analyzers.vocab import DATA_PHASE, anycase, is_data_wait, is_device_to_host
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext, EventTable
@@ -47,8 +47,8 @@ GAP_MIN_MS = 5.0
 GAP_MIN_PCT = 10.0
 OTHER_WORK_MAX_FRACTION = 0.5
 PRECEDING_D2H_WINDOW_MS = 1.0
-_METRIC_FRAME = re.compile(
-    r"nltk/translate|sacrebleu|rouge_score|(^|/)evaluate/|bleu|rouge|chrf|meteor|cider|reward|metric|score", re.I
+_METRIC_FRAME = anycase(
+    r"nltk/translate|sacrebleu|rouge_score|(^|/)evaluate/|bleu|rouge|chrf|meteor|cider|reward|metric|score"
 )
 # Host reads of device values that always end in a device-to-host copy; a ``.cpu()`` shows as
 # the memcpy its ``aten::copy_`` launched.
@@ -82,7 +82,7 @@ def _is_metric_frame(name: str) -> bool:
     if _METRIC_LIBRARY.search(name):
         return True
     func = name.split("): ", 1)[-1]
-    return c.is_user_frame(name) and bool(_METRIC_FRAME.search(func))
+    return c.is_user_frame(name) and _METRIC_FRAME(func)
 
 
 @register
@@ -156,7 +156,7 @@ class CpuMetric(c.PerRank):
                 longest = max(longest, width)
         if not gaps:
             return []
-        named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
+        named = [f for f in frames if _METRIC_FRAME(f.split("): ", 1)[-1])]
         frames = named or frames
         return [
             self._finding(
@@ -222,7 +222,7 @@ class CpuMetric(c.PerRank):
         hits = np.concatenate([user[~has_child], hits[lib]])
         lost = c.covered_ns(ev.ts_ns[hits], ev.ts_ns[hits] + ev.dur_ns[hits])
         frames = [ev.name_of(int(r)) for r in hits]
-        named = [f for f in frames if _METRIC_FRAME.search(f.split("): ", 1)[-1])]
+        named = [f for f in frames if _METRIC_FRAME(f.split("): ", 1)[-1])]
         frames = named or frames
         f = self._finding(
             lost, total_ns, n_steps, frames, True, {"note": "CPU-only trace: time in metric frames"}, gpu=False

@@ -36,7 +36,6 @@ reaches 5 %, else **low**; never high, since the size is not measured. Confidenc
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,17 +44,17 @@ from stallscope.analyzers.base import Finding, Impact, Severity, register
 from stallscope.analyzers.builtin import _common as c
 from stallscope.analyzers.model import Kind
 from stallscope.analyzers.peaks import LATENCY_BOUND_US, PEAKS
+from stallscope.analyzers.vocab import anycase
 
 if TYPE_CHECKING:
     from stallscope.analyzers.model import AnalysisContext
 
-_GEMM = re.compile(r"gemm|gemv|conv|wgrad|dgrad|fprop|cutlass|xmma|nvjet", re.I)
-_TENSOR_CORE = re.compile(
-    r"tf32|h884|h1688|h16816|s1688|s16816|i8816|hmma|gmma|wgmma|bf16|f16|fp16|half|tensorop|_tc_|e4m3|e5m2|16x8x16|nvjet_[thbqe]",
-    re.I,
+_GEMM = anycase(r"gemm|gemv|conv|wgrad|dgrad|fprop|cutlass|xmma|nvjet")
+_TENSOR_CORE = anycase(
+    r"tf32|h884|h1688|h16816|s1688|s16816|i8816|hmma|gmma|wgmma|bf16|f16|fp16|half|tensorop|_tc_|e4m3|e5m2|16x8x16|nvjet_[thbqe]"
 )
-_SIMT = re.compile(r"sgemm|simt|ffma|f32f32_f32f32|gemmSN|gemmk1|implicit_convolve_sgemm", re.I)
-_NOT_TENSOR_CORE_WORK = re.compile(r"gemv|splitKreduce|reduce", re.I)
+_SIMT = anycase(r"sgemm|simt|ffma|f32f32_f32f32|gemmsn|gemmk1|implicit_convolve_sgemm")
+_NOT_TENSOR_CORE_WORK = anycase(r"gemv|splitkreduce|reduce")
 # Without durations: medium when at least this share of GEMM/conv launches is fp32 off the
 # tensor cores (module doc).
 UNTIMED_MEDIUM_LAUNCH_SHARE = 0.5
@@ -166,7 +165,7 @@ class Precision(c.PerRank):
                     lower_ns += exact / (roof * 1e12) * 1e9
         if not hits:
             return []
-        gemms = int(sum(1 for r in kernels if _GEMM.search(ev.name_of(int(r)))))
+        gemms = int(sum(1 for r in kernels if _GEMM(ev.name_of(int(r)))))
         launch_share = len(hits) / max(gemms, len(hits))
         # the steps are CPU ranges here: a host that never waits ends them before the GPU work it
         # queued, so the bound may exceed them; a share is capped at the step, as is the saving
@@ -223,10 +222,10 @@ class Precision(c.PerRank):
         gemm_only = np.zeros(len(ids), dtype=bool)
         for i, name_id in enumerate(ids):
             name = ev.names[int(name_id)]
-            if _TENSOR_CORE.search(name) or _NOT_TENSOR_CORE_WORK.search(name) or mean_us[i] < min_mean_us:
+            if _TENSOR_CORE(name) or _NOT_TENSOR_CORE_WORK(name) or mean_us[i] < min_mean_us:
                 continue
-            if _GEMM.search(name):
-                simt[i] = bool(_SIMT.search(name))
+            if _GEMM(name):
+                simt[i] = _SIMT(name)
                 gemm_only[i] = not simt[i]
         hit = simt[inverse]
         has_ops = len(ev.op_of) > 0
