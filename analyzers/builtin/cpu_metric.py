@@ -62,14 +62,17 @@ def _is_data(name: str) -> bool:
 
 def _gaps(ev: EventTable, lo: int, hi: int, gs: np.ndarray, ge: np.ndarray) -> list[tuple[int, int]]:
     """The GPU-idle spans of ``[lo, hi)``; ``gs`` / ``ge``: merged busy intervals (sorted)."""
-    out = []
-    cur = lo
     i = int(np.searchsorted(ge, lo, side="right"))
     j = max(i, int(np.searchsorted(gs, hi, side="left")))
-    for s, e in zip(gs[i:j].tolist(), ge[i:j].tolist(), strict=True):
-        if s > cur:
-            out.append((cur, s))
-        cur = max(cur, e)
+    s, e = gs[i:j], ge[i:j]
+    # Merged intervals end in order, so the GPU is idle before each from the end of the one before
+    # it (or from ``lo``) to its start.
+    idle_from = np.empty(len(s), dtype=np.int64)
+    idle_from[:1] = lo
+    idle_from[1:] = np.maximum(e[:-1], lo)
+    gap = s > idle_from
+    out = list(zip(idle_from[gap].tolist(), s[gap].tolist(), strict=True))
+    cur = max(lo, int(e[-1])) if len(e) else lo
     if cur < hi:
         out.append((cur, hi))
     return out
