@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from stallscope.analyzers.render import ReportView, to_markdown
@@ -69,3 +72,28 @@ def test_plain_python_work_is_not_a_metric(tmp_path):
 
 def test_without_stacks_a_cpu_only_trace_gives_no_metric_finding(tmp_path):
     assert run("cpu-metric", context(record(tmp_path / "nostack.json", train_step_with_bleu, stacks=False))) == []
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 80), st.integers(1, 15)), max_size=10),
+    st.integers(-5, 90),
+    st.integers(0, 50),
+)
+def test_idle_gaps_are_the_uncovered_time_of_the_window(spans: list[tuple[int, int]], lo: int, width: int) -> None:
+    """_gaps against a brute-force reference: every integer instant of [lo, hi) that no busy
+    interval covers, grouped into maximal runs."""
+    from stallscope.analyzers.builtin._common import merge
+    from stallscope.analyzers.builtin.cpu_metric import _gaps
+
+    hi = lo + width
+    starts = np.asarray([s for s, _ in spans], dtype=np.int64)
+    ends = np.asarray([s + d for s, d in spans], dtype=np.int64)
+    gs, ge = merge(starts, ends)
+    idle = [t for t in range(lo, hi) if not any(s <= t < e for s, e in spans)]
+    runs: list[tuple[int, int]] = []
+    for t in idle:
+        if runs and runs[-1][1] == t:
+            runs[-1] = (runs[-1][0], t + 1)
+        else:
+            runs.append((t, t + 1))
+    assert _gaps(None, lo, hi, gs, ge) == runs  # type: ignore[arg-type]
