@@ -89,7 +89,7 @@ def test_idle_gaps_are_the_uncovered_time_of_the_window(spans: list[tuple[int, i
     starts = np.asarray([s for s, _ in spans], dtype=np.int64)
     ends = np.asarray([s + d for s, d in spans], dtype=np.int64)
     gs, ge = merge(starts, ends)
-    idle = [t for t in range(lo, hi) if not any(s <= t < e for s, e in spans)]
+    idle = [t for t in range(lo, hi) if not any(s <= t < s + d for s, d in spans)]
     runs: list[tuple[int, int]] = []
     for t in idle:
         if runs and runs[-1][1] == t:
