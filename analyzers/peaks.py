@@ -360,20 +360,26 @@ def _ops_info(ev: EventTable, op_rows: np.ndarray) -> list[tuple[str, float | No
     """:func:`_op_info` of each row (-1: no op), computed once per distinct (name, flops, args):
     the loader shares one args dict between ops with the same shapes and dtypes."""
     none = ("", None, None, "fp32")
-    seen: dict[tuple[int, float, int], tuple[str, float | None, int | None, str]] = {}
+    if not len(op_rows):
+        return []
     extra = ev.extra
-    out: list[tuple[str, float | None, int | None, str]] = []
-    for o in op_rows.tolist():
-        if o < 0:
-            out.append(none)
-            continue
-        fl = float(ev.flops[o])
-        key = (int(ev.name[o]), fl if fl > 0 else 0.0, id(extra.get(o)))
-        hit = seen.get(key)
-        if hit is None:
-            hit = seen[key] = _op_info(ev, o)
-        out.append(hit)
-    return out
+    at = np.maximum(op_rows, 0)
+    flops = ev.flops[at]
+    keys = np.stack(
+        [
+            np.where(op_rows >= 0, ev.name[at].astype(np.int64), -1),
+            np.where(flops > 0, flops, 0.0).view(np.int64),  # the float's bits: equal floats, equal keys
+            np.asarray([id(extra.get(o)) for o in op_rows.tolist()], dtype=np.int64),
+        ]
+    )
+    order = np.lexsort(keys)  # rows with equal keys side by side (a lexsort: np.unique on rows is slow)
+    ranked = keys[:, order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (ranked[:, 1:] != ranked[:, :-1]).any(axis=0)
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    infos = [none if op_rows[i] < 0 else _op_info(ev, int(op_rows[i])) for i in order[new].tolist()]
+    return [infos[g] for g in group.tolist()]
 
 
 _ROOFLINES: dict[tuple[int, int, str | None], tuple[Any, list[KernelRoofline]]] = {}
