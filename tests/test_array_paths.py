@@ -43,6 +43,17 @@ def test_isin_is_numpys(a: list[int], b: list[int]) -> None:
     _same(arrays.isin(x, y), np.isin(x, y))
 
 
+@given(
+    st.lists(st.integers(-128, 127), max_size=60),
+    st.lists(st.integers(-300, 300) | st.integers(-(2**40), 2**40), max_size=20),
+    st.sampled_from([np.int8, np.int32, np.int64]),
+)
+def test_isin_of_a_few_values_is_numpys(a: list[int], b: list[int], dtype: type) -> None:
+    """Kinds (int8) and name ids (int32) against a few test values, some outside the dtype."""
+    x, y = np.asarray(a, dtype=dtype), np.asarray(b, dtype=np.int64)
+    _same(arrays.isin(x, y), np.isin(x, y))
+
+
 @given(st.lists(st.floats(-1e12, 1e12, allow_nan=False), min_size=1, max_size=60))
 def test_median_is_numpys(values: list[float]) -> None:
     got, want = arrays.median(np.asarray(values)), np.median(np.asarray(values))
