@@ -177,3 +177,34 @@ def test_gpu_fixture_ddp_folder_and_stepless_trace() -> None:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "stallscope.cli", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+
+
+# `python -m stallscope.cli diagnose ...` in a fresh process that registered an atexit handler:
+# the fast path ends the process without the interpreter's teardown, and must still flush its
+# whole output, keep the command's exit code and run the handlers.
+EXIT_PROBE = """
+import atexit, runpy, sys
+atexit.register(lambda: print("handler ran", file=sys.stderr))
+sys.argv = ["stallscope", *sys.argv[1:]]
+runpy.run_module("stallscope.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_fast_path_exit_keeps_output_code_and_atexit_handlers(tmp_path: Path, missing: bool) -> None:
+    trace = tmp_path / "t.json.gz"
+    if not missing:
+        trace.write_bytes(gpu_fixture("sync_item_per_layer.json.gz").read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STALLSCOPE_")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, "diagnose", str(trace), "-f", "yaml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "handler ran" in proc.stderr
+    if missing:
+        assert proc.returncode == 2 and "stallscope: error:" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        report = yaml.safe_load(proc.stdout)  # the whole report reached the pipe
+        assert report["kind"] == "stallscope-report" and report["source"]["events"] > 0
