@@ -187,7 +187,7 @@ class Recorder(HookEvents):
             t = time.time_ns() if t_ns is None else t_ns
             end_ev = rec() if (rec := self.record_event) is not None else None
             index = self.index
-            self._marks.append((index, self.step_open_ns, t, self.step_data_ns, self.open_event, end_ev))
+            self._marks.append((index, self.step_open_ns, t, self.step_data_ns, self.open_event, end_ev, source))
             self.open_event = end_ev
             self.index = index + 1
             self.step_open_ns = t
@@ -197,7 +197,7 @@ class Recorder(HookEvents):
                 self._polled_ns = t
                 self.settle_events()
             return
-        self.log.drain(self.source)
+        self.log.drain()
         if source != self.source:  # rare: every step after the first has the same source
             if self.source is not None:
                 if SOURCE_RANK[source] < SOURCE_RANK[self.source]:
@@ -240,7 +240,7 @@ class Recorder(HookEvents):
         if not lock.acquire(blocking=False):
             return
         try:
-            self.log.drain(self.source)
+            self.log.drain()
         finally:
             lock.release()
         if self.gpu.pending:
@@ -308,13 +308,13 @@ class Recorder(HookEvents):
 
     def window_slowdown(self) -> dict:
         """Median wall time of window steps vs the other steps (see ``TraceWindow.slowdown``)."""
-        self.log.drain(self.source)
+        self.log.drain()
         return self.window.slowdown(self.log.walls, self.log.window_flags)
 
     # ------------------------------------------------------------------ files
     def rank_info(self, final: bool = True) -> dict:
         """The content of rank.yaml (``final``: with the window's slowdown figures)."""
-        self.log.drain(self.source)
+        self.log.drain()
         return rank_info(self, final)
 
     # ------------------------------------------------------------------ end
@@ -322,7 +322,7 @@ class Recorder(HookEvents):
         """Close the open step, stop the window, write every file. Safe to call more than once."""
         if self.finished or self.disabled or os.getpid() != self.pid:
             return
-        self.log.drain(self.source)
+        self.log.drain()
         if error and not self.error:
             self.error = error
         if self.step_open_ns is None and not self.log.count and not self.started:

@@ -23,7 +23,9 @@ class StepLog:
 
     def __init__(self, gpu: GpuTimer) -> None:
         self.gpu = gpu
-        # (index, start_ns, end_ns, data_ns, start event, end event) of short-path steps
+        # (index, start_ns, end_ns, data_ns, start event, end event, source) of short-path steps: each
+        # mark carries its source, so a drain on another thread cannot label it with a source read
+        # before a change
         self.marks: list[tuple] = []
         self.rows: list[list] = []
         self.count = 0
@@ -50,8 +52,8 @@ class StepLog:
             self.gpu.watch(row, start_ev, end_ev)
         self.dirty = True
 
-    def drain(self, source: Optional[str]) -> None:
-        """Make the marks so far into rows of ``source`` (any thread)."""
+    def drain(self) -> None:
+        """Make the marks so far into rows (any thread)."""
         with self.lock:
             marks = self.marks
             batch = marks[: len(marks)]
@@ -60,7 +62,7 @@ class StepLog:
                 return
             rows, walls, flags, watch = self.rows, self.walls, self.window_flags, self.gpu.watch
             wall_ms = None
-            for index, start, t, data_ns, start_ev, end_ev in batch:
+            for index, start, t, data_ns, start_ev, end_ev, source in batch:
                 wall_ms = (t - start) / 1e6
                 row = [index, start, t, wall_ms, None, data_ns / 1e6, 0, source, True]
                 rows.append(row)

@@ -140,7 +140,7 @@ class Upkeep:
         """Sampler-thread housekeeping: read finished CUDA events, heartbeat, periodic flush, and
         every second the check that the ``profile`` parent lives."""
         rec = self.rec
-        rec.log.drain(rec.source)
+        rec.log.drain()
         if rec.gpu.pending and time.time_ns() - rec._polled_ns > POLL_STALE_NS:
             rec.gpu.poll()
         now = time.monotonic()
@@ -198,7 +198,7 @@ class Upkeep:
         files = rec.files
         if files is None:
             return
-        rec.log.drain(rec.source)
+        rec.log.drain()
         with rec.log.lock:
             self.last_flush = time.monotonic()
             if info or final:

@@ -93,7 +93,7 @@ def test_rows_stay_in_order_while_another_thread_drains(tmp_path: Path) -> None:
 
     def drain() -> None:
         while not stop.is_set():
-            rec.log.drain(rec.source)
+            rec.log.drain()
 
     t = threading.Thread(target=drain)
     t.start()
@@ -156,3 +156,28 @@ def test_finished_events_are_read_in_batches_on_the_training_thread(tmp_path: Pa
     rec._polled_ns -= 2 * 10**9  # ... unless the training thread has not read them for a while
     rec.upkeep.tick()
     assert len(reads) == 40 and all(row[4] == 2.0 for row in rec.log.rows)
+
+
+def run_source(rec: Recorder, source: str, n: int, start_ns: int) -> int:
+    t = start_ns
+    for _ in range(n):
+        t += 10 * MS
+        rec.boundary(source, t_ns=t)
+    return t
+
+
+def test_a_drain_labels_each_step_with_the_source_it_was_made_under(tmp_path: Path) -> None:
+    """The sampler thread's flush can run with a step source it read before the source changed
+    (it was descheduled in between): the short-path marks made since must keep their own source."""
+    rec = recorder(tmp_path, skip=10**6)
+    t = run_source(rec, "optimizer", 1, rec.origin_ns)  # the target's first optimizer step
+    t = run_source(rec, "profiler_step", 6, t)  # then its prof.step(): the better source takes over
+    assert len(rec.log.marks) == 5  # all but the switching step went the short way
+    rec.source = "optimizer"  # what a flush that read the source before the change still holds
+    try:
+        rec.upkeep.flush(info=False)
+    finally:
+        rec.source = "profiler_step"
+    rows = steps_csv(rec)
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert {r["source"] for r in rows} == {"profiler_step"}
