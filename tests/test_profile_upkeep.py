@@ -18,7 +18,7 @@ class FakeLog:
     def dirty(self) -> bool:
         return bool(self.rows)
 
-    def drain(self, source) -> None:
+    def drain(self) -> None:
         pass
 
     def take_settled(self) -> list[list]:
