@@ -54,6 +54,7 @@ def ddp_work(rank, world, port, out):
             opt.zero_grad(); loss.backward(); opt.step(); p.step()
     os.makedirs(os.path.join(out, "ddp"), exist_ok=True)
     p.export_chrome_trace(os.path.join(out, "ddp", f"worker{rank}.pt.trace.json"))
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 out = sys.argv[1] if len(sys.argv) > 2 else ""
@@ -126,14 +127,17 @@ def _record(what: str, produced: Path) -> Path:
     script = root / "record.py"
     if not script.exists():
         script.write_text(_SCRIPT)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        proc = subprocess.run([sys.executable, str(script), tmp, what], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"recording the {what!r} trace failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        os.replace(Path(tmp) / produced.relative_to(root), produced)
-    return produced
+    failures = []
+    for _attempt in range(2):  # torch's gloo teardown aborts a rank now and then (SIGABRT): record again once
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            env = dict(os.environ, PYTHONWARNINGS="ignore")
+            proc = subprocess.run([sys.executable, str(script), tmp, what], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+            if proc.returncode == 0:
+                os.replace(Path(tmp) / produced.relative_to(root), produced)
+                return produced
+            failures.append(f"({proc.returncode}):\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"recording the {what!r} trace failed twice: " + "\n---\n".join(failures))
 
 
 def cpu_steps_trace() -> Path:
